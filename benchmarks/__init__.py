@@ -1,0 +1,1 @@
+"""Benchmarks: scripts that measure speed and memory targets and print the figures."""

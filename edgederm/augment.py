@@ -1,0 +1,55 @@
+"""Training augmentations, with OpenCV: the paper's flip, shift, scale, rotate and
+brightness, with the limits of FusionM4Net (Tang et al. 2022), the closest
+public recipe: shift-scale-rotate (0.0625, 0.5, 45 degrees), rotate-90, flips,
+brightness/contrast.
+
+Why not albumentations: its maintained successor is AGPL-licensed, and the five
+operations below are one warpAffine and two array ops; OpenCV is already a
+dependency of every stage.
+
+Works on RGB uint8 arrays after resizing, before normalisation, so the model
+sees exactly what `edgederm.preprocess` gives at test time, only moved.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    p_flip: float = 0.5              # each of horizontal and vertical
+    p_rot90: float = 0.5
+    p_shift_scale_rotate: float = 0.5
+    shift_limit: float = 0.0625      # fraction of the side
+    scale_limit: float = 0.5         # scale in [1 - limit, 1 + limit]
+    rotate_limit: float = 45.0       # degrees
+    p_brightness_contrast: float = 0.5
+    brightness_limit: float = 0.2    # added, as a fraction of 255
+    contrast_limit: float = 0.2      # multiplied around the mean
+
+
+def augment_image(img: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig = AugmentConfig()) -> np.ndarray:
+    """One random augmentation of an RGB uint8 image (square, already resized)."""
+    if rng.random() < cfg.p_flip:
+        img = img[:, ::-1]
+    if rng.random() < cfg.p_flip:
+        img = img[::-1, :]
+    if rng.random() < cfg.p_rot90:
+        img = np.rot90(img, k=int(rng.integers(1, 4)))
+    if rng.random() < cfg.p_shift_scale_rotate:
+        h, w = img.shape[:2]
+        angle = rng.uniform(-cfg.rotate_limit, cfg.rotate_limit)
+        scale = rng.uniform(1.0 - cfg.scale_limit, 1.0 + cfg.scale_limit)
+        matrix = cv2.getRotationMatrix2D((w / 2.0, h / 2.0), angle, scale)
+        matrix[:, 2] += rng.uniform(-cfg.shift_limit, cfg.shift_limit, size=2) * (w, h)
+        img = cv2.warpAffine(np.ascontiguousarray(img), matrix, (w, h), flags=cv2.INTER_LINEAR,
+                             borderMode=cv2.BORDER_REFLECT_101)
+    if rng.random() < cfg.p_brightness_contrast:
+        alpha = 1.0 + rng.uniform(-cfg.contrast_limit, cfg.contrast_limit)
+        beta = rng.uniform(-cfg.brightness_limit, cfg.brightness_limit) * 255.0
+        mean = img.mean()
+        img = np.clip((img.astype(np.float32) - mean) * alpha + mean + beta, 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(img)

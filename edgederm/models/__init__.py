@@ -1,0 +1,13 @@
+"""The model family: configs and presets, encoders, fusion blocks, heads, the network."""
+from edgederm.models.config import PRESETS, ModelConfig, get_preset
+from edgederm.models.heads import BRANCHES, fused_probabilities, split_tasks, task_softmax
+from edgederm.models.multimodal import MultiModalNet
+
+
+def create_model(cfg: ModelConfig, pretrained_clinical=None, pretrained_derm=None) -> MultiModalNet:
+    """Build the network; pretrained weights only from local files."""
+    return MultiModalNet(cfg, pretrained_clinical=pretrained_clinical, pretrained_derm=pretrained_derm)
+
+
+__all__ = ["BRANCHES", "PRESETS", "ModelConfig", "MultiModalNet", "create_model", "fused_probabilities",
+           "get_preset", "split_tasks", "task_softmax"]

@@ -1,0 +1,97 @@
+"""Model configuration (architecture only) and the named presets.
+
+Preprocessing facts (mean, std, resize rule) live in `edgederm.preprocess`
+and travel in bundle manifests; this file says what the network is.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+from edgederm.errors import ConfigError
+
+FUSIONS = ("aab", "bab", "cat")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    clinical_encoder: str = "mobilenetv3_large_100"         # any timm name with features_only
+    derm_encoder: str = "swin_tiny_patch4_window7_224"       # any timm name with features_only
+    fusion: str = "aab"                 # aab: asymmetric attention; bab: bidirectional; cat: concatenation
+    fusion_stages: tuple[int, ...] = (-2, -1)   # dermoscopy feature stages with a fusion block (negative from the end)
+    key_ratio: int = 8                  # attention key/query channels = stage channels // key_ratio
+    img_size: int = 224
+    drop_rate: float = 0.2              # dropout before each head
+
+    @property
+    def framework(self) -> str:
+        """SFF when both modalities use the same (heavy) encoder, AFF otherwise."""
+        return "sff" if self.clinical_encoder == self.derm_encoder else "aff"
+
+    def __post_init__(self):
+        if self.fusion not in FUSIONS:
+            raise ConfigError(f"model config: fusion {self.fusion!r} is not one of {', '.join(FUSIONS)}")
+        if not self.fusion_stages:
+            raise ConfigError("model config: fusion_stages is empty; give at least one stage")
+        if len(set(self.fusion_stages)) != len(self.fusion_stages):
+            raise ConfigError(f"model config: fusion_stages {list(self.fusion_stages)} repeats a stage")
+        if self.key_ratio < 1 or self.img_size < 32 or not 0 <= self.drop_rate < 1:
+            raise ConfigError("model config: key_ratio >= 1, img_size >= 32 and 0 <= drop_rate < 1 are required")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["fusion_stages"] = list(self.fusion_stages)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(f"model config: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(names))})")
+        d = dict(d)
+        if "fusion_stages" in d:
+            d["fusion_stages"] = tuple(int(s) for s in d["fusion_stages"])
+        return cls(**d)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ModelConfig":
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: model config not found") from None
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+
+
+_SWIN_T = "swin_tiny_patch4_window7_224"
+_MOBILENET = "mobilenetv3_large_100"
+
+PRESETS: dict[str, ModelConfig] = {
+    # The paper's AMMFM: MobileNetV3 on the clinical photo, Swin-T on the dermoscopy photo, AAB.
+    "paper": ModelConfig(),
+    # The paper's ablation rows.
+    "sff-cat": ModelConfig(clinical_encoder=_SWIN_T, derm_encoder=_SWIN_T, fusion="cat"),
+    "aff-cat": ModelConfig(clinical_encoder=_MOBILENET, derm_encoder=_SWIN_T, fusion="cat"),
+    "aff-bab": ModelConfig(clinical_encoder=_MOBILENET, derm_encoder=_SWIN_T, fusion="bab"),
+    "aff-aab": ModelConfig(clinical_encoder=_MOBILENET, derm_encoder=_SWIN_T, fusion="aab"),
+    # Small enough that an epoch over 600 synthetic cases runs in under a minute on 2 CPU cores.
+    "tiny": ModelConfig(clinical_encoder="mobilenetv3_small_050", derm_encoder="resnet10t",
+                        fusion="aab", img_size=128),
+}
+
+
+def get_preset(name: str) -> ModelConfig:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ConfigError(f"unknown preset {name!r} (choose from {', '.join(PRESETS)})") from None
+
+
+def with_overrides(cfg: ModelConfig, **overrides) -> ModelConfig:
+    """The config with the non-None overrides applied (CLI flags left unset are None)."""
+    return replace(cfg, **{k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,78 @@
+"""The two-encoder multi-modal network of "Pay Less On Clinical Images"
+(Tang & Lasser, 2024), with the paper's baselines selectable by config.
+
+    clinical photo -> clinical encoder (light, e.g. MobileNetV3) -> head P_C
+    dermoscopy     -> dermoscopy encoder (heavy, e.g. Swin-T)    -> head P_D
+    at each configured dermoscopy stage: align the clinical map, fuse (AAB / BAB / CAT)
+    pooled fused maps of all fusion stages, concatenated          -> head P_FU
+    test time: P_FI = W_C P_C + W_D P_D + W_FU P_FU
+
+The fusion branch runs beside the encoders rather than feeding refined maps
+back into the dermoscopy encoder: P_C and P_D stay true single-modality
+branches (so the weighted average mixes three different views), and any timm
+`features_only` encoder works unmodified.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from edgederm.errors import ConfigError
+from edgederm.models.config import ModelConfig
+from edgederm.models.encoders import FeatureEncoder
+from edgederm.models.fusion import StageFusion, match_stage
+from edgederm.models.heads import BRANCHES, MultiTaskHead, fused_probabilities
+
+
+class MultiModalNet(nn.Module):
+    def __init__(self, cfg: ModelConfig, pretrained_clinical: str | Path | None = None,
+                 pretrained_derm: str | Path | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.clinical_encoder = FeatureEncoder(cfg.clinical_encoder, cfg.img_size, pretrained_clinical)
+        self.derm_encoder = FeatureEncoder(cfg.derm_encoder, cfg.img_size, pretrained_derm)
+        n_stages = len(self.derm_encoder.channels)
+        stages = []
+        for s in cfg.fusion_stages:
+            if not -n_stages <= s < n_stages:
+                raise ConfigError(f"model config: fusion stage {s} does not exist; {cfg.derm_encoder} "
+                                  f"has stages 0..{n_stages - 1} (or -{n_stages}..-1)")
+            stages.append(s % n_stages)
+        if len(set(stages)) != len(stages):
+            raise ConfigError(f"model config: fusion_stages {list(cfg.fusion_stages)} name a stage twice")
+        self.fusion_stages = sorted(stages)
+        self.clinical_stages = [match_stage(self.derm_encoder.reductions[s], self.clinical_encoder.reductions)
+                                for s in self.fusion_stages]
+        self.fusions = nn.ModuleList(
+            StageFusion(cfg.fusion, self.clinical_encoder.channels[c], self.derm_encoder.channels[s], cfg.key_ratio)
+            for s, c in zip(self.fusion_stages, self.clinical_stages))
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
+        self.clinical_head = MultiTaskHead(self.clinical_encoder.channels[-1], cfg.drop_rate)
+        self.derm_head = MultiTaskHead(self.derm_encoder.channels[-1], cfg.drop_rate)
+        self.fusion_head = MultiTaskHead(sum(f.out_channels for f in self.fusions), cfg.drop_rate)
+        # W_C, W_D, W_FU: equal until the branch-weight search sets them; saved with the weights.
+        self.register_buffer("branch_weights", torch.full((len(BRANCHES),), 1.0 / len(BRANCHES)))
+
+    def forward(self, clinical: torch.Tensor, derm: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Logits of each branch, {"clinical", "derm", "fusion"} -> B x TOTAL_CLASSES."""
+        c_feats = self.clinical_encoder(clinical)
+        d_feats = self.derm_encoder(derm)
+        fused = [fusion(c_feats[c], d_feats[s])
+                 for fusion, s, c in zip(self.fusions, self.fusion_stages, self.clinical_stages)]
+        return {
+            "clinical": self.clinical_head(self.pool(c_feats[-1])),
+            "derm": self.derm_head(self.pool(d_feats[-1])),
+            "fusion": self.fusion_head(torch.cat([self.pool(f) for f in fused], dim=1)),
+        }
+
+    def fused_probabilities(self, clinical: torch.Tensor, derm: torch.Tensor) -> torch.Tensor:
+        """P_FI, per-task probabilities concatenated (B x TOTAL_CLASSES): what exports output."""
+        return fused_probabilities(self(clinical, derm), self.branch_weights)
+
+    def set_branch_weights(self, w_clinical: float, w_derm: float, w_fusion: float) -> None:
+        weights = torch.tensor([w_clinical, w_derm, w_fusion], dtype=self.branch_weights.dtype)
+        if (weights < 0).any() or abs(float(weights.sum()) - 1.0) > 1e-6:
+            raise ConfigError(f"branch weights must be non-negative and sum to 1, got {weights.tolist()}")
+        self.branch_weights.copy_(weights)

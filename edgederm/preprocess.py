@@ -1,0 +1,133 @@
+"""Image reading and preprocessing: numpy and OpenCV only.
+
+Training, evaluation, export calibration and every runtime call these same
+functions, so the arrays a deployed model sees are the arrays it was trained
+on. No torch here: this module runs on a Jetson that has numpy and OpenCV.
+
+What we accept (a phone or dermatoscope export can be any of these):
+- 8-bit RGB in any format OpenCV decodes; EXIF orientation is applied;
+- RGBA: the alpha channel is dropped;
+- 16-bit: scaled to 8 bits (x / 257).
+What we refuse, with an ImageError naming the file:
+- missing, empty or undecodable files, truncated JPEG/PNG;
+- grayscale images: colour carries the diagnosis (blue-white veil, pigment
+  colours), and a grey photo is almost always the wrong file.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edgederm.errors import ConfigError, ImageError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+INTERPOLATIONS = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC}
+
+# ANYDEPTH keeps 16-bit data so we can scale it ourselves; ANYCOLOR keeps
+# grayscale as one channel so we can refuse it. Unlike IMREAD_UNCHANGED this
+# still applies EXIF orientation, which phone photos rely on.
+_DECODE_FLAGS = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """How a photo becomes a model input. Recorded in every bundle manifest."""
+
+    size: int = 224
+    resize: str = "area"            # key of INTERPOLATIONS; whole image to size x size
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    channel_order: str = "RGB"
+    layout: str = "NCHW"
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        if self.resize not in INTERPOLATIONS:
+            raise ConfigError(f"preprocessing: unknown resize rule {self.resize!r} "
+                              f"(choose from {', '.join(INTERPOLATIONS)})")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PreprocessConfig":
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ConfigError(f"preprocessing: unknown keys {sorted(unknown)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+def _looks_truncated(data: bytes) -> bool:
+    if data[:2] == b"\xff\xd8":
+        # Entropy-coded JPEG data never holds a bare FF D9, so a complete file
+        # has its end-of-image marker after the last start-of-scan marker.
+        return data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda")
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return b"IEND" not in data[-64:]
+    return False
+
+
+def decode_image(data: bytes, source: str) -> np.ndarray:
+    """Decode encoded image bytes into an RGB uint8 array (H x W x 3).
+
+    `source` names the file in error messages.
+    """
+    if not data:
+        raise ImageError(f"{source}: empty file")
+    if _looks_truncated(data):
+        raise ImageError(f"{source}: truncated image (the file ends before the image data does)")
+    img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), _DECODE_FLAGS)
+    if img is None:
+        raise ImageError(f"{source}: not a readable image (corrupt, or a format OpenCV cannot decode)")
+    if img.ndim == 2 or img.shape[2] == 1:
+        raise ImageError(f"{source}: grayscale image; EdgeDerm needs colour photographs")
+    if img.dtype == np.uint16:
+        img = np.round(img.astype(np.float32) / 257.0).astype(np.uint8)
+    elif img.dtype != np.uint8:
+        raise ImageError(f"{source}: unsupported pixel type {img.dtype} (use 8- or 16-bit images)")
+    if img.shape[2] == 4:  # some decoders keep alpha even without IMREAD_UNCHANGED
+        img = img[:, :, :3]
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image file into an RGB uint8 array (H x W x 3)."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ImageError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise ImageError(f"{path}: is a directory, not an image") from None
+    except OSError as e:
+        raise ImageError(f"{path}: cannot read ({e.strerror})") from None
+    return decode_image(data, str(path))
+
+
+def resize_image(img: np.ndarray, size: int, rule: str = "area") -> np.ndarray:
+    """Resize the whole image to size x size (no crop; lesions fill the frame)."""
+    if img.shape[0] == size and img.shape[1] == size:
+        return img
+    return cv2.resize(img, (size, size), interpolation=INTERPOLATIONS[rule])
+
+
+def normalize(img: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:
+    """RGB uint8 H x W x 3 -> float32 3 x H x W, scaled to [0, 1] then standardised."""
+    scale = np.asarray(std, dtype=np.float32) * 255.0
+    x = (img.astype(np.float32) - np.asarray(mean, dtype=np.float32) * 255.0) / scale
+    return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+def preprocess_image(img: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
+    """An RGB uint8 photo -> the float32 3 x size x size model input."""
+    return normalize(resize_image(img, cfg.size, cfg.resize), cfg.mean, cfg.std)
+
+
+def load_input(path: str | Path, cfg: PreprocessConfig) -> np.ndarray:
+    """Read a file and preprocess it: what every runtime feeds the model."""
+    return preprocess_image(read_image(path), cfg)
