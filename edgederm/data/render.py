@@ -15,12 +15,14 @@ vascular lacunae), so it is learnable beyond the checklist criteria.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Mapping
 
 import cv2
 import numpy as np
+
+from edgederm import labels as L
 
 WIDTH, HEIGHT = 768, 512          # the real release's image size
 PATCH = 480                        # lesion canvas side (lesion radius <= 190, streaks beyond)
@@ -296,58 +298,65 @@ def render_case(labels: Mapping[str, str], raw: Mapping[str, str], rng: np.rando
     """Draw one case. `labels` maps task key -> class abbreviation, `raw` maps
     task key -> the raw meta.csv string. Returns (clinical, dermoscopy) RGB uint8,
     each HEIGHT x WIDTH x 3."""
+    # Independent streams: the lesion, each criterion, and each view draw from
+    # their own generator, so toggling one criterion changes only its layer.
+    lesion_rng, derm_rng, clinical_rng, *task_rngs = rng.spawn(3 + len(L.TASK_KEYS))
+    streams = dict(zip(L.TASK_KEYS, task_rngs))
     diagnosis = labels["DIAG"]
     base, spread, radius_range, irregularity = DIAGNOSIS_LOOK[diagnosis]
     if raw["DIAG"] == "blue nevus":
         base = (90, 100, 130)
-    radius = rng.uniform(*radius_range)
-    cx, cy = PATCH / 2 + rng.normal(0, 6, 2)
-    shape_mask = _blob(rng, (PATCH, PATCH), cx, cy, radius, irregularity,
-                       aspect=rng.uniform(0.85, 1.0) if diagnosis != "MEL" else rng.uniform(0.65, 1.0))
+    radius = lesion_rng.uniform(*radius_range)
+    cx, cy = PATCH / 2 + lesion_rng.normal(0, 6, 2)
+    shape_mask = _blob(lesion_rng, (PATCH, PATCH), cx, cy, radius, irregularity,
+                       aspect=lesion_rng.uniform(0.85, 1.0) if diagnosis != "MEL" else lesion_rng.uniform(0.65, 1.0))
     mask = _soft(shape_mask, 2.5 if diagnosis != "MEL" else 1.0)
     dist = cv2.distanceTransform(shape_mask, cv2.DIST_L2, 5)
     inner = np.clip(dist / (0.35 * radius), 0, 1).astype(np.float32)
-    les = _Lesion(rng, cx, cy, radius, mask, inner)
+    les = _Lesion(lesion_rng, cx, cy, radius, mask, inner)
 
-    colour = np.asarray(base, np.float32) + rng.normal(0, spread, 3)
-    variation = 1 + 0.12 * _smooth_noise(rng, (PATCH, PATCH), 6)
+    colour = np.asarray(base, np.float32) + lesion_rng.normal(0, spread, 3)
+    variation = 1 + 0.12 * _smooth_noise(lesion_rng, (PATCH, PATCH), 6)
     centre_dark = 1 - 0.12 * np.clip(inner, 0, 1)           # lesions darken toward the centre
     texture = np.clip(colour * (variation * centre_dark)[..., None], 0, 255)
 
-    layers = (_diagnosis_structures(les, diagnosis, raw["DIAG"])
-              + _pigmentation(les, labels["PIG"], raw["PIG"])
-              + _pigment_network(les, labels["PN"])
-              + _regression(les, labels["RS"], raw["RS"])
-              + _blue_white_veil(les, labels["BWV"])
-              + _dots_globules(les, labels["DaG"])
-              + _streaks(les, labels["STR"])
-              + _vessels(les, labels["VS"], raw["VS"]))
+    def on(task: str) -> _Lesion:
+        return replace(les, rng=streams[task])
+
+    layers = (_diagnosis_structures(on("DIAG"), diagnosis, raw["DIAG"])
+              + _pigmentation(on("PIG"), labels["PIG"], raw["PIG"])
+              + _pigment_network(on("PN"), labels["PN"])
+              + _regression(on("RS"), labels["RS"], raw["RS"])
+              + _blue_white_veil(on("BWV"), labels["BWV"])
+              + _dots_globules(on("DaG"), labels["DaG"])
+              + _streaks(on("STR"), labels["STR"])
+              + _vessels(on("VS"), labels["VS"], raw["VS"]))
 
     # Dermoscopy: magnified, full-strength criteria, dark circular vignette.
     derm_lesion, derm_extra = _composite(texture, layers, 1.0)
-    derm = _skin(rng, (HEIGHT, WIDTH), (232, 190, 170))
-    scale = rng.uniform(0.95, 1.05)
+    derm = _skin(derm_rng, (HEIGHT, WIDTH), (232, 190, 170))
+    scale = derm_rng.uniform(0.95, 1.05)
     size = int(PATCH * scale)
     patch = cv2.resize(derm_lesion, (size, size))
     alpha = cv2.resize(np.maximum(mask, derm_extra), (size, size))
-    x0 = int(np.clip(WIDTH / 2 - size / 2 + rng.normal(0, 15), 0, WIDTH - size))
+    x0 = int(np.clip(WIDTH / 2 - size / 2 + derm_rng.normal(0, 15), 0, WIDTH - size))
     y0 = (HEIGHT - size) // 2    # PATCH * 1.05 < HEIGHT: the canvas always fits
     _paste(derm, patch, alpha, x0, y0)
-    vignette = np.clip((rng.uniform(290, 320) - _distance_from_centre()) / 12, 0, 1)[..., None]
+    vignette = np.clip((derm_rng.uniform(290, 320) - _distance_from_centre()) / 12, 0, 1)[..., None]
     derm = derm * vignette + 8 * (1 - vignette)
 
     # Clinical: wide field, weak criteria, small and soft.
     clin_lesion, clin_extra = _composite(texture, layers, CLINICAL_STRENGTH)
-    clinical = _skin(rng, (HEIGHT, WIDTH), (205, 158, 135))
-    clinical *= (1 + 0.15 * np.linspace(-1, 1, WIDTH, dtype=np.float32) * rng.choice((-1, 1)))[None, :, None]
-    size = int(PATCH * rng.uniform(0.3, 0.42))
+    clinical = _skin(clinical_rng, (HEIGHT, WIDTH), (205, 158, 135))
+    clinical *= (1 + 0.15 * np.linspace(-1, 1, WIDTH, dtype=np.float32) * clinical_rng.choice((-1, 1)))[None, :, None]
+    size = int(PATCH * clinical_rng.uniform(0.3, 0.42))
     patch = cv2.GaussianBlur(cv2.resize(clin_lesion, (size, size), interpolation=cv2.INTER_AREA), (0, 0), 1.2)
     alpha = cv2.GaussianBlur(cv2.resize(np.maximum(mask, clin_extra), (size, size), interpolation=cv2.INTER_AREA), (0, 0), 1.2)
-    x0 = int(rng.uniform(0.2, 0.8) * (WIDTH - size))
-    y0 = int(rng.uniform(0.2, 0.8) * (HEIGHT - size))
+    x0 = int(clinical_rng.uniform(0.2, 0.8) * (WIDTH - size))
+    y0 = int(clinical_rng.uniform(0.2, 0.8) * (HEIGHT - size))
     _paste(clinical, patch, alpha, x0, y0)
-    for _ in range(int(rng.integers(0, 4))):   # a few hairs
-        pts = np.cumsum(rng.normal(0, 12, (12, 2)), 0) + rng.uniform((0, 0), (WIDTH, HEIGHT))
+    for _ in range(int(clinical_rng.integers(0, 4))):   # a few hairs
+        pts = np.cumsum(clinical_rng.normal(0, 12, (12, 2)), 0) + clinical_rng.uniform((0, 0), (WIDTH, HEIGHT))
         cv2.polylines(clinical, [pts.astype(np.int32)], False, (60, 45, 40), 1, cv2.LINE_AA)
 
     return (np.clip(clinical, 0, 255).astype(np.uint8), np.clip(derm, 0, 255).astype(np.uint8))

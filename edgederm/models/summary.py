@@ -1,0 +1,60 @@
+"""Parameters and GFLOPs per component, counted by torch's own FlopCounterMode.
+
+FLOPs are torch's count: 2 per multiply-accumulate of convolutions, matmuls and
+attention, at batch 1 and the config's input size (papers that quote "FLOPs"
+for Swin-T, 4.5 G, usually mean multiply-accumulates: half of ours).
+"""
+from __future__ import annotations
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from edgederm.models.multimodal import MultiModalNet
+
+COMPONENTS = {   # row name -> attribute of MultiModalNet
+    "clinical encoder": "clinical_encoder",
+    "dermoscopy encoder": "derm_encoder",
+    "fusion blocks": "fusions",
+    "clinical head": "clinical_head",
+    "dermoscopy head": "derm_head",
+    "fusion head": "fusion_head",
+}
+
+
+def _module_flops(by_module: dict, name: str) -> int:
+    """FLOPs of one module; a ModuleList is never called itself, so sum its children."""
+    if name in by_module:
+        return sum(by_module[name].values())
+    prefix = name + "."
+    return sum(sum(counts.values()) for key, counts in by_module.items()
+               if key.startswith(prefix) and "." not in key[len(prefix):])
+
+
+def summarize(model: MultiModalNet) -> dict:
+    """{"rows": [{"component", "params_m", "gflops"}...], "total": {...}, "config": {...}}"""
+    size = model.cfg.img_size
+    x = torch.zeros(1, 3, size, size)
+    was_training = model.training
+    model.eval()
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(x, x)
+    model.train(was_training)
+    by_module = counter.get_flop_counts()
+    root = type(model).__name__
+    rows = []
+    for name, attr in COMPONENTS.items():
+        module = getattr(model, attr)
+        flops = _module_flops(by_module, f"{root}.{attr}")
+        rows.append({"component": name, "params_m": sum(p.numel() for p in module.parameters()) / 1e6,
+                     "gflops": flops / 1e9})
+    total = {"component": "total", "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+             "gflops": counter.get_total_flops() / 1e9}
+    return {"config": model.cfg.to_dict(), "framework": model.cfg.framework, "rows": rows, "total": total}
+
+
+def format_summary(summary: dict) -> str:
+    lines = [f"{'component':<20} {'params (M)':>11} {'GFLOPs':>9}", "-" * 42]
+    for row in summary["rows"] + [summary["total"]]:
+        lines.append(f"{row['component']:<20} {row['params_m']:>11.2f} {row['gflops']:>9.2f}")
+    return "\n".join(lines)

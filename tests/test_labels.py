@@ -1,0 +1,90 @@
+"""The label schema: grouping of every raw string of the real release, the
+17 AUC categories, and the seven-point score."""
+import pytest
+
+from edgederm import labels as L
+from edgederm.data.release import read_release
+from edgederm.errors import LabelError
+from tests.conftest import write_indexes, write_jpeg, write_meta
+
+# DESIGN.md section 3, verbatim: task -> class -> raw strings of the real release.
+REAL_RAW_STRINGS = {
+    "diagnosis": {
+        "BCC": ["basal cell carcinoma"],
+        "NEV": ["blue nevus", "clark nevus", "combined nevus", "congenital nevus", "dermal nevus",
+                "recurrent nevus", "reed or spitz nevus"],
+        "MEL": ["melanoma", "melanoma (in situ)", "melanoma (less than 0.76 mm)", "melanoma (0.76 to 1.5 mm)",
+                "melanoma (more than 1.5 mm)", "melanoma metastasis"],
+        "MISC": ["dermatofibroma", "lentigo", "melanosis", "miscellaneous", "vascular lesion"],
+        "SK": ["seborrheic keratosis"],
+    },
+    "pigment_network": {"ABS": ["absent"], "TYP": ["typical"], "ATP": ["atypical"]},
+    "streaks": {"ABS": ["absent"], "REG": ["regular"], "IR": ["irregular"]},
+    "pigmentation": {"ABS": ["absent"], "REG": ["diffuse regular", "localized regular"],
+                     "IR": ["diffuse irregular", "localized irregular"]},
+    "regression_structures": {"ABS": ["absent"], "PRS": ["blue areas", "white areas", "combinations"]},
+    "dots_and_globules": {"ABS": ["absent"], "REG": ["regular"], "IR": ["irregular"]},
+    "blue_whitish_veil": {"ABS": ["absent"], "PRS": ["present"]},
+    "vascular_structures": {"ABS": ["absent"],
+                            "REG": ["arborizing", "comma", "hairpin", "within regression", "wreath"],
+                            "IR": ["dotted", "linear irregular"]},
+}
+
+
+def test_meta_csv_with_every_raw_string_is_grouped_as_the_reference_code_does(tmp_path):
+    # One row per (column, raw string); the other label columns hold "absent" / a valid diagnosis.
+    rows, expected = [], []
+    for column, groups in REAL_RAW_STRINGS.items():
+        for cls, raws in groups.items():
+            for raw in raws:
+                row = {t.column: "absent" for t in L.TASKS}
+                row["diagnosis"] = "clark nevus"
+                row[column] = raw
+                n = len(rows)
+                row.update(case_num=str(n + 1), clinic=f"A/c{n}.jpg", derm=f"A/d{n}.JPG", seven_point_score="0")
+                write_jpeg(tmp_path / "images" / "A" / f"c{n}.jpg")
+                write_jpeg(tmp_path / "images" / "A" / f"d{n}.JPG")
+                rows.append(row)
+                expected.append((column, cls))
+    write_meta(tmp_path, rows)
+    write_indexes(tmp_path, {"train": list(range(len(rows))), "valid": [], "test": []})
+    release = read_release(tmp_path)
+    by_column = {t.column: t for t in L.TASKS}
+    for case, (column, cls) in zip(release.split("train"), expected):
+        task = by_column[column]
+        assert task.classes[case.labels[L.TASK_KEYS.index(task.key)]] == cls, (column, cls)
+    # Beyond the real spellings, the schema accepts only the reference code's group names.
+    reference_aliases = {"nevus", "DF/LT/MLS/MISC", "regular", "irregular", "present", "dotted/irregular"}
+    for task in L.TASKS:
+        real = {raw for raws in REAL_RAW_STRINGS[task.column].values() for raw in raws}
+        assert real <= set(task.raw_strings)
+        assert set(task.raw_strings) - real <= reference_aliases
+
+
+def test_schema_has_eight_tasks_seventeen_auc_categories_and_eight_melanoma_categories():
+    assert L.TASK_KEYS == ("DIAG", "PN", "STR", "PIG", "RS", "DaG", "BWV", "VS")
+    assert L.NUM_CLASSES == (5, 3, 3, 3, 2, 3, 2, 3)
+    assert L.TOTAL_CLASSES == 24
+    assert len(L.AUC_CATEGORIES) == 17
+    assert L.AUC_CATEGORIES[:5] == (("DIAG", "BCC"), ("DIAG", "NEV"), ("DIAG", "MEL"), ("DIAG", "MISC"), ("DIAG", "SK"))
+    assert ("PN", "ABS") not in L.AUC_CATEGORIES
+    assert len(L.MELANOMA_CATEGORIES) == 8
+    slices = list(L.TASK_SLICES.values())
+    assert slices[0] == slice(0, 5) and slices[-1] == slice(21, 24)
+
+
+def test_unknown_raw_string_names_column_and_value():
+    with pytest.raises(LabelError, match=r"'wavy'.*'streaks'"):
+        L.TASK_BY_KEY["STR"].encode("wavy")
+
+
+def test_seven_point_score_matches_real_rows():
+    # Rows of the real meta.csv: (criteria) -> seven_point_score column.
+    assert L.seven_point_score({"PN": "ABS", "STR": "ABS", "PIG": "ABS", "RS": "PRS", "DaG": "IR",
+                                "BWV": "PRS", "VS": "REG"}) == 4
+    assert L.seven_point_score({"PN": "ATP", "STR": "IR", "PIG": "IR", "RS": "ABS", "DaG": "IR",
+                                "BWV": "PRS", "VS": "IR"}) == 9
+    assert L.seven_point_score({"PN": 0, "STR": 0, "PIG": 0, "RS": 0, "DaG": 0, "BWV": 0, "VS": 0}) == 0
+    named = L.seven_point_contributions({"PN": "ATP", "STR": "ABS", "PIG": "REG", "RS": "ABS", "DaG": "ABS",
+                                         "BWV": "ABS", "VS": "ABS"})
+    assert named == [("PN", "ATP", 2)]

@@ -1,0 +1,97 @@
+"""Reading photos of every kind a clinic may send, and the shared preprocessing."""
+import cv2
+import numpy as np
+import pytest
+
+from edgederm.augment import AugmentConfig, augment_image
+from edgederm.errors import ImageError
+from edgederm.preprocess import PreprocessConfig, load_input, normalize, read_image
+from tests.conftest import write_jpeg
+
+
+def _rgb(h=48, w=64):
+    rng = np.random.default_rng(1)
+    return rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def test_png_round_trip_is_rgb(tmp_path):
+    rgb = _rgb()
+    cv2.imwrite(str(tmp_path / "a.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    np.testing.assert_array_equal(read_image(tmp_path / "a.png"), rgb)
+
+
+def test_rgba_drops_alpha(tmp_path):
+    rgb = _rgb()
+    rgba = np.dstack([cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), np.full(rgb.shape[:2], 7, np.uint8)])
+    cv2.imwrite(str(tmp_path / "a.png"), rgba)
+    np.testing.assert_array_equal(read_image(tmp_path / "a.png"), rgb)
+
+
+def test_16_bit_is_scaled_to_8_bit(tmp_path):
+    rgb = _rgb()
+    cv2.imwrite(str(tmp_path / "a.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR).astype(np.uint16) * 257)
+    img = read_image(tmp_path / "a.png")
+    assert img.dtype == np.uint8
+    np.testing.assert_array_equal(img, rgb)
+
+
+def test_grayscale_is_refused(tmp_path):
+    cv2.imwrite(str(tmp_path / "grey.jpg"), _rgb()[:, :, 0])
+    with pytest.raises(ImageError, match=r"grey\.jpg: grayscale"):
+        read_image(tmp_path / "grey.jpg")
+
+
+def test_truncated_jpeg_is_refused(tmp_path):
+    data = write_jpeg(tmp_path / "full.jpg", _rgb(256, 256)).read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: int(len(data) * 0.9)])
+    with pytest.raises(ImageError, match=r"cut\.jpg: truncated"):
+        read_image(tmp_path / "cut.jpg")
+
+
+def test_truncated_png_is_refused(tmp_path):
+    cv2.imwrite(str(tmp_path / "full.png"), _rgb(128, 128))
+    data = (tmp_path / "full.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[:-40])
+    with pytest.raises(ImageError, match=r"cut\.png: truncated"):
+        read_image(tmp_path / "cut.png")
+
+
+@pytest.mark.parametrize("content, message", [(b"", "empty file"), (b"not an image at all", "not a readable image")])
+def test_empty_and_corrupt_files_are_refused(tmp_path, content, message):
+    (tmp_path / "bad.jpg").write_bytes(content)
+    with pytest.raises(ImageError, match=rf"bad\.jpg: {message}"):
+        read_image(tmp_path / "bad.jpg")
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ImageError, match=r"nope\.jpg: file not found"):
+        read_image(tmp_path / "nope.jpg")
+
+
+def test_load_input_resizes_and_normalises(tmp_path):
+    img = np.zeros((40, 60, 3), np.uint8)
+    img[..., 0] = 255
+    cv2.imwrite(str(tmp_path / "red.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    x = load_input(tmp_path / "red.png", PreprocessConfig(size=32))
+    assert x.shape == (3, 32, 32) and x.dtype == np.float32
+    # channel 0 is red at 255: (1 - 0.485) / 0.229; channel 1 is 0: -0.456 / 0.224
+    assert x[0].mean() == pytest.approx((1 - 0.485) / 0.229, abs=1e-5)
+    assert x[1].mean() == pytest.approx(-0.456 / 0.224, abs=1e-5)
+
+
+def test_preprocess_config_round_trips_and_refuses_unknown_rules():
+    cfg = PreprocessConfig(size=160, resize="linear")
+    assert PreprocessConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(Exception, match="unknown resize rule"):
+        PreprocessConfig(resize="nearest-ish")
+
+
+def test_augmentation_is_repeatable_for_a_seed_and_changes_the_image():
+    img = _rgb(64, 64)
+    a = augment_image(img, np.random.default_rng(5), AugmentConfig())
+    b = augment_image(img, np.random.default_rng(5), AugmentConfig())
+    np.testing.assert_array_equal(a, b)
+    assert a.shape == img.shape and a.dtype == np.uint8
+    always = AugmentConfig(p_flip=1.0, p_rot90=0.0, p_shift_scale_rotate=0.0, p_brightness_contrast=0.0)
+    np.testing.assert_array_equal(augment_image(img, np.random.default_rng(0), always), img[::-1, ::-1])
+    assert not np.array_equal(normalize(a), normalize(img))
