@@ -145,7 +145,7 @@ def _pigmentation(les: _Lesion, cls: str, raw: str) -> list[Layer]:
         r = les.radius * (0.35 if localized else 0.7)
         out = np.zeros((PATCH, PATCH), np.uint8)
         cv2.circle(out, (int(les.cx), int(les.cy)), int(r), 255, -1, cv2.LINE_AA)
-        return [(_soft(out, r / 4) * les.mask, (85, 52, 38), 0.6)]
+        return [(_soft(out, r / 4) * les.mask, (72, 44, 32), 0.8)]
     # irregular: off-centre, asymmetric, near-black blotches
     out = np.zeros((PATCH, PATCH), np.uint8)
     for cx, cy in _random_points_in(les, 1 if localized else int(rng.integers(2, 4)), 0.6, 0.2):
