@@ -36,9 +36,9 @@ def _one_line_errors(command):
     return wrapper
 
 
-def _progress(desc: str):
+def _progress(desc: str, unit: str):
     from tqdm import tqdm
-    return lambda iterable, total=None: tqdm(iterable, total=total, desc=desc, unit="case", dynamic_ncols=True)
+    return lambda iterable, total=None: tqdm(iterable, total=total, desc=desc, unit=unit, dynamic_ncols=True)
 
 
 @data_app.command("synth")
@@ -52,9 +52,8 @@ def data_synth(
 ):
     """Write a synthetic release in the exact derm7pt release_v0 layout."""
     from edgederm.data.synth import write_synthetic_release
-    progress = _progress("drawing")
     path = write_synthetic_release(out, cases=cases, seed=seed, workers=workers, force=force,
-                                   progress=lambda it, n: progress(it, n))
+                                   progress=_progress("drawing", "case"))
     typer.echo(f"wrote {cases} cases to {path}")
 
 
@@ -68,7 +67,7 @@ def data_check(
     """Print per-split, per-class counts and every problem found; exit 1 on any problem."""
     from edgederm import labels as L
     from edgederm.data.release import SPLITS, scan_release
-    result = scan_release(release, verify_images=images, progress=None if as_json else _progress("images"))
+    result = scan_release(release, verify_images=images, progress=None if as_json else _progress("decoding", "image"))
     rel = result.release
     report = {
         "release": str(release),

@@ -121,3 +121,15 @@ def test_scan_collects_every_problem(release_copy):
     assert "'reticular'" in result.problems[0] and "'maybe'" in result.problems[1]
     with pytest.raises(DataError, match="and 1 more problem"):
         read_release(release_copy)
+
+
+def test_training_dataset_gives_the_runtime_preprocessing(synthetic_release):
+    # Without augmentation the torch dataset must feed exactly what the runtimes will.
+    from edgederm.data.torch_dataset import PairDataset
+    from edgederm.preprocess import PreprocessConfig, load_input
+    case = read_release(synthetic_release).split("valid")[0]
+    cfg = PreprocessConfig(size=96)
+    clinical, derm, labels = PairDataset([case], cfg)[0]
+    np.testing.assert_array_equal(clinical.numpy(), load_input(case.clinical, cfg))
+    np.testing.assert_array_equal(derm.numpy(), load_input(case.derm, cfg))
+    assert labels.tolist() == list(case.labels)

@@ -1,0 +1,68 @@
+"""The command line, driven through typer's CliRunner: exit codes, output, files."""
+import json
+
+from typer.testing import CliRunner
+
+from edgederm.cli import app
+from tests.conftest import read_meta, write_meta
+
+runner = CliRunner()
+
+
+def test_help_lists_the_commands():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    assert "data" in result.output and "model" in result.output
+
+
+def test_synth_then_check(tmp_path):
+    out = tmp_path / "synth"
+    result = runner.invoke(app, ["data", "synth", "--out", str(out), "--cases", "12", "--seed", "1", "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    assert (out / "meta" / "meta.csv").is_file()
+    result = runner.invoke(app, ["data", "check", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["problems"] == []
+    assert sum(s["cases"] for s in report["splits"].values()) == 12
+    assert sum(report["splits"]["train"]["counts"]["DIAG"].values()) == report["splits"]["train"]["cases"]
+    # refuses to overwrite, leaves the release intact
+    before = (out / "meta" / "meta.csv").read_bytes()
+    result = runner.invoke(app, ["data", "synth", "--out", str(out), "--cases", "12"])
+    assert result.exit_code == 1 and "already exists" in result.output
+    assert (out / "meta" / "meta.csv").read_bytes() == before
+
+
+def test_check_reports_every_problem_and_exits_non_zero(release_copy):
+    rows = read_meta(release_copy)
+    rows[0]["streaks"] = "wavy"
+    rows[1]["vascular_structures"] = "spiral"
+    write_meta(release_copy, rows)
+    result = runner.invoke(app, ["data", "check", str(release_copy), "--no-images"])
+    assert result.exit_code == 1
+    assert "'wavy'" in result.output and "'spiral'" in result.output
+    assert "2 problem(s)" in result.output
+    assert "DIAG  NEV" in result.output   # the counts table is still printed
+
+
+def test_check_on_a_folder_that_is_not_a_release(tmp_path):
+    result = runner.invoke(app, ["data", "check", str(tmp_path)])
+    assert result.exit_code == 1
+    assert result.output.strip().count("\n") == 0 and "meta.csv: file not found" in result.output
+
+
+def test_model_summary_json_and_table():
+    result = runner.invoke(app, ["model", "summary", "--preset", "tiny", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    total = summary["total"]
+    assert abs(sum(r["params_m"] for r in summary["rows"]) - total["params_m"]) < 1e-6
+    assert total["gflops"] > 0 and summary["config"]["img_size"] == 128
+    table = runner.invoke(app, ["model", "summary", "--preset", "tiny"])
+    assert "dermoscopy encoder" in table.output and "total" in table.output
+
+
+def test_model_summary_bad_preset_is_one_line():
+    result = runner.invoke(app, ["model", "summary", "--preset", "huge"])
+    assert result.exit_code == 1
+    assert result.output.strip() == "error: unknown preset 'huge' (choose from paper, sff-cat, aff-cat, aff-bab, aff-aab, tiny)"

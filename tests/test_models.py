@@ -1,0 +1,131 @@
+"""The model family: the attention blocks' contract, shapes at every fusion
+stage, gradients into both encoders, presets' sizes, configs, pretrained files."""
+import json
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+from edgederm import labels as L
+from edgederm.errors import ConfigError, PretrainedError
+from edgederm.models import ModelConfig, create_model, get_preset
+from edgederm.models.attention import AsymmetricAttentionBlock, AsymmetricFusion, BidirectionalFusion
+from edgederm.models.fusion import ConcatFusion
+from edgederm.models.heads import split_tasks
+
+# Small, fast encoders for behaviour tests (random init); 64 px keeps them quick.
+SMALL = ModelConfig(clinical_encoder="mobilenetv3_small_050", derm_encoder="resnet10t", img_size=64,
+                    fusion_stages=(1, 2, 3, 4))
+
+
+def test_aab_refines_dermoscopy_and_never_touches_clinical():
+    torch.manual_seed(0)
+    block = AsymmetricFusion(channels=16, key_channels=4)
+    clinical, derm = torch.randn(2, 16, 5, 6), torch.randn(2, 16, 5, 6)
+    clinical_before = clinical.clone()
+    out = block(clinical, derm)
+    assert out.shape == derm.shape
+    assert torch.equal(clinical, clinical_before)            # clinical features are not modified
+    assert not torch.allclose(out, derm)                      # dermoscopy features are
+    # Clinical features steer: other clinical maps give another refinement of the same dermoscopy map.
+    assert not torch.allclose(block(torch.randn_like(clinical), derm), out)
+
+
+def test_aab_is_the_formula_of_the_design():
+    torch.manual_seed(1)
+    block = AsymmetricAttentionBlock(channels=8, key_channels=4)
+    c, d = torch.randn(1, 8, 3, 4), torch.randn(1, 8, 3, 4)
+    ck = block.key(c).flatten(2).transpose(1, 2)[0]           # N x Ck
+    cq = block.query(c).flatten(2).transpose(1, 2)[0]
+    dv = block.value(d).flatten(2).transpose(1, 2)[0]         # N x C
+    m_c = torch.softmax(ck @ cq.T / 4 ** 0.5, dim=-1)           # N x N
+    expected = (m_c @ dv).T.reshape(8, 3, 4) + d[0]
+    torch.testing.assert_close(block(c, d)[0], expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("block_cls, out_factor", [(BidirectionalFusion, 2), (ConcatFusion, 1)])
+def test_baseline_blocks_shapes(block_cls, out_factor):
+    block = block_cls(16, 4)
+    out = block(torch.randn(2, 16, 4, 4), torch.randn(2, 16, 4, 4))
+    assert out.shape == (2, 16 * out_factor, 4, 4) and block.out_channels == 16 * out_factor
+
+
+@pytest.mark.parametrize("fusion", ["aab", "bab", "cat"])
+def test_shapes_hold_at_every_configured_stage_and_gradients_reach_both_encoders(fusion):
+    torch.manual_seed(0)
+    model = create_model(ModelConfig(**{**SMALL.to_dict(), "fusion": fusion}))
+    clinical, derm = torch.randn(2, 3, 64, 64), torch.randn(2, 3, 64, 64)
+    c_feats, d_feats = model.clinical_encoder(clinical), model.derm_encoder(derm)
+    for fusion_block, s, c in zip(model.fusions, model.fusion_stages, model.clinical_stages):
+        fused = fusion_block(c_feats[c], d_feats[s])
+        assert fused.shape[0] == 2 and fused.shape[-2:] == d_feats[s].shape[-2:]
+        assert fused.shape[1] == fusion_block.out_channels
+    assert model.fusion_stages == [1, 2, 3, 4]
+    logits = model(clinical, derm)
+    assert set(logits) == {"clinical", "derm", "fusion"}
+    assert all(v.shape == (2, L.TOTAL_CLASSES) for v in logits.values())
+    # Only the fusion head's loss: gradients must still reach both encoders through the fusion blocks.
+    logits["fusion"].sum().backward()
+    for encoder in (model.clinical_encoder, model.derm_encoder):
+        grads = [p.grad for p in encoder.parameters() if p.requires_grad]
+        assert any(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_fused_probabilities_are_per_task_distributions_weighted_by_branch():
+    torch.manual_seed(0)
+    model = create_model(SMALL).eval()
+    x = torch.randn(3, 3, 64, 64)
+    probs = model.fused_probabilities(x, x)
+    for part in split_tasks(probs).values():
+        torch.testing.assert_close(part.sum(dim=1), torch.ones(3))
+    model.set_branch_weights(0.0, 1.0, 0.0)      # all weight on the dermoscopy branch = P_D
+    with torch.no_grad():
+        derm_only = torch.cat([p.softmax(1) for p in split_tasks(model(x, x)["derm"]).values()], 1)
+        torch.testing.assert_close(model.fused_probabilities(x, x), derm_only)
+    with pytest.raises(ConfigError, match="sum to 1"):
+        model.set_branch_weights(0.5, 0.5, 0.5)
+
+
+def test_paper_preset_sizes():
+    paper = sum(p.numel() for p in create_model(get_preset("paper")).parameters()) / 1e6
+    sff_cat = sum(p.numel() for p in create_model(get_preset("sff-cat")).parameters()) / 1e6
+    print(f"paper {paper:.2f} M, sff-cat {sff_cat:.2f} M")
+    assert 30.0 <= paper <= 33.06
+    assert abs(sff_cat - 58.49) / 58.49 <= 0.03
+    assert get_preset("sff-cat").framework == "sff" and get_preset("paper").framework == "aff"
+
+
+def test_config_json_round_trip_and_errors(tmp_path):
+    cfg = get_preset("aff-bab")
+    cfg.save(tmp_path / "model.json")
+    assert ModelConfig.load(tmp_path / "model.json") == cfg
+    (tmp_path / "bad.json").write_text(json.dumps({**cfg.to_dict(), "heads": 4}))
+    with pytest.raises(ConfigError, match="unknown key.*heads"):
+        ModelConfig.load(tmp_path / "bad.json")
+    with pytest.raises(ConfigError, match="fusion 'sum'"):
+        ModelConfig(fusion="sum")
+    with pytest.raises(ConfigError, match="fusion stage 7 does not exist"):
+        create_model(ModelConfig(**{**SMALL.to_dict(), "fusion_stages": (7,)}))
+    with pytest.raises(ConfigError, match="not a timm model"):
+        create_model(ModelConfig(**{**SMALL.to_dict(), "derm_encoder": "resnet_9000"}))
+    with pytest.raises(ConfigError, match="unknown preset 'huge'"):
+        get_preset("huge")
+
+
+def test_pretrained_encoder_from_a_local_safetensors_file(tmp_path):
+    torch.manual_seed(0)
+    source = timm.create_model("resnet10t", pretrained=False)
+    save_file(source.state_dict(), tmp_path / "resnet10t.safetensors")
+    model = create_model(SMALL, pretrained_derm=tmp_path / "resnet10t.safetensors")
+    torch.testing.assert_close(model.derm_encoder.body.conv1[0].weight, source.conv1[0].weight)
+
+
+def test_pretrained_errors_are_one_line(tmp_path):
+    with pytest.raises(PretrainedError, match="missing.safetensors: pretrained weights for resnet10t not found"):
+        create_model(SMALL, pretrained_derm=tmp_path / "missing.safetensors")
+    wrong = timm.create_model("mobilenetv3_small_050", pretrained=False)
+    save_file(wrong.state_dict(), tmp_path / "wrong.safetensors")
+    with pytest.raises(PretrainedError, match="wrong.safetensors: weights do not fit resnet10t") as info:
+        create_model(SMALL, pretrained_derm=tmp_path / "wrong.safetensors")
+    assert "\n" not in str(info.value)
