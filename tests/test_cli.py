@@ -66,3 +66,16 @@ def test_model_summary_bad_preset_is_one_line():
     result = runner.invoke(app, ["model", "summary", "--preset", "huge"])
     assert result.exit_code == 1
     assert result.output.strip() == "error: unknown preset 'huge' (choose from paper, sff-cat, aff-cat, aff-bab, aff-aab, tiny)"
+
+
+def test_data_check_does_not_import_torch(synthetic_release):
+    # `data check` runs on a Jetson or clinic laptop: numpy and OpenCV only.
+    import subprocess
+    import sys
+    code = ("import sys\nfrom edgederm.cli import app\n"
+            "try:\n    app(['data', 'check', sys.argv[1], '--json'])\nexcept SystemExit as e:\n    assert e.code in (0, None), e.code\n"
+            "heavy = sorted(m for m in ('torch', 'timm', 'nncf', 'openvino') if m in sys.modules)\n"
+            "print('HEAVY', heavy, file=sys.stderr)\n")
+    result = subprocess.run([sys.executable, "-c", code, str(synthetic_release)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "HEAVY []" in result.stderr
