@@ -119,6 +119,108 @@ def model_summary(
         typer.echo(format_summary(summary))
 
 
+_TRAIN_MODEL_FLAGS = ("clinical_encoder", "derm_encoder", "fusion", "fusion_stages", "img_size")
+_TRAIN_RECIPE_FLAGS = ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "swa_epochs", "swa_lr",
+                       "augment", "class_weights", "seed", "workers", "amp")
+
+
+def _as_flags(values: dict) -> list[str]:
+    """Options back into command-line flags, for re-launching under torchrun."""
+    flags = []
+    for name, value in values.items():
+        if value is None or value is False and name == "resume":
+            continue
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(flag if value else "--no-" + name.replace("_", "-"))
+        else:
+            flags += [flag, str(value)]
+    return flags
+
+
+@app.command("train")
+@_one_line_errors
+def train_command(
+    data: Annotated[Path, typer.Option(help="A release_v0 folder: trains on `train`, selects on `valid`.")],
+    out: Annotated[Path, typer.Option(help="Run folder to create (or to continue with --resume).")],
+    preset: Annotated[str, typer.Option(help="Model + recipe: paper, sff-cat, aff-cat, aff-bab, aff-aab, tiny.")] = "paper",
+    config: Annotated[Optional[Path], typer.Option(help="JSON or TOML file with `model` / `train` tables.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in OUT from its last checkpoint.")] = False,
+    nproc: Annotated[int, typer.Option(help="Processes (one per GPU) launched through torchrun.")] = 1,
+    clinical_encoder: Annotated[Optional[str], typer.Option(help="timm name of the clinical encoder.")] = None,
+    derm_encoder: Annotated[Optional[str], typer.Option(help="timm name of the dermoscopy encoder.")] = None,
+    fusion: Annotated[Optional[str], typer.Option(help="aab, bab or cat.")] = None,
+    fusion_stages: Annotated[Optional[str], typer.Option(help="Dermoscopy stages with a fusion block, e.g. -2,-1.")] = None,
+    img_size: Annotated[Optional[int], typer.Option(help="Input size in pixels.")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Epochs in all (SWA included).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Batch size per process.")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Adam learning rate.")] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(help="Adam weight decay.")] = None,
+    warmup_epochs: Annotated[Optional[int], typer.Option(help="Linear warm-up epochs.")] = None,
+    swa_epochs: Annotated[Optional[int], typer.Option(help="Average the weights of the last N epochs (0: off).")] = None,
+    swa_lr: Annotated[Optional[float], typer.Option(help="Learning rate while averaging.")] = None,
+    augment: Annotated[Optional[bool], typer.Option("--augment/--no-augment", help="Training augmentation.")] = None,
+    class_weights: Annotated[Optional[bool], typer.Option("--class-weights/--no-class-weights",
+                                                          help="Inverse-frequency weighted cross-entropy.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed; a CPU run with the same seed is repeatable.")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="DataLoader worker processes.")] = None,
+    amp: Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="Mixed precision on CUDA.")] = None,
+    pretrained_clinical: Annotated[Optional[Path], typer.Option(help="Local weights file for the clinical encoder.")] = None,
+    pretrained_derm: Annotated[Optional[Path], typer.Option(help="Local weights file for the dermoscopy encoder.")] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+):
+    """Train a model; writes checkpoints, per-epoch metrics and the final weights to OUT."""
+    values = dict(locals())
+    if nproc > 1:
+        import subprocess
+        import sys
+        del values["nproc"]
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+                   "-m", "edgederm.training", *_as_flags(values)]
+        raise typer.Exit(code=subprocess.run(command).returncode)
+    from edgederm.training.recipe import resolve_config
+    from edgederm.training.trainer import train
+    stages = tuple(int(s) for s in fusion_stages.split(",")) if fusion_stages else None
+    model_cfg, train_cfg = resolve_config(
+        preset, config,
+        model_overrides={**{k: values[k] for k in _TRAIN_MODEL_FLAGS}, "fusion_stages": stages},
+        train_overrides={k: values[k] for k in _TRAIN_RECIPE_FLAGS})
+    final = train(data, out, model_cfg, train_cfg, resume=resume, pretrained_clinical=pretrained_clinical,
+                  pretrained_derm=pretrained_derm, progress=not quiet)
+    if final.is_file():
+        weights = json.loads((out / "branch_weights.json").read_text())
+        typer.echo(f"final weights: {final}  (W_C {weights['clinical']:.2f}, W_D {weights['derm']:.2f}, "
+                   f"W_FU {weights['fusion']:.2f}; validation averaged AUC {100 * weights['valid_score']:.1f})")
+
+
+@app.command("evaluate")
+@_one_line_errors
+def evaluate_command(
+    run: Annotated[Path, typer.Option(help="A run folder written by `edgederm train`.")],
+    data: Annotated[Path, typer.Option(help="A release_v0 folder.")],
+    split: Annotated[str, typer.Option(help="train, valid or test.")] = "test",
+    tta: Annotated[bool, typer.Option(help="Test-time augmentation: 6 views averaged.")] = False,
+    checkpoint: Annotated[str, typer.Option(help="model (final), best or swa.")] = "model",
+    out: Annotated[Optional[Path], typer.Option(help="Report folder (default RUN/eval-SPLIT[-tta]).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print metrics.json to stdout.")] = False,
+):
+    """Metrics in the paper's layout for every branch; writes metrics.json and metrics.md."""
+    from edgederm.evaluation.evaluate import evaluate_run
+    from edgederm.evaluation.report import headline, write_report
+    report = evaluate_run(run, data, split=split, checkpoint=checkpoint, tta=tta,
+                          progress=None if as_json else _progress("evaluating", "batch"))
+    out = out or run / f"eval-{split}{'-tta' if tta else ''}"
+    json_path, md_path = write_report(report, out)
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+    else:
+        for key, name in (("clinical", "clinical"), ("derm", "dermoscopy"), ("fusion", "fusion"), ("final", "final")):
+            m = report["branches"][key]
+            typer.echo(f"{name:<11} AUC {100 * m['avg_auc']:.1f}  ACC {100 * m['avg_acc']:.1f}")
+        typer.echo(f"wrote {json_path} and {md_path}")
+        typer.echo(headline(report["branches"]["final"], report["params_m"]))
+
+
 def main() -> None:
     app()
 

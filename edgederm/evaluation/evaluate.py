@@ -1,0 +1,44 @@
+"""Evaluate a run's weights on a split of a release: every branch and the weighted final."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from edgederm.data.release import read_release
+from edgederm.data.torch_dataset import PairDataset
+from edgederm.errors import ConfigError
+from edgederm.evaluation.metrics import compute_metrics
+from edgederm.evaluation.predict import predict_branches, weighted_final
+from edgederm.models.io import load_model
+from edgederm.preprocess import PreprocessConfig
+
+CHECKPOINTS = {"model": "model.safetensors", "best": "best.safetensors", "swa": "swa.safetensors"}
+
+
+def evaluate_run(run_dir: str | Path, data: str | Path, split: str = "test", checkpoint: str = "model",
+                 tta: bool = False, batch_size: int = 32, progress=None) -> dict:
+    run_dir = Path(run_dir)
+    if checkpoint not in CHECKPOINTS:
+        raise ConfigError(f"unknown checkpoint {checkpoint!r} (choose from {', '.join(CHECKPOINTS)})")
+    weights = run_dir / CHECKPOINTS[checkpoint]
+    if not weights.is_file():
+        hint = " (has training finished?)" if checkpoint == "model" else ""
+        raise ConfigError(f"{weights}: not found{hint}")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = load_model(weights).to(device)
+    cases = read_release(data).split(split)
+    if not cases:
+        raise ConfigError(f"{data}: the {split} split is empty")
+    loader = DataLoader(PairDataset(cases, PreprocessConfig(size=model.cfg.img_size), cache=False),
+                        batch_size=batch_size)
+    branch_probs, labels = predict_branches(model, loader, device, tta=tta, progress=progress)
+    weights_used = model.branch_weights.tolist()
+    branch_probs["final"] = weighted_final(branch_probs, weights_used)
+    return {
+        "run": str(run_dir), "weights": str(weights), "data": str(data), "split": split, "tta": tta,
+        "cases": len(cases), "branch_weights": weights_used,
+        "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+        "branches": {b: compute_metrics(p, labels) for b, p in branch_probs.items()},
+    }

@@ -1,0 +1,52 @@
+"""Model weights on disk: safetensors, with the model config in the file's
+metadata, so a weights file is self-describing and loads without pickle."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+
+from edgederm.errors import ConfigError
+from edgederm.models.config import ModelConfig
+from edgederm.models.multimodal import MultiModalNet
+
+
+def save_weights(model: MultiModalNet, path: str | Path, extra: dict | None = None) -> None:
+    """Write weights + config atomically (temporary name, then rename)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".partial")
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    metadata = {"model_config": json.dumps(model.cfg.to_dict())}
+    metadata.update({k: json.dumps(v) for k, v in (extra or {}).items()})
+    save_file(state, str(tmp), metadata=metadata)
+    tmp.replace(path)
+
+
+def read_metadata(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: weights file not found")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = f.metadata() or {}
+    except (SafetensorError, OSError) as e:
+        raise ConfigError(f"{path}: not a safetensors weights file ({e})") from None
+    return {k: json.loads(v) for k, v in raw.items()}
+
+
+def load_model(path: str | Path, map_location: str = "cpu") -> MultiModalNet:
+    """Rebuild the network from a weights file written by `save_weights`."""
+    path = Path(path)
+    meta = read_metadata(path)
+    if "model_config" not in meta:
+        raise ConfigError(f"{path}: no model config in the file's metadata (not written by EdgeDerm)")
+    model = MultiModalNet(ModelConfig.from_dict(meta["model_config"]))
+    state = load_file(str(path), device=map_location)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ConfigError(f"{path}: weights do not match the config "
+                          f"({len(missing)} missing, {len(unexpected)} unexpected tensors)")
+    return model

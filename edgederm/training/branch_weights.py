@@ -1,0 +1,35 @@
+"""The search for the branch weights W_C, W_D, W_FU on the validation split.
+
+The paper searches them on validation data but does not say for what; we
+maximise averaged AUC: it is the paper's headline metric and the one the INT8
+gate later protects, and unlike accuracy it does not hinge on argmax
+thresholds, which on ~200 validation cases move in coarse steps.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from edgederm.evaluation.metrics import averaged_auc
+from edgederm.evaluation.predict import weighted_final
+
+METRIC = "validation averaged AUC of P_FI (17 categories)"
+
+
+def weight_grid(step: float = 0.05) -> list[tuple[float, float, float]]:
+    """Every (W_C, W_D, W_FU) >= 0 summing to 1 on a grid of `step`."""
+    n = round(1 / step)
+    if abs(n * step - 1) > 1e-9:
+        raise ValueError(f"step {step} must divide 1")
+    return [(i / n, j / n, (n - i - j) / n) for i in range(n + 1) for j in range(n + 1 - i)]
+
+
+def search_branch_weights(branch_probs: dict[str, np.ndarray], labels: np.ndarray,
+                          step: float = 0.05) -> tuple[tuple[float, float, float], float]:
+    """The best weights and their score. Ties go to the weights closest to equal."""
+    best, best_key = None, None
+    for weights in weight_grid(step):
+        score = averaged_auc(weighted_final(branch_probs, weights), labels)
+        key = (round(score, 10), -float(np.sum((np.asarray(weights) - 1 / 3) ** 2)))
+        if best_key is None or key > best_key:
+            best, best_key = (weights, score), key
+    return best

@@ -1,0 +1,29 @@
+"""L = L_clinical + L_derm + L_fusion, each the sum of the eight tasks' cross-entropies."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from edgederm import labels as L
+from edgederm.models.heads import split_tasks
+
+
+def class_weights_from_counts(labels: torch.Tensor) -> list[torch.Tensor]:
+    """Inverse-frequency weights per task, N / (K * n_c), from N x 8 training labels.
+    A class missing from the training split gets weight 1 (it contributes no loss anyway)."""
+    weights = []
+    for t, k in enumerate(L.NUM_CLASSES):
+        counts = torch.bincount(labels[:, t], minlength=k).float()
+        w = torch.where(counts > 0, len(labels) / (k * counts.clamp(min=1)), torch.ones_like(counts))
+        weights.append(w)
+    return weights
+
+
+def multitask_loss(branch_logits: dict[str, torch.Tensor], targets: torch.Tensor,
+                   class_weights: list[torch.Tensor] | None = None) -> torch.Tensor:
+    total = 0.0
+    for logits in branch_logits.values():
+        for t, task_logits in enumerate(split_tasks(logits).values()):
+            weight = class_weights[t].to(task_logits.device) if class_weights is not None else None
+            total = total + F.cross_entropy(task_logits.float(), targets[:, t], weight=weight)
+    return total

@@ -1,0 +1,290 @@
+"""The training loop: one process, or one per GPU (or CPU process) under torchrun.
+
+    run_dir/
+      config.json          resolved model, train and preprocessing config, data path, versions
+      metrics.jsonl        one line per epoch: loss, throughput, lr, validation AUC / ACC
+      checkpoints/         the last epoch's resumable state (edgederm.training.checkpoint)
+      best.safetensors     weights with the best validation averaged AUC
+      swa.safetensors      the stochastic-weight average (BatchNorm statistics recomputed)
+      model.safetensors    the final model (SWA, or best without SWA) with searched branch weights
+      branch_weights.json  W_C, W_D, W_FU, the metric searched and its validation score
+      ranks/rank<r>.json   under torch.distributed: batches and samples each rank saw, weights hash
+
+Randomness is a function of (seed, epoch): each epoch reseeds torch and its
+sampler, so a run resumed after epoch k draws exactly what the uninterrupted
+run would have drawn (on the CPU, bit for bit).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.optim.swa_utils import AveragedModel
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+from tqdm import tqdm
+
+import edgederm
+from edgederm.augment import AugmentConfig
+from edgederm.data.release import read_release
+from edgederm.data.torch_dataset import PairDataset
+from edgederm.errors import ConfigError
+from edgederm.evaluation.metrics import compute_metrics
+from edgederm.evaluation.predict import predict_branches, weighted_final
+from edgederm.models import create_model
+from edgederm.models.config import ModelConfig
+from edgederm.models.io import load_model, save_weights
+from edgederm.preprocess import PreprocessConfig
+from edgederm.training.branch_weights import METRIC, search_branch_weights
+from edgederm.training.checkpoint import load_checkpoint, save_checkpoint
+from edgederm.training.loss import class_weights_from_counts, multitask_loss
+from edgederm.training.recipe import TrainConfig
+
+FINAL = "model.safetensors"
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            torch.distributed.barrier()
+
+
+def _init_distributed() -> Dist:
+    """torchrun sets WORLD_SIZE / RANK / LOCAL_RANK; NCCL on GPUs, gloo on CPUs."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return Dist()
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    torch.distributed.init_process_group(backend=backend)
+    return Dist(torch.distributed.get_rank(), world_size, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def _device(dist: Dist) -> torch.device:
+    if torch.cuda.is_available():
+        torch.cuda.set_device(dist.local_rank)
+        return torch.device("cuda", dist.local_rank)
+    return torch.device("cpu")
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return seed * 1_000_003 + epoch
+
+
+def _weights_digest(model: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+@torch.no_grad()
+def update_bn(model: torch.nn.Module, loader, device) -> None:
+    """torch.optim.swa_utils.update_bn for a two-input model: recompute BatchNorm
+    running statistics of the averaged weights with one pass over training data."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    momenta = {m: m.momentum for m in norms}
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None     # cumulative average over the pass
+    was_training = model.training
+    model.train()
+    for clinical, derm, _ in loader:
+        model(clinical.to(device), derm.to(device))
+    for m in norms:
+        m.momentum = momenta[m]
+    model.train(was_training)
+
+
+def prepare_run_dir(run_dir: Path, resume: bool) -> None:
+    if resume:
+        if not (run_dir / "config.json").is_file():
+            raise ConfigError(f"{run_dir}: nothing to resume (no config.json); start a run without --resume")
+        if (run_dir / FINAL).is_file():
+            raise ConfigError(f"{run_dir}: this run has finished ({FINAL} exists); nothing to resume")
+    elif run_dir.exists() and any(run_dir.iterdir()):
+        raise ConfigError(f"{run_dir}: already exists and is not empty "
+                          "(use --resume to continue it, or choose another --out)")
+
+
+def _read_history(path: Path, upto_epoch: int) -> list[dict]:
+    """Metrics lines of epochs that have a checkpoint (a crash may leave one more)."""
+    if not path.is_file():
+        return []
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [line for line in lines if line["epoch"] <= upto_epoch]
+
+
+def train(data: str | Path, run_dir: str | Path, model_cfg: ModelConfig, train_cfg: TrainConfig,
+          resume: bool = False, pretrained_clinical=None, pretrained_derm=None, progress: bool = True) -> Path:
+    """Train, average, search branch weights; returns the final weights' path."""
+    run_dir = Path(run_dir)
+    dist = _init_distributed()
+    try:
+        return _train(Path(data), run_dir, model_cfg, train_cfg, resume, pretrained_clinical, pretrained_derm,
+                      progress, dist)
+    finally:
+        if dist.world_size > 1:
+            torch.distributed.destroy_process_group()
+
+
+def _train(data: Path, run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, resume: bool,
+           pretrained_clinical, pretrained_derm, progress: bool, dist: Dist) -> Path:
+    if dist.main:
+        prepare_run_dir(run_dir, resume)
+    dist.barrier()
+    if resume:
+        saved = json.loads((run_dir / "config.json").read_text())
+        model_cfg = ModelConfig.from_dict(saved["model"])
+        cfg = TrainConfig(**saved["train"])
+    device = _device(dist)
+    on_cuda = device.type == "cuda"
+    preprocess = PreprocessConfig(size=model_cfg.img_size)
+
+    release = read_release(data)
+    train_cases, valid_cases = release.split("train"), release.split("valid")
+    if len(train_cases) < cfg.batch_size * dist.world_size:
+        raise ConfigError(f"{data}: the train split has {len(train_cases)} cases, fewer than one batch "
+                          f"({cfg.batch_size} x {dist.world_size} processes)")
+    if not valid_cases:
+        raise ConfigError(f"{data}: the valid split is empty; it is needed for model selection and branch weights")
+    train_set = PairDataset(train_cases, preprocess, AugmentConfig() if cfg.augment else None)
+    plain_train_set = PairDataset(train_cases, preprocess)
+    valid_set = PairDataset(valid_cases, preprocess)
+
+    torch.manual_seed(cfg.seed)
+    model = create_model(model_cfg, pretrained_clinical, pretrained_derm).to(device)
+    if on_cuda and cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cfg.lr_factor)
+    swa_model = AveragedModel(model) if cfg.swa_epochs else None
+    class_weights = None
+    if cfg.class_weights:
+        class_weights = class_weights_from_counts(torch.tensor([c.labels for c in train_cases]))
+
+    start_epoch, best_score = 0, float("-inf")
+    if resume:
+        last_epoch, best_score = load_checkpoint(run_dir, model, optimizer, scheduler, swa_model)
+        start_epoch = last_epoch + 1
+    elif dist.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps({
+            "model": model_cfg.to_dict(), "train": cfg.to_dict(), "preprocess": preprocess.to_dict(),
+            "data": str(data), "world_size": dist.world_size, "edgederm": edgederm.__version__,
+            "torch": torch.__version__,
+            "pretrained": {"clinical": str(pretrained_clinical) if pretrained_clinical else None,
+                           "derm": str(pretrained_derm) if pretrained_derm else None},
+        }, indent=2) + "\n")
+    history = _read_history(run_dir / "metrics.jsonl", start_epoch - 1) if dist.main else []
+    if dist.main:   # drop a line written for an epoch whose checkpoint never landed
+        (run_dir / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
+
+    net = model
+    if dist.world_size > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dist.local_rank] if on_cuda else None)
+    use_amp = on_cuda and cfg.amp
+    amp_dtype = torch.bfloat16 if on_cuda and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    valid_loader = DataLoader(valid_set, batch_size=cfg.batch_size * 2, num_workers=cfg.workers)
+    batches_seen = samples_seen = 0
+
+    for epoch in range(start_epoch, cfg.epochs):
+        torch.manual_seed(_epoch_seed(cfg.seed, epoch))
+        if dist.world_size > 1:
+            sampler = DistributedSampler(train_set, dist.world_size, dist.rank, shuffle=True, seed=cfg.seed,
+                                         drop_last=True)
+            sampler.set_epoch(epoch)
+        else:
+            sampler = RandomSampler(train_set, generator=torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch)))
+        loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
+                            drop_last=True, pin_memory=on_cuda)
+        net.train()
+        started, total_loss, n_batches, n_samples = time.perf_counter(), 0.0, 0, 0
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", dynamic_ncols=True,
+                   disable=not (progress and dist.main))
+        for clinical, derm, targets in bar:
+            clinical, derm, targets = (t.to(device, non_blocking=True) for t in (clinical, derm, targets))
+            if on_cuda and cfg.channels_last:
+                clinical = clinical.contiguous(memory_format=torch.channels_last)
+                derm = derm.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                loss = multitask_loss(net(clinical, derm), targets, class_weights)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            total_loss += loss.detach().item()
+            n_batches += 1
+            n_samples += len(targets)
+            bar.set_postfix(loss=f"{total_loss / n_batches:.3f}",
+                            pairs_per_s=f"{n_samples / (time.perf_counter() - started):.1f}")
+        batches_seen += n_batches
+        samples_seen += n_samples
+        scheduler.step()
+        if swa_model is not None and epoch >= cfg.swa_start:
+            swa_model.update_parameters(model)
+        train_seconds = time.perf_counter() - started
+
+        if dist.main:
+            branch_probs, labels = predict_branches(model, valid_loader, device)
+            metrics = compute_metrics(weighted_final(branch_probs, model.branch_weights.tolist()), labels)
+            record = {"epoch": epoch, "train_loss": total_loss / max(1, n_batches),
+                      "lr": optimizer.param_groups[0]["lr"], "seconds": round(train_seconds, 2),
+                      "pairs_per_second": round(n_samples * dist.world_size / train_seconds, 2),
+                      "valid_avg_auc": metrics["avg_auc"], "valid_avg_acc": metrics["avg_acc"]}
+            with open(run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+            if metrics["avg_auc"] > best_score:
+                best_score = metrics["avg_auc"]
+                save_weights(model, run_dir / "best.safetensors", extra={"epoch": epoch, "valid_avg_auc": best_score})
+            save_checkpoint(run_dir, epoch, model, optimizer, scheduler, swa_model, best_score)
+            if progress:
+                tqdm.write(f"epoch {epoch + 1}: loss {record['train_loss']:.3f}  valid AUC "
+                           f"{100 * metrics['avg_auc']:.1f}  ACC {100 * metrics['avg_acc']:.1f}  "
+                           f"{record['pairs_per_second']:.1f} pairs/s")
+        dist.barrier()
+
+    if dist.world_size > 1:
+        (run_dir / "ranks").mkdir(exist_ok=True)
+        (run_dir / "ranks" / f"rank{dist.rank}.json").write_text(json.dumps({
+            "rank": dist.rank, "world_size": dist.world_size, "batches": batches_seen, "samples": samples_seen,
+            "epochs": cfg.epochs - start_epoch, "weights_sha256": _weights_digest(model)}))
+    dist.barrier()
+    if not dist.main:
+        return run_dir / FINAL
+    return _finish(run_dir, model, swa_model, plain_train_set, valid_loader, cfg, device)
+
+
+def _finish(run_dir: Path, model, swa_model, plain_train_set, valid_loader, cfg: TrainConfig, device) -> Path:
+    """SWA BatchNorm update, final model choice, branch-weight search."""
+    if swa_model is not None:
+        update_bn(swa_model.module, DataLoader(plain_train_set, batch_size=cfg.batch_size,
+                                               num_workers=cfg.workers), device)
+        save_weights(swa_model.module, run_dir / "swa.safetensors", extra={"swa_epochs": cfg.swa_epochs})
+        final, source = swa_model.module, "swa"
+    else:
+        final, source = load_model(run_dir / "best.safetensors").to(device), "best"
+    branch_probs, labels = predict_branches(final, valid_loader, device)
+    weights, score = search_branch_weights(branch_probs, labels)
+    final.set_branch_weights(*weights)
+    save_weights(final, run_dir / FINAL, extra={"source": source, "branch_weights": list(weights)})
+    (run_dir / "branch_weights.json").write_text(json.dumps({
+        "clinical": weights[0], "derm": weights[1], "fusion": weights[2], "metric": METRIC,
+        "valid_score": score, "grid_step": 0.05, "weights_of": source}, indent=2) + "\n")
+    return run_dir / FINAL

@@ -1,0 +1,59 @@
+"""Metrics against hand-computed values, and `edgederm evaluate` on a trained run."""
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from edgederm import labels as L
+from edgederm.cli import app
+from edgederm.evaluation.metrics import compute_metrics
+from tests.test_training import trained_run  # noqa: F401  (session fixture)
+
+
+def _perfect(labels):
+    return np.concatenate([np.eye(k)[labels[:, t]] for t, k in enumerate(L.NUM_CLASSES)], 1)
+
+
+def test_perfect_predictions_score_one_and_absent_categories_are_skipped():
+    labels = np.array([[0, 0, 0, 0, 0, 0, 0, 0], [2, 2, 2, 2, 1, 2, 1, 2], [1, 1, 1, 1, 0, 1, 0, 1]])
+    m = compute_metrics(_perfect(labels), labels)
+    assert m["avg_auc"] == 1.0 and m["avg_acc"] == 1.0
+    assert m["auc"]["DIAG MISC"] is None and m["auc"]["DIAG SK"] is None   # no positives in these 3 cases
+    assert m["auc_categories_averaged"] == 15
+    assert m["melanoma"]["DIAG MEL"] == {"precision": 1.0, "sensitivity": 1.0, "specificity": 1.0}
+
+
+def test_metrics_match_hand_computation():
+    labels = np.zeros((4, 8), dtype=int)
+    labels[:, 0] = [2, 2, 1, 1]          # two melanomas, two nevi
+    probs = _perfect(labels).astype(float)
+    # Case 3 (a nevus) is called melanoma: DIAG accuracy 3/4, MEL precision 2/3, specificity 1/2.
+    probs[2, 0:5] = [0, 0.2, 0.8, 0, 0]
+    m = compute_metrics(probs, labels)
+    assert m["acc"]["DIAG"] == 0.75
+    assert m["melanoma"]["DIAG MEL"] == pytest.approx({"precision": 2 / 3, "sensitivity": 1.0, "specificity": 0.5})
+    # MEL scores: melanomas 1, 1; nevi 0, 0.8 -> every melanoma outranks every nevus: AUC 1.
+    assert m["auc"]["DIAG MEL"] == 1.0
+    # NEV scores: nevi 1, 0.2; melanomas 0, 0 -> AUC 1 as well; the 0.2 still beats 0.
+    assert m["auc"]["DIAG NEV"] == 1.0
+
+
+def test_evaluate_command_writes_the_paper_tables(trained_run, synthetic_release):  # noqa: F811
+    result = CliRunner().invoke(app, ["evaluate", "--run", str(trained_run), "--data", str(synthetic_release),
+                                      "--split", "test", "--tta"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((trained_run / "eval-test-tta" / "metrics.json").read_text())
+    assert set(report["branches"]) == {"clinical", "derm", "fusion", "final"}
+    assert report["tta"] and report["cases"] > 0
+    md = (trained_run / "eval-test-tta" / "metrics.md").read_text()
+    assert "| Weighted final (P_FI) |" in md and "| branch | DIAG BCC | DIAG NEV |" in md   # categories are columns
+    assert result.output.strip().splitlines()[-1].startswith("AVG AUC ")
+    final = report["branches"]["final"]
+    assert f"AVG AUC {100 * final['avg_auc']:.1f}  AVG ACC {100 * final['avg_acc']:.1f}" in result.output
+
+
+def test_evaluate_without_a_finished_run_is_one_line(tmp_path, synthetic_release):
+    result = CliRunner().invoke(app, ["evaluate", "--run", str(tmp_path), "--data", str(synthetic_release)])
+    assert result.exit_code == 1
+    assert "model.safetensors: not found (has training finished?)" in result.output

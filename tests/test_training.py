@@ -1,0 +1,134 @@
+"""Training: recipes and config resolution, the loss, the branch-weight search,
+a full run on a small synthetic release, resume, and the run-folder rules."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from edgederm import labels as L
+from edgederm.errors import ConfigError
+from edgederm.evaluation.metrics import averaged_auc
+from edgederm.models.io import load_model
+from edgederm.training import trainer as trainer_module
+from edgederm.training.branch_weights import search_branch_weights, weight_grid
+from edgederm.training.loss import class_weights_from_counts, multitask_loss
+from edgederm.training.recipe import RECIPES, TrainConfig, resolve_config
+from edgederm.training.trainer import train
+
+# Tiny model at 64 px, batch 8: a few seconds per epoch on the 40-case test release.
+FAST = {"epochs": 3, "batch_size": 8, "swa_epochs": 1, "warmup_epochs": 0, "seed": 7}
+
+
+def fast_configs(**train_overrides):
+    return resolve_config("tiny", model_overrides={"img_size": 64}, train_overrides={**FAST, **train_overrides})
+
+
+@pytest.fixture(scope="session")
+def trained_run(synthetic_release, tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs") / "tiny"
+    model_cfg, train_cfg = fast_configs()
+    train(synthetic_release, run, model_cfg, train_cfg, progress=False)
+    return run
+
+
+def test_paper_recipe_defaults():
+    paper = RECIPES["paper"]
+    assert (paper.batch_size, paper.epochs, paper.swa_epochs, paper.lr) == (24, 250, 50, 3e-5)
+    assert paper.augment and not paper.class_weights
+    factors = [paper.lr_factor(e) for e in range(paper.epochs)]
+    assert factors[0] == 1.0 and factors[199] < 0.01                 # cosine over the 200 epochs before SWA
+    assert all(a >= b for a, b in zip(factors[:200], factors[1:200]))
+    assert set(factors[200:]) == {paper.swa_lr / paper.lr}          # constant while averaging
+
+
+def test_config_resolution_preset_then_file_then_flags(tmp_path):
+    (tmp_path / "run.toml").write_text('[model]\nfusion = "bab"\n[train]\nepochs = 30\nlr = 0.001\n')
+    model, train_cfg = resolve_config("paper", tmp_path / "run.toml", train_overrides={"epochs": 60, "seed": None})
+    assert model.fusion == "bab" and model.derm_encoder == "swin_tiny_patch4_window7_224"
+    assert train_cfg.epochs == 60 and train_cfg.lr == 0.001 and train_cfg.batch_size == 24
+    (tmp_path / "bad.json").write_text(json.dumps({"train": {"epochz": 3}}))
+    with pytest.raises(ConfigError, match=r"bad.json \[train\]: unknown key\(s\) epochz"):
+        resolve_config("paper", tmp_path / "bad.json")
+    with pytest.raises(ConfigError, match="swa_epochs must be between"):
+        TrainConfig(epochs=10, swa_epochs=11)
+
+
+def test_loss_is_the_sum_over_three_branches_and_eight_tasks():
+    torch.manual_seed(0)
+    logits = {b: torch.randn(4, L.TOTAL_CLASSES) for b in ("clinical", "derm", "fusion")}
+    targets = torch.zeros(4, 8, dtype=torch.long)
+    expected = sum(torch.nn.functional.cross_entropy(logits[b][:, s], targets[:, t])
+                   for b in logits for t, s in enumerate(L.TASK_SLICES.values()))
+    torch.testing.assert_close(multitask_loss(logits, targets), expected)
+    weights = class_weights_from_counts(torch.tensor([[0] * 8, [0] * 8, [0] * 8, [1] * 8]))
+    torch.testing.assert_close(weights[0][:2], torch.tensor([4 / (5 * 3), 4 / (5 * 1)]))
+
+
+def test_weight_grid_and_search_finds_the_informative_branch():
+    grid = weight_grid(0.05)
+    assert len(grid) == 231 and all(min(w) >= 0 and abs(sum(w) - 1) < 1e-9 for w in grid)
+    rng = np.random.default_rng(0)
+    labels = np.stack([rng.integers(0, k, 200) for k in L.NUM_CLASSES], 1)
+    onehot = np.concatenate([np.eye(k)[labels[:, t]] for t, k in enumerate(L.NUM_CLASSES)], 1)
+    noise = lambda: rng.dirichlet(np.ones(3), (200, 8)).reshape(200, -1)[:, :24]   # noqa: E731
+    informative = 0.25 * onehot + rng.random((200, 24))      # AUC well above chance, below 1
+    probs = {"clinical": noise(), "derm": informative, "fusion": noise()}
+    (w_c, w_d, w_fu), score = search_branch_weights(probs, labels)
+    derm_alone = averaged_auc(informative, labels)
+    assert 0.6 < derm_alone < 0.95
+    assert w_d >= 0.8 and w_d > w_c and w_d > w_fu
+    assert score >= derm_alone       # the grid contains (0, 1, 0)
+
+
+def test_training_writes_a_complete_run(trained_run):
+    for name in ("config.json", "metrics.jsonl", "best.safetensors", "swa.safetensors", "model.safetensors",
+                 "branch_weights.json", "checkpoints/last.json"):
+        assert (trained_run / name).is_file(), name
+    lines = [json.loads(x) for x in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    assert [x["epoch"] for x in lines] == [0, 1, 2]
+    assert all(0 <= x["valid_avg_auc"] <= 1 and x["pairs_per_second"] > 0 for x in lines)
+    config = json.loads((trained_run / "config.json").read_text())
+    assert config["model"]["img_size"] == 64 and config["train"]["epochs"] == 3
+    weights = json.loads((trained_run / "branch_weights.json").read_text())
+    model = load_model(trained_run / "model.safetensors")
+    assert model.branch_weights.tolist() == pytest.approx([weights["clinical"], weights["derm"], weights["fusion"]])
+    assert sum(model.branch_weights.tolist()) == pytest.approx(1.0)
+
+
+def test_resumed_run_matches_the_uninterrupted_one(trained_run, synthetic_release, tmp_path, monkeypatch):
+    real_save = trainer_module.save_checkpoint
+
+    def save_then_crash(run_dir, epoch, *args):
+        real_save(run_dir, epoch, *args)
+        if epoch == 1:
+            raise KeyboardInterrupt   # killed after the second epoch's checkpoint
+    monkeypatch.setattr(trainer_module, "save_checkpoint", save_then_crash)
+    run = tmp_path / "resumed"
+    model_cfg, train_cfg = fast_configs()
+    with pytest.raises(KeyboardInterrupt):
+        train(synthetic_release, run, model_cfg, train_cfg, progress=False)
+    assert not (run / "model.safetensors").exists()
+    monkeypatch.setattr(trainer_module, "save_checkpoint", real_save)
+    train(synthetic_release, run, model_cfg, train_cfg, resume=True, progress=False)
+    epochs = [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [0, 1, 2]                                  # same number of epochs, none lost
+    resumed, straight = load_file(run / "swa.safetensors"), load_file(trained_run / "swa.safetensors")
+    assert resumed.keys() == straight.keys()
+    for key in straight:
+        torch.testing.assert_close(resumed[key], straight[key], rtol=0, atol=0, msg=key)
+
+
+def test_run_folder_rules(trained_run, synthetic_release, tmp_path):
+    model_cfg, train_cfg = fast_configs()
+    with pytest.raises(ConfigError, match="already exists and is not empty"):
+        train(synthetic_release, trained_run, model_cfg, train_cfg, progress=False)
+    with pytest.raises(ConfigError, match="this run has finished"):
+        train(synthetic_release, trained_run, model_cfg, train_cfg, resume=True, progress=False)
+    with pytest.raises(ConfigError, match="nothing to resume"):
+        train(synthetic_release, tmp_path / "new", model_cfg, train_cfg, resume=True, progress=False)
+    with pytest.raises(ConfigError, match="fewer than one batch"):
+        train(synthetic_release, tmp_path / "big", model_cfg, TrainConfig(batch_size=500, epochs=1, swa_epochs=0),
+              progress=False)
+    assert not (tmp_path / "big").exists()
