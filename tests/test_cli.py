@@ -79,3 +79,16 @@ def test_data_check_does_not_import_torch(synthetic_release):
     result = subprocess.run([sys.executable, "-c", code, str(synthetic_release)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "HEAVY []" in result.stderr
+
+
+def test_train_errors_are_one_line(synthetic_release, tmp_path):
+    result = runner.invoke(app, ["train", "--data", str(synthetic_release), "--out", str(tmp_path / "r"),
+                                 "--preset", "huge"])
+    assert result.exit_code == 1 and result.output.startswith("error: unknown preset 'huge'")
+    result = runner.invoke(app, ["train", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r"),
+                                 "--preset", "tiny", "--epochs", "1", "--swa-epochs", "0", "--warmup-epochs", "0"])
+    assert result.exit_code == 1 and "nowhere: not a directory" in result.output
+    assert not (tmp_path / "r").exists()
+    result = runner.invoke(app, ["train", "--data", str(synthetic_release), "--out", str(tmp_path / "r"),
+                                 "--preset", "tiny", "--epochs", "2", "--swa-epochs", "3"])
+    assert result.exit_code == 1 and "swa_epochs must be between 0 and epochs (2)" in result.output

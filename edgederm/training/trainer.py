@@ -61,6 +61,16 @@ class Dist:
         if self.world_size > 1:
             torch.distributed.barrier()
 
+    def average_buffers(self, model: torch.nn.Module) -> None:
+        """DDP keeps parameters in step but each rank's BatchNorm statistics follow its own
+        batches; average them so every rank holds the same model (what rank 0 checkpoints)."""
+        if self.world_size == 1:
+            return
+        for buffer in model.buffers():
+            if buffer.is_floating_point():
+                torch.distributed.all_reduce(buffer, op=torch.distributed.ReduceOp.SUM)
+                buffer.div_(self.world_size)
+
 
 def _init_distributed() -> Dist:
     """torchrun sets WORLD_SIZE / RANK / LOCAL_RANK; NCCL on GPUs, gloo on CPUs."""
@@ -236,6 +246,7 @@ def _train(data: Path, run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, 
                             pairs_per_s=f"{n_samples / (time.perf_counter() - started):.1f}")
         batches_seen += n_batches
         samples_seen += n_samples
+        dist.average_buffers(model)
         scheduler.step()
         if swa_model is not None and epoch >= cfg.swa_start:
             swa_model.update_parameters(model)
