@@ -1,0 +1,48 @@
+"""One epoch of the `paper` preset (MobileNetV3 + Swin-T + AAB, 224 px, batch 24,
+mixed precision) on a synthetic release, on a CUDA GPU: seconds per epoch and
+peak GPU memory. Without CUDA it says so and measures nothing.
+
+    python -m benchmarks.paper_epoch_gpu [--cases 600] [--workdir DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from edgederm.data.synth import write_synthetic_release
+from edgederm.training.recipe import resolve_config
+from edgederm.training.trainer import train
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", type=int, default=600)
+    parser.add_argument("--workdir", type=Path, default=None)
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        print("no CUDA GPU on this machine: the paper-preset epoch was not measured")
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        work = args.workdir or Path(tmp)
+        data = work / "synth"
+        if not data.exists():
+            write_synthetic_release(data, cases=args.cases, seed=0, workers=min(8, os.cpu_count() or 1))
+        model_cfg, train_cfg = resolve_config("paper")
+        train_cfg = replace(train_cfg, epochs=2, swa_epochs=0, workers=min(8, os.cpu_count() or 1))
+        torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        train(data, work / "run-paper", model_cfg, train_cfg, progress=False)
+        seconds = time.perf_counter() - start
+        print(f"GPU: {torch.cuda.get_device_name()}, torch {torch.__version__}")
+        print(f"paper preset: 2 epochs (incl. first-epoch JPEG decoding, validation, branch search) in {seconds:.1f} s")
+        print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
+
+
+if __name__ == "__main__":
+    main()
