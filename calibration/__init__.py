@@ -1,2 +1,2 @@
-"""Calibration stage: choosing calibration cases and feeding them to each quantizer
-(built in the export issue; it imports only `edgederm`)."""
+"""Calibration stage: choosing calibration cases (`selection`) and feeding them to
+each quantizer (`adapters`: nncf.Dataset, onnxruntime's CalibrationDataReader)."""

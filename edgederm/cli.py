@@ -21,8 +21,10 @@ app = typer.Typer(help="EdgeDerm: offline skin-lesion triage from paired clinica
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 data_app = typer.Typer(help="Write and check datasets in the derm7pt release_v0 layout.", no_args_is_help=True)
 model_app = typer.Typer(help="Inspect the model family and its presets.", no_args_is_help=True)
+engine_app = typer.Typer(help="TensorRT engines, built on the device from a jetson bundle.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(model_app, name="model")
+app.add_typer(engine_app, name="engine")
 
 
 def _one_line_errors(command):
@@ -219,6 +221,51 @@ def evaluate_command(
             typer.echo(f"{name:<11} AUC {100 * m['avg_auc']:.1f}  ACC {100 * m['avg_acc']:.1f}")
         typer.echo(f"wrote {json_path} and {md_path}")
         typer.echo(headline(report["branches"]["final"], report["params_m"]))
+
+
+@app.command("export")
+@_one_line_errors
+def export_command(
+    run: Annotated[Path, typer.Option(help="A finished run folder (with model.safetensors).")],
+    target: Annotated[str, typer.Option(help="onnx, openvino or jetson.")],
+    precision: Annotated[Optional[str], typer.Option(help="Comma list: onnx fp32; openvino fp32,fp16,int8; "
+                                                          "jetson int8,fp16. Default: the target's first.")] = None,
+    data: Annotated[Optional[Path], typer.Option(help="Release for calibration (INT8) and accuracy figures.")] = None,
+    out: Annotated[Path, typer.Option(help="Folder that receives the bundles.")] = Path("exports"),
+    max_auc_drop: Annotated[Optional[float], typer.Option(help="OpenVINO INT8: accuracy-controlled quantization, "
+                                                              "max averaged-AUC drop in points on valid.")] = None,
+    calibration_cases: Annotated[Optional[int], typer.Option(help="Calibration cases (default 300, or the whole "
+                                                                   "split if smaller).")] = None,
+    calibration_split: Annotated[str, typer.Option(help="Split the calibration cases come from.")] = "train",
+    eval_split: Annotated[str, typer.Option(help="Split scored for the manifest's accuracy figures.")] = "test",
+    seed: Annotated[int, typer.Option(help="Seed for the calibration-case choice.")] = 0,
+    force: Annotated[bool, typer.Option(help="Replace bundles that exist.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the written bundles' manifests as JSON.")] = False,
+):
+    """Export a trained run: one bundle per (target, precision) with a verified manifest."""
+    from export.bundle import read_manifest
+    from export.exporter import ExportRequest, export
+    written = export(ExportRequest(run=run, target=target, precisions=precision, data=data, out=out,
+                                   max_auc_drop=max_auc_drop, calibration_cases=calibration_cases,
+                                   calibration_split=calibration_split, eval_split=eval_split, seed=seed,
+                                   force=force), log=lambda m: typer.echo(m, err=as_json))
+    if as_json:
+        typer.echo(json.dumps({str(p): read_manifest(p) for p in written}, indent=2))
+
+
+@engine_app.command("build")
+@_one_line_errors
+def engine_build_command(
+    bundle: Annotated[Path, typer.Option(help="A jetson bundle folder.")],
+    precision: Annotated[Optional[str], typer.Option(help="int8 or fp16 (default: the bundle's).")] = None,
+    workspace_mb: Annotated[int, typer.Option(help="TensorRT builder workspace limit, MiB.")] = 1024,
+    max_batch: Annotated[int, typer.Option(help="Largest batch the engine accepts.")] = 8,
+):
+    """Build a TensorRT engine on this device; adds it and the device facts to the manifest."""
+    from export.engine import build_engine
+    path = build_engine(bundle, precision=precision, workspace_mb=workspace_mb, max_batch=max_batch,
+                        log=typer.echo)
+    typer.echo(f"wrote {path}")
 
 
 def main() -> None:

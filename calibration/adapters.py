@@ -1,0 +1,37 @@
+"""The one calibration set, in the form each quantizer wants."""
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+from onnxruntime.quantization import CalibrationDataReader
+
+from calibration.selection import CalibrationSet
+
+INPUT_NAMES = ("clinical", "dermoscopy")   # the exported models' input names
+
+
+def batches(calib: CalibrationSet, batch_size: int = 1) -> Iterator[dict[str, np.ndarray]]:
+    for start in range(0, len(calib), batch_size):
+        yield {INPUT_NAMES[0]: calib.clinical[start:start + batch_size],
+               INPUT_NAMES[1]: calib.dermoscopy[start:start + batch_size]}
+
+
+def nncf_dataset(calib: CalibrationSet):
+    """nncf.Dataset of single-case input dicts (NNCF's subset_size counts items)."""
+    import nncf
+    return nncf.Dataset(list(batches(calib)), lambda item: item)
+
+
+class OrtCalibrationReader(CalibrationDataReader):
+    """onnxruntime.quantization's reader over the same cases."""
+
+    def __init__(self, calib: CalibrationSet, batch_size: int = 1):
+        self.calib, self.batch_size = calib, batch_size
+        self.rewind()
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._items, None)
+
+    def rewind(self) -> None:
+        self._items = batches(self.calib, self.batch_size)

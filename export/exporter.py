@@ -1,0 +1,276 @@
+"""`edgederm export`: a trained run -> one bundle per (target, precision).
+
+Every format is built from the one ONNX export; each bundle is checked on the
+evaluation split against the PyTorch FP32 reference and the figures go into
+its manifest. Arguments are checked against export/formats.py before any
+work starts; bundles are staged and renamed into place (export/bundle.py).
+"""
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from calibration.adapters import INPUT_NAMES
+from calibration.selection import CalibrationSet, build_calibration_set, load_arrays
+from edgederm import labels as L
+from edgederm.data.release import Release, read_release
+from edgederm.errors import ConfigError
+from edgederm.evaluation.metrics import compute_metrics
+from edgederm.models.io import load_model, read_metadata
+from edgederm.models.multimodal import MultiModalNet
+from edgederm.preprocess import PreprocessConfig
+from export import openvino_export, tensorrt_export
+from export.bundle import BundleError, sha256_file, staged_bundle, write_manifest
+from export.formats import TARGETS, Target, parse_request
+from export.onnx_export import OPSET, OUTPUT_NAMES, export_onnx, onnxruntime_session, run_onnx, run_torch
+
+PARITY_CASES = 32
+PARITY_TOLERANCE = 1e-4
+
+
+@dataclass
+class ExportRequest:
+    run: Path
+    target: str
+    precisions: str | None = None
+    data: Path | None = None
+    out: Path = Path("exports")
+    max_auc_drop: float | None = None      # AUC points; OpenVINO INT8 accuracy control
+    calibration_cases: int | None = None
+    calibration_split: str = "train"
+    eval_split: str = "test"
+    seed: int = 0
+    force: bool = False
+
+
+@dataclass
+class Context:
+    """What every format function needs, computed once."""
+    model: MultiModalNet
+    preprocess: PreprocessConfig
+    onnx_fp32: Path
+    source: dict
+    calib: CalibrationSet | None
+    evaluation: tuple[np.ndarray, np.ndarray, np.ndarray] | None     # clinical, dermoscopy, labels
+    validation: tuple[np.ndarray, np.ndarray, np.ndarray] | None
+    reference: dict | None                                            # FP32 PyTorch metrics
+    eval_split: str
+    max_auc_drop: float | None
+    log: Callable[[str], None]
+
+
+def _versions() -> dict:
+    out = {}
+    for package in ("edgederm", "torch", "timm", "onnx", "onnxruntime", "openvino", "nncf"):
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def _labels_schema() -> dict:
+    return {"tasks": [{"key": t.key, "title": t.title, "classes": list(t.classes)} for t in L.TASKS],
+            "output_layout": "one output per task, named by key, softmax probabilities in class order",
+            "auc_categories": [L.category_name(*c) for c in L.AUC_CATEGORIES],
+            "seven_point": {"criteria": [{"task": t, "class": c, "points": p} for t, c, p in L.SEVEN_POINT_CRITERIA],
+                            "threshold": L.SEVEN_POINT_THRESHOLD}}
+
+
+def _base_manifest(ctx: Context, target: Target, precision: str, graphs: list[str]) -> dict:
+    size = ctx.preprocess.size
+    weights = ctx.model.branch_weights.tolist()
+    return {
+        "target": target.name, "backend": target.backend, "precision": precision, "graphs": graphs,
+        "inputs": [{"name": n, "shape": ["batch", 3, size, size], "dtype": "float32"} for n in INPUT_NAMES],
+        "outputs": [{"name": t.key, "shape": ["batch", t.num_classes], "dtype": "float32"} for t in L.TASKS],
+        "preprocess": ctx.preprocess.to_dict(),
+        "labels": _labels_schema(),
+        "branch_weights": {"clinical": weights[0], "derm": weights[1], "fusion": weights[2]},
+        "model_config": ctx.model.cfg.to_dict(),
+        "source": ctx.source,
+        "opset": OPSET,
+        "versions": _versions(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _score(ctx: Context, name: str, predict: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> dict | None:
+    """Metrics of one variant on the evaluation split, with the drop from the FP32 reference."""
+    if ctx.evaluation is None:
+        return None
+    clinical, dermoscopy, labels = ctx.evaluation
+    m = compute_metrics(predict(clinical, dermoscopy), labels)
+    drop = 100 * (ctx.reference["avg_auc"] - m["avg_auc"])
+    ctx.log(f"{name}: {ctx.eval_split} averaged AUC {100 * m['avg_auc']:.2f} "
+            f"({-drop:+.2f} points vs PyTorch FP32 {100 * ctx.reference['avg_auc']:.2f})")
+    return {"split": ctx.eval_split, "cases": m["cases"], "avg_auc": m["avg_auc"], "avg_acc": m["avg_acc"],
+            "auc": m["auc"], "reference": "PyTorch FP32", "reference_avg_auc": ctx.reference["avg_auc"],
+            "auc_drop_points": drop}
+
+
+# --- one function per format, each filling a staged bundle directory ---------
+
+def onnx_bundle(ctx: Context, target: Target, precision: str, directory: Path) -> None:
+    (directory / "model.onnx").write_bytes(ctx.onnx_fp32.read_bytes())
+    session = onnxruntime_session(directory / "model.onnx")
+    manifest = _base_manifest(ctx, target, precision, ["model.onnx"])
+    manifest["metrics"] = _score(ctx, "onnx fp32", lambda c, d: run_onnx(session, c, d))
+    write_manifest(directory, manifest)
+
+
+def openvino_bundle(ctx: Context, target: Target, precision: str, directory: Path) -> None:
+    max_auc_drop = ctx.max_auc_drop
+    model = openvino_export.convert(ctx.onnx_fp32)
+    manifest = _base_manifest(ctx, target, precision, ["model.xml", "model.bin"])
+    if precision == "int8":
+        transformer = any("Attention" in type(m).__name__ for enc in (ctx.model.clinical_encoder, ctx.model.derm_encoder)
+                          for m in enc.modules())
+        ctx.log(f"openvino int8: NNCF on {len(ctx.calib)} calibration cases"
+                + (f", accuracy control (max drop {max_auc_drop} AUC points on valid)" if max_auc_drop else ""))
+        model = openvino_export.quantize_int8(model, ctx.calib, transformer, ctx.validation, max_auc_drop)
+        manifest["calibration"] = ctx.calib.describe()
+        manifest["quantization"] = {"tool": "nncf", "model_type": "transformer" if transformer else "default",
+                                    "max_auc_drop_points": max_auc_drop}
+    openvino_export.save_ir(model, directory / "model.xml", fp16=precision == "fp16")
+    compiled = openvino_export.compile_cpu(directory / "model.xml")
+    manifest["metrics"] = _score(ctx, f"openvino {precision}",
+                                 lambda c, d: openvino_export.run_openvino(compiled, c, d))
+    write_manifest(directory, manifest)
+
+
+def jetson_bundle(ctx: Context, target: Target, precision: str, directory: Path) -> None:
+    graphs = ["model.fp16.onnx"]
+    tensorrt_export.convert_fp16(ctx.onnx_fp32, directory / "model.fp16.onnx")
+    manifest = _base_manifest(ctx, target, precision, graphs)
+    if precision == "int8":
+        ctx.log(f"jetson int8: symmetric Q/DQ on {len(ctx.calib)} calibration cases")
+        tensorrt_export.quantize_qdq(ctx.onnx_fp32, directory / "model.int8.onnx", ctx.calib)
+        graphs.insert(0, "model.int8.onnx")
+        manifest["calibration"] = ctx.calib.describe()
+        manifest["quantization"] = {"tool": tensorrt_export.QDQ_QUANTIZER, "ops": tensorrt_export.QUANTIZED_OPS}
+    scored = directory / graphs[0]
+    session = onnxruntime_session(scored)
+    manifest["metrics"] = _score(ctx, f"jetson {precision} ({scored.name} in onnxruntime, CPU)",
+                                 lambda c, d: run_onnx(session, c, d))
+    manifest["engine"] = None
+    (directory / "README.md").write_text(_jetson_readme(manifest, directory.name))
+    write_manifest(directory, manifest)
+
+
+FORMAT_FUNCTIONS = {"onnx": onnx_bundle, "openvino": openvino_bundle, "jetson": jetson_bundle}
+
+
+def _jetson_readme(manifest: dict, name: str) -> str:
+    size = manifest["preprocess"]["size"]
+    graph = manifest["graphs"][0]
+    shapes = ",".join(f"{i['name']}:{{}}x3x{size}x{size}" for i in manifest["inputs"])
+    flags = "--int8 --fp16" if manifest["precision"] == "int8" else "--fp16"
+    return f"""# {name}: EdgeDerm bundle for NVIDIA Jetson (TensorRT)
+
+Graphs: {', '.join(manifest['graphs'])}. The engine is built on the Jetson itself:
+engines are tied to the GPU and the TensorRT version that built them.
+
+## With EdgeDerm (recommended)
+
+    edgederm engine build --bundle {name} [--workspace-mb 1024]
+
+It checks the files against `manifest.json`, builds `model.engine` from `{graph}`,
+keeps `timing.cache` for the next build, records the TensorRT version, GPU and
+JetPack release in the manifest, and prints the trtexec line below.
+
+## By hand
+
+1. Check the files: `sha256sum {graph}` must equal its `sha256` in manifest.json.
+2. Build (TensorRT 8.5-10.x, as shipped by JetPack 5.1-7.2):
+
+       trtexec --onnx={graph} --saveEngine=model.engine --timingCacheFile=timing.cache \\
+         --memPoolSize=workspace:1024M {flags} \\
+         --minShapes={shapes.format(1, 1)} --optShapes={shapes.format(1, 1)} \\
+         --maxShapes={shapes.format(8, 8)}
+
+   On TensorRT 8.5 use `--workspace=1024` instead of `--memPoolSize`. On TensorRT 11
+   drop `{flags}`: networks are strongly typed and take their precision from the graph.
+3. Inputs: `clinical` and `dermoscopy`, float32 N x 3 x {size} x {size}, RGB, resized to
+   {size} x {size} ({manifest['preprocess']['resize']}), scaled to [0, 1], normalised with mean
+   {list(manifest['preprocess']['mean'])} and std {list(manifest['preprocess']['std'])}.
+   Outputs: one per task ({', '.join(L.TASK_KEYS)}), probabilities in the class order of
+   manifest.json `labels`.
+"""
+
+
+def _check_destinations(req: ExportRequest, target: Target, precisions: list[str]) -> dict[str, Path]:
+    destinations = {p: req.out / f"{req.run.name}-{target.name}-{p}" for p in precisions}
+    if not req.force:
+        for path in destinations.values():
+            if path.exists():
+                raise BundleError(f"{path}: already exists (use --force to replace it)")
+    return destinations
+
+
+def _arrays(release: Release, split: str, preprocess: PreprocessConfig):
+    cases = release.split(split)
+    if not cases:
+        raise ConfigError(f"{release.root}: the {split} split is empty")
+    clinical, dermoscopy = load_arrays(cases, preprocess)
+    return clinical, dermoscopy, np.array([c.labels for c in cases])
+
+
+def export(req: ExportRequest, log: Callable[[str], None] = print) -> list[Path]:
+    target, precisions = parse_request(req.target, req.precisions)
+    weights = req.run / "model.safetensors"
+    if not weights.is_file():
+        raise ConfigError(f"{weights}: not found (has training finished? export needs a finished run)")
+    calibrated = [p for p in precisions if p in target.calibrated]
+    if calibrated and req.data is None:
+        raise ConfigError(f"--data is required: {target.name} {', '.join(calibrated)} needs calibration cases")
+    if req.max_auc_drop is not None and not (target.name == "openvino" and "int8" in precisions):
+        raise ConfigError("--max-auc-drop applies to --target openvino --precision int8 only")
+    destinations = _check_destinations(req, target, precisions)
+
+    model = load_model(weights).eval()
+    preprocess = PreprocessConfig(size=model.cfg.img_size)
+    release = read_release(req.data) if req.data else None
+    calib = None
+    if calibrated:
+        calib = build_calibration_set(release, preprocess, req.calibration_split, req.calibration_cases, req.seed)
+        log(f"calibration: {len(calib)} cases of the {req.calibration_split} split, stratified by diagnosis")
+    evaluation = _arrays(release, req.eval_split, preprocess) if release else None
+    validation = _arrays(release, "valid", preprocess) if release and req.max_auc_drop is not None else None
+    reference = compute_metrics(run_torch(model, *evaluation[:2]), evaluation[2]) if evaluation else None
+    meta = read_metadata(weights)
+    source = {"run": str(req.run), "weights": str(weights), "sha256": sha256_file(weights),
+              "weights_of": meta.get("source"), "reference_metrics": None if reference is None else {
+                  "split": req.eval_split, "avg_auc": reference["avg_auc"], "avg_acc": reference["avg_acc"]}}
+
+    written = []
+    with tempfile.TemporaryDirectory(prefix="edgederm-export-") as tmp:
+        onnx_fp32 = export_onnx(model, Path(tmp) / "model.onnx")
+        if evaluation is not None:
+            parity_clinical, parity_derm = evaluation[0][:PARITY_CASES], evaluation[1][:PARITY_CASES]
+            what = f"{len(parity_clinical)} {req.eval_split} cases"
+        else:
+            rng = np.random.default_rng(req.seed)
+            shape = (PARITY_CASES, 3, preprocess.size, preprocess.size)
+            parity_clinical, parity_derm = (rng.standard_normal(shape, dtype=np.float32) for _ in range(2))
+            what = f"{PARITY_CASES} random inputs (no --data)"
+        diff = float(np.abs(run_onnx(onnxruntime_session(onnx_fp32), parity_clinical, parity_derm)
+                            - run_torch(model, parity_clinical, parity_derm)).max())
+        log(f"ONNX parity with PyTorch on {what}: max |probability difference| {diff:.2e}")
+        if diff > PARITY_TOLERANCE:
+            raise ConfigError(f"{req.run}: ONNX export differs from PyTorch by {diff:.2e} (> {PARITY_TOLERANCE})")
+        source["onnx_parity_max_abs_diff"] = diff
+        ctx = Context(model, preprocess, onnx_fp32, source, calib, evaluation, validation, reference,
+                      req.eval_split, req.max_auc_drop, log)
+        for precision, destination in destinations.items():
+            with staged_bundle(destination, force=req.force) as directory:
+                FORMAT_FUNCTIONS[target.name](ctx, target, precision, directory)
+            log(f"wrote {destination}")
+            written.append(destination)
+    return written

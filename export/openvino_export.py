@@ -1,0 +1,75 @@
+"""ONNX -> OpenVINO IR at FP32, FP16 (compressed weights) and INT8 (NNCF).
+
+INT8 uses NNCF post-training quantization on the calibration set, with the
+transformer model type when an encoder is a transformer; with a maximum AUC
+drop it uses `nncf.quantize_with_accuracy_control`, scored by averaged AUC on
+the validation split, which keeps the layers that hurt AUC in higher precision.
+NNCF's MIXED preset (asymmetric activations) is fine for OpenVINO; the
+TensorRT path quantizes separately and symmetrically (tensorrt_export.py).
+
+Models are compiled with INFERENCE_PRECISION_HINT=f32 for scoring, so an FP32
+reference stays FP32 on CPUs that would otherwise run bf16 (AMX).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import openvino as ov
+
+from calibration.adapters import INPUT_NAMES, nncf_dataset
+from calibration.selection import CalibrationSet
+from edgederm import labels as L
+from edgederm.evaluation.metrics import averaged_auc
+
+F32_CONFIG = {"INFERENCE_PRECISION_HINT": "f32"}
+
+
+def convert(onnx_path: Path) -> ov.Model:
+    return ov.convert_model(str(onnx_path))
+
+
+def save_ir(model: ov.Model, xml_path: Path, fp16: bool) -> Path:
+    ov.save_model(model, str(xml_path), compress_to_fp16=fp16)
+    return xml_path
+
+
+def compile_cpu(model: ov.Model | Path) -> ov.CompiledModel:
+    return ov.Core().compile_model(model if isinstance(model, ov.Model) else str(model), "CPU", F32_CONFIG)
+
+
+def run_openvino(compiled: ov.CompiledModel, clinical: np.ndarray, dermoscopy: np.ndarray,
+                 batch_size: int = 16) -> np.ndarray:
+    """N x 24 probabilities (task outputs concatenated in schema order)."""
+    outputs = [compiled.output(name) for name in L.TASK_KEYS]
+    request = compiled.create_infer_request()
+    out = []
+    for start in range(0, len(clinical), batch_size):
+        result = request.infer({INPUT_NAMES[0]: clinical[start:start + batch_size],
+                                INPUT_NAMES[1]: dermoscopy[start:start + batch_size]})
+        out.append(np.concatenate([result[o] for o in outputs], axis=1))
+    return np.concatenate(out)
+
+
+def quantize_int8(model: ov.Model, calib: CalibrationSet, transformer: bool,
+                  validation: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+                  max_auc_drop_points: float | None = None) -> ov.Model:
+    """INT8 through NNCF; with `max_auc_drop_points` and `validation` (clinical, dermoscopy,
+    labels), accuracy-controlled quantization on averaged AUC."""
+    import nncf
+    model_type = nncf.ModelType.TRANSFORMER if transformer else None
+    calibration = nncf_dataset(calib)
+    if max_auc_drop_points is None:
+        return nncf.quantize(model, calibration, model_type=model_type, subset_size=len(calib))
+    clinical, dermoscopy, labels = validation
+    items = [(clinical[i:i + 1], dermoscopy[i:i + 1], i) for i in range(len(labels))]
+    validation_set = nncf.Dataset(items, lambda item: {INPUT_NAMES[0]: item[0], INPUT_NAMES[1]: item[1]})
+
+    def validate(compiled: ov.CompiledModel, data) -> float:
+        data = list(data)
+        probs = run_openvino(compiled, np.concatenate([d[0] for d in data]), np.concatenate([d[1] for d in data]))
+        return averaged_auc(probs, labels[[d[2] for d in data]])
+
+    return nncf.quantize_with_accuracy_control(
+        model, calibration, validation_set, validate, max_drop=max_auc_drop_points / 100.0,
+        drop_type=nncf.DropType.ABSOLUTE, model_type=model_type, subset_size=len(calib))

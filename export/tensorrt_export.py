@@ -1,0 +1,71 @@
+"""ONNX graphs for TensorRT's explicit precision: an FP16-typed graph and a
+symmetric INT8 Q/DQ graph. Engines are built later, on the device (engine.py).
+
+The Q/DQ quantizer is onnxruntime.quantization (`quantize_static`, QDQ format):
+it is already a dependency, calibrates on the CPU from the shared calibration
+set, and is configured here for what TensorRT's explicit quantization wants:
+signed int8 activations and weights, symmetric (zero points 0), per-channel
+weights, Q/DQ only on the inputs of Conv / MatMul / Gemm (where TensorRT fuses
+them into INT8 kernels), biases left in float. NVIDIA's ModelOpt would do the
+same job but pins its own onnx version and brings a large dependency tree; it
+remains the alternative if a future graph needs its placement rules. This
+module is the one place that choice is made.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization.shape_inference import quant_pre_process
+from onnxruntime.transformers.float16 import convert_float_to_float16
+
+from calibration.adapters import OrtCalibrationReader
+from calibration.selection import CalibrationSet
+
+QDQ_QUANTIZER = "onnxruntime.quantization.quantize_static (QDQ, symmetric int8, per-channel weights, MinMax)"
+QUANTIZED_OPS = ["Conv", "MatMul", "Gemm"]
+
+
+def quantize_qdq(fp32_onnx: Path, out: Path, calib: CalibrationSet) -> Path:
+    # Shape inference only: ORT's graph optimisations could introduce ORT-specific
+    # fused ops that TensorRT's parser does not know.
+    prepared = out.with_name(out.stem + ".prepared.onnx")
+    quant_pre_process(str(fp32_onnx), str(prepared), skip_optimization=True)
+    quantize_static(
+        str(prepared), str(out), OrtCalibrationReader(calib),
+        quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+        per_channel=True, op_types_to_quantize=QUANTIZED_OPS, calibrate_method=CalibrationMethod.MinMax,
+        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
+    )
+    prepared.unlink()
+    onnx.checker.check_model(onnx.load(str(out)), full_check=True)
+    return out
+
+
+def _topological_sort(graph: onnx.GraphProto) -> None:
+    """The FP16 converter appends its input casts at the end of the node list; the
+    ONNX spec (and TensorRT's parser) want producers before consumers."""
+    ready = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        still = [n for n in pending if not all(i in ready for i in n.input)]
+        if len(still) == len(pending):
+            raise ValueError(f"graph has a cycle or a missing input near node {still[0].name}")
+        for node in pending:
+            if all(i in ready for i in node.input):
+                ordered.append(node)
+                ready.update(node.output)
+        pending = [n for n in still if n not in ordered]
+    del graph.node[:]
+    graph.node.extend(ordered)
+
+
+def convert_fp16(fp32_onnx: Path, out: Path) -> Path:
+    """FP16 weights and activations, float32 inputs and outputs (TensorRT 11 is strongly
+    typed: precision must be in the graph; TensorRT 8.5-10 build it with the FP16 flag)."""
+    model = convert_float_to_float16(onnx.load(str(fp32_onnx)), keep_io_types=True)
+    _topological_sort(model.graph)
+    onnx.save(model, str(out))
+    onnx.checker.check_model(onnx.load(str(out)), full_check=True)
+    return out
