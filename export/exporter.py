@@ -24,7 +24,9 @@ from edgederm.errors import ConfigError
 from edgederm.evaluation.metrics import compute_metrics
 from edgederm.models.io import load_model, read_metadata
 from edgederm.models.multimodal import MultiModalNet
-from edgederm.preprocess import PreprocessConfig
+from edgederm.data.render import render_case
+from edgederm.data.synth import sample_labels
+from edgederm.preprocess import PreprocessConfig, preprocess_image
 from export import openvino_export, tensorrt_export
 from export.bundle import BundleError, sha256_file, staged_bundle, write_manifest
 from export.formats import TARGETS, Target, parse_request
@@ -222,6 +224,14 @@ def _arrays(release: Release, split: str, preprocess: PreprocessConfig):
     return clinical, dermoscopy, np.array([c.labels for c in cases])
 
 
+def synthetic_inputs(preprocess: PreprocessConfig, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """`count` freshly drawn synthetic pairs, preprocessed: parity inputs that need no --data."""
+    rng = np.random.default_rng(seed)
+    pairs = [render_case(*sample_labels(rng), np.random.default_rng([seed, i])) for i in range(count)]
+    return (np.stack([preprocess_image(clinical, preprocess) for clinical, _ in pairs]),
+            np.stack([preprocess_image(derm, preprocess) for _, derm in pairs]))
+
+
 def export(req: ExportRequest, log: Callable[[str], None] = print) -> list[Path]:
     target, precisions = parse_request(req.target, req.precisions)
     weights = req.run / "model.safetensors"
@@ -252,16 +262,10 @@ def export(req: ExportRequest, log: Callable[[str], None] = print) -> list[Path]
     written = []
     with tempfile.TemporaryDirectory(prefix="edgederm-export-") as tmp:
         onnx_fp32 = export_onnx(model, Path(tmp) / "model.onnx")
-        if evaluation is not None:
-            parity_clinical, parity_derm = evaluation[0][:PARITY_CASES], evaluation[1][:PARITY_CASES]
-            what = f"{len(parity_clinical)} {req.eval_split} cases"
-        else:
-            rng = np.random.default_rng(req.seed)
-            shape = (PARITY_CASES, 3, preprocess.size, preprocess.size)
-            parity_clinical, parity_derm = (rng.standard_normal(shape, dtype=np.float32) for _ in range(2))
-            what = f"{PARITY_CASES} random inputs (no --data)"
+        parity_clinical, parity_derm = synthetic_inputs(preprocess, PARITY_CASES, req.seed)
         diff = float(np.abs(run_onnx(onnxruntime_session(onnx_fp32), parity_clinical, parity_derm)
                             - run_torch(model, parity_clinical, parity_derm)).max())
+        what = f"{PARITY_CASES} synthetic cases"
         log(f"ONNX parity with PyTorch on {what}: max |probability difference| {diff:.2e}")
         if diff > PARITY_TOLERANCE:
             raise ConfigError(f"{req.run}: ONNX export differs from PyTorch by {diff:.2e} (> {PARITY_TOLERANCE})")

@@ -36,7 +36,8 @@ def quantize_qdq(fp32_onnx: Path, out: Path, calib: CalibrationSet) -> Path:
         str(prepared), str(out), OrtCalibrationReader(calib),
         quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
         per_channel=True, op_types_to_quantize=QUANTIZED_OPS, calibrate_method=CalibrationMethod.MinMax,
-        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
+        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
+                       "OpTypesToExcludeOutputQuantization": QUANTIZED_OPS},
     )
     prepared.unlink()
     onnx.checker.check_model(onnx.load(str(out)), full_check=True)

@@ -1,0 +1,196 @@
+"""Export: argument checks, the bundles of every target, manifest verification,
+the Q/DQ graph TensorRT needs, atomic writing, and the engine command."""
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+from typer.testing import CliRunner
+
+from edgederm.cli import app
+from edgederm.errors import ConfigError
+from export.bundle import BundleError, read_manifest
+from export.engine import BuildPlan, INSTALL_HINT, trtexec_command
+from export.exporter import ExportRequest, export
+from export.formats import parse_request
+from export.onnx_export import onnxruntime_session
+from tests.test_training import trained_run  # noqa: F401  (session fixture)
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def bundles(trained_run, synthetic_release, tmp_path_factory):  # noqa: F811
+    out = tmp_path_factory.mktemp("exports")
+    written = {}
+    for target, precisions in (("onnx", "fp32"), ("openvino", "fp32,fp16,int8"), ("jetson", "int8")):
+        for path in export(ExportRequest(run=trained_run, target=target, precisions=precisions,
+                                         data=synthetic_release, out=out), log=lambda m: None):
+            written[path.name.split("-", 1)[1]] = path
+    return written
+
+
+def test_requests_are_checked_before_any_work():
+    with pytest.raises(ConfigError, match="unknown target 'coreml' \\(choose from onnx, openvino, jetson\\)"):
+        parse_request("coreml", None)
+    with pytest.raises(ConfigError, match="precision int4 is not available for target openvino"):
+        parse_request("openvino", "fp32,int4")
+    assert parse_request("jetson", None)[1] == ["int8"]
+
+
+def test_every_bundle_verifies_and_reports_accuracy(bundles):
+    assert set(bundles) == {"onnx-fp32", "openvino-fp32", "openvino-fp16", "openvino-int8", "jetson-int8"}
+    for name, path in bundles.items():
+        manifest = read_manifest(path)
+        assert manifest["format_version"] == 1 and manifest["precision"] == name.split("-")[-1]
+        assert [i["name"] for i in manifest["inputs"]] == ["clinical", "dermoscopy"]
+        assert [o["name"] for o in manifest["outputs"]] == ["DIAG", "PN", "STR", "PIG", "RS", "DaG", "BWV", "VS"]
+        assert manifest["preprocess"]["size"] == 64 and len(manifest["labels"]["auc_categories"]) == 17
+        assert abs(sum(manifest["branch_weights"].values()) - 1) < 1e-6
+        assert manifest["source"]["onnx_parity_max_abs_diff"] <= 1e-4
+        metrics = manifest["metrics"]
+        assert metrics["split"] == "test" and 0 <= metrics["avg_auc"] <= 1
+        assert metrics["auc_drop_points"] == pytest.approx(100 * (metrics["reference_avg_auc"] - metrics["avg_auc"]))
+        for file, entry in manifest["files"].items():
+            assert (path / file).stat().st_size == entry["bytes"]
+    int8 = read_manifest(bundles["openvino-int8"])
+    assert int8["calibration"]["count"] == len(int8["calibration"]["case_ids"]) > 0
+    assert read_manifest(bundles["openvino-fp32"])["metrics"]["auc_drop_points"] == pytest.approx(0, abs=0.01)
+
+
+def test_onnx_model_has_named_inputs_dynamic_batch_and_per_task_probabilities(bundles):
+    model = onnx.load(str(bundles["onnx-fp32"] / "model.onnx"))
+    onnx.checker.check_model(model, full_check=True)
+    assert model.opset_import[0].version >= 17
+    session = onnxruntime_session(bundles["onnx-fp32"] / "model.onnx")
+    for batch in (1, 3):
+        x = np.random.default_rng(0).standard_normal((batch, 3, 64, 64), dtype=np.float32)
+        outs = session.run(None, {"clinical": x, "dermoscopy": x})
+        assert [o.shape for o in outs] == [(batch, k) for k in (5, 3, 3, 3, 2, 3, 2, 3)]
+        for o in outs:
+            np.testing.assert_allclose(o.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_qdq_graph_is_what_tensorrt_explicit_quantization_needs(bundles):
+    path = bundles["jetson-int8"] / "model.int8.onnx"
+    model = onnx.load(str(path))
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    qdq = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert len(qdq) > 20
+    weight_dq = 0
+    for node in qdq:
+        zero_point = inits[node.input[2]]
+        assert zero_point.dtype == np.int8, node.name          # signed int8
+        assert not zero_point.any(), node.name                  # symmetric: zero points 0
+        if node.op_type == "DequantizeLinear" and node.input[0] in inits:   # a weight
+            weight_dq += 1
+            conv_weight = inits[node.input[0]]
+            if conv_weight.ndim == 4 and conv_weight.shape[0] > 1:
+                assert inits[node.input[1]].size == conv_weight.shape[0], node.name   # per-channel scales
+    assert weight_dq > 0
+    # Q/DQ sit where TensorRT fuses them: every pair feeds a Conv, MatMul or Gemm.
+    quantized_inputs = {i for n in model.graph.node if n.op_type in ("Conv", "MatMul", "Gemm") for i in n.input}
+    for node in qdq:
+        if node.op_type == "DequantizeLinear":
+            assert node.output[0] in quantized_inputs, node.name
+    x = np.zeros((2, 3, 64, 64), np.float32)
+    outs = onnxruntime_session(path).run(None, {"clinical": x, "dermoscopy": x})
+    assert outs[0].shape == (2, 5)
+    fp16 = onnx.load(str(bundles["jetson-int8"] / "model.fp16.onnx"))
+    assert fp16.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT     # float32 io
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in fp16.graph.initializer)
+    readme = (bundles["jetson-int8"] / "README.md").read_text()
+    assert "trtexec --onnx=model.int8.onnx" in readme and "edgederm engine build" in readme
+
+
+def test_a_changed_byte_is_refused(bundles, tmp_path):
+    copy = shutil.copytree(bundles["openvino-int8"], tmp_path / "b")
+    data = bytearray((copy / "model.bin").read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (copy / "model.bin").write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="model.bin does not match its sha256"):
+        read_manifest(copy)
+    (copy / "model.bin").unlink()
+    with pytest.raises(BundleError, match="model.bin is listed in the manifest but missing"):
+        read_manifest(copy)
+    (copy / "manifest.json").unlink()
+    with pytest.raises(BundleError, match="no manifest.json"):
+        read_manifest(copy)
+
+
+def test_interrupted_export_leaves_no_bundle(trained_run, synthetic_release, tmp_path, monkeypatch):  # noqa: F811
+    import export.exporter as exporter
+
+    def crash(ctx, target, precision, directory):
+        (directory / "model.xml").write_text("half")
+        raise KeyboardInterrupt
+    monkeypatch.setitem(exporter.FORMAT_FUNCTIONS, "openvino", crash)
+    with pytest.raises(KeyboardInterrupt):
+        export(ExportRequest(run=trained_run, target="openvino", out=tmp_path), log=lambda m: None)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_requests_are_one_line_and_leave_nothing(trained_run, synthetic_release, tmp_path):  # noqa: F811
+    out = tmp_path / "exports"
+    cases = [
+        (["--run", str(tmp_path), "--target", "onnx"], "model.safetensors: not found"),
+        (["--run", str(trained_run), "--target", "tflite"], "unknown target 'tflite'"),
+        (["--run", str(trained_run), "--target", "openvino", "--precision", "int4"], "precision int4 is not available"),
+        (["--run", str(trained_run), "--target", "jetson"], "--data is required: jetson int8 needs calibration"),
+        (["--run", str(trained_run), "--target", "openvino", "--precision", "int8", "--data", str(synthetic_release),
+          "--calibration-cases", "5000"], "fewer than the 5000 calibration cases"),
+        (["--run", str(trained_run), "--target", "onnx", "--max-auc-drop", "0.5"], "--max-auc-drop applies to"),
+    ]
+    for args, message in cases:
+        result = runner.invoke(app, ["export", *args, "--out", str(out)])
+        assert result.exit_code == 1, (args, result.output)
+        assert message in result.output and result.output.count("\n") == 1, result.output
+        assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_existing_bundle_is_kept_without_force(bundles):
+    before = (bundles["onnx-fp32"] / "manifest.json").read_bytes()
+    run = json.loads(before)["source"]["run"]
+    result = runner.invoke(app, ["export", "--run", run, "--target", "onnx", "--out", str(bundles["onnx-fp32"].parent)])
+    assert result.exit_code == 1 and "already exists (use --force" in result.output
+    assert (bundles["onnx-fp32"] / "manifest.json").read_bytes() == before
+
+
+def test_build_plan_follows_the_tensorrt_version():
+    assert BuildPlan.for_version("8.5.2", "int8") == BuildPlan(8, "int8", True, ("INT8", "FP16"))
+    assert BuildPlan.for_version("10.3.0", "fp16") == BuildPlan(10, "fp16", False, ("FP16",))
+    assert BuildPlan.for_version("11.4.1", "int8").builder_flags == ()
+    shapes = {"clinical": ([1, 3, 64, 64], [1, 3, 64, 64], [8, 3, 64, 64])}
+    line8 = trtexec_command(BuildPlan.for_version("8.6.2", "int8"), "m.onnx", "m.engine", "t.cache", 512, shapes)
+    assert "--workspace=512" in line8 and "--int8 --fp16" in line8 and "--maxShapes=clinical:8x3x64x64" in line8
+    line11 = trtexec_command(BuildPlan.for_version("11.0.0", "int8"), "m.onnx", "m.engine", "t.cache", 512, shapes)
+    assert "--memPoolSize=workspace:512M" in line11 and "--int8" not in line11 and "--fp16" not in line11
+
+
+def test_engine_build_refuses_other_bundles(bundles):
+    result = runner.invoke(app, ["engine", "build", "--bundle", str(bundles["onnx-fp32"])])
+    assert result.exit_code == 1 and "engines are built from jetson bundles" in result.output
+
+
+def test_engine_build_without_tensorrt_says_how_to_get_it(bundles):
+    try:
+        import tensorrt  # noqa: F401
+        pytest.skip("tensorrt is installed here; this test covers machines without it")
+    except ImportError:
+        pass
+    result = runner.invoke(app, ["engine", "build", "--bundle", str(bundles["jetson-int8"])])
+    assert result.exit_code == 1
+    assert result.output.strip() == f"error: {INSTALL_HINT}"
+    assert read_manifest(bundles["jetson-int8"])["engine"] is None       # bundle untouched
+
+
+def test_engine_build_with_tensorrt(bundles, tmp_path):
+    pytest.importorskip("tensorrt", reason="tensorrt is not installed (no NVIDIA GPU here): engine build not run")
+    copy = shutil.copytree(bundles["jetson-int8"], tmp_path / "jetson")
+    result = runner.invoke(app, ["engine", "build", "--bundle", str(copy), "--workspace-mb", "512"])
+    assert result.exit_code == 0, result.output
+    manifest = read_manifest(copy)
+    assert manifest["engine"]["file"] == "model.engine" and "tensorrt" in manifest["engine"]
+    assert "trtexec --onnx=" in result.output
