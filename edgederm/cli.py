@@ -227,8 +227,8 @@ def evaluate_command(
 @_one_line_errors
 def export_command(
     run: Annotated[Path, typer.Option(help="A finished run folder (with model.safetensors).")],
-    target: Annotated[str, typer.Option(help="onnx, openvino or jetson.")],
-    precision: Annotated[Optional[str], typer.Option(help="Comma list: onnx fp32; openvino fp32,fp16,int8; "
+    target: Annotated[str, typer.Option(help="torch, onnx, openvino or jetson.")],
+    precision: Annotated[Optional[str], typer.Option(help="Comma list: torch, onnx fp32; openvino fp32,fp16,int8; "
                                                           "jetson int8,fp16. Default: the target's first.")] = None,
     data: Annotated[Optional[Path], typer.Option(help="Release for calibration (INT8) and accuracy figures.")] = None,
     out: Annotated[Path, typer.Option(help="Folder that receives the bundles.")] = Path("exports"),
@@ -266,6 +266,44 @@ def engine_build_command(
     path = build_engine(bundle, precision=precision, workspace_mb=workspace_mb, max_batch=max_batch,
                         log=typer.echo)
     typer.echo(f"wrote {path}")
+
+
+@app.command("diagnose")
+@_one_line_errors
+def diagnose_command(
+    bundle: Annotated[Path, typer.Option(help="An exported bundle folder.")],
+    clinical: Annotated[Optional[Path], typer.Option(help="The clinical photo.")] = None,
+    derm: Annotated[Optional[Path], typer.Option(help="The dermoscopy photo.")] = None,
+    pairs: Annotated[Optional[Path], typer.Option(help="CSV with columns clinical, derm and optional id.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Results CSV for --pairs.")] = None,
+    device: Annotated[str, typer.Option(help="OpenVINO device: CPU, GPU, NPU or AUTO.")] = "CPU",
+    backend: Annotated[Optional[str], typer.Option(help="Override the bundle's backend (e.g. onnxruntime "
+                                                        "for a jetson bundle's graphs).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON for machines.")] = False,
+):
+    """Offline decision support: the eight tasks, the seven-point score and its reading."""
+    from edgederm.runtime import load_bundle
+    from edgederm.runtime.diagnose import diagnose_pairs, format_text
+    if pairs is None and (clinical is None or derm is None):
+        raise typer.BadParameter("give --clinical and --derm, or --pairs CSV")
+    if pairs is not None and out is None:
+        raise typer.BadParameter("--pairs needs --out for the results CSV")
+    predictor = load_bundle(bundle, device=device, backend=backend)
+    if pairs is not None:
+        written, failures = diagnose_pairs(predictor, pairs, out, progress=None if as_json else _progress("cases", "case"))
+        for failure in failures:
+            typer.echo(f"failed: {failure}", err=True)
+        summary = {"rows": written, "failed": len(failures), "out": str(out)}
+        typer.echo(json.dumps(summary) if as_json else f"wrote {written} rows to {out} ({len(failures)} failed)")
+        if failures:
+            raise typer.Exit(code=1)
+        return
+    prediction = predictor.predict(clinical, derm)
+    if as_json:
+        typer.echo(json.dumps({"clinical": str(clinical), "derm": str(derm), "bundle": str(bundle),
+                               "backend": predictor.backend, **prediction.to_dict()}, indent=2))
+    else:
+        typer.echo(format_text(prediction, str(clinical), str(derm), predictor.name))
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ What we accept (a phone or dermatoscope export can be any of these):
 - 16-bit: scaled to 8 bits (x / 257).
 What we refuse, with an ImageError naming the file:
 - missing, empty or undecodable files, truncated JPEG/PNG;
+- images over MAX_PIXELS, refused from the header before anything is decoded;
 - grayscale images: colour carries the diagnosis (blue-white veil, pigment
   colours), and a grey photo is almost always the wrong file.
 """
@@ -62,6 +63,32 @@ class PreprocessConfig:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
+# Refuse before decoding: a 20000 x 20000 photo would need 1.2 GB decoded. 150 MP still
+# admits the 108 MP sensors of current phones.
+MAX_PIXELS = 150_000_000
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a PNG or JPEG header without decoding; None for other formats."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    if data[:2] == b"\xff\xd8":
+        i = 2
+        while i + 9 < len(data):
+            if data[i] != 0xFF:
+                i += 1
+                continue
+            marker = data[i + 1]
+            if marker in _JPEG_SOF:
+                return int.from_bytes(data[i + 7:i + 9], "big"), int.from_bytes(data[i + 5:i + 7], "big")
+            if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7 or marker == 0xFF:
+                i += 1 if marker == 0xFF else 2
+                continue
+            i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+    return None
+
+
 def _looks_truncated(data: bytes) -> bool:
     if data[:2] == b"\xff\xd8":
         # Entropy-coded JPEG data never holds a bare FF D9, so a complete file
@@ -79,6 +106,10 @@ def decode_image(data: bytes, source: str) -> np.ndarray:
     """
     if not data:
         raise ImageError(f"{source}: empty file")
+    size = header_size(data)
+    if size is not None and size[0] * size[1] > MAX_PIXELS:
+        raise ImageError(f"{source}: image of {size[0]} x {size[1]} pixels is too large "
+                         f"(limit {MAX_PIXELS // 1_000_000} megapixels); resize it first")
     if _looks_truncated(data):
         raise ImageError(f"{source}: truncated image (the file ends before the image data does)")
     img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), _DECODE_FLAGS)

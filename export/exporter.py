@@ -22,7 +22,7 @@ from edgederm import labels as L
 from edgederm.data.release import Release, read_release
 from edgederm.errors import ConfigError
 from edgederm.evaluation.metrics import compute_metrics
-from edgederm.models.io import load_model, read_metadata
+from edgederm.models.io import load_model, read_metadata, save_weights
 from edgederm.models.multimodal import MultiModalNet
 from edgederm.data.render import render_case
 from edgederm.data.synth import sample_labels
@@ -119,6 +119,13 @@ def _score(ctx: Context, name: str, predict: Callable[[np.ndarray, np.ndarray], 
 
 # --- one function per format, each filling a staged bundle directory ---------
 
+def torch_bundle(ctx: Context, target: Target, precision: str, directory: Path) -> None:
+    save_weights(ctx.model, directory / "model.safetensors")
+    manifest = _base_manifest(ctx, target, precision, ["model.safetensors"])
+    manifest["metrics"] = _score(ctx, "torch fp32", lambda c, d: run_torch(ctx.model, c, d))
+    write_manifest(directory, manifest)
+
+
 def onnx_bundle(ctx: Context, target: Target, precision: str, directory: Path) -> None:
     (directory / "model.onnx").write_bytes(ctx.onnx_fp32.read_bytes())
     session = onnxruntime_session(directory / "model.onnx")
@@ -166,7 +173,7 @@ def jetson_bundle(ctx: Context, target: Target, precision: str, directory: Path)
     write_manifest(directory, manifest)
 
 
-FORMAT_FUNCTIONS = {"onnx": onnx_bundle, "openvino": openvino_bundle, "jetson": jetson_bundle}
+FORMAT_FUNCTIONS = {"torch": torch_bundle, "onnx": onnx_bundle, "openvino": openvino_bundle, "jetson": jetson_bundle}
 
 
 def _jetson_readme(manifest: dict, name: str) -> str:

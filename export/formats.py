@@ -20,6 +20,8 @@ class Target:
 
 
 TARGETS: dict[str, Target] = {t.name: t for t in (
+    Target("torch", "torch", ("fp32",), "fp32", (), "cpu/gpu",
+           "PyTorch weights (safetensors): the FP32 reference for benchmarks"),
     Target("onnx", "onnxruntime", ("fp32",), "fp32", (), "cpu/gpu",
            "ONNX (opset 17), fused per-task probabilities, dynamic batch"),
     Target("openvino", "openvino", ("fp32", "fp16", "int8"), "fp32", ("int8",), "cpu/igpu/npu",

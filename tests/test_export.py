@@ -33,7 +33,7 @@ def bundles(trained_run, synthetic_release, tmp_path_factory):  # noqa: F811
 
 
 def test_requests_are_checked_before_any_work():
-    with pytest.raises(ConfigError, match="unknown target 'coreml' \\(choose from onnx, openvino, jetson\\)"):
+    with pytest.raises(ConfigError, match="unknown target 'coreml' \\(choose from torch, onnx, openvino, jetson\\)"):
         parse_request("coreml", None)
     with pytest.raises(ConfigError, match="precision int4 is not available for target openvino"):
         parse_request("openvino", "fp32,int4")

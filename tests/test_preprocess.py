@@ -95,3 +95,23 @@ def test_augmentation_is_repeatable_for_a_seed_and_changes_the_image():
     always = AugmentConfig(p_flip=1.0, p_rot90=0.0, p_shift_scale_rotate=0.0, p_brightness_contrast=0.0)
     np.testing.assert_array_equal(augment_image(img, np.random.default_rng(0), always), img[::-1, ::-1])
     assert not np.array_equal(normalize(a), normalize(img))
+
+
+def test_header_size_reads_jpeg_and_png_without_decoding(tmp_path):
+    from edgederm.preprocess import header_size
+    write_jpeg(tmp_path / "a.jpg", _rgb(37, 53))
+    cv2.imwrite(str(tmp_path / "a.png"), _rgb(41, 29))
+    assert header_size((tmp_path / "a.jpg").read_bytes()) == (53, 37)
+    assert header_size((tmp_path / "a.png").read_bytes()) == (29, 41)
+
+
+def test_huge_image_is_refused_before_decoding(tmp_path):
+    import struct
+    import zlib
+    # A PNG whose header claims 20000 x 20000: decoding it would need 1.2 GB.
+    ihdr = struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0)
+    chunk = lambda kind, body: struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))  # noqa: E731
+    data = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 100)) + chunk(b"IEND", b"")
+    (tmp_path / "huge.png").write_bytes(data)
+    with pytest.raises(ImageError, match=r"huge\.png: image of 20000 x 20000 pixels is too large"):
+        read_image(tmp_path / "huge.png")

@@ -1,0 +1,88 @@
+"""`edgederm diagnose`: one pair as text or JSON, or a day's pairs from a CSV.
+
+A CSV of pairs has columns `clinical` and `derm` (paths, relative to the CSV's
+folder unless absolute) and optionally `id`. Each row is predicted on its own:
+an unreadable image fails its row, with the reason, and the batch goes on.
+The results file is written under a temporary name and renamed when complete.
+"""
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+from edgederm import labels as L
+from edgederm.errors import EdgeDermError
+from edgederm.runtime.prediction import DISCLAIMER, Prediction
+from edgederm.runtime.predictor import Predictor
+
+
+def format_text(prediction: Prediction, clinical: str, derm: str, bundle: str) -> str:
+    d = prediction.to_dict()
+    lines = [DISCLAIMER, f"clinical: {clinical}", f"dermoscopy: {derm}", f"bundle: {bundle}", ""]
+    top, p = prediction.top("DIAG")
+    others = ", ".join(f"{c} {v:.2f}" for c, v in d["diagnosis"].items())
+    lines.append(f"Diagnosis (model): {top} {p:.2f}   [{others}]")
+    lines.append("Seven-point checklist criteria:")
+    points = {(t, c): pts for t, c, pts in L.SEVEN_POINT_CRITERIA}
+    for task in L.TASKS[1:]:
+        cls, prob = prediction.top(task.key)
+        spread = ", ".join(f"{c} {v:.2f}" for c, v in d["tasks"][task.key]["probabilities"].items())
+        add = points.get((task.key, cls))
+        lines.append(f"  {task.title:<22} {cls:<4} {prob:.2f}   [{spread}]" + (f"   +{add}" if add else ""))
+    sp = d["seven_point"]
+    named = ", ".join(f"{c['task']} {c['class']} +{c['points']}" for c in sp["contributions"]) or "no criterion"
+    lines.append(f"Seven-point score: {sp['score']} ({named}): {sp['reading']}.")
+    return "\n".join(lines)
+
+
+RESULT_COLUMNS = (["id", "clinical", "derm", "status", "error", "diagnosis", "diagnosis_probability"]
+                  + [f"p_DIAG_{c}" for c in L.TASKS[0].classes]
+                  + [t.key for t in L.TASKS[1:]] + ["seven_point_score", "suspicious"])
+
+
+def _resolve(base: Path, value: str) -> Path:
+    path = Path(value.strip())
+    return path if path.is_absolute() else base / path
+
+
+def diagnose_pairs(predictor: Predictor, pairs_csv: Path, out_csv: Path, progress=None) -> tuple[int, list[str]]:
+    """Predict every row; returns (rows written, failure messages)."""
+    try:
+        with open(pairs_csv, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            header = [h.strip() for h in (reader.fieldnames or [])]
+            rows = list(reader)
+    except FileNotFoundError:
+        raise EdgeDermError(f"{pairs_csv}: file not found") from None
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise EdgeDermError(f"{pairs_csv}: not a readable CSV file ({e})") from None
+    missing = [c for c in ("clinical", "derm") if c not in header]
+    if missing:
+        raise EdgeDermError(f"{pairs_csv}: missing column(s) {', '.join(missing)} (need clinical, derm; optional id)")
+    base = pairs_csv.parent
+    results, failures = [], []
+    for line, row in enumerate(progress(rows) if progress else rows, start=2):
+        row = {k.strip(): (v or "") for k, v in row.items() if k}
+        case_id = row.get("id", "").strip() or f"line{line}"
+        result = {"id": case_id, "clinical": row["clinical"], "derm": row["derm"]}
+        try:
+            prediction = predictor.predict(_resolve(base, row["clinical"]), _resolve(base, row["derm"]))
+        except EdgeDermError as e:
+            failures.append(f"{pairs_csv}: line {line} ({case_id}): {e}")
+            results.append({**result, "status": "error", "error": str(e)})
+            continue
+        top, p = prediction.top("DIAG")
+        sp = prediction.seven_point
+        results.append({**result, "status": "ok", "error": "", "diagnosis": top, "diagnosis_probability": f"{p:.4f}",
+                        **{f"p_DIAG_{c}": f"{v:.4f}" for c, v in prediction.probabilities["DIAG"].items()},
+                        **{t: prediction.top(t)[0] for t in L.TASK_KEYS[1:]},
+                        "seven_point_score": sp["score"], "suspicious": "yes" if sp["suspicious"] else "no"})
+    out_csv.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_csv.with_name(out_csv.name + ".partial")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=RESULT_COLUMNS, restval="")
+        writer.writeheader()
+        writer.writerows(results)
+    os.replace(tmp, out_csv)
+    return len(results), failures

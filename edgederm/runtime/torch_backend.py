@@ -1,0 +1,26 @@
+"""PyTorch eager FP32: the reference. Imported only when a torch bundle is loaded."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgederm.runtime.predictor import Predictor
+
+
+class TorchPredictor(Predictor):
+    backend = "torch"
+
+    def __init__(self, bundle: Path, manifest: dict):
+        super().__init__(bundle, manifest)
+        import torch
+        from edgederm.models.io import load_model
+        self.torch = torch
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = load_model(bundle / "model.safetensors").to(self.device).eval()
+
+    def _forward(self, clinical: np.ndarray, dermoscopy: np.ndarray) -> np.ndarray:
+        with self.torch.no_grad():
+            out = self.model.fused_probabilities(self.torch.from_numpy(clinical).to(self.device),
+                                                 self.torch.from_numpy(dermoscopy).to(self.device))
+        return out.cpu().numpy()
