@@ -306,6 +306,50 @@ def diagnose_command(
         typer.echo(format_text(prediction, str(clinical), str(derm), predictor.name))
 
 
+@app.command("bench")
+@_one_line_errors
+def bench_command(
+    bundle: Annotated[list[str], typer.Option(help="A bundle folder (repeat). PATH@onnxruntime runs a jetson "
+                                                   "bundle's graph in onnxruntime.")],
+    reference: Annotated[Optional[str], typer.Option(help="The FP32 bundle the gate compares against.")] = None,
+    data: Annotated[Optional[Path], typer.Option(help="Release for the accuracy figures.")] = None,
+    split: Annotated[str, typer.Option(help="Split scored for accuracy.")] = "test",
+    batch: Annotated[str, typer.Option(help="Batch sizes, comma separated.")] = "1",
+    warmup: Annotated[int, typer.Option(help="Untimed runs before timing.")] = 10,
+    runs: Annotated[int, typer.Option(help="Timed runs per batch size.")] = 50,
+    max_auc_drop: Annotated[float, typer.Option(help="Gate: largest averaged-AUC drop from the reference, points.")] = 1.0,
+    device: Annotated[str, typer.Option(help="OpenVINO device: CPU, GPU, NPU or AUTO.")] = "CPU",
+    report: Annotated[Path, typer.Option(help="Folder for report.json, report.md and report.html.")] = Path("reports/bench"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print report.json to stdout.")] = False,
+):
+    """Latency, memory and accuracy of bundles side by side; exit 1 when a variant fails the FP32 gate."""
+    from benchmarks.bench import run_bench
+    from benchmarks.report import write_reports
+    try:
+        batch_sizes = [int(b) for b in batch.split(",") if b.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"--batch {batch!r}: give comma-separated integers") from None
+    result = run_bench(bundle, reference, data, split, batch_sizes, warmup, runs, max_auc_drop, device,
+                       progress=None if as_json else _progress("benchmarking", "variant"))
+    paths = write_reports(result, report)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+    else:
+        for row in result["variants"]:
+            if row["status"] != "ok":
+                typer.echo(f"{row['name']:<32} failed: {row['error']}")
+                continue
+            lat = row["latency"][0]
+            acc = row.get("accuracy")
+            typer.echo(f"{row['name']:<32} {lat['mean_ms']:8.2f} ms (batch {lat['batch']})"
+                       + (f"  AUC {100 * acc['avg_auc']:.2f}" if acc else "") + f"  {row.get('verdict', '')}")
+        typer.echo(f"fastest variant that passes: {result['fastest_passing'] or 'none'}")
+        typer.echo(f"report: {paths['html']}")
+    failed = [r for r in result["variants"] if r["verdict"] == "fail"]
+    if failed:
+        raise typer.Exit(code=1)
+
+
 def main() -> None:
     app()
 

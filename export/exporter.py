@@ -148,7 +148,7 @@ def openvino_bundle(ctx: Context, target: Target, precision: str, directory: Pat
         manifest["quantization"] = {"tool": "nncf", "model_type": "transformer" if transformer else "default",
                                     "max_auc_drop_points": max_auc_drop}
     openvino_export.save_ir(model, directory / "model.xml", fp16=precision == "fp16")
-    compiled = openvino_export.compile_cpu(directory / "model.xml")
+    compiled = openvino_export.compile_cpu(directory / "model.xml", precision)
     manifest["metrics"] = _score(ctx, f"openvino {precision}",
                                  lambda c, d: openvino_export.run_openvino(compiled, c, d))
     write_manifest(directory, manifest)

@@ -7,8 +7,9 @@ the validation split, which keeps the layers that hurt AUC in higher precision.
 NNCF's MIXED preset (asymmetric activations) is fine for OpenVINO; the
 TensorRT path quantizes separately and symmetrically (tensorrt_export.py).
 
-Models are compiled with INFERENCE_PRECISION_HINT=f32 for scoring, so an FP32
-reference stays FP32 on CPUs that would otherwise run bf16 (AMX).
+FP32 models are compiled with INFERENCE_PRECISION_HINT=f32, so the FP32
+reference stays FP32 on CPUs that would otherwise run bf16 (AMX); FP16 and
+INT8 are scored as the runtime runs them (edgederm/runtime/openvino_backend.py).
 """
 from __future__ import annotations
 
@@ -34,8 +35,10 @@ def save_ir(model: ov.Model, xml_path: Path, fp16: bool) -> Path:
     return xml_path
 
 
-def compile_cpu(model: ov.Model | Path) -> ov.CompiledModel:
-    return ov.Core().compile_model(model if isinstance(model, ov.Model) else str(model), "CPU", F32_CONFIG)
+def compile_cpu(model: ov.Model | Path, precision: str = "fp32") -> ov.CompiledModel:
+    """As the runtime compiles it: FP32 pinned to f32; FP16 / INT8 with the CPU's own choice."""
+    config = F32_CONFIG if precision == "fp32" else {}
+    return ov.Core().compile_model(model if isinstance(model, ov.Model) else str(model), "CPU", config)
 
 
 def run_openvino(compiled: ov.CompiledModel, clinical: np.ndarray, dermoscopy: np.ndarray,

@@ -1,0 +1,181 @@
+"""`edgederm bench`: latency, memory and accuracy of bundles side by side, with
+the FP32-reference gate.
+
+For each variant: load time; at each batch size a warm-up then N timed runs of
+the model call on preprocessed inputs (preprocessing excluded: it is the same
+numpy/OpenCV code for every variant); mean / p50 / p90 / p99 latency and
+throughput; peak resident memory while loading and running it; the bundle's
+size; averaged AUC and ACC and every category's AUC on the chosen split, and
+the difference from the reference. A variant passes the gate when its
+averaged-AUC drop is within --max-auc-drop points and no category drops by
+more than twice that. A variant that fails to load or run becomes a failed
+row, not a crash.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from calibration.selection import load_arrays
+from edgederm.data.release import read_release
+from edgederm.errors import EdgeDermError
+from edgederm.evaluation.metrics import compute_metrics
+from edgederm.preprocess import PreprocessConfig
+from edgederm.runtime import load_bundle
+from export.bundle import read_manifest
+from benchmarks.host import Tegrastats, host_facts
+
+
+@dataclass(frozen=True)
+class Variant:
+    path: Path
+    backend: str | None = None      # None: the bundle's own
+
+    @classmethod
+    def parse(cls, spec: str) -> "Variant":
+        """`PATH` or `PATH@backend` (e.g. a jetson bundle's Q/DQ graph in onnxruntime)."""
+        path, _, backend = spec.partition("@")
+        return cls(Path(path), backend or None)
+
+    @property
+    def name(self) -> str:
+        return self.path.name + (f"@{self.backend}" if self.backend else "")
+
+
+def _reset_peak_rss() -> bool:
+    """Linux: writing 5 to clear_refs resets VmHWM, the peak resident set."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_mib() -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def time_runs(run: Callable[[], object], warmup: int, runs: int) -> list[float]:
+    for _ in range(warmup):
+        run()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        run()
+        times.append((time.perf_counter() - start) * 1000.0)
+    return times
+
+
+def latency_summary(times_ms: list[float], batch: int) -> dict:
+    t = np.asarray(times_ms)
+    return {"batch": batch, "runs": len(t), "mean_ms": float(t.mean()), "p50_ms": float(np.percentile(t, 50)),
+            "p90_ms": float(np.percentile(t, 90)), "p99_ms": float(np.percentile(t, 99)),
+            "throughput_per_s": float(batch * 1000.0 / t.mean()), "times_ms": [round(x, 4) for x in times_ms]}
+
+
+def bench_variant(variant: Variant, device: str, batch_sizes: list[int], warmup: int, runs: int,
+                  evaluation: tuple[np.ndarray, np.ndarray, np.ndarray] | None, seed: int = 0) -> dict:
+    row: dict = {"name": variant.name, "bundle": str(variant.path), "status": "ok"}
+    try:
+        _reset_peak_rss()
+        start = time.perf_counter()
+        predictor = load_bundle(variant.path, device=device, backend=variant.backend)
+        row["load_s"] = time.perf_counter() - start
+        manifest = predictor.manifest
+        row.update(backend=predictor.backend, target=manifest["target"], precision=manifest["precision"],
+                   size_mb=sum(f["bytes"] for f in manifest["files"].values()) / 1e6)
+        size = predictor.preprocess.size
+        rng = np.random.default_rng(seed)
+        row["latency"] = []
+        for batch in batch_sizes:
+            predictor.check_batch(batch)
+            if evaluation is not None and len(evaluation[0]) >= batch:
+                clinical, dermoscopy = evaluation[0][:batch], evaluation[1][:batch]
+            else:
+                clinical, dermoscopy = (rng.standard_normal((batch, 3, size, size), dtype=np.float32) for _ in range(2))
+            row["latency"].append(latency_summary(time_runs(lambda: predictor.run(clinical, dermoscopy), warmup, runs),
+                                                  batch))
+        if evaluation is not None:
+            metrics = compute_metrics(predictor.run_batched(evaluation[0], evaluation[1]), evaluation[2])
+            row["accuracy"] = {k: metrics[k] for k in ("cases", "avg_auc", "avg_acc", "auc", "acc")}
+        row["peak_rss_mib"] = _peak_rss_mib()
+    except EdgeDermError as e:
+        row.update(status="failed", error=str(e))
+    return row
+
+
+def apply_gate(rows: list[dict], reference: str, max_auc_drop: float) -> None:
+    ref = next((r for r in rows if r["name"] == reference), None)
+    for row in rows:
+        if row["status"] != "ok":
+            row["verdict"] = "fail"
+            continue
+        if ref is None or ref["status"] != "ok" or "accuracy" not in row:
+            row["verdict"] = "no accuracy" if "accuracy" not in row else "no reference"
+            continue
+        row["auc_drop_points"] = 100 * (ref["accuracy"]["avg_auc"] - row["accuracy"]["avg_auc"])
+        row["category_drop_points"] = {
+            c: (100 * (ref["accuracy"]["auc"][c] - v) if v is not None and ref["accuracy"]["auc"][c] is not None else None)
+            for c, v in row["accuracy"]["auc"].items()}
+        worst = max((d for d in row["category_drop_points"].values() if d is not None), default=0.0)
+        row["worst_category_drop_points"] = worst
+        if row["name"] == reference:
+            row["verdict"] = "reference"
+        else:
+            ok = row["auc_drop_points"] <= max_auc_drop and worst <= 2 * max_auc_drop
+            row["verdict"] = "pass" if ok else "fail"
+        if ref is not None and ref["status"] == "ok":
+            row["speedup_vs_reference"] = ref["latency"][0]["mean_ms"] / row["latency"][0]["mean_ms"]
+
+
+def _input_size(bundle: Path) -> int | None:
+    """Input size from an unverified manifest (verification happens when the variant loads)."""
+    try:
+        return read_manifest(bundle, verify=False)["preprocess"]["size"]
+    except (EdgeDermError, KeyError):
+        return None
+
+
+def run_bench(bundles: list[str], reference: str | None, data: Path | None, split: str, batch_sizes: list[int],
+              warmup: int, runs: int, max_auc_drop: float, device: str = "CPU", progress=None) -> dict:
+    variants = [Variant.parse(b) for b in bundles]
+    if reference is not None and all(v.name != Variant.parse(reference).name for v in variants):
+        variants.insert(0, Variant.parse(reference))
+    if any(b < 1 for b in batch_sizes):
+        raise EdgeDermError(f"batch sizes must be at least 1, got {batch_sizes}")
+    evaluation = None
+    if data is not None:
+        release = read_release(data)
+        cases = release.split(split)
+        if not cases:
+            raise EdgeDermError(f"{data}: the {split} split is empty")
+        sizes = {_input_size(v.path) for v in variants} - {None}
+        if len(sizes) > 1:
+            raise EdgeDermError(f"the bundles take different input sizes ({', '.join(map(str, sorted(sizes)))}); "
+                                "bench them separately")
+        if sizes:
+            clinical, dermoscopy = load_arrays(cases, PreprocessConfig(size=sizes.pop()))
+            evaluation = (clinical, dermoscopy, np.array([c.labels for c in cases]))
+    rows = []
+    with Tegrastats() as tegrastats:
+        for variant in (progress(variants) if progress else variants):
+            rows.append(bench_variant(variant, device, batch_sizes, warmup, runs, evaluation))
+    reference_name = Variant.parse(reference).name if reference else None
+    apply_gate(rows, reference_name, max_auc_drop)
+    passing = [r for r in rows if r["verdict"] in ("pass", "reference")]
+    fastest = min(passing, key=lambda r: r["latency"][0]["mean_ms"])["name"] if passing else None
+    return {"host": host_facts(), "jetson_telemetry": tegrastats.summary(), "device": device,
+            "data": str(data) if data else None, "split": split if data else None, "batch_sizes": batch_sizes,
+            "warmup": warmup, "runs": runs, "reference": reference_name, "max_auc_drop": max_auc_drop,
+            "variants": rows, "fastest_passing": fastest,
+            "gate_passed": all(r["verdict"] in ("pass", "reference") for r in rows) if reference else None}
