@@ -52,3 +52,35 @@ def write_meta(root: Path, rows: list[dict[str, str]], columns=META_COLUMNS) -> 
 def write_indexes(root: Path, splits: dict[str, list[int]]) -> None:
     for split, rows in splits.items():
         (root / "meta" / f"{split}_indexes.csv").write_text("indexes\n" + "".join(f"{i}\n" for i in rows))
+
+
+# Tiny model at 64 px, batch 8: a few seconds per epoch on the 40-case test release.
+FAST_TRAINING = {"epochs": 3, "batch_size": 8, "swa_epochs": 1, "warmup_epochs": 0, "seed": 7}
+
+
+def fast_configs(**train_overrides):
+    from edgederm.training.recipe import resolve_config
+    return resolve_config("tiny", model_overrides={"img_size": 64}, train_overrides={**FAST_TRAINING, **train_overrides})
+
+
+@pytest.fixture(scope="session")
+def trained_run(synthetic_release, tmp_path_factory) -> Path:
+    """A finished tiny run (3 epochs, 64 px) on the synthetic release."""
+    from edgederm.training.trainer import train
+    run = tmp_path_factory.mktemp("runs") / "tiny"
+    model_cfg, train_cfg = fast_configs()
+    train(synthetic_release, run, model_cfg, train_cfg, progress=False)
+    return run
+
+
+@pytest.fixture(scope="session")
+def bundles(trained_run, synthetic_release, tmp_path_factory) -> dict[str, Path]:
+    """Every target's bundles of the trained run, keyed "onnx-fp32", "openvino-int8", ..."""
+    from export.exporter import ExportRequest, export
+    out = tmp_path_factory.mktemp("exports")
+    written = {}
+    for target, precisions in (("torch", "fp32"), ("onnx", "fp32"), ("openvino", "fp32,fp16,int8"), ("jetson", "int8")):
+        for path in export(ExportRequest(run=trained_run, target=target, precisions=precisions,
+                                         data=synthetic_release, out=out), log=lambda m: None):
+            written[path.name.split("-", 1)[1]] = path
+    return written

@@ -8,7 +8,6 @@ from typer.testing import CliRunner
 from edgederm import labels as L
 from edgederm.cli import app
 from edgederm.evaluation.metrics import compute_metrics
-from tests.test_training import trained_run  # noqa: F401  (session fixture)
 
 
 def _perfect(labels):
@@ -39,7 +38,7 @@ def test_metrics_match_hand_computation():
     assert m["auc"]["DIAG NEV"] == 1.0
 
 
-def test_evaluate_command_writes_the_paper_tables(trained_run, synthetic_release):  # noqa: F811
+def test_evaluate_command_writes_the_paper_tables(trained_run, synthetic_release):
     result = CliRunner().invoke(app, ["evaluate", "--run", str(trained_run), "--data", str(synthetic_release),
                                       "--split", "test", "--tta"])
     assert result.exit_code == 0, result.output

@@ -16,20 +16,8 @@ from export.engine import BuildPlan, INSTALL_HINT, trtexec_command
 from export.exporter import ExportRequest, export
 from export.formats import parse_request
 from export.onnx_export import onnxruntime_session
-from tests.test_training import trained_run  # noqa: F401  (session fixture)
 
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def bundles(trained_run, synthetic_release, tmp_path_factory):  # noqa: F811
-    out = tmp_path_factory.mktemp("exports")
-    written = {}
-    for target, precisions in (("onnx", "fp32"), ("openvino", "fp32,fp16,int8"), ("jetson", "int8")):
-        for path in export(ExportRequest(run=trained_run, target=target, precisions=precisions,
-                                         data=synthetic_release, out=out), log=lambda m: None):
-            written[path.name.split("-", 1)[1]] = path
-    return written
 
 
 def test_requests_are_checked_before_any_work():
@@ -41,7 +29,7 @@ def test_requests_are_checked_before_any_work():
 
 
 def test_every_bundle_verifies_and_reports_accuracy(bundles):
-    assert set(bundles) == {"onnx-fp32", "openvino-fp32", "openvino-fp16", "openvino-int8", "jetson-int8"}
+    assert set(bundles) == {"torch-fp32", "onnx-fp32", "openvino-fp32", "openvino-fp16", "openvino-int8", "jetson-int8"}
     for name, path in bundles.items():
         manifest = read_manifest(path)
         assert manifest["format_version"] == 1 and manifest["precision"] == name.split("-")[-1]
@@ -120,7 +108,7 @@ def test_a_changed_byte_is_refused(bundles, tmp_path):
         read_manifest(copy)
 
 
-def test_interrupted_export_leaves_no_bundle(trained_run, synthetic_release, tmp_path, monkeypatch):  # noqa: F811
+def test_interrupted_export_leaves_no_bundle(trained_run, synthetic_release, tmp_path, monkeypatch):
     import export.exporter as exporter
 
     def crash(ctx, target, precision, directory):
@@ -132,7 +120,7 @@ def test_interrupted_export_leaves_no_bundle(trained_run, synthetic_release, tmp
     assert list(tmp_path.iterdir()) == []
 
 
-def test_bad_requests_are_one_line_and_leave_nothing(trained_run, synthetic_release, tmp_path):  # noqa: F811
+def test_bad_requests_are_one_line_and_leave_nothing(trained_run, synthetic_release, tmp_path):
     out = tmp_path / "exports"
     cases = [
         (["--run", str(tmp_path), "--target", "onnx"], "model.safetensors: not found"),

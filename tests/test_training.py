@@ -16,22 +16,7 @@ from edgederm.training.branch_weights import search_branch_weights, weight_grid
 from edgederm.training.loss import class_weights_from_counts, multitask_loss
 from edgederm.training.recipe import RECIPES, TrainConfig, resolve_config
 from edgederm.training.trainer import train
-
-# Tiny model at 64 px, batch 8: a few seconds per epoch on the 40-case test release.
-FAST = {"epochs": 3, "batch_size": 8, "swa_epochs": 1, "warmup_epochs": 0, "seed": 7}
-
-
-def fast_configs(**train_overrides):
-    return resolve_config("tiny", model_overrides={"img_size": 64}, train_overrides={**FAST, **train_overrides})
-
-
-@pytest.fixture(scope="session")
-def trained_run(synthetic_release, tmp_path_factory):
-    run = tmp_path_factory.mktemp("runs") / "tiny"
-    model_cfg, train_cfg = fast_configs()
-    train(synthetic_release, run, model_cfg, train_cfg, progress=False)
-    return run
-
+from tests.conftest import fast_configs
 
 def test_paper_recipe_defaults():
     paper = RECIPES["paper"]

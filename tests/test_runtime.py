@@ -1,0 +1,211 @@
+"""The device side: one predictor API over every backend, `diagnose` for a pair
+and for a CSV of pairs, `bench` with its gate and reports, bad inputs, and the
+rule that device-side commands never import torch, timm or nncf."""
+import csv
+import json
+import shutil
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from edgederm import labels as L
+from edgederm.cli import app
+from edgederm.data.release import read_release
+from edgederm.errors import EdgeDermError
+from edgederm.runtime import load_bundle
+from export.bundle import BundleError
+from tests.conftest import write_jpeg
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def pair(synthetic_release):
+    case = read_release(synthetic_release).split("test")[0]
+    return case.clinical, case.derm
+
+
+def test_every_backend_gives_the_same_answer_through_one_api(bundles, pair):
+    reference = load_bundle(bundles["torch-fp32"]).predict(*pair).probabilities
+    for name in ("onnx-fp32", "openvino-fp32", "openvino-int8"):
+        predictor = load_bundle(bundles[name])
+        prediction = predictor.predict(*pair)
+        tolerance = 1e-4 if "fp32" in name else 0.15
+        for task in L.TASK_KEYS:
+            assert sum(prediction.probabilities[task].values()) == pytest.approx(1.0, abs=tolerance / 5)
+            for cls, p in prediction.probabilities[task].items():
+                assert p == pytest.approx(reference[task][cls], abs=tolerance), (name, task, cls)
+        batch = predictor.predict_batch([pair, pair, pair])
+        assert len(batch) == 3 and batch[2].probabilities == batch[0].probabilities
+    qdq = load_bundle(bundles["jetson-int8"], backend="onnxruntime")
+    assert qdq.graph == "model.int8.onnx" and qdq.predict(*pair).top("DIAG")[0] in L.TASKS[0].classes
+
+
+def test_runtime_preprocessing_is_the_training_evaluation_transform(bundles, pair):
+    from edgederm.data.torch_dataset import PairDataset
+    from edgederm.data.release import Case
+    predictor = load_bundle(bundles["onnx-fp32"])
+    case = Case(row=0, case_num="1", clinical=pair[0], derm=pair[1], labels=(0,) * 8)
+    clinical, derm, _ = PairDataset([case], predictor.preprocess)[0]
+    np.testing.assert_array_equal(predictor.prepare(pair[0]), clinical.numpy())
+    np.testing.assert_array_equal(predictor.prepare(pair[1]), derm.numpy())
+
+
+def test_tensorrt_bundle_without_engine_says_how_to_build_it(bundles):
+    with pytest.raises(EdgeDermError, match="no engine yet; build it on this device: edgederm engine build"):
+        load_bundle(bundles["jetson-int8"])
+
+
+def test_engine_built_elsewhere_is_refused_with_the_fix():
+    from edgederm.runtime.tensorrt_backend import engine_mismatch
+    recorded = {"tensorrt": "10.3.0", "gpu": "Orin", "compute_capability": "8.7", "l4t": "36.4.0"}
+    assert engine_mismatch(recorded, dict(recorded)) == []
+    assert engine_mismatch(recorded, {**recorded, "tensorrt": "8.6.2"}) == ["tensorrt 10.3.0 (here 8.6.2)"]
+
+
+def test_bad_batch_sizes(bundles):
+    predictor = load_bundle(bundles["onnx-fp32"])
+    predictor.max_batch = 4            # as a TensorRT engine built with --max-batch 4
+    x = np.zeros((5, 3, 64, 64), np.float32)
+    with pytest.raises(EdgeDermError, match="batch size 5 is larger than this engine takes \\(4\\)"):
+        predictor.run(x, x)
+    with pytest.raises(EdgeDermError, match="expected N x 3 x 64 x 64"):
+        predictor.run(np.zeros((1, 3, 32, 32), np.float32), np.zeros((1, 3, 32, 32), np.float32))
+    assert predictor.run_batched(x, x).shape == (5, 24)     # batched form splits to what it can take
+
+
+def test_diagnose_text_and_json(bundles, pair):
+    result = runner.invoke(app, ["diagnose", "--bundle", str(bundles["openvino-int8"]),
+                                 "--clinical", str(pair[0]), "--derm", str(pair[1])])
+    assert result.exit_code == 0, result.output
+    assert "decision support, not a diagnosis" in result.output
+    assert "Seven-point score:" in result.output and "Diagnosis (model):" in result.output
+    result = runner.invoke(app, ["diagnose", "--bundle", str(bundles["onnx-fp32"]),
+                                 "--clinical", str(pair[0]), "--derm", str(pair[1]), "--json"])
+    data = json.loads(result.output)
+    assert set(data["tasks"]) == set(L.TASK_KEYS)
+    sp = data["seven_point"]
+    tops = {t: v["top"] for t, v in data["tasks"].items()}
+    assert sp["score"] == L.seven_point_score(tops)
+    assert sp["suspicious"] == (sp["score"] >= 3)
+    assert {(c["task"], c["class"]) for c in sp["contributions"]} == {
+        (t, c) for t, c, _ in L.SEVEN_POINT_CRITERIA if tops[t] == c}
+    assert "not a diagnosis" in data["disclaimer"]
+
+
+def _image_variants(folder, pair):
+    rgb = cv2.cvtColor(cv2.imread(str(pair[0])), cv2.COLOR_BGR2RGB)
+    good = write_jpeg(folder / "good.jpg", rgb)
+    data = good.read_bytes()
+    (folder / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "garbage.jpg").write_bytes(b"garbage" * 20)
+    cv2.imwrite(str(folder / "grey.png"), rgb[:, :, 0])
+    cv2.imwrite(str(folder / "rgba.png"), np.dstack([rgb[:, :, ::-1], np.full(rgb.shape[:2], 255, np.uint8)]))
+    cv2.imwrite(str(folder / "deep.png"), rgb[:, :, ::-1].astype(np.uint16) * 257)
+    return good
+
+
+def test_diagnose_pairs_reports_bad_rows_and_finishes_the_batch(bundles, pair, tmp_path):
+    _image_variants(tmp_path, pair)
+    rows = [("a", "good.jpg", "good.jpg"), ("b", "truncated.jpg", "good.jpg"), ("c", "good.jpg", "empty.jpg"),
+            ("d", "grey.png", "good.jpg"), ("e", "rgba.png", "deep.png"), ("f", "missing.jpg", "good.jpg"),
+            ("g", "good.jpg", "garbage.jpg")]
+    with open(tmp_path / "visits.csv", "w", newline="") as f:
+        csv.writer(f).writerows([("id", "clinical", "derm"), *rows])
+    out = tmp_path / "results.csv"
+    result = runner.invoke(app, ["diagnose", "--bundle", str(bundles["onnx-fp32"]), "--pairs",
+                                 str(tmp_path / "visits.csv"), "--out", str(out)])
+    assert result.exit_code == 1                          # some rows failed...
+    with open(out, newline="") as f:
+        written = {r["id"]: r for r in csv.DictReader(f)}
+    assert list(written) == [r[0] for r in rows]          # ...but every row is in the results
+    assert [written[k]["status"] for k in "abcdefg"] == ["ok", "error", "error", "error", "ok", "error", "error"]
+    assert "truncated" in written["b"]["error"] and "empty file" in written["c"]["error"]
+    assert "grayscale" in written["d"]["error"] and "not found" in written["f"]["error"]
+    assert written["a"]["diagnosis"] in L.TASKS[0].classes and written["a"]["seven_point_score"].isdigit()
+    assert "wrote 7 rows" in result.output and "(5 failed)" in result.output
+
+
+def test_diagnose_single_pair_errors_are_one_line(bundles, pair, tmp_path):
+    _image_variants(tmp_path, pair)
+    for name, message in (("truncated.jpg", "truncated"), ("grey.png", "grayscale"), ("nope.jpg", "file not found")):
+        result = runner.invoke(app, ["diagnose", "--bundle", str(bundles["onnx-fp32"]),
+                                     "--clinical", str(tmp_path / name), "--derm", str(pair[1])])
+        assert result.exit_code == 1 and message in result.output and name in result.output
+        assert result.output.count("\n") == 1
+
+
+def test_tampered_and_future_bundles_are_refused(bundles, pair, tmp_path):
+    tampered = shutil.copytree(bundles["onnx-fp32"], tmp_path / "tampered")
+    data = bytearray((tampered / "model.onnx").read_bytes())
+    data[-100] ^= 0xFF
+    (tampered / "model.onnx").write_bytes(bytes(data))
+    result = runner.invoke(app, ["diagnose", "--bundle", str(tampered), "--clinical", str(pair[0]), "--derm", str(pair[1])])
+    assert result.exit_code == 1 and "model.onnx does not match its sha256" in result.output
+    future = shutil.copytree(bundles["onnx-fp32"], tmp_path / "future")
+    manifest = json.loads((future / "manifest.json").read_text())
+    manifest["format_version"] = 99
+    (future / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="bundle format 99 is newer than this EdgeDerm reads"):
+        load_bundle(future)
+
+
+def test_bench_gate_reports_and_fastest_variant(bundles, synthetic_release, tmp_path):
+    report = tmp_path / "report"
+    result = runner.invoke(app, [
+        "bench", "--bundle", str(bundles["torch-fp32"]), "--bundle", str(bundles["onnx-fp32"]),
+        "--bundle", str(bundles["openvino-int8"]), "--bundle", f"{bundles['jetson-int8']}@onnxruntime",
+        "--reference", str(bundles["onnx-fp32"]), "--data", str(synthetic_release), "--batch", "1,2",
+        "--warmup", "1", "--runs", "3", "--max-auc-drop", "50", "--report", str(report)])
+    assert result.exit_code == 0, result.output
+    data = json.loads((report / "report.json").read_text())
+    rows = {r["name"]: r for r in data["variants"]}
+    assert rows[bundles["onnx-fp32"].name]["verdict"] == "reference"
+    assert rows[bundles["torch-fp32"].name]["auc_drop_points"] == pytest.approx(0, abs=1e-3)
+    for r in rows.values():
+        assert [lat["batch"] for lat in r["latency"]] == [1, 2] and len(r["latency"][0]["times_ms"]) == 3
+        assert r["latency"][0]["p50_ms"] > 0 and r["size_mb"] > 0 and r["load_s"] > 0
+        assert set(r["accuracy"]["auc"]) == {L.category_name(*c) for c in L.AUC_CATEGORIES}
+    assert data["fastest_passing"] in rows
+    assert data["host"]["cores"] >= 1 and "int8_instructions" in data["host"]
+    html = (report / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 2
+    assert "| variant |" in (report / "report.md").read_text()
+
+
+def test_bench_exits_1_when_a_variant_fails_the_gate(bundles, synthetic_release, tmp_path):
+    result = runner.invoke(app, [
+        "bench", "--bundle", str(bundles["openvino-int8"]), "--bundle", str(bundles["jetson-int8"]),
+        "--reference", str(bundles["openvino-fp32"]), "--data", str(synthetic_release),
+        "--warmup", "0", "--runs", "2", "--max-auc-drop", "-1", "--report", str(tmp_path / "r")])
+    assert result.exit_code == 1
+    rows = {r["name"]: r for r in json.loads((tmp_path / "r" / "report.json").read_text())["variants"]}
+    assert rows[bundles["openvino-int8"].name]["verdict"] == "fail"         # a drop > -1 point always fails
+    assert rows[bundles["jetson-int8"].name]["status"] == "failed"          # no engine: a failed row, no crash
+
+
+DEVICE_SIDE = """
+import sys
+from edgederm.cli import app
+try:
+    app(sys.argv[1:])
+except SystemExit as e:
+    assert e.code in (0, None), e.code
+print("HEAVY", sorted(m for m in ("torch", "timm", "nncf") if m in sys.modules), file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize("bundle_name", ["onnx-fp32", "openvino-int8"])
+def test_device_side_commands_never_import_torch_timm_or_nncf(bundles, pair, synthetic_release, tmp_path, bundle_name):
+    bundle = str(bundles[bundle_name])
+    for args in (["diagnose", "--bundle", bundle, "--clinical", str(pair[0]), "--derm", str(pair[1]), "--json"],
+                 ["bench", "--bundle", bundle, "--data", str(synthetic_release), "--warmup", "0", "--runs", "2",
+                  "--report", str(tmp_path / "r"), "--json"]):
+        result = subprocess.run([sys.executable, "-c", DEVICE_SIDE, *args], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert "HEAVY []" in result.stderr, (args[0], result.stderr[-500:])
