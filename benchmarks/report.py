@@ -71,7 +71,7 @@ def plots(report: dict) -> dict[str, str]:
     out = {}
     if ok:
         fig, ax = plt.subplots(figsize=(8, 0.6 * len(ok) + 1.5))
-        ax.boxplot([r["latency"][0]["times_ms"] for r in ok], vert=False, showfliers=True)
+        ax.boxplot([r["latency"][0]["times_ms"] for r in ok], orientation="horizontal", showfliers=True)
         ax.set_yticks(range(1, len(ok) + 1), [r["name"] for r in ok])
         ax.set_xlabel(f"latency, ms (batch {ok[0]['latency'][0]['batch']})")
         ax.set_title("Latency distribution per variant")

@@ -237,7 +237,7 @@ def export_command(
     calibration_cases: Annotated[Optional[int], typer.Option(help="Calibration cases (default 300, or the whole "
                                                                    "split if smaller).")] = None,
     calibration_split: Annotated[str, typer.Option(help="Split the calibration cases come from.")] = "train",
-    eval_split: Annotated[str, typer.Option(help="Split scored for the manifest's accuracy figures.")] = "test",
+    eval_split: Annotated[str, typer.Option(help="Split scored for the manifest's accuracy figures ('none': skip).")] = "test",
     seed: Annotated[int, typer.Option(help="Seed for the calibration-case choice.")] = 0,
     force: Annotated[bool, typer.Option(help="Replace bundles that exist.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the written bundles' manifests as JSON.")] = False,
@@ -247,7 +247,8 @@ def export_command(
     from export.exporter import ExportRequest, export
     written = export(ExportRequest(run=run, target=target, precisions=precision, data=data, out=out,
                                    max_auc_drop=max_auc_drop, calibration_cases=calibration_cases,
-                                   calibration_split=calibration_split, eval_split=eval_split, seed=seed,
+                                   calibration_split=calibration_split,
+                                   eval_split=None if eval_split == "none" else eval_split, seed=seed,
                                    force=force), log=lambda m: typer.echo(m, err=as_json))
     if as_json:
         typer.echo(json.dumps({str(p): read_manifest(p) for p in written}, indent=2))

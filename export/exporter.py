@@ -46,7 +46,7 @@ class ExportRequest:
     max_auc_drop: float | None = None      # AUC points; OpenVINO INT8 accuracy control
     calibration_cases: int | None = None
     calibration_split: str = "train"
-    eval_split: str = "test"
+    eval_split: str | None = "test"       # None: no accuracy figures (e.g. random-init latency studies)
     seed: int = 0
     force: bool = False
 
@@ -258,7 +258,7 @@ def export(req: ExportRequest, log: Callable[[str], None] = print) -> list[Path]
     if calibrated:
         calib = build_calibration_set(release, preprocess, req.calibration_split, req.calibration_cases, req.seed)
         log(f"calibration: {len(calib)} cases of the {req.calibration_split} split, stratified by diagnosis")
-    evaluation = _arrays(release, req.eval_split, preprocess) if release else None
+    evaluation = _arrays(release, req.eval_split, preprocess) if release and req.eval_split else None
     validation = _arrays(release, "valid", preprocess) if release and req.max_auc_drop is not None else None
     reference = compute_metrics(run_torch(model, *evaluation[:2]), evaluation[2]) if evaluation else None
     meta = read_metadata(weights)

@@ -1,0 +1,67 @@
+"""Latency of the `paper` preset's architecture (MobileNetV3 + Swin-T + AAB,
+224 px) on this machine, batch 1, across backends: PyTorch FP32 eager,
+onnxruntime FP32, OpenVINO FP32, OpenVINO INT8 and the INT8 Q/DQ ONNX in
+onnxruntime. Random initial weights: latency does not depend on them, and no
+trained paper model exists on these machines. INT8 calibration uses 64
+synthetic cases (enough for scales; accuracy is not measured here).
+
+    python -m benchmarks.paper_latency [--workdir DIR] [--runs 50]
+
+Prints the bench table and writes the report to WORKDIR/report and its
+Markdown to benchmarks/results/paper-latency-batch1.md.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from benchmarks.bench import run_bench
+from benchmarks.report import write_reports
+from edgederm.data.synth import write_synthetic_release
+from edgederm.models import create_model, get_preset
+from edgederm.models.io import save_weights
+from export.exporter import ExportRequest, export
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--runs", type=int, default=50)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = args.workdir or Path(tmp)
+        data = work / "synth"
+        if not data.exists():
+            write_synthetic_release(data, cases=200, seed=0, workers=2)
+        run = work / "paper-random"
+        if not (run / "model.safetensors").exists():
+            run.mkdir(parents=True, exist_ok=True)
+            torch.manual_seed(0)
+            save_weights(create_model(get_preset("paper")), run / "model.safetensors", extra={"source": "random init"})
+        out = work / "exports"
+        for target, precisions in (("torch", "fp32"), ("onnx", "fp32"), ("openvino", "fp32,int8"), ("jetson", "int8")):
+            export(ExportRequest(run=run, target=target, precisions=precisions, data=data, out=out,
+                                 calibration_cases=64, eval_split=None, force=True))
+        bundles = [str(out / f"paper-random-{name}") for name in ("torch-fp32", "onnx-fp32", "openvino-fp32",
+                                                                  "openvino-int8")]
+        bundles.append(str(out / "paper-random-jetson-int8") + "@onnxruntime")
+        report = run_bench(bundles, reference=bundles[0], data=None, split="test", batch_sizes=[1], warmup=10,
+                           runs=args.runs, max_auc_drop=1.0)
+        paths = write_reports(report, work / "report")
+        RESULTS.mkdir(exist_ok=True)
+        shutil.copy(paths["md"], RESULTS / "paper-latency-batch1.md")
+        for row in report["variants"]:
+            lat = row["latency"][0]
+            print(f"{row['name']:<36} mean {lat['mean_ms']:7.1f} ms  p50 {lat['p50_ms']:7.1f}  p99 {lat['p99_ms']:7.1f}"
+                  f"  x{row.get('speedup_vs_reference', 0):.2f} vs PyTorch FP32  peak RSS {row['peak_rss_mib']:.0f} MiB")
+        print(f"report: {paths['html']}")
+
+
+if __name__ == "__main__":
+    main()
