@@ -46,8 +46,10 @@ def main() -> None:
             save_weights(create_model(get_preset("paper")), run / "model.safetensors", extra={"source": "random init"})
         out = work / "exports"
         for target, precisions in (("torch", "fp32"), ("onnx", "fp32"), ("openvino", "fp32,int8"), ("jetson", "int8")):
+            if all((out / f"paper-random-{target}-{p}").is_dir() for p in precisions.split(",")):
+                continue    # kept from an earlier run in the same --workdir
             export(ExportRequest(run=run, target=target, precisions=precisions, data=data, out=out,
-                                 calibration_cases=64, eval_split=None, force=True))
+                                 calibration_cases=64, eval_split=None))
         bundles = [str(out / f"paper-random-{name}") for name in ("torch-fp32", "onnx-fp32", "openvino-fp32",
                                                                   "openvino-int8")]
         bundles.append(str(out / "paper-random-jetson-int8") + "@onnxruntime")

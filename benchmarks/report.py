@@ -55,7 +55,9 @@ def markdown(report: dict) -> str:
                 continue
             lines.append(f"| {r['name']} | {acc['cases']} | {100 * acc['avg_auc']:.2f} | {100 * acc['avg_acc']:.2f} | "
                          f"{_fmt(r.get('auc_drop_points'))} | {_fmt(r.get('worst_category_drop_points'))} | {r['verdict']} |")
-    lines += ["", f"Fastest variant that passes: **{report['fastest_passing'] or 'none'}**."]
+    gated = report["data"] and report["reference"]
+    lines += ["", f"Fastest variant {'that passes the gate' if gated else '(speed only: no accuracy gate without --data and --reference)'}: "
+              f"**{report['fastest_passing'] or 'none'}**."]
     return "\n".join(lines) + "\n"
 
 

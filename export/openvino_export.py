@@ -55,18 +55,19 @@ def run_openvino(compiled: ov.CompiledModel, clinical: np.ndarray, dermoscopy: n
 
 
 def probability_tail(model: ov.Model) -> list[str]:
-    """Names of the operations after the heads' softmax: the branch-weighted sum
-    P_FI. They stay in float: a sliver of the compute, and quantizing them makes
-    a task's probabilities stop summing to one."""
-    names, frontier = set(), [op for op in model.get_ops() if op.get_type_name() == "Softmax"]
+    """Names of the operations between the heads' softmax and the outputs: the
+    branch-weighted sum P_FI. They stay in float: a sliver of the compute, and
+    quantizing them makes a task's probabilities stop summing to one. Walks
+    back from the outputs and stops at the heads' Softmax, so attention
+    softmaxes inside a transformer encoder are never reached."""
+    names: set[str] = set()
+    frontier = [result.input_value(0).get_node() for result in model.get_results()]
     while frontier:
         op = frontier.pop()
-        for output in op.outputs():
-            for target in output.get_target_inputs():
-                consumer = target.get_node()
-                if consumer.get_type_name() != "Result" and consumer.get_friendly_name() not in names:
-                    names.add(consumer.get_friendly_name())
-                    frontier.append(consumer)
+        if op.get_type_name() in ("Softmax", "Constant", "Parameter") or op.get_friendly_name() in names:
+            continue
+        names.add(op.get_friendly_name())
+        frontier.extend(value.get_node() for value in op.input_values())
     return sorted(names)
 
 

@@ -28,10 +28,11 @@ QUANTIZED_OPS = ["Conv", "MatMul", "Gemm"]
 
 
 def quantize_qdq(fp32_onnx: Path, out: Path, calib: CalibrationSet) -> Path:
-    # Shape inference only: ORT's graph optimisations could introduce ORT-specific
-    # fused ops that TensorRT's parser does not know.
+    # ONNX shape inference only: ORT's graph optimisations could introduce ORT-specific
+    # fused ops that TensorRT's parser does not know, and ORT's symbolic shape
+    # inference gives up on Swin's window reshapes.
     prepared = out.with_name(out.stem + ".prepared.onnx")
-    quant_pre_process(str(fp32_onnx), str(prepared), skip_optimization=True)
+    quant_pre_process(str(fp32_onnx), str(prepared), skip_optimization=True, skip_symbolic_shape=True)
     quantize_static(
         str(prepared), str(out), OrtCalibrationReader(calib),
         quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,

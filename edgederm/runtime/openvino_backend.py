@@ -1,6 +1,11 @@
 """OpenVINO on CPU, integrated GPU, NPU or AUTO. On the CPU the FP32 bundle is
 compiled with INFERENCE_PRECISION_HINT=f32, so it stays the honest FP32
-reference on processors that would otherwise pick bf16."""
+reference on processors that would otherwise pick bf16.
+
+The IR has a dynamic batch; each batch size actually used gets its own
+static-shape compilation (cached), because static kernels are markedly faster
+(measured here on Swin-T: 80 ms dynamic vs 68 ms static at batch 1, FP32) and
+NPUs take static shapes only."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -26,12 +31,22 @@ class OpenVinoPredictor(Predictor):
         if device != "AUTO" and device not in core.available_devices:
             raise EdgeDermError(f"OpenVINO device {device} is not available here "
                                 f"(available: {', '.join(core.available_devices)})")
-        config = {"INFERENCE_PRECISION_HINT": "f32"} if device == "CPU" and self.precision == "fp32" else {}
-        self.compiled = core.compile_model(str(bundle / "model.xml"), device, config)
-        self.request = self.compiled.create_infer_request()
-        self.outputs = [self.compiled.output(name) for name in L.TASK_KEYS]
-        self.device = device
+        self.config = {"INFERENCE_PRECISION_HINT": "f32"} if device == "CPU" and self.precision == "fp32" else {}
+        self.core, self.device = core, device
+        self.model = core.read_model(str(bundle / "model.xml"))
+        self._requests: dict[int, tuple] = {}
+        self._request(1)      # compile the common case now, so load time includes it
+
+    def _request(self, batch: int) -> tuple:
+        if batch not in self._requests:
+            model = self.model.clone()
+            size = self.preprocess.size
+            model.reshape({name: [batch, 3, size, size] for name in ("clinical", "dermoscopy")})
+            compiled = self.core.compile_model(model, self.device, self.config)
+            self._requests[batch] = (compiled.create_infer_request(), [compiled.output(n) for n in L.TASK_KEYS])
+        return self._requests[batch]
 
     def _forward(self, clinical: np.ndarray, dermoscopy: np.ndarray) -> np.ndarray:
-        result = self.request.infer({"clinical": clinical, "dermoscopy": dermoscopy})
-        return np.concatenate([result[o] for o in self.outputs], axis=1)
+        request, outputs = self._request(len(clinical))
+        result = request.infer({"clinical": clinical, "dermoscopy": dermoscopy})
+        return np.concatenate([result[o] for o in outputs], axis=1)
