@@ -12,15 +12,13 @@ numpy-free and torch-free: the device reads bundles with this module.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import shutil
 from pathlib import Path
-from typing import Iterator
 
 from edgederm.errors import EdgeDermError
+from edgederm.staging import staged_directory
 
 FORMAT = "edgederm-bundle"
 FORMAT_VERSION = 1
@@ -83,23 +81,6 @@ def read_manifest(bundle: str | Path, verify: bool = True) -> dict:
     return manifest
 
 
-@contextlib.contextmanager
-def staged_bundle(destination: Path, force: bool = False) -> Iterator[Path]:
-    """Yield a temporary directory; on success it replaces `destination`."""
-    if destination.exists() and not force:
-        raise BundleError(f"{destination}: already exists (use --force to replace it)")
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    tmp = destination.parent / f".{destination.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        yield tmp
-        if destination.exists():
-            old = destination.parent / f".{destination.name}.old-{os.getpid()}"
-            destination.rename(old)
-            tmp.rename(destination)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(destination)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+def staged_bundle(destination: Path, force: bool = False):
+    """A temporary directory that becomes the bundle on success (edgederm.staging)."""
+    return staged_directory(destination, force=force, error=BundleError)

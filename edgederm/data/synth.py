@@ -16,8 +16,6 @@ pictures from its own generator, so the worker count does not change a pixel.
 from __future__ import annotations
 
 import csv
-import os
-import shutil
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterable
@@ -29,6 +27,7 @@ from edgederm import labels as L
 from edgederm.data.release import IMAGES_DIR, META_COLUMNS, META_FILE, SPLITS, index_file
 from edgederm.data.render import render_case
 from edgederm.errors import DataError
+from edgederm.staging import staged_directory
 
 DIAGNOSIS_COUNTS = {"BCC": 42, "NEV": 575, "MEL": 252, "MISC": 97, "SK": 45}
 SPLIT_SIZES = {"train": 413, "valid": 203, "test": 395}
@@ -163,12 +162,7 @@ def write_synthetic_release(out: str | Path, cases: int = 600, seed: int = 0, wo
     out = Path(out)
     if cases < 10:
         raise DataError(f"{out}: --cases must be at least 10 (got {cases}) so every split has cases")
-    if out.exists() and not force:
-        raise DataError(f"{out}: already exists (use --force to replace it)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with staged_directory(out, force=force, error=DataError) as tmp:
         rng = np.random.default_rng(seed)
         drawn = [sample_labels(rng) for _ in range(cases)]
         names = _file_names(rng, cases)
@@ -195,14 +189,4 @@ def write_synthetic_release(out: str | Path, cases: int = 600, seed: int = 0, wo
         else:
             for job in (progress(jobs, len(jobs)) if progress else jobs):
                 _render_and_write(job)
-
-        if out.exists():   # --force: swap in the new release, then drop the old one
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
