@@ -351,6 +351,42 @@ def bench_command(
         raise typer.Exit(code=1)
 
 
+@app.command("quickstart")
+@_one_line_errors
+def quickstart_command(
+    out: Annotated[Path, typer.Option(help="Working folder; a second run reuses finished steps.")] = Path("quickstart"),
+    cases: Annotated[int, typer.Option(help="Synthetic cases.")] = 600,
+    epochs: Annotated[Optional[int], typer.Option(help="Training epochs (default: the tiny recipe's 16).")] = None,
+    img_size: Annotated[Optional[int], typer.Option(help="Input size (default: the tiny preset's 128).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Training batch size (default: the tiny recipe's 24).")] = None,
+    runs: Annotated[int, typer.Option(help="Timed runs per variant in the bench.")] = 50,
+    max_auc_drop: Annotated[float, typer.Option(help="Gate: largest averaged-AUC drop from FP32, points.")] = 1.0,
+    seed: Annotated[int, typer.Option(help="Seed for data, training and calibration.")] = 0,
+    workers: Annotated[int, typer.Option(help="Processes drawing the synthetic images.")] = min(2, os.cpu_count() or 1),
+    as_json: Annotated[bool, typer.Option("--json", help="Print the bench report as JSON at the end.")] = False,
+):
+    """The whole pipeline on the synthetic default: data, training, evaluation, export, bench."""
+    from benchmarks.quickstart import QuickstartOptions, quickstart
+    result = quickstart(QuickstartOptions(out=out, cases=cases, epochs=epochs, img_size=img_size,
+                                          batch_size=batch_size, runs=runs,
+                                          max_auc_drop=max_auc_drop, seed=seed, workers=workers),
+                        log=lambda m: typer.echo(m, err=as_json))
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+    else:
+        typer.echo(f"\n{'variant':<36} {'AUC':>6} {'ms (batch 1)':>13}  verdict")
+        for row in result["variants"]:
+            if row["status"] != "ok":
+                typer.echo(f"{row['name']:<36} failed: {row['error']}")
+                continue
+            typer.echo(f"{row['name']:<36} {100 * row['accuracy']['avg_auc']:6.2f} {row['latency'][0]['mean_ms']:13.2f}  "
+                       f"{row['verdict']}")
+        typer.echo(f"fastest variant that passes: {result['fastest_passing']}")
+        typer.echo(f"done in {result['minutes']:.1f} min; report: {result['report_paths']['html']}")
+    if not result["gate_passed"]:
+        raise typer.Exit(code=1)
+
+
 def main() -> None:
     app()
 

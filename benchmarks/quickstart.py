@@ -1,0 +1,102 @@
+"""`edgederm quickstart`: the whole pipeline on the synthetic default, offline.
+
+    OUT/synth/                     synthetic release (derm7pt layout)
+    OUT/runs/tiny/                 trained tiny model, with eval-test/ metrics
+    OUT/exports/tiny-*/            torch, ONNX, OpenVINO FP32 + INT8, Jetson bundles
+    OUT/report/                    bench report: report.json, report.md, report.html
+
+Each step is skipped when its result is already complete (the release has
+meta.csv, the run has model.safetensors, a bundle has a verified manifest,
+the report exists), so a second run in the same folder reuses finished work;
+a half-finished training run resumes from its last checkpoint. Nothing is
+ever half-overwritten: every step writes through a staged directory or a
+temporary file.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+from benchmarks.bench import run_bench
+from benchmarks.report import write_reports
+from edgederm.data.synth import write_synthetic_release
+from edgederm.errors import EdgeDermError
+from edgederm.evaluation.evaluate import evaluate_run
+from edgederm.evaluation.report import headline, write_report
+from edgederm.training.recipe import resolve_config
+from edgederm.training.trainer import FINAL, train
+from export.bundle import read_manifest
+from export.exporter import ExportRequest, export
+
+EXPORTS = (("torch", "fp32"), ("onnx", "fp32"), ("openvino", "fp32"), ("openvino", "int8"), ("jetson", "int8"))
+
+
+@dataclass
+class QuickstartOptions:
+    out: Path = Path("quickstart")
+    cases: int = 600
+    epochs: int | None = None          # None: the tiny recipe's
+    img_size: int | None = None        # None: the tiny preset's
+    batch_size: int | None = None      # None: the tiny recipe's
+    runs: int = 50
+    max_auc_drop: float = 1.0
+    seed: int = 0
+    workers: int = 2
+
+
+def _bundle_ok(path: Path) -> bool:
+    try:
+        read_manifest(path)
+        return True
+    except EdgeDermError:
+        return False
+
+
+def quickstart(opt: QuickstartOptions, log: Callable[[str], None] = print) -> dict:
+    started = time.perf_counter()
+    data, run, exports, report_dir = opt.out / "synth", opt.out / "runs" / "tiny", opt.out / "exports", opt.out / "report"
+
+    if (data / "meta" / "meta.csv").is_file():
+        log(f"[1/5] synthetic release: reusing {data}")
+    else:
+        log(f"[1/5] synthetic release: {opt.cases} cases -> {data}")
+        write_synthetic_release(data, cases=opt.cases, seed=opt.seed, workers=opt.workers)
+
+    if (run / FINAL).is_file():
+        log(f"[2/5] training: reusing {run}")
+    else:
+        model_cfg, train_cfg = resolve_config("tiny", model_overrides={"img_size": opt.img_size},
+                                              train_overrides={"seed": opt.seed, "batch_size": opt.batch_size})
+        if opt.epochs is not None:
+            train_cfg = replace(train_cfg, epochs=opt.epochs, swa_epochs=min(train_cfg.swa_epochs, max(0, opt.epochs - 1)),
+                                warmup_epochs=min(train_cfg.warmup_epochs, opt.epochs - 1))
+        resume = (run / "config.json").is_file()
+        log(f"[2/5] training the tiny preset ({train_cfg.epochs} epochs){' (resuming)' if resume else ''} -> {run}")
+        train(data, run, model_cfg, train_cfg, resume=resume)
+
+    evaluation = evaluate_run(run, data, split="test")
+    write_report(evaluation, run / "eval-test")
+    log(f"[3/5] evaluation on the test split: {headline(evaluation['branches']['final'], evaluation['params_m'])}")
+
+    bundles = []
+    for target, precision in EXPORTS:
+        path = exports / f"{run.name}-{target}-{precision}"
+        bundles.append(path)
+        if _bundle_ok(path):
+            log(f"[4/5] export {target} {precision}: reusing {path}")
+            continue
+        log(f"[4/5] export {target} {precision} -> {path}")
+        export(ExportRequest(run=run, target=target, precisions=precision, data=data, out=exports,
+                             force=path.exists(), seed=opt.seed), log=lambda m: log("      " + m))
+
+    variants = [str(p) for p in bundles if "jetson" not in p.name]
+    variants.append(f"{exports / f'{run.name}-jetson-int8'}@onnxruntime")   # no GPU here: its Q/DQ graph on the CPU
+    log(f"[5/5] bench: {len(variants)} variants against PyTorch FP32 -> {report_dir}")
+    result = run_bench(variants, reference=variants[0], data=data, split="test", batch_sizes=[1], warmup=5,
+                       runs=opt.runs, max_auc_drop=opt.max_auc_drop)
+    paths = write_reports(result, report_dir)
+    result["report_paths"] = {k: str(v) for k, v in paths.items()}
+    result["minutes"] = (time.perf_counter() - started) / 60
+    return result
