@@ -1,1 +1,2 @@
-"""Benchmarks: scripts that measure speed and memory targets and print the figures."""
+"""Benchmarks: `edgederm bench` (bench, host, report), the quickstart pipeline,
+and the scripts that measure this project's speed and accuracy targets."""
