@@ -130,13 +130,13 @@ def _as_flags(values: dict) -> list[str]:
     """Options back into command-line flags, for re-launching under torchrun."""
     flags = []
     for name, value in values.items():
-        if value is None or value is False and name == "resume":
+        if value is None or (value is False and name == "resume"):
             continue
         flag = "--" + name.replace("_", "-")
         if isinstance(value, bool):
             flags.append(flag if value else "--no-" + name.replace("_", "-"))
         else:
-            flags += [flag, str(value)]
+            flags.append(f"{flag}={value}")     # '=' keeps values such as '-2,-1' from reading as flags
     return flags
 
 

@@ -92,3 +92,10 @@ def test_train_errors_are_one_line(synthetic_release, tmp_path):
     result = runner.invoke(app, ["train", "--data", str(synthetic_release), "--out", str(tmp_path / "r"),
                                  "--preset", "tiny", "--epochs", "2", "--swa-epochs", "3"])
     assert result.exit_code == 1 and "swa_epochs must be between 0 and epochs (2)" in result.output
+
+
+def test_torchrun_relaunch_keeps_every_flag():
+    from edgederm.cli import _as_flags
+    flags = _as_flags({"data": "d", "fusion_stages": "-2,-1", "augment": False, "resume": False, "lr": 0.001,
+                       "epochs": None, "quiet": True})
+    assert flags == ["--data=d", "--fusion-stages=-2,-1", "--no-augment", "--lr=0.001", "--quiet"]
