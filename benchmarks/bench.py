@@ -13,6 +13,7 @@ row, not a crash.
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,10 +56,10 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-def _peak_rss_mib() -> float | None:
+def _status_mib(field: str) -> float | None:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
@@ -88,6 +89,7 @@ def bench_variant(variant: Variant, device: str, batch_sizes: list[int], warmup:
     row: dict = {"name": variant.name, "bundle": str(variant.path), "status": "ok"}
     try:
         _reset_peak_rss()
+        baseline = _status_mib("VmRSS")     # evaluation arrays and earlier variants' runtimes
         start = time.perf_counter()
         predictor = load_bundle(variant.path, device=device, backend=variant.backend)
         row["load_s"] = time.perf_counter() - start
@@ -108,9 +110,13 @@ def bench_variant(variant: Variant, device: str, batch_sizes: list[int], warmup:
         if evaluation is not None:
             metrics = compute_metrics(predictor.run_batched(evaluation[0], evaluation[1]), evaluation[2])
             row["accuracy"] = {k: metrics[k] for k in ("cases", "avg_auc", "avg_acc", "auc", "acc")}
-        row["peak_rss_mib"] = _peak_rss_mib()
+        row["peak_rss_mib"] = _status_mib("VmHWM")
+        if baseline is not None and row["peak_rss_mib"] is not None:
+            row["peak_rss_added_mib"] = row["peak_rss_mib"] - baseline   # what this variant added
     except EdgeDermError as e:
         row.update(status="failed", error=str(e))
+    except Exception as e:   # a backend's own failure (missing library, compile error): a failed row, not a crash
+        row.update(status="failed", error=f"{type(e).__name__}: {e}".splitlines()[0])
     return row
 
 
@@ -139,10 +145,10 @@ def apply_gate(rows: list[dict], reference: str | None, max_auc_drop: float) -> 
             row["verdict"] = "pass" if ok else "fail"
 
 
-def _input_size(bundle: Path) -> int | None:
-    """Input size from an unverified manifest (verification happens when the variant loads)."""
+def _preprocessing(bundle: Path) -> str | None:
+    """Preprocessing settings from an unverified manifest (verification happens when the variant loads)."""
     try:
-        return read_manifest(bundle, verify=False)["preprocess"]["size"]
+        return json.dumps(read_manifest(bundle, verify=False)["preprocess"], sort_keys=True)
     except (EdgeDermError, KeyError):
         return None
 
@@ -160,12 +166,12 @@ def run_bench(bundles: list[str], reference: str | None, data: Path | None, spli
         cases = release.split(split)
         if not cases:
             raise EdgeDermError(f"{data}: the {split} split is empty")
-        sizes = {_input_size(v.path) for v in variants} - {None}
-        if len(sizes) > 1:
-            raise EdgeDermError(f"the bundles take different input sizes ({', '.join(map(str, sorted(sizes)))}); "
+        settings = {_preprocessing(v.path) for v in variants} - {None}
+        if len(settings) > 1:
+            raise EdgeDermError("the bundles preprocess differently (size, resize rule or normalisation); "
                                 "bench them separately")
-        if sizes:
-            clinical, dermoscopy = load_arrays(cases, PreprocessConfig(size=sizes.pop()))
+        if settings:
+            clinical, dermoscopy = load_arrays(cases, PreprocessConfig.from_dict(json.loads(settings.pop())))
             evaluation = (clinical, dermoscopy, np.array([c.labels for c in cases]))
     rows = []
     with Tegrastats() as tegrastats:

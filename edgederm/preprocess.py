@@ -69,31 +69,41 @@ MAX_PIXELS = 150_000_000
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
 
+def _jpeg_segments(data: bytes):
+    """(marker, offset) of each JPEG header segment, up to and including the first start-of-scan."""
+    i = 2
+    while i + 3 < len(data):
+        if data[i] != 0xFF:
+            i += 1
+            continue
+        marker = data[i + 1]
+        if marker == 0xFF or marker == 0x01 or 0xD0 <= marker <= 0xD8:   # fill bytes, markers without length
+            i += 1 if marker == 0xFF else 2
+            continue
+        yield marker, i
+        if marker == 0xDA:
+            return
+        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+
+
 def header_size(data: bytes) -> tuple[int, int] | None:
     """(width, height) from a PNG or JPEG header without decoding; None for other formats."""
     if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
         return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
     if data[:2] == b"\xff\xd8":
-        i = 2
-        while i + 9 < len(data):
-            if data[i] != 0xFF:
-                i += 1
-                continue
-            marker = data[i + 1]
-            if marker in _JPEG_SOF:
+        for marker, i in _jpeg_segments(data):
+            if marker in _JPEG_SOF and i + 9 <= len(data):
                 return int.from_bytes(data[i + 7:i + 9], "big"), int.from_bytes(data[i + 5:i + 7], "big")
-            if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7 or marker == 0xFF:
-                i += 1 if marker == 0xFF else 2
-                continue
-            i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
     return None
 
 
 def _looks_truncated(data: bytes) -> bool:
     if data[:2] == b"\xff\xd8":
-        # Entropy-coded JPEG data never holds a bare FF D9, so a complete file
-        # has its end-of-image marker after the last start-of-scan marker.
-        return data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda")
+        # Entropy-coded data never holds a bare FF D9, so a complete image has its
+        # end-of-image marker after its first start-of-scan. Bytes after that marker
+        # (the video of a phone's "motion photo", say) are allowed.
+        sos = next((i for marker, i in _jpeg_segments(data) if marker == 0xDA), None)
+        return sos is None or data.find(b"\xff\xd9", sos) == -1
     if data[:8] == b"\x89PNG\r\n\x1a\n":
         return b"IEND" not in data[-64:]
     return False

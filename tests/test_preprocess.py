@@ -115,3 +115,10 @@ def test_huge_image_is_refused_before_decoding(tmp_path):
     (tmp_path / "huge.png").write_bytes(data)
     with pytest.raises(ImageError, match=r"huge\.png: image of 20000 x 20000 pixels is too large"):
         read_image(tmp_path / "huge.png")
+
+
+def test_bytes_after_the_jpeg_end_are_accepted(tmp_path):
+    # Phones append a video after the JPEG ("motion photos"); its bytes may hold any marker.
+    data = write_jpeg(tmp_path / "a.jpg", _rgb(64, 64)).read_bytes()
+    (tmp_path / "motion.jpg").write_bytes(data + b"ftypmp4\xff\xda\x00\x08\x01\x02" * 10)
+    np.testing.assert_array_equal(read_image(tmp_path / "motion.jpg"), read_image(tmp_path / "a.jpg"))

@@ -133,3 +133,20 @@ def test_training_dataset_gives_the_runtime_preprocessing(synthetic_release):
     np.testing.assert_array_equal(clinical.numpy(), load_input(case.clinical, cfg))
     np.testing.assert_array_equal(derm.numpy(), load_input(case.derm, cfg))
     assert labels.tolist() == list(case.labels)
+
+
+def test_line_numbers_follow_multi_line_notes_and_comma_rows_keep_their_index(release_copy):
+    rows = read_meta(release_copy)
+    rows[0]["notes"] = "first line\nsecond line, with a comma"      # a quoted field over two lines
+    rows[2]["streaks"] = "wavy"
+    write_meta(release_copy, rows)
+    with pytest.raises(DataError, match=r"meta\.csv: line 5 \(row 2\): unknown value 'wavy'"):
+        read_release(release_copy)
+    # A line of bare commas is a row for pandas (and so for the index files): it is reported, not skipped.
+    rows[2]["streaks"] = "absent"
+    write_meta(release_copy, rows)
+    text = (release_copy / "meta" / "meta.csv").read_text().splitlines(keepends=True)
+    (release_copy / "meta" / "meta.csv").write_text("".join(text[:3] + ["," * 18 + "\n", "\n"] + text[3:]))
+    result = scan_release(release_copy)
+    assert any("line 4 (row 1): empty row" in p for p in result.problems)
+    assert result.release.cases[2].case_num == rows[1]["case_num"]       # the comma row took index 1

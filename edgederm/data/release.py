@@ -117,16 +117,31 @@ class CaseInsensitiveResolver:
         current = self.root
         for part in parts:
             matches = self._listing(current).get(part.lower(), [])
-            if len(matches) != 1:   # none, or ambiguous (two names differing only in case)
+            if part in matches:      # this part's case is right: keep it
+                current = current / part
+            elif len(matches) == 1:
+                current = current / matches[0]
+            else:                    # none, or ambiguous (two names differing only in case)
                 return None
-            current = current / matches[0]
         return current if current.is_file() else None
 
 
-def _read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
+def _blank(row: list[str]) -> bool:
+    """A line pandas skips (skip_blank_lines): empty or whitespace only. A line of bare
+    commas is NOT blank: pandas keeps it as a row, so the index files count it."""
+    return not row or (len(row) == 1 and not row[0].strip())
+
+
+def _read_csv(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """Header and (first line number, fields) of each non-blank record; a quoted
+    field may span lines, so line numbers come from the reader, not a count."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.reader(f))
+            reader, rows, previous = csv.reader(f), [], 0
+            for row in reader:
+                if not _blank(row):
+                    rows.append((previous + 1, row))
+                previous = reader.line_num
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except UnicodeDecodeError as e:
@@ -135,7 +150,7 @@ def _read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
         raise DataError(f"{path}: not a readable CSV file ({e})") from None
     if not rows:
         raise DataError(f"{path}: empty file, expected a header row")
-    return [h.strip() for h in rows[0]], rows[1:]
+    return [h.strip() for h in rows[0][1]], rows[1:]
 
 
 def _read_index_file(path: Path, n_rows: int, problems: list[str]) -> list[int]:
@@ -144,9 +159,7 @@ def _read_index_file(path: Path, n_rows: int, problems: list[str]) -> list[int]:
         raise DataError(f"{path}: missing column 'indexes' (header is {','.join(header)})")
     col = header.index("indexes")
     indexes, seen = [], set()
-    for line, row in enumerate(rows, start=2):
-        if not any(cell.strip() for cell in row):
-            continue
+    for line, row in rows:
         value = row[col].strip() if col < len(row) else ""
         try:
             index = int(value)
@@ -214,8 +227,11 @@ def scan_release(root: str | Path, verify_images: bool = False,
     resolver = CaseInsensitiveResolver(root / IMAGES_DIR)
     cases: dict[int, Case] = {}
     case_nums: dict[str, int] = {}
-    records = [(line, row) for line, row in enumerate(rows, start=2) if any(c.strip() for c in row)]
+    records = rows
     for row_index, (line, row) in enumerate(records):
+        if not any(cell.strip() for cell in row):
+            problems.append(f"{meta_path}: line {line} (row {row_index}): empty row (no case, but it takes a row index)")
+            continue
         if len(row) != len(header):
             problems.append(f"{meta_path}: line {line} (row {row_index}): expected {len(header)} "
                             f"fields, found {len(row)}")

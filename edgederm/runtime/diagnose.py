@@ -67,6 +67,9 @@ def diagnose_pairs(predictor: Predictor, pairs_csv: Path, out_csv: Path, progres
         case_id = row.get("id", "").strip() or f"line{line}"
         result = {"id": case_id, "clinical": row["clinical"], "derm": row["derm"]}
         try:
+            empty = [c for c in ("clinical", "derm") if not row[c].strip()]
+            if empty:
+                raise EdgeDermError(f"empty {' and '.join(empty)} cell")
             prediction = predictor.predict(_resolve(base, row["clinical"]), _resolve(base, row["derm"]))
         except EdgeDermError as e:
             failures.append(f"{pairs_csv}: line {line} ({case_id}): {e}")

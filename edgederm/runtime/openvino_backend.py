@@ -1,6 +1,6 @@
-"""OpenVINO on CPU, integrated GPU, NPU or AUTO. On the CPU the FP32 bundle is
-compiled with INFERENCE_PRECISION_HINT=f32, so it stays the honest FP32
-reference on processors that would otherwise pick bf16.
+"""OpenVINO on CPU, integrated GPU, NPU or AUTO. FP32 bundles are compiled with
+INFERENCE_PRECISION_HINT=f32 on every device, so they stay the honest FP32
+reference where OpenVINO would otherwise pick f16 (GPU) or bf16 (AMX CPUs).
 
 The IR has a dynamic batch; each batch size actually used gets its own
 static-shape compilation (cached), because static kernels are markedly faster
@@ -28,10 +28,12 @@ class OpenVinoPredictor(Predictor):
         if device not in DEVICES:
             raise EdgeDermError(f"unknown OpenVINO device {device!r} (choose from {', '.join(DEVICES)})")
         core = ov.Core()
-        if device != "AUTO" and device not in core.available_devices:
+        kinds = {d.split(".")[0] for d in core.available_devices}     # "GPU.0", "GPU.1" on two-GPU laptops
+        if device != "AUTO" and device not in kinds:
             raise EdgeDermError(f"OpenVINO device {device} is not available here "
                                 f"(available: {', '.join(core.available_devices)})")
-        self.config = {"INFERENCE_PRECISION_HINT": "f32"} if device == "CPU" and self.precision == "fp32" else {}
+        # GPUs default to f16 and some CPUs to bf16: an FP32 bundle stays FP32 everywhere.
+        self.config = {"INFERENCE_PRECISION_HINT": "f32"} if self.precision == "fp32" else {}
         self.core, self.device = core, device
         self.model = core.read_model(str(bundle / "model.xml"))
         self._requests: dict[int, tuple] = {}

@@ -54,6 +54,8 @@ class Predictor:
     def run(self, clinical: np.ndarray, dermoscopy: np.ndarray) -> np.ndarray:
         """Preprocessed inputs (N x 3 x S x S float32) -> N x 24 probabilities, in one call."""
         self.check_batch(len(clinical))
+        if len(dermoscopy) != len(clinical):
+            raise BundleRunError(f"{self.bundle}: {len(clinical)} clinical but {len(dermoscopy)} dermoscopy inputs")
         size = self.preprocess.size
         for array, name in ((clinical, "clinical"), (dermoscopy, "dermoscopy")):
             if array.shape[1:] != (3, size, size):
@@ -67,13 +69,19 @@ class Predictor:
                                for i in range(0, len(clinical), batch_size)])
 
     def prepare(self, image: Image) -> np.ndarray:
-        rgb = read_image(image) if isinstance(image, (str, Path)) else image
-        return preprocess_image(rgb, self.preprocess)
+        if isinstance(image, (str, Path)):
+            return preprocess_image(read_image(image), self.preprocess)
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise BundleRunError(f"image arrays must be RGB uint8 H x W x 3 (got {image.dtype} {image.shape}); "
+                                 "use edgederm.preprocess.read_image to read files")
+        return preprocess_image(image, self.preprocess)
 
     def predict(self, clinical_image: Image, dermoscopy_image: Image) -> Prediction:
         return self.predict_batch([(clinical_image, dermoscopy_image)])[0]
 
     def predict_batch(self, pairs: list[tuple[Image, Image]]) -> list[Prediction]:
+        if not pairs:
+            return []
         clinical = np.stack([self.prepare(c) for c, _ in pairs])
         dermoscopy = np.stack([self.prepare(d) for _, d in pairs])
         return [Prediction.from_row(row) for row in self.run_batched(clinical, dermoscopy)]
