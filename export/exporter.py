@@ -29,8 +29,8 @@ from edgederm.data.synth import sample_labels
 from edgederm.preprocess import PreprocessConfig, preprocess_image
 from export import openvino_export, tensorrt_export
 from export.bundle import BundleError, sha256_file, staged_bundle, write_manifest
-from export.formats import TARGETS, Target, parse_request
-from export.onnx_export import OPSET, OUTPUT_NAMES, export_onnx, onnxruntime_session, run_onnx, run_torch
+from export.formats import Target, parse_request
+from export.onnx_export import OPSET, export_onnx, onnxruntime_session, run_onnx, run_torch
 
 PARITY_CASES = 32
 PARITY_TOLERANCE = 1e-4
