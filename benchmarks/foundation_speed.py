@@ -23,7 +23,6 @@ from edgederm.data.torch_dataset import PairDataset
 from edgederm.augment import AugmentConfig
 from edgederm.models import create_model, get_preset
 from edgederm.models.heads import split_tasks
-from edgederm.preprocess import PreprocessConfig
 
 
 def time_synth(root: Path, cases: int, workers: int) -> float:
@@ -37,7 +36,7 @@ def time_tiny_epoch(root: Path, batch_size: int = 24) -> tuple[float, float, int
     release = read_release(root)
     cases = [c for s in SPLITS for c in release.split(s)]
     cfg = get_preset("tiny")
-    data = PairDataset(cases, PreprocessConfig(size=cfg.img_size), AugmentConfig())
+    data = PairDataset(cases, cfg.preprocess(), AugmentConfig())
     loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=True)
     model = create_model(cfg).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)

@@ -98,32 +98,38 @@ def data_check(
         raise typer.Exit(code=1)
 
 
+_PRETRAINED_HELP = ("Initial weights of the {} encoder: auto (installed offline weights, else random init), "
+                    "none (random init) or a local weights file. Nothing is downloaded.")
+
+
 @model_app.command("summary")
 @_one_line_errors
 def model_summary(
-    preset: Annotated[str, typer.Option(help="Preset name: paper, sff-cat, aff-cat, aff-bab, aff-aab, tiny.")] = "paper",
+    preset: Annotated[str, typer.Option(help="Preset name: paper, sff-cat, aff-cat, aff-bab, aff-aab, edge, tiny.")] = "paper",
     config: Annotated[Optional[Path], typer.Option(help="A model config JSON file (overrides --preset).")] = None,
-    pretrained_clinical: Annotated[Optional[Path], typer.Option(help="Local weights file for the clinical encoder.")] = None,
-    pretrained_derm: Annotated[Optional[Path], typer.Option(help="Local weights file for the dermoscopy encoder.")] = None,
+    pretrained_clinical: Annotated[str, typer.Option(help=_PRETRAINED_HELP.format("clinical"))] = "none",
+    pretrained_derm: Annotated[str, typer.Option(help=_PRETRAINED_HELP.format("dermoscopy"))] = "none",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ):
     """Parameters (millions) and GFLOPs per component and in total."""
     from edgederm.models import ModelConfig, create_model, get_preset
+    from edgederm.models.pretrained import initialize
     from edgederm.models.summary import format_summary, summarize
     cfg = ModelConfig.load(config) if config else get_preset(preset)
-    summary = summarize(create_model(cfg, pretrained_clinical, pretrained_derm))
-    if as_json:
-        typer.echo(json.dumps(summary, indent=2))
-    else:
-        name = config if config else preset
-        typer.echo(f"{name}: {cfg.framework.upper()}+{cfg.fusion.upper()}, clinical {cfg.clinical_encoder}, "
-                   f"dermoscopy {cfg.derm_encoder}, {cfg.img_size} px, fusion at stages {list(cfg.fusion_stages)}")
-        typer.echo(format_summary(summary))
+    if not as_json:
+        typer.echo(f"{config or preset}: {cfg.framework.upper()}+{cfg.fusion.upper()}, clinical "
+                   f"{cfg.clinical_encoder}, dermoscopy {cfg.derm_encoder}, {cfg.img_size} px, fusion at stages "
+                   f"{list(cfg.fusion_stages)}")
+    model = create_model(cfg)
+    initial = initialize(model, pretrained_clinical, pretrained_derm, log=None if as_json else typer.echo)
+    summary = {**summarize(model), "initial_weights": initial}
+    typer.echo(json.dumps(summary, indent=2) if as_json else format_summary(summary))
 
 
 _TRAIN_MODEL_FLAGS = ("clinical_encoder", "derm_encoder", "fusion", "fusion_stages", "img_size")
-_TRAIN_RECIPE_FLAGS = ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "swa_epochs", "swa_lr",
-                       "augment", "class_weights", "seed", "workers", "amp")
+_TRAIN_RECIPE_FLAGS = ("epochs", "batch_size", "lr", "encoder_lr_scale", "weight_decay", "warmup_epochs", "swa_epochs",
+                       "swa_lr", "augment", "class_weights", "seed", "workers", "amp", "pretrained_clinical",
+                       "pretrained_derm")
 
 
 def _as_flags(values: dict) -> list[str]:
@@ -145,7 +151,7 @@ def _as_flags(values: dict) -> list[str]:
 def train_command(
     data: Annotated[Path, typer.Option(help="A release_v0 folder: trains on `train`, selects on `valid`.")],
     out: Annotated[Path, typer.Option(help="Run folder to create (or to continue with --resume).")],
-    preset: Annotated[str, typer.Option(help="Model + recipe: paper, sff-cat, aff-cat, aff-bab, aff-aab, tiny.")] = "paper",
+    preset: Annotated[str, typer.Option(help="Model + recipe: paper, sff-cat, aff-cat, aff-bab, aff-aab, edge, tiny.")] = "paper",
     config: Annotated[Optional[Path], typer.Option(help="JSON or TOML file with `model` / `train` tables.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in OUT from its last checkpoint.")] = False,
     nproc: Annotated[int, typer.Option(help="Processes (one per GPU) launched through torchrun.")] = 1,
@@ -167,8 +173,10 @@ def train_command(
     seed: Annotated[Optional[int], typer.Option(help="Seed; a CPU run with the same seed is repeatable.")] = None,
     workers: Annotated[Optional[int], typer.Option(help="DataLoader worker processes.")] = None,
     amp: Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="Mixed precision on CUDA.")] = None,
-    pretrained_clinical: Annotated[Optional[Path], typer.Option(help="Local weights file for the clinical encoder.")] = None,
-    pretrained_derm: Annotated[Optional[Path], typer.Option(help="Local weights file for the dermoscopy encoder.")] = None,
+    encoder_lr_scale: Annotated[Optional[float], typer.Option(help="Encoders learn at lr x this.")] = None,
+    pretrained_clinical: Annotated[Optional[str], typer.Option(
+        help=_PRETRAINED_HELP.format("clinical") + " Default: the preset's (tiny: none, others: auto).")] = None,
+    pretrained_derm: Annotated[Optional[str], typer.Option(help=_PRETRAINED_HELP.format("dermoscopy"))] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ):
     """Train a model; writes checkpoints, per-epoch metrics and the final weights to OUT."""
@@ -187,8 +195,7 @@ def train_command(
         preset, config,
         model_overrides={**{k: values[k] for k in _TRAIN_MODEL_FLAGS}, "fusion_stages": stages},
         train_overrides={k: values[k] for k in _TRAIN_RECIPE_FLAGS})
-    final = train(data, out, model_cfg, train_cfg, resume=resume, pretrained_clinical=pretrained_clinical,
-                  pretrained_derm=pretrained_derm, progress=not quiet)
+    final = train(data, out, model_cfg, train_cfg, resume=resume, progress=not quiet)
     if final.is_file():
         weights = json.loads((out / "branch_weights.json").read_text())
         typer.echo(f"final weights: {final}  (W_C {weights['clinical']:.2f}, W_D {weights['derm']:.2f}, "

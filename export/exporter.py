@@ -252,7 +252,7 @@ def export(req: ExportRequest, log: Callable[[str], None] = print) -> list[Path]
     destinations = _check_destinations(req, target, precisions)
 
     model = load_model(weights).eval()
-    preprocess = PreprocessConfig(size=model.cfg.img_size)
+    preprocess = model.cfg.preprocess()
     release = read_release(req.data) if req.data else None
     calib = None
     if calibrated:
@@ -263,7 +263,9 @@ def export(req: ExportRequest, log: Callable[[str], None] = print) -> list[Path]
     reference = compute_metrics(run_torch(model, *evaluation[:2]), evaluation[2]) if evaluation else None
     meta = read_metadata(weights)
     source = {"run": str(req.run), "weights": str(weights), "sha256": sha256_file(weights),
-              "weights_of": meta.get("source"), "reference_metrics": None if reference is None else {
+              "weights_of": meta.get("source"),
+              # where each encoder's training started: traces a deployed model to its ImageNet source
+              "initial_weights": meta.get("initial_weights"), "reference_metrics": None if reference is None else {
                   "split": req.eval_split, "avg_auc": reference["avg_auc"], "avg_acc": reference["avg_acc"]}}
 
     written = []

@@ -1,14 +1,13 @@
 """The model family: the attention blocks' contract, shapes at every fusion
-stage, gradients into both encoders, presets' sizes, configs, pretrained files."""
+stage, gradients into both encoders, presets' sizes, configs. Pretrained
+weights: test_pretrained.py."""
 import json
 
 import pytest
-import timm
 import torch
-from safetensors.torch import save_file
 
 from edgederm import labels as L
-from edgederm.errors import ConfigError, PretrainedError
+from edgederm.errors import ConfigError
 from edgederm.models import ModelConfig, create_model, get_preset
 from edgederm.models.attention import AsymmetricAttentionBlock, AsymmetricFusion, BidirectionalFusion
 from edgederm.models.fusion import ConcatFusion
@@ -111,21 +110,3 @@ def test_config_json_round_trip_and_errors(tmp_path):
         create_model(ModelConfig(**{**SMALL.to_dict(), "derm_encoder": "resnet_9000"}))
     with pytest.raises(ConfigError, match="unknown preset 'huge'"):
         get_preset("huge")
-
-
-def test_pretrained_encoder_from_a_local_safetensors_file(tmp_path):
-    torch.manual_seed(0)
-    source = timm.create_model("resnet10t", pretrained=False)
-    save_file(source.state_dict(), tmp_path / "resnet10t.safetensors")
-    model = create_model(SMALL, pretrained_derm=tmp_path / "resnet10t.safetensors")
-    torch.testing.assert_close(model.derm_encoder.body.conv1[0].weight, source.conv1[0].weight)
-
-
-def test_pretrained_errors_are_one_line(tmp_path):
-    with pytest.raises(PretrainedError, match="missing.safetensors: pretrained weights for resnet10t not found"):
-        create_model(SMALL, pretrained_derm=tmp_path / "missing.safetensors")
-    wrong = timm.create_model("mobilenetv3_small_050", pretrained=False)
-    save_file(wrong.state_dict(), tmp_path / "wrong.safetensors")
-    with pytest.raises(PretrainedError, match="wrong.safetensors: weights do not fit resnet10t") as info:
-        create_model(SMALL, pretrained_derm=tmp_path / "wrong.safetensors")
-    assert "\n" not in str(info.value)

@@ -12,7 +12,6 @@ from edgederm.errors import ConfigError
 from edgederm.evaluation.metrics import compute_metrics
 from edgederm.evaluation.predict import predict_branches, weighted_final
 from edgederm.models.io import load_model
-from edgederm.preprocess import PreprocessConfig
 
 CHECKPOINTS = {"model": "model.safetensors", "best": "best.safetensors", "swa": "swa.safetensors"}
 
@@ -31,7 +30,7 @@ def evaluate_run(run_dir: str | Path, data: str | Path, split: str = "test", che
     cases = read_release(data).split(split)
     if not cases:
         raise ConfigError(f"{data}: the {split} split is empty")
-    loader = DataLoader(PairDataset(cases, PreprocessConfig(size=model.cfg.img_size), cache=False),
+    loader = DataLoader(PairDataset(cases, model.cfg.preprocess(), cache=False),
                         batch_size=batch_size)
     branch_probs, labels = predict_branches(model, loader, device, tta=tta, progress=progress)
     weights_used = model.branch_weights.tolist()

@@ -4,9 +4,9 @@ from edgederm.models.heads import BRANCHES, fused_probabilities, split_tasks, ta
 from edgederm.models.multimodal import MultiModalNet
 
 
-def create_model(cfg: ModelConfig, pretrained_clinical=None, pretrained_derm=None) -> MultiModalNet:
-    """Build the network; pretrained weights only from local files."""
-    return MultiModalNet(cfg, pretrained_clinical=pretrained_clinical, pretrained_derm=pretrained_derm)
+def create_model(cfg: ModelConfig) -> MultiModalNet:
+    """Build the network with random weights (`edgederm.models.pretrained.initialize` loads ImageNet ones)."""
+    return MultiModalNet(cfg)
 
 
 __all__ = ["BRANCHES", "PRESETS", "ModelConfig", "MultiModalNet", "create_model", "fused_probabilities",

@@ -1,7 +1,8 @@
 """Model configuration (architecture only) and the named presets.
 
-Preprocessing facts (mean, std, resize rule) live in `edgederm.preprocess`
-and travel in bundle manifests; this file says what the network is.
+Preprocessing facts (resize rule, layout) live in `edgederm.preprocess` and
+travel in bundle manifests; this file says what the network is, including the
+input normalisation its encoders were pretrained with.
 """
 from __future__ import annotations
 
@@ -10,8 +11,12 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from edgederm.errors import ConfigError
+from edgederm.preprocess import IMAGENET_MEAN, IMAGENET_STD, PreprocessConfig
 
 FUSIONS = ("aab", "bab", "cat")
+# Input mean/std per pretraining convention. "inception" is TensorFlow's [-1, 1]
+# scaling, used by the EfficientNet-Lite checkpoints (timm's tf_* models).
+NORMALIZATIONS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "inception": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))}
 
 
 @dataclass(frozen=True)
@@ -23,6 +28,7 @@ class ModelConfig:
     key_ratio: int = 8                  # attention key/query channels = stage channels // key_ratio
     img_size: int = 224
     drop_rate: float = 0.2              # dropout before each head
+    normalization: str = "imagenet"     # key of NORMALIZATIONS: the convention the encoders were pretrained with
 
     @property
     def framework(self) -> str:
@@ -36,8 +42,16 @@ class ModelConfig:
             raise ConfigError("model config: fusion_stages is empty; give at least one stage")
         if len(set(self.fusion_stages)) != len(self.fusion_stages):
             raise ConfigError(f"model config: fusion_stages {list(self.fusion_stages)} repeats a stage")
+        if self.normalization not in NORMALIZATIONS:
+            raise ConfigError(f"model config: normalization {self.normalization!r} is not one of "
+                              f"{', '.join(NORMALIZATIONS)}")
         if self.key_ratio < 1 or self.img_size < 32 or not 0 <= self.drop_rate < 1:
             raise ConfigError("model config: key_ratio >= 1, img_size >= 32 and 0 <= drop_rate < 1 are required")
+
+    def preprocess(self) -> PreprocessConfig:
+        """How photos become this network's inputs."""
+        mean, std = NORMALIZATIONS[self.normalization]
+        return PreprocessConfig(size=self.img_size, mean=mean, std=std)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -79,6 +93,10 @@ PRESETS: dict[str, ModelConfig] = {
     "aff-cat": ModelConfig(clinical_encoder=_MOBILENET, derm_encoder=_SWIN_T, fusion="cat"),
     "aff-bab": ModelConfig(clinical_encoder=_MOBILENET, derm_encoder=_SWIN_T, fusion="bab"),
     "aff-aab": ModelConfig(clinical_encoder=_MOBILENET, derm_encoder=_SWIN_T, fusion="aab"),
+    # ImageNet-pretrained EfficientNet-Lite from installed packages (edgederm.models.pretrained):
+    # no squeeze-excite and ReLU6, so INT8 keeps accuracy; about 10 M parameters in all.
+    "edge": ModelConfig(clinical_encoder="tf_efficientnet_lite0", derm_encoder="tf_efficientnet_lite1",
+                        fusion="aab", normalization="inception"),
     # Small enough that an epoch over 600 synthetic cases runs in under a minute on 2 CPU cores.
     "tiny": ModelConfig(clinical_encoder="mobilenetv3_small_050", derm_encoder="resnet10t",
                         fusion="aab", img_size=128),

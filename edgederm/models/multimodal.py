@@ -14,8 +14,6 @@ branches (so the weighted average mixes three different views), and any timm
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch import nn
 
@@ -27,12 +25,11 @@ from edgederm.models.heads import BRANCHES, MultiTaskHead, fused_probabilities
 
 
 class MultiModalNet(nn.Module):
-    def __init__(self, cfg: ModelConfig, pretrained_clinical: str | Path | None = None,
-                 pretrained_derm: str | Path | None = None):
+    def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        self.clinical_encoder = FeatureEncoder(cfg.clinical_encoder, cfg.img_size, pretrained_clinical)
-        self.derm_encoder = FeatureEncoder(cfg.derm_encoder, cfg.img_size, pretrained_derm)
+        self.clinical_encoder = FeatureEncoder(cfg.clinical_encoder, cfg.img_size)
+        self.derm_encoder = FeatureEncoder(cfg.derm_encoder, cfg.img_size)
         n_stages = len(self.derm_encoder.channels)
         stages = []
         for s in cfg.fusion_stages:

@@ -38,7 +38,7 @@ from edgederm.evaluation.predict import predict_branches, weighted_final
 from edgederm.models import create_model
 from edgederm.models.config import ModelConfig
 from edgederm.models.io import load_model, save_weights
-from edgederm.preprocess import PreprocessConfig
+from edgederm.models.pretrained import initialize
 from edgederm.training.branch_weights import METRIC, search_branch_weights
 from edgederm.training.checkpoint import load_checkpoint, save_checkpoint
 from edgederm.training.loss import class_weights_from_counts, multitask_loss
@@ -141,20 +141,19 @@ def _read_history(path: Path, upto_epoch: int) -> list[dict]:
 
 
 def train(data: str | Path, run_dir: str | Path, model_cfg: ModelConfig, train_cfg: TrainConfig,
-          resume: bool = False, pretrained_clinical=None, pretrained_derm=None, progress: bool = True) -> Path:
+          resume: bool = False, progress: bool = True) -> Path:
     """Train, average, search branch weights; returns the final weights' path."""
     run_dir = Path(run_dir)
     dist = _init_distributed()
     try:
-        return _train(Path(data), run_dir, model_cfg, train_cfg, resume, pretrained_clinical, pretrained_derm,
-                      progress, dist)
+        return _train(Path(data), run_dir, model_cfg, train_cfg, resume, progress, dist)
     finally:
         if dist.world_size > 1:
             torch.distributed.destroy_process_group()
 
 
 def _train(data: Path, run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, resume: bool,
-           pretrained_clinical, pretrained_derm, progress: bool, dist: Dist) -> Path:
+           progress: bool, dist: Dist) -> Path:
     if dist.main:
         prepare_run_dir(run_dir, resume)
     dist.barrier()
@@ -162,9 +161,10 @@ def _train(data: Path, run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, 
         saved = json.loads((run_dir / "config.json").read_text())
         model_cfg = ModelConfig.from_dict(saved["model"])
         cfg = TrainConfig(**saved["train"])
+        initial_weights = saved.get("initial_weights")
     device = _device(dist)
     on_cuda = device.type == "cuda"
-    preprocess = PreprocessConfig(size=model_cfg.img_size)
+    preprocess = model_cfg.preprocess()
 
     release = read_release(data)
     train_cases, valid_cases = release.split("train"), release.split("valid")
@@ -178,10 +178,19 @@ def _train(data: Path, run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, 
     valid_set = PairDataset(valid_cases, preprocess)
 
     torch.manual_seed(cfg.seed)
-    model = create_model(model_cfg, pretrained_clinical, pretrained_derm).to(device)
+    model = create_model(model_cfg)
+    if not resume:   # a resumed run's weights come from its checkpoint
+        initial_weights = initialize(model, cfg.pretrained_clinical, cfg.pretrained_derm,
+                                     log=tqdm.write if progress and dist.main else None)
+    model = model.to(device)
     if on_cuda and cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    encoder_params = [*model.clinical_encoder.parameters(), *model.derm_encoder.parameters()]
+    in_encoders = {id(p) for p in encoder_params}
+    optimizer = torch.optim.Adam([
+        {"params": [p for p in model.parameters() if id(p) not in in_encoders], "lr": cfg.lr},
+        {"params": encoder_params, "lr": cfg.lr * cfg.encoder_lr_scale},
+    ], weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cfg.lr_factor)
     swa_model = AveragedModel(model) if cfg.swa_epochs else None
     class_weights = None
@@ -198,8 +207,7 @@ def _train(data: Path, run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, 
             "model": model_cfg.to_dict(), "train": cfg.to_dict(), "preprocess": preprocess.to_dict(),
             "data": str(data), "world_size": dist.world_size, "edgederm": edgederm.__version__,
             "torch": torch.__version__,
-            "pretrained": {"clinical": str(pretrained_clinical) if pretrained_clinical else None,
-                           "derm": str(pretrained_derm) if pretrained_derm else None},
+            "initial_weights": initial_weights,
         }, indent=2) + "\n")
     history = _read_history(run_dir / "metrics.jsonl", start_epoch - 1) if dist.main else []
     if dist.main:   # drop a line written for an epoch whose checkpoint never landed
@@ -256,14 +264,16 @@ def _train(data: Path, run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, 
             branch_probs, labels = predict_branches(model, valid_loader, device)
             metrics = compute_metrics(weighted_final(branch_probs, model.branch_weights.tolist()), labels)
             record = {"epoch": epoch, "train_loss": total_loss / max(1, n_batches),
-                      "lr": optimizer.param_groups[0]["lr"], "seconds": round(train_seconds, 2),
+                      "lr": optimizer.param_groups[0]["lr"], "encoder_lr": optimizer.param_groups[1]["lr"],
+                      "seconds": round(train_seconds, 2),
                       "pairs_per_second": round(n_samples * dist.world_size / train_seconds, 2),
                       "valid_avg_auc": metrics["avg_auc"], "valid_avg_acc": metrics["avg_acc"]}
             with open(run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
             if metrics["avg_auc"] > best_score:
                 best_score = metrics["avg_auc"]
-                save_weights(model, run_dir / "best.safetensors", extra={"epoch": epoch, "valid_avg_auc": best_score})
+                save_weights(model, run_dir / "best.safetensors", extra={"epoch": epoch, "valid_avg_auc": best_score,
+                                                                          "initial_weights": initial_weights})
             save_checkpoint(run_dir, epoch, model, optimizer, scheduler, swa_model, best_score)
             if progress:
                 tqdm.write(f"epoch {epoch + 1}: loss {record['train_loss']:.3f}  valid AUC "
@@ -279,22 +289,25 @@ def _train(data: Path, run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, 
     dist.barrier()
     if not dist.main:
         return run_dir / FINAL
-    return _finish(run_dir, model, swa_model, plain_train_set, valid_loader, cfg, device)
+    return _finish(run_dir, model, swa_model, plain_train_set, valid_loader, cfg, device, initial_weights)
 
 
-def _finish(run_dir: Path, model, swa_model, plain_train_set, valid_loader, cfg: TrainConfig, device) -> Path:
+def _finish(run_dir: Path, model, swa_model, plain_train_set, valid_loader, cfg: TrainConfig, device,
+            initial_weights: dict | None) -> Path:
     """SWA BatchNorm update, final model choice, branch-weight search."""
     if swa_model is not None:
         update_bn(swa_model.module, DataLoader(plain_train_set, batch_size=cfg.batch_size,
                                                num_workers=cfg.workers), device)
-        save_weights(swa_model.module, run_dir / "swa.safetensors", extra={"swa_epochs": cfg.swa_epochs})
+        save_weights(swa_model.module, run_dir / "swa.safetensors", extra={"swa_epochs": cfg.swa_epochs,
+                                                                          "initial_weights": initial_weights})
         final, source = swa_model.module, "swa"
     else:
         final, source = load_model(run_dir / "best.safetensors").to(device), "best"
     branch_probs, labels = predict_branches(final, valid_loader, device)
     weights, score = search_branch_weights(branch_probs, labels)
     final.set_branch_weights(*weights)
-    save_weights(final, run_dir / FINAL, extra={"source": source, "branch_weights": list(weights)})
+    save_weights(final, run_dir / FINAL, extra={"source": source, "branch_weights": list(weights),
+                                                "initial_weights": initial_weights})
     (run_dir / "branch_weights.json").write_text(json.dumps({
         "clinical": weights[0], "derm": weights[1], "fusion": weights[2], "metric": METRIC,
         "valid_score": score, "grid_step": 0.05, "weights_of": source}, indent=2) + "\n")

