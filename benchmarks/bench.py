@@ -95,7 +95,8 @@ def bench_variant(variant: Variant, device: str, batch_sizes: list[int], warmup:
         row["load_s"] = time.perf_counter() - start
         manifest = predictor.manifest
         row.update(backend=predictor.backend, target=manifest["target"], precision=manifest["precision"],
-                   size_mb=sum(f["bytes"] for f in manifest["files"].values()) / 1e6)
+                   size_mb=sum(f["bytes"] for f in manifest["files"].values()) / 1e6,
+                   weights_sha256=manifest["source"]["sha256"])    # which trained model the bundle holds
         size = predictor.preprocess.size
         rng = np.random.default_rng(seed)
         row["latency"] = []
@@ -120,8 +121,20 @@ def bench_variant(variant: Variant, device: str, batch_sizes: list[int], warmup:
     return row
 
 
+def speedup_vs_own_torch(rows: list[dict]) -> None:
+    """Each variant's speed-up against the PyTorch FP32 bundle of the same weights, where the run has one:
+    with several models in one report (edge beside paper), each is compared with its own reference."""
+    torch_rows = {r["weights_sha256"]: r for r in rows
+                  if r["status"] == "ok" and r["target"] == "torch" and r["precision"] == "fp32"}
+    for row in rows:
+        own = torch_rows.get(row.get("weights_sha256")) if row["status"] == "ok" else None
+        if own is not None:
+            row["speedup_vs_own_torch_fp32"] = own["latency"][0]["mean_ms"] / row["latency"][0]["mean_ms"]
+
+
 def apply_gate(rows: list[dict], reference: str | None, max_auc_drop: float) -> None:
     """Speed-up against the reference, and the accuracy verdict where accuracy was measured."""
+    speedup_vs_own_torch(rows)
     ref = next((r for r in rows if r["name"] == reference and r["status"] == "ok"), None)
     for row in rows:
         if row["status"] != "ok":

