@@ -10,6 +10,11 @@ the difference from the reference. A variant passes the gate when its
 averaged-AUC drop is within --max-auc-drop points and no category drops by
 more than twice that. A variant that fails to load or run becomes a failed
 row, not a crash.
+
+With --rounds N the latency runs are repeated round-robin over the variants
+(each round reloads each variant) and pooled: on a shared or thermally
+throttled machine a slow spell then lands on every variant instead of
+whichever one happened to be running.
 """
 from __future__ import annotations
 
@@ -166,13 +171,25 @@ def _preprocessing(bundle: Path) -> str | None:
         return None
 
 
+def pool_round(row: dict, again: dict) -> None:
+    """Add another round's timed runs to a variant's latency figures."""
+    if again["status"] != "ok":
+        row.update(status="failed", error=f"in a later round: {again['error']}")
+        return
+    row["latency"] = [latency_summary(first["times_ms"] + later["times_ms"], first["batch"])
+                      for first, later in zip(row["latency"], again["latency"])]
+
+
 def run_bench(bundles: list[str], reference: str | None, data: Path | None, split: str, batch_sizes: list[int],
-              warmup: int, runs: int, max_auc_drop: float, device: str = "CPU", progress=None) -> dict:
+              warmup: int, runs: int, max_auc_drop: float, device: str = "CPU", progress=None,
+              rounds: int = 1) -> dict:
     variants = [Variant.parse(b) for b in bundles]
     if reference is not None and all(v.name != Variant.parse(reference).name for v in variants):
         variants.insert(0, Variant.parse(reference))
     if any(b < 1 for b in batch_sizes):
         raise EdgeDermError(f"batch sizes must be at least 1, got {batch_sizes}")
+    if rounds < 1:
+        raise EdgeDermError(f"rounds must be at least 1, got {rounds}")
     evaluation = None
     if data is not None:
         release = read_release(data)
@@ -190,12 +207,16 @@ def run_bench(bundles: list[str], reference: str | None, data: Path | None, spli
     with Tegrastats() as tegrastats:
         for variant in (progress(variants) if progress else variants):
             rows.append(bench_variant(variant, device, batch_sizes, warmup, runs, evaluation))
+        for _ in range(rounds - 1):     # latency only: accuracy does not change between rounds
+            for row, variant in zip(rows, variants):
+                if row["status"] == "ok":
+                    pool_round(row, bench_variant(variant, device, batch_sizes, warmup, runs, None))
     reference_name = Variant.parse(reference).name if reference else None
     apply_gate(rows, reference_name, max_auc_drop)
     passing = [r for r in rows if r["verdict"] in ("pass", "reference", "not gated")]
     fastest = min(passing, key=lambda r: r["latency"][0]["mean_ms"])["name"] if passing else None
     return {"host": host_facts(), "jetson_telemetry": tegrastats.summary(), "device": device,
             "data": str(data) if data else None, "split": split if data else None, "batch_sizes": batch_sizes,
-            "warmup": warmup, "runs": runs, "reference": reference_name, "max_auc_drop": max_auc_drop,
+            "warmup": warmup, "runs": runs, "rounds": rounds, "reference": reference_name, "max_auc_drop": max_auc_drop,
             "variants": rows, "fastest_passing": fastest,
             "gate_passed": all(r["verdict"] in ("pass", "reference", "not gated") for r in rows)}

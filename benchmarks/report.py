@@ -28,8 +28,10 @@ def markdown(report: dict) -> str:
              "Libraries: " + ", ".join(f"{k} {v}" for k, v in host["libraries"].items()) + ".", ""]
     if host.get("jetson"):
         lines += [f"Jetson: {host['jetson']}", f"tegrastats: {report.get('jetson_telemetry')}", ""]
-    lines += [f"Warm-up {report['warmup']}, {report['runs']} timed runs per batch size; latency is the model call "
-              "on preprocessed inputs.", "",
+    rounds = report.get("rounds", 1)
+    lines += [f"Warm-up {report['warmup']}, {report['runs']} timed runs per batch size"
+              + (f", in {rounds} round-robin rounds over the variants, pooled" if rounds > 1 else "")
+              + "; latency is the model call on preprocessed inputs.", "",
               "| variant | backend | precision | batch | mean ms | p50 | p90 | p99 | per s | vs reference | vs own PyTorch FP32 | load s | peak RSS MiB (added by it) | MB |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["variants"]:

@@ -325,6 +325,8 @@ def bench_command(
     batch: Annotated[str, typer.Option(help="Batch sizes, comma separated.")] = "1",
     warmup: Annotated[int, typer.Option(help="Untimed runs before timing.")] = 10,
     runs: Annotated[int, typer.Option(help="Timed runs per batch size.")] = 50,
+    rounds: Annotated[int, typer.Option(help="Time every variant N times round-robin and pool the runs "
+                                             "(steadier figures on a busy machine).")] = 1,
     max_auc_drop: Annotated[float, typer.Option(help="Gate: largest averaged-AUC drop from the reference, points.")] = 1.0,
     device: Annotated[str, typer.Option(help="OpenVINO device: CPU, GPU, NPU or AUTO.")] = "CPU",
     report: Annotated[Path, typer.Option(help="Folder for report.json, report.md and report.html.")] = Path("reports/bench"),
@@ -338,7 +340,7 @@ def bench_command(
     except ValueError:
         raise typer.BadParameter(f"--batch {batch!r}: give comma-separated integers") from None
     result = run_bench(bundle, reference, data, split, batch_sizes, warmup, runs, max_auc_drop, device,
-                       progress=None if as_json else _progress("benchmarking", "variant"))
+                       progress=None if as_json else _progress("benchmarking", "variant"), rounds=rounds)
     paths = write_reports(result, report)
     if as_json:
         typer.echo(json.dumps(result, indent=2))

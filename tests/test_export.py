@@ -38,6 +38,10 @@ def test_every_bundle_verifies_and_reports_accuracy(bundles):
         assert manifest["preprocess"]["size"] == 64 and len(manifest["labels"]["auc_categories"]) == 17
         assert abs(sum(manifest["branch_weights"].values()) - 1) < 1e-6
         assert manifest["source"]["onnx_parity_max_abs_diff"] <= 1e-4
+        # the tiny run started from random init: the manifest says so for both encoders
+        initial = manifest["source"]["initial_weights"]
+        assert {b: (r["encoder"], r["source"]) for b, r in initial.items()} == {
+            "clinical": ("mobilenetv3_small_050", "random"), "derm": ("resnet10t", "random")}
         metrics = manifest["metrics"]
         assert metrics["split"] == "test" and 0 <= metrics["avg_auc"] <= 1
         assert metrics["auc_drop_points"] == pytest.approx(100 * (metrics["reference_avg_auc"] - metrics["avg_auc"]))

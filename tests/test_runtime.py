@@ -161,17 +161,22 @@ def test_bench_gate_reports_and_fastest_variant(bundles, synthetic_release, tmp_
         "bench", "--bundle", str(bundles["torch-fp32"]), "--bundle", str(bundles["onnx-fp32"]),
         "--bundle", str(bundles["openvino-int8"]), "--bundle", f"{bundles['jetson-int8']}@onnxruntime",
         "--reference", str(bundles["onnx-fp32"]), "--data", str(synthetic_release), "--batch", "1,2",
-        "--warmup", "1", "--runs", "3", "--max-auc-drop", "50", "--report", str(report)])
+        "--warmup", "1", "--runs", "3", "--rounds", "2", "--max-auc-drop", "50", "--report", str(report)])
     assert result.exit_code == 0, result.output
     data = json.loads((report / "report.json").read_text())
     rows = {r["name"]: r for r in data["variants"]}
     assert rows[bundles["onnx-fp32"].name]["verdict"] == "reference"
     assert rows[bundles["torch-fp32"].name]["auc_drop_points"] == pytest.approx(0, abs=1e-3)
     for r in rows.values():
-        assert [lat["batch"] for lat in r["latency"]] == [1, 2] and len(r["latency"][0]["times_ms"]) == 3
+        # 3 timed runs in each of 2 rounds, pooled
+        assert [lat["batch"] for lat in r["latency"]] == [1, 2] and len(r["latency"][0]["times_ms"]) == 6
         assert r["latency"][0]["p50_ms"] > 0 and r["size_mb"] > 0 and r["load_s"] > 0
         assert set(r["accuracy"]["auc"]) == {L.category_name(*c) for c in L.AUC_CATEGORIES}
     assert data["fastest_passing"] in rows
+    # Every bundle holds the same weights, so each is also compared with that model's PyTorch FP32 bundle.
+    torch_ms = rows[bundles["torch-fp32"].name]["latency"][0]["mean_ms"]
+    for r in rows.values():
+        assert r["speedup_vs_own_torch_fp32"] == pytest.approx(torch_ms / r["latency"][0]["mean_ms"])
     assert data["host"]["cores"] >= 1 and "int8_instructions" in data["host"]
     html = (report / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 2

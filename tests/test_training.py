@@ -82,6 +82,29 @@ def test_training_writes_a_complete_run(trained_run):
     assert sum(model.branch_weights.tolist()) == pytest.approx(1.0)
 
 
+def test_pretrained_run_records_its_source_and_uses_the_encoder_rate(synthetic_release, tmp_path):
+    import hashlib
+
+    import timm
+    from safetensors.torch import save_file
+
+    from edgederm.models.io import read_metadata
+    torch.manual_seed(5)
+    source = timm.create_model("resnet10t", pretrained=False).state_dict()
+    save_file(source, tmp_path / "resnet10t.safetensors")
+    model_cfg, train_cfg = fast_configs(epochs=2, swa_epochs=0, encoder_lr_scale=0.25,
+                                        pretrained_derm=str(tmp_path / "resnet10t.safetensors"))
+    run = tmp_path / "run"
+    train(synthetic_release, run, model_cfg, train_cfg, progress=False)
+    digest = hashlib.sha256((tmp_path / "resnet10t.safetensors").read_bytes()).hexdigest()
+    initial = json.loads((run / "config.json").read_text())["initial_weights"]
+    assert initial["derm"]["source"] == "file" and initial["derm"]["sha256"] == digest
+    assert initial["clinical"]["source"] == "random"          # the tiny recipe's "none"
+    assert read_metadata(run / "model.safetensors")["initial_weights"] == initial
+    epoch = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    assert epoch["lr"] > 0 and epoch["encoder_lr"] == pytest.approx(0.25 * epoch["lr"])
+
+
 def test_resumed_run_matches_the_uninterrupted_one(trained_run, synthetic_release, tmp_path, monkeypatch):
     real_save = trainer_module.save_checkpoint
 
