@@ -26,11 +26,10 @@ import torch
 
 from benchmarks.bench import run_bench
 from benchmarks.report import write_reports
-from edgederm.data.synth import write_synthetic_release
 from edgederm.models import create_model, get_preset
 from edgederm.models.io import save_weights
 from edgederm.models.pretrained import initialize
-from export.exporter import ExportRequest, export
+from benchmarks.workdir import ensure_bundles, synthetic_release
 
 RESULTS = Path(__file__).parent / "results"
 PRESETS = {"edge": "auto", "paper": "none"}     # preset -> initial weights
@@ -56,18 +55,12 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = args.workdir or Path(tmp)
-        data = work / "synth"
-        if not data.exists():
-            write_synthetic_release(data, cases=200, seed=0, workers=2)
-        out = work / "exports"
+        data = synthetic_release(work, cases=200)
         bundles = []
         for preset, init in PRESETS.items():
-            run = _untrained_run(work, preset, init)
-            for target, precisions in (("torch", "fp32"), ("openvino", "fp32,int8")):
-                if not all((out / f"{run.name}-{target}-{p}").is_dir() for p in precisions.split(",")):
-                    export(ExportRequest(run=run, target=target, precisions=precisions, data=data, out=out,
-                                         calibration_cases=64, eval_split=None))
-                bundles += [str(out / f"{run.name}-{target}-{p}") for p in precisions.split(",")]
+            made = ensure_bundles(_untrained_run(work, preset, init), data, work / "exports",
+                                  {"torch": "fp32", "openvino": "fp32,int8"}, calibration_cases=64, eval_split=None)
+            bundles += [str(path) for path in made.values()]
         report = run_bench(bundles, reference=bundles[0], data=None, split="test", batch_sizes=[1], warmup=10,
                            runs=args.runs, max_auc_drop=1.0, rounds=args.rounds)
         paths = write_reports(report, work / "report")

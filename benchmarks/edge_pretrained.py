@@ -24,11 +24,10 @@ import time
 from pathlib import Path
 
 from benchmarks.bench import run_bench
-from edgederm.data.synth import write_synthetic_release
 from edgederm.evaluation.evaluate import evaluate_run
 from edgederm.training.recipe import resolve_config
 from edgederm.training.trainer import train
-from export.exporter import ExportRequest, export
+from benchmarks.workdir import ensure_bundles, synthetic_release
 
 RESULTS = Path(__file__).parent / "results"
 INITS = {"imagenet": "auto", "random": "none"}
@@ -45,9 +44,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = args.workdir or Path(tmp)
-        data = work / "synth"
-        if not data.exists():
-            write_synthetic_release(data, cases=args.cases, seed=0, workers=min(2, os.cpu_count() or 1))
+        data = synthetic_release(work, cases=args.cases)
         results = {}
         for name, init in INITS.items():
             run = work / f"edge-{name}"
@@ -64,13 +61,9 @@ def main() -> None:
                   f"(clinical {100 * report['branches']['clinical']['avg_auc']:.1f}, dermoscopy "
                   f"{100 * report['branches']['derm']['avg_auc']:.1f}); trained in {minutes:.1f} min")
 
-        run = work / "edge-imagenet"
-        out = work / "exports"
-        for target, precisions in (("torch", "fp32"), ("openvino", "fp32,int8")):
-            if not all((out / f"{run.name}-{target}-{p}").is_dir() for p in precisions.split(",")):
-                export(ExportRequest(run=run, target=target, precisions=precisions, data=data, out=out,
-                                     eval_split="test"))
-        bundles = [str(out / f"{run.name}-{b}") for b in ("torch-fp32", "openvino-fp32", "openvino-int8")]
+        made = ensure_bundles(work / "edge-imagenet", data, work / "exports",
+                              {"torch": "fp32", "openvino": "fp32,int8"}, eval_split="test")
+        bundles = [str(path) for path in made.values()]
         bench = run_bench(bundles, reference=bundles[0], data=data, split="test", batch_sizes=[1], warmup=5,
                           runs=args.runs, max_auc_drop=0.5)
         auc = {r["name"].removeprefix("edge-imagenet-"): 100 * r["accuracy"]["avg_auc"] for r in bench["variants"]}

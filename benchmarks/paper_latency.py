@@ -21,10 +21,9 @@ import torch
 
 from benchmarks.bench import run_bench
 from benchmarks.report import write_reports
-from edgederm.data.synth import write_synthetic_release
 from edgederm.models import create_model, get_preset
 from edgederm.models.io import save_weights
-from export.exporter import ExportRequest, export
+from benchmarks.workdir import ensure_bundles, synthetic_release
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -36,23 +35,16 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = args.workdir or Path(tmp)
-        data = work / "synth"
-        if not data.exists():
-            write_synthetic_release(data, cases=200, seed=0, workers=2)
+        data = synthetic_release(work, cases=200)
         run = work / "paper-random"
         if not (run / "model.safetensors").exists():
             run.mkdir(parents=True, exist_ok=True)
             torch.manual_seed(0)
             save_weights(create_model(get_preset("paper")), run / "model.safetensors", extra={"source": "random init"})
-        out = work / "exports"
-        for target, precisions in (("torch", "fp32"), ("onnx", "fp32"), ("openvino", "fp32,int8"), ("jetson", "int8")):
-            if all((out / f"paper-random-{target}-{p}").is_dir() for p in precisions.split(",")):
-                continue    # kept from an earlier run in the same --workdir
-            export(ExportRequest(run=run, target=target, precisions=precisions, data=data, out=out,
-                                 calibration_cases=64, eval_split=None))
-        bundles = [str(out / f"paper-random-{name}") for name in ("torch-fp32", "onnx-fp32", "openvino-fp32",
-                                                                  "openvino-int8")]
-        bundles.append(str(out / "paper-random-jetson-int8") + "@onnxruntime")
+        made = ensure_bundles(run, data, work / "exports", {"torch": "fp32", "onnx": "fp32", "openvino": "fp32,int8",
+                                                            "jetson": "int8"}, calibration_cases=64, eval_split=None)
+        bundles = [str(made[name]) for name in ("torch-fp32", "onnx-fp32", "openvino-fp32", "openvino-int8")]
+        bundles.append(f"{made['jetson-int8']}@onnxruntime")
         report = run_bench(bundles, reference=bundles[0], data=None, split="test", batch_sizes=[1], warmup=10,
                            runs=args.runs, max_auc_drop=1.0)
         paths = write_reports(report, work / "report")

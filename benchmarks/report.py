@@ -22,7 +22,7 @@ def _fmt(value, spec=".2f", scale=1.0) -> str:
 
 def markdown(report: dict) -> str:
     host = report["host"]
-    lines = [f"# EdgeDerm bench", "",
+    lines = ["# EdgeDerm bench", "",
              f"Host: {host['cpu']}, {host['cores']} cores, {host['memory_gib']} GiB, {host['os']}; "
              f"int8 instructions: {', '.join(host['int8_instructions']) or 'none'}; device {report['device']}.",
              "Libraries: " + ", ".join(f"{k} {v}" for k, v in host["libraries"].items()) + ".", ""]

@@ -12,11 +12,11 @@ numpy-free and torch-free: the device reads bundles with this module.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 
+from edgederm.checksums import sha256_file
 from edgederm.errors import EdgeDermError
 from edgederm.staging import staged_directory
 
@@ -27,14 +27,6 @@ MANIFEST = "manifest.json"
 
 class BundleError(EdgeDermError):
     """A bundle that is missing, incomplete, altered or of another format."""
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def file_entries(directory: Path) -> dict[str, dict]:

@@ -22,7 +22,6 @@ returned as a provenance record that runs and bundles keep.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import importlib.util
 import os
@@ -35,6 +34,7 @@ from urllib.parse import urlparse
 import timm
 import torch
 
+from edgederm.checksums import sha256_file
 from edgederm.errors import PretrainedError
 from edgederm.models.encoders import FeatureEncoder
 
@@ -81,14 +81,6 @@ class WeightSource:
     package: str | None = None
     version: str | None = None
     expected_sha256: str | None = None   # a whole digest or a prefix of one
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ---- finding a source ---------------------------------------------------------
@@ -248,7 +240,7 @@ def _match_body(state: dict[str, torch.Tensor], encoder: FeatureEncoder, path: P
 
 def load_into(encoder: FeatureEncoder, source: WeightSource) -> dict:
     """Verify, map, load strictly and self-check; returns the provenance record."""
-    digest = sha256_of(source.path)
+    digest = sha256_file(source.path)
     if source.expected_sha256 and not digest.startswith(source.expected_sha256):
         raise PretrainedError(f"{source.path}: sha256 {digest[:16]}... does not match the recorded "
                               f"{source.expected_sha256[:16]}... (damaged or replaced file)")

@@ -1,0 +1,28 @@
+"""What the benchmark scripts share: bundles exported once per --workdir and
+reused by later runs of the same script."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from edgederm.data.synth import write_synthetic_release
+from export.exporter import ExportRequest, export
+
+
+def ensure_bundles(run: Path, data: Path, out: Path, targets: dict[str, str], **request) -> dict[str, Path]:
+    """Export `run` for every target -> "fp32,int8" precisions not already in `out`; {"openvino-int8": path}."""
+    bundles = {}
+    for target, precisions in targets.items():
+        wanted = {p: out / f"{run.name}-{target}-{p}" for p in precisions.split(",")}
+        if not all(path.is_dir() for path in wanted.values()):
+            export(ExportRequest(run=run, target=target, precisions=precisions, data=data, out=out, **request))
+        bundles.update({f"{target}-{p}": path for p, path in wanted.items()})
+    return bundles
+
+
+def synthetic_release(work: Path, cases: int) -> Path:
+    """WORK/synth: the synthetic release (seed 0), written on the first run."""
+    data = work / "synth"
+    if not data.exists():
+        write_synthetic_release(data, cases=cases, seed=0, workers=min(2, os.cpu_count() or 1))
+    return data
