@@ -59,7 +59,7 @@ def main() -> None:
             timing = work / f"edge-{name}-training-minutes.txt"    # kept beside the run for re-runs of this script
             if not (run / "model.safetensors").exists():
                 start = time.perf_counter()
-                train(data, run, model_cfg, train_cfg, resume=run.exists(), progress=False)
+                train(data, run, model_cfg, train_cfg, resume=(run / "config.json").exists(), progress=False)
                 timing.write_text(f"{(time.perf_counter() - start) / 60:.2f}\n")
             minutes = float(timing.read_text())
             report = evaluate_run(run, data, split="test")

@@ -126,7 +126,7 @@ def model_summary(
     typer.echo(json.dumps(summary, indent=2) if as_json else format_summary(summary))
 
 
-_TRAIN_MODEL_FLAGS = ("clinical_encoder", "derm_encoder", "fusion", "fusion_stages", "img_size")
+_TRAIN_MODEL_FLAGS = ("clinical_encoder", "derm_encoder", "fusion", "fusion_stages", "img_size", "normalization")
 _TRAIN_RECIPE_FLAGS = ("epochs", "batch_size", "lr", "encoder_lr_scale", "weight_decay", "warmup_epochs", "swa_epochs",
                        "swa_lr", "augment", "class_weights", "seed", "workers", "amp", "pretrained_clinical",
                        "pretrained_derm")
@@ -160,6 +160,8 @@ def train_command(
     fusion: Annotated[Optional[str], typer.Option(help="aab, bab or cat.")] = None,
     fusion_stages: Annotated[Optional[str], typer.Option(help="Dermoscopy stages with a fusion block, e.g. -2,-1.")] = None,
     img_size: Annotated[Optional[int], typer.Option(help="Input size in pixels.")] = None,
+    normalization: Annotated[Optional[str], typer.Option(
+        help="Input mean/std: imagenet or inception ([-1, 1]); must suit pretrained encoders.")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Epochs in all (SWA included).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Batch size per process.")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Adam learning rate.")] = None,

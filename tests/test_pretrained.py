@@ -200,3 +200,52 @@ def test_cli_names_a_missing_weights_file(tmp_path):
                                       str(tmp_path / "nope.safetensors")])
     assert result.exit_code == 1
     assert "nope.safetensors: pretrained weights for resnet10t not found" in result.output
+
+
+def test_weights_and_normalization_must_agree():
+    # Lite weights were trained on [-1, 1] inputs: an ImageNet-normalised model config is refused before loading.
+    model = create_model(ModelConfig(clinical_encoder=LITE0, derm_encoder="resnet10t", img_size=64))
+    with pytest.raises(PretrainedError, match=r"expect mean \[0.5, 0.5, 0.5\].*normalization is 'imagenet'; "
+                                              r"set normalization to 'inception'"):
+        P.initialize(model, "auto", "none", log=None)
+
+
+def test_in_order_pairing_refuses_same_shaped_tensors_of_another_kind(tmp_path):
+    state = torch.load(_package_file(), weights_only=True)
+    keys = list(state)
+    i = keys.index("_bn0.weight")
+    keys[i], keys[i + 1] = keys[i + 1], keys[i]          # bias before weight: shapes still pair
+    torch.save({k: state[k] for k in keys}, tmp_path / "swapped.pth")
+    with pytest.raises(PretrainedError, match=r"_bn0.bias would become tf_efficientnet_lite0's bn1.weight"):
+        P.initialize_encoder(FeatureEncoder(LITE0, 224), tmp_path / "swapped.pth")
+
+
+def test_self_check_catches_a_tensor_put_in_the_wrong_place(tmp_path, monkeypatch):
+    # batch-norm scales start at 1: give them values, or exchanging two would change nothing
+    path, _ = _timm_file(tmp_path, add={"layer4.0.bn1.weight": torch.rand(512) + 0.5,
+                                        "layer4.0.bn2.weight": torch.rand(512) + 0.5})
+    match_body = P._match_body
+
+    def misplaced(state, encoder, where):     # a renaming bug: two same-shaped tensors exchanged
+        matched = dict(match_body(state, encoder, where))
+        a, b = "layer4.0.bn1.weight", "layer4.0.bn2.weight"
+        matched[a], matched[b] = matched[b], matched[a]
+        return matched
+
+    monkeypatch.setattr(P, "_match_body", misplaced)
+    with pytest.raises(PretrainedError, match="self-check failed, resnet10t stage 4 differs"):
+        P.initialize_encoder(FeatureEncoder("resnet10t", 64), path)
+
+
+def test_vit_getter_wrapper_names_are_followed(tmp_path):
+    # timm's features_only ViT nests the model as "model.": a whole-model file must still load and self-check.
+    path, state = _timm_file(tmp_path, name="vit_tiny_patch16_224")
+    enc = FeatureEncoder("vit_tiny_patch16_224", 224)
+    assert P.initialize_encoder(enc, path)["self_check"] == "passed"
+    assert torch.equal(enc.body.state_dict()["model.blocks.11.mlp.fc2.weight"], state["blocks.11.mlp.fc2.weight"])
+
+
+def test_a_state_dict_with_non_string_keys_is_refused(tmp_path):
+    torch.save({0: torch.zeros(3)}, tmp_path / "odd.pth")
+    with pytest.raises(PretrainedError, match="odd.pth: does not hold a state dict of tensors"):
+        P.initialize_encoder(FeatureEncoder("resnet10t", 64), tmp_path / "odd.pth")

@@ -105,6 +105,22 @@ def test_pretrained_run_records_its_source_and_uses_the_encoder_rate(synthetic_r
     assert epoch["lr"] > 0 and epoch["encoder_lr"] == pytest.approx(0.25 * epoch["lr"])
 
 
+def test_a_checkpoint_from_before_encoder_rates_is_a_one_line_error(trained_run, synthetic_release, tmp_path):
+    import shutil
+    run = tmp_path / "old"
+    shutil.copytree(trained_run, run)
+    (run / "model.safetensors").unlink()
+    folder = run / "checkpoints" / json.loads((run / "checkpoints" / "last.json").read_text())["dir"]
+    state = json.loads((folder / "state.json").read_text())
+    groups = state["optimizer"]["param_groups"]     # one group holding every parameter, as older runs saved
+    state["optimizer"]["param_groups"] = [{**groups[0], "params": sorted(p for g in groups for p in g["params"])}]
+    (folder / "state.json").write_text(json.dumps(state))
+    model_cfg, train_cfg = fast_configs()
+    with pytest.raises(ConfigError, match=r"state.json: the optimiser state has 1 parameter group\(s\), this "
+                                          r"EdgeDerm trains with 2"):
+        train(synthetic_release, run, model_cfg, train_cfg, resume=True, progress=False)
+
+
 def test_resumed_run_matches_the_uninterrupted_one(trained_run, synthetic_release, tmp_path, monkeypatch):
     real_save = trainer_module.save_checkpoint
 

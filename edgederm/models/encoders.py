@@ -23,12 +23,11 @@ class FeatureEncoder(nn.Module):
         super().__init__()
         if not timm.is_model(name):
             raise ConfigError(f"encoder {name!r} is not a timm model name")
-        kwargs: dict = {"features_only": True}
         cfg = timm.get_pretrained_cfg(name)
-        if cfg is not None and cfg.fixed_input_size:   # transformers are built for one input size
-            kwargs["img_size"] = img_size
-        self.body = timm.create_model(name, **kwargs)
-        self.name = name
+        # transformers are built for one input size
+        self.model_kwargs = {"img_size": img_size} if cfg is not None and cfg.fixed_input_size else {}
+        self.body = timm.create_model(name, features_only=True, **self.model_kwargs)
+        self.name, self.img_size = name, img_size
         fmt = getattr(self.body, "output_fmt", "NCHW")
         self.channels_last_output = getattr(fmt, "value", fmt) == "NHWC"
         self.channels: list[int] = self.body.feature_info.channels()

@@ -13,12 +13,16 @@ Nothing here downloads. Each modality takes a spec:
            in the layout of the encoder's registered package
 
 Every load is proved: the file's sha256 is computed (and compared where a
-digest is known: the package registry, or the hash prefix that torch hub file
-names carry); every tensor of the feature encoder must be in the source with
-the same shape, and the source may hold nothing else except the classifier
-layers that timm's `features_only` drops; after the strict load each encoder
-tensor is compared with its source tensor (the self-check). What was used is
-returned as a provenance record that runs and bundles keep.
+digest is known: the package registry, the hash prefix in torch hub file
+names, the blob name in the Hugging Face cache); every tensor of the feature
+encoder must be in the source with the same shape, and the source may hold
+nothing else except the classifier layers that timm's `features_only` drops.
+After the strict load comes the self-check: the feature encoder must compute,
+stage for stage, what timm's own whole model computes with the same tensors,
+so every tensor is known to sit in its place. The weights' input
+normalisation (timm's record for the architecture) must be the model
+config's. What was used is returned as a provenance record that runs and
+bundles keep.
 """
 from __future__ import annotations
 
@@ -36,6 +40,7 @@ import torch
 
 from edgederm.checksums import sha256_file
 from edgederm.errors import PretrainedError
+from edgederm.models.config import NORMALIZATIONS
 from edgederm.models.encoders import FeatureEncoder
 
 SPECS = ("auto", "none")
@@ -113,7 +118,10 @@ def _hf_cache_source(encoder: str) -> WeightSource | None:
     for filename in ("model.safetensors", "pytorch_model.bin"):
         found = try_to_load_from_cache(cfg.hf_hub_id, filename, cache_dir=cache_dir)
         if isinstance(found, str):
-            return WeightSource(encoder, "hf-cache", Path(found), package=cfg.hf_hub_id)
+            # the hub cache stores large files as blobs named by their sha256: a free integrity check
+            blob = Path(found).resolve().name
+            expected = blob if re.fullmatch(r"[0-9a-f]{64}", blob) else None
+            return WeightSource(encoder, "hf-cache", Path(found), package=cfg.hf_hub_id, expected_sha256=expected)
     return None
 
 
@@ -168,7 +176,8 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
             break
-    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+    if (not isinstance(state, dict) or not state or not all(isinstance(k, str) for k in state)
+            or not all(isinstance(v, torch.Tensor) for v in state.values())):
         raise PretrainedError(f"{path}: does not hold a state dict of tensors")
     return {k.removeprefix("module."): v for k, v in state.items()}
 
@@ -185,7 +194,8 @@ def _timm_shapes(encoder: str) -> dict[str, torch.Size]:
 
 
 def map_in_order(state: dict[str, torch.Tensor], encoder: str, path: Path) -> dict[str, torch.Tensor]:
-    """Rename another implementation's tensors to timm's by position; every shape must agree."""
+    """Rename another implementation's tensors to timm's by position; every shape and every tensor kind
+    (weight, bias, running_mean, ...) must agree, so same-shaped neighbours cannot swap unnoticed."""
     source = [(k, v) for k, v in state.items() if not _is_counter(k)]
     target = list(_timm_shapes(encoder).items())
     if len(source) != len(target):
@@ -195,6 +205,8 @@ def map_in_order(state: dict[str, torch.Tensor], encoder: str, path: Path) -> di
         if tensor.shape != shape:
             raise PretrainedError(f"{path}: tensor {i} {src_key} has shape {list(tensor.shape)} but {encoder}'s "
                                   f"{key} has {list(shape)}")
+        if src_key.rsplit(".", 1)[-1] != key.rsplit(".", 1)[-1]:
+            raise PretrainedError(f"{path}: tensor {i} {src_key} would become {encoder}'s {key}: not the same kind")
     return {key: tensor for (_, tensor), (key, _) in zip(source, target)}
 
 
@@ -203,31 +215,45 @@ def _canonical(key: str) -> str:
     return key.replace("_", ".")
 
 
-def _match_body(state: dict[str, torch.Tensor], encoder: FeatureEncoder, path: Path) -> dict[str, torch.Tensor]:
-    """The feature encoder's state dict taken from `state` (timm layout), strictly."""
+def _by_canonical(state: dict[str, torch.Tensor], path: Path) -> dict[str, str]:
     by_canonical = {}
     for key in state:
         if not _is_counter(key):
             if _canonical(key) in by_canonical:
                 raise PretrainedError(f"{path}: tensors {by_canonical[_canonical(key)]} and {key} are ambiguous")
             by_canonical[_canonical(key)] = key
+    return by_canonical
+
+
+def _find(key: str, by_canonical: dict[str, str]) -> str | None:
+    """The canonical name under which a feature-encoder tensor appears in the source, if it does."""
+    for candidate in (key, key.removeprefix("model.")):   # timm's getter wrapper (ViTs) nests the model as "model"
+        if _canonical(candidate) in by_canonical:
+            return _canonical(candidate)
+    return None
+
+
+def _match_body(state: dict[str, torch.Tensor], encoder: FeatureEncoder, path: Path) -> dict[str, torch.Tensor]:
+    """The feature encoder's state dict taken from `state` (timm layout), strictly."""
+    by_canonical = _by_canonical(state, path)
     body = encoder.body.state_dict()
-    matched, missing = {}, []
+    matched, missing, used = {}, [], set()
     for key, current in body.items():
         if _is_counter(key):
             matched[key] = current      # batch-norm step counters are not weights
             continue
-        source_key = by_canonical.get(_canonical(key))
-        if source_key is None:
+        found = _find(key, by_canonical)
+        if found is None:
             missing.append(key)
             continue
+        used.add(found)
+        source_key = by_canonical[found]
         if state[source_key].shape != current.shape:
             raise PretrainedError(f"{path}: {source_key} has shape {list(state[source_key].shape)} but "
                                   f"{encoder.name} needs {list(current.shape)}")
         matched[key] = state[source_key]
     if missing:
         raise PretrainedError(f"{path}: {len(missing)} tensor(s) of {encoder.name} missing, first {missing[0]}")
-    used = {_canonical(k) for k in body}
     head = {_canonical(k) for k in _timm_shapes(encoder.name)} - used   # classifier layers features_only drops
     unexpected = [k for c, k in by_canonical.items() if c not in used and c not in head]
     if unexpected:
@@ -236,10 +262,52 @@ def _match_body(state: dict[str, torch.Tensor], encoder: FeatureEncoder, path: P
     return matched
 
 
+def self_check(encoder: FeatureEncoder, state: dict[str, torch.Tensor], path: Path) -> str:
+    """The loaded encoder must compute what timm's own whole model computes with the same tensors, stage for
+    stage: proves that the renaming onto the features_only encoder put every tensor in its place."""
+    full = timm.create_model(encoder.name, pretrained=False, **encoder.model_kwargs).eval()
+    if not hasattr(full, "forward_intermediates"):
+        return f"skipped: timm's {encoder.name} has no forward_intermediates"
+    by_canonical = _by_canonical(state, path)
+    full.load_state_dict({k: state[by_canonical[_canonical(k)]] for k in full.state_dict()
+                          if _canonical(k) in by_canonical}, strict=False)   # the head may be absent: unused here
+    size = encoder.img_size if encoder.model_kwargs else 64     # CNNs: a small input is enough and quick
+    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    was_training = encoder.training
+    encoder.eval()       # batch statistics in train mode would also overwrite the loaded running ones
+    try:
+        with torch.no_grad():
+            got = encoder(x)
+            expected = full.forward_intermediates(x, intermediates_only=True)[-len(got):]
+    finally:
+        encoder.train(was_training)
+    for stage, (a, b) in enumerate(zip(got, expected)):
+        if a.shape != b.shape or not torch.allclose(a, b, rtol=1e-4, atol=1e-5):
+            raise PretrainedError(f"{path}: self-check failed, {encoder.name} stage {stage} differs from timm's "
+                                  "whole model with the same weights")
+    return "passed"
+
+
+def check_normalization(encoder: str, normalization: str, path: Path) -> None:
+    """ImageNet weights only help with the input scaling they were trained with."""
+    cfg = timm.get_pretrained_cfg(encoder)
+    if cfg is None:
+        return
+    wanted = next((name for name, (mean, std) in NORMALIZATIONS.items()
+                   if all(abs(a - b) < 1e-3 for a, b in zip((*mean, *std), (*cfg.mean, *cfg.std)))), None)
+    if wanted != normalization:
+        raise PretrainedError(f"{path}: {encoder}'s ImageNet weights expect mean {list(cfg.mean)} std "
+                              f"{list(cfg.std)} ({wanted or 'not supported'}), but the model config's "
+                              f"normalization is {normalization!r}"
+                              + (f"; set normalization to {wanted!r}" if wanted else ""))
+
+
 # ---- loading -----------------------------------------------------------------
 
-def load_into(encoder: FeatureEncoder, source: WeightSource) -> dict:
+def load_into(encoder: FeatureEncoder, source: WeightSource, normalization: str | None = None) -> dict:
     """Verify, map, load strictly and self-check; returns the provenance record."""
+    if normalization is not None:
+        check_normalization(encoder.name, normalization, source.path)
     digest = sha256_file(source.path)
     if source.expected_sha256 and not digest.startswith(source.expected_sha256):
         raise PretrainedError(f"{source.path}: sha256 {digest[:16]}... does not match the recorded "
@@ -249,14 +317,10 @@ def load_into(encoder: FeatureEncoder, source: WeightSource) -> dict:
         state = map_in_order(state, encoder.name, source.path)
     matched = _match_body(state, encoder, source.path)
     encoder.body.load_state_dict(matched, strict=True)
-    loaded = encoder.body.state_dict()
-    wrong = [k for k, v in matched.items() if not _is_counter(k) and not torch.equal(loaded[k], v.to(loaded[k].dtype))]
-    if wrong:
-        raise PretrainedError(f"{source.path}: self-check failed, {len(wrong)} tensor(s) of {encoder.name} "
-                              f"differ from the file after loading, first {wrong[0]}")
-    return {"source": source.kind, "path": str(source.path), "package": source.package, "version": source.version,
-            "sha256": digest, "layout": source.layout,
-            "tensors": sum(1 for k in matched if not _is_counter(k)), "self_check": "passed"}
+    checked = self_check(encoder, state, source.path)
+    return {"source": source.kind, "path": str(source.path.resolve()), "package": source.package,
+            "version": source.version, "sha256": digest, "layout": source.layout,
+            "tensors": sum(1 for k in matched if not _is_counter(k)), "self_check": checked}
 
 
 def _looks_like_timm(state: dict[str, torch.Tensor], encoder: str) -> bool:
@@ -273,10 +337,11 @@ def describe(record: dict) -> str:
              "hf-cache": f"timm's Hugging Face cache ({record['package']})",
              "torch-hub-cache": "the torch hub cache", "file": "a local file"}[record["source"]]
     return (f"ImageNet weights from {where}: {record['path']} (sha256 {record['sha256'][:12]}, "
-            f"{record['tensors']} tensors, self-check passed)")
+            f"{record['tensors']} tensors, self-check {record['self_check']})")
 
 
-def initialize_encoder(encoder: FeatureEncoder, spec: str | Path | None) -> dict:
+def initialize_encoder(encoder: FeatureEncoder, spec: str | Path | None, normalization: str | None = None) -> dict:
+    """Load what `spec` names into the encoder; `normalization`, when given, must suit the weights."""
     spec_text = "none" if spec is None else str(spec)
     source = resolve(encoder.name, spec)
     if source is None:
@@ -287,7 +352,7 @@ def initialize_encoder(encoder: FeatureEncoder, spec: str | Path | None) -> dict
         else:
             reason = "asked for"
         return {"spec": spec_text, "encoder": encoder.name, "source": "random", "reason": reason}
-    return {"spec": spec_text, "encoder": encoder.name, **load_into(encoder, source)}
+    return {"spec": spec_text, "encoder": encoder.name, **load_into(encoder, source, normalization)}
 
 
 def initialize(model, clinical: str | Path | None, derm: str | Path | None,
@@ -295,7 +360,7 @@ def initialize(model, clinical: str | Path | None, derm: str | Path | None,
     """Initial weights of both encoders of a MultiModalNet; returns {"clinical": record, "derm": record}."""
     records = {}
     for branch, encoder, spec in (("clinical", model.clinical_encoder, clinical), ("derm", model.derm_encoder, derm)):
-        records[branch] = initialize_encoder(encoder, spec)
+        records[branch] = initialize_encoder(encoder, spec, model.cfg.normalization)
         if log:
             log(f"{'dermoscopy' if branch == 'derm' else branch} encoder {encoder.name}: {describe(records[branch])}")
     return records

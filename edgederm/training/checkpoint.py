@@ -89,6 +89,11 @@ def load_checkpoint(run_dir: Path, model, optimizer, scheduler, swa_model) -> tu
     tensors = load_file(str(folder / "state.safetensors"))
     weights = load_file(str(folder / "model.safetensors"))
     model.load_state_dict(weights)
+    saved_groups, groups = len(state["optimizer"]["param_groups"]), len(optimizer.param_groups)
+    if saved_groups != groups:   # runs started before encoders got their own learning rate had one group
+        raise ConfigError(f"{folder / 'state.json'}: the optimiser state has {saved_groups} parameter group(s), this "
+                          f"EdgeDerm trains with {groups}; finish the run with the EdgeDerm that started it, "
+                          "or start a new run")
     optimizer.load_state_dict(_join_optimizer_state(tensors, state["optimizer"]))
     scheduler.load_state_dict({**scheduler.state_dict(), **state["scheduler"]})
     if swa_model is not None:
