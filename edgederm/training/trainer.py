@@ -180,8 +180,9 @@ def _train(data: Path, run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, 
     torch.manual_seed(cfg.seed)
     model = create_model(model_cfg)
     if not resume:   # a resumed run's weights come from its checkpoint
+        # said even with progress bars off: which weights a run starts from is not progress, it is provenance
         initial_weights = initialize(model, cfg.pretrained_clinical, cfg.pretrained_derm,
-                                     log=tqdm.write if progress and dist.main else None)
+                                     log=tqdm.write if dist.main else None)
     model = model.to(device)
     if on_cuda and cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
