@@ -26,9 +26,11 @@ bundles keep.
 """
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import importlib.util
 import os
+import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,7 +171,10 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             state = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:   # UnpicklingError, RuntimeError, SafetensorError, EOFError: all mean "not readable"
+    except pickle.UnpicklingError:   # torch's own message goes on to suggest weights_only=False: not here
+        raise PretrainedError(f"{path}: not a readable weights file (not a plain state dict of tensors; "
+                              "EdgeDerm never unpickles other objects)") from None
+    except Exception as e:   # RuntimeError, SafetensorError, EOFError: all mean "not readable"
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise PretrainedError(f"{path}: not a readable weights file ({first[:200]})") from None
     for key in ("state_dict_ema", "state_dict", "model"):   # training checkpoints wrap the weights
@@ -186,6 +191,7 @@ def _is_counter(key: str) -> bool:
     return key.endswith("num_batches_tracked")
 
 
+@functools.lru_cache(maxsize=None)   # asked by the mapping, the strict match and the layout test of one load
 def _timm_shapes(encoder: str) -> dict[str, torch.Size]:
     """The whole timm model's tensors (classifier included), built on the meta device: shapes only."""
     with torch.device("meta"):
@@ -262,12 +268,10 @@ def _match_body(state: dict[str, torch.Tensor], encoder: FeatureEncoder, path: P
     return matched
 
 
-def self_check(encoder: FeatureEncoder, state: dict[str, torch.Tensor], path: Path) -> str:
+def self_check(encoder: FeatureEncoder, state: dict[str, torch.Tensor], path: Path) -> None:
     """The loaded encoder must compute what timm's own whole model computes with the same tensors, stage for
     stage: proves that the renaming onto the features_only encoder put every tensor in its place."""
     full = timm.create_model(encoder.name, pretrained=False, **encoder.model_kwargs).eval()
-    if not hasattr(full, "forward_intermediates"):
-        return f"skipped: timm's {encoder.name} has no forward_intermediates"
     by_canonical = _by_canonical(state, path)
     full.load_state_dict({k: state[by_canonical[_canonical(k)]] for k in full.state_dict()
                           if _canonical(k) in by_canonical}, strict=False)   # the head may be absent: unused here
@@ -279,15 +283,12 @@ def self_check(encoder: FeatureEncoder, state: dict[str, torch.Tensor], path: Pa
         with torch.no_grad():
             got = encoder(x)
             expected = full.forward_intermediates(x, intermediates_only=True)[-len(got):]
-    except NotImplementedError:      # some timm models declare the method without supporting it
-        return f"skipped: timm's {encoder.name} does not implement forward_intermediates"
     finally:
         encoder.train(was_training)
     for stage, (a, b) in enumerate(zip(got, expected)):
         if a.shape != b.shape or not torch.allclose(a, b, rtol=1e-4, atol=1e-5):
             raise PretrainedError(f"{path}: self-check failed, {encoder.name} stage {stage} differs from timm's "
                                   "whole model with the same weights")
-    return "passed"
 
 
 def check_normalization(encoder: str, normalization: str, path: Path) -> None:
@@ -319,10 +320,10 @@ def load_into(encoder: FeatureEncoder, source: WeightSource, normalization: str 
         state = map_in_order(state, encoder.name, source.path)
     matched = _match_body(state, encoder, source.path)
     encoder.body.load_state_dict(matched, strict=True)
-    checked = self_check(encoder, state, source.path)
+    self_check(encoder, state, source.path)
     return {"source": source.kind, "path": str(source.path.resolve()), "package": source.package,
             "version": source.version, "sha256": digest, "layout": source.layout,
-            "tensors": sum(1 for k in matched if not _is_counter(k)), "self_check": checked}
+            "tensors": sum(1 for k in matched if not _is_counter(k)), "self_check": "passed"}
 
 
 def _looks_like_timm(state: dict[str, torch.Tensor], encoder: str) -> bool:
@@ -339,7 +340,7 @@ def describe(record: dict) -> str:
              "hf-cache": f"timm's Hugging Face cache ({record['package']})",
              "torch-hub-cache": "the torch hub cache", "file": "a local file"}[record["source"]]
     return (f"ImageNet weights from {where}: {record['path']} (sha256 {record['sha256'][:12]}, "
-            f"{record['tensors']} tensors, self-check {record['self_check']})")
+            f"{record['tensors']} tensors, self-check passed)")
 
 
 def initialize_encoder(encoder: FeatureEncoder, spec: str | Path | None, normalization: str | None = None) -> dict:
