@@ -26,14 +26,14 @@ from typing import Callable
 
 import numpy as np
 
-from calibration.selection import load_arrays
+from edgederm.benchmarks.host import Tegrastats, host_facts
+from edgederm.data.inputs import load_arrays
 from edgederm.data.release import read_release
 from edgederm.errors import EdgeDermError
 from edgederm.evaluation.metrics import compute_metrics
 from edgederm.preprocess import PreprocessConfig
 from edgederm.runtime import load_bundle
-from export.bundle import read_manifest
-from benchmarks.host import Tegrastats, host_facts
+from edgederm.runtime.bundle import read_manifest
 
 
 @dataclass(frozen=True)

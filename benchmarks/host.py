@@ -69,7 +69,7 @@ def host_facts() -> dict:
              "os": f"{platform.system()} {platform.release()}", "python": platform.python_version(),
              "libraries": libraries}
     if is_jetson():
-        from export.engine import jetson_release
+        from edgederm.runtime.device import jetson_release
         facts["jetson"] = {**jetson_release(), "power_mode": _nvpmodel()}
     return facts
 

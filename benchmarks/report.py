@@ -1,6 +1,9 @@
 """Bench reports: report.json, report.md and a self-contained report.html with
 matplotlib plots (latency distribution per variant; per-category AUC
-difference from the reference) embedded as PNG data."""
+difference from the reference) embedded as PNG data.
+
+matplotlib is the `report` extra: a device with the base install writes the
+same report without the plots, and the page says how to get them."""
 from __future__ import annotations
 
 import base64
@@ -8,12 +11,10 @@ import html
 import io
 import json
 import os
+from importlib.util import find_spec
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")          # no display on a Jetson or in CI
-import matplotlib.pyplot as plt  # noqa: E402
+PLOTS_NEED = "plots need matplotlib: pip install 'edgederm[report]'"
 
 
 def _fmt(value, spec=".2f", scale=1.0) -> str:
@@ -66,6 +67,7 @@ def markdown(report: dict) -> str:
 
 
 def _png(fig) -> str:
+    import matplotlib.pyplot as plt
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -73,6 +75,12 @@ def _png(fig) -> str:
 
 
 def plots(report: dict) -> dict[str, str]:
+    """PNG plots, base64-encoded, by name; none without matplotlib."""
+    if find_spec("matplotlib") is None:
+        return {}
+    import matplotlib
+    matplotlib.use("Agg")          # no display on a Jetson or in CI
+    import matplotlib.pyplot as plt
     ok = [r for r in report["variants"] if r["status"] == "ok"]
     out = {}
     if ok:
@@ -105,6 +113,8 @@ def write_reports(report: dict, folder: Path) -> dict[str, Path]:
     images = plots(report)
     body = "".join(f'<h2>{html.escape(k.replace("_", " "))}</h2><img alt="{k}" src="data:image/png;base64,{v}">'
                    for k, v in images.items())
+    if find_spec("matplotlib") is None:
+        body += f"<p>({html.escape(PLOTS_NEED)})</p>"
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>EdgeDerm bench</title></head><body>"
             f"<pre>{html.escape(md)}</pre>{body}</body></html>")
     paths = {"json": folder / "report.json", "md": folder / "report.md", "html": folder / "report.html"}

@@ -1,2 +1,3 @@
-"""Calibration stage: choosing calibration cases (`selection`) and feeding them to
-each quantizer (`adapters`: nncf.Dataset, onnxruntime's CalibrationDataReader)."""
+"""Calibration stage, installed as `edgederm.calibration`: choosing calibration
+cases (`selection`) and feeding them to each quantizer (`adapters`:
+nncf.Dataset, onnxruntime's CalibrationDataReader)."""

@@ -6,7 +6,7 @@ from typing import Iterator
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
-from calibration.selection import CalibrationSet
+from edgederm.calibration.selection import CalibrationSet
 
 INPUT_NAMES = ("clinical", "dermoscopy")   # the exported models' input names
 

@@ -12,9 +12,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgederm import labels as L
+from edgederm.data.inputs import load_arrays
 from edgederm.data.release import Case, Release
 from edgederm.errors import ConfigError
-from edgederm.preprocess import PreprocessConfig, load_input
+from edgederm.preprocess import PreprocessConfig
 
 DEFAULT_CASES = 300
 
@@ -62,13 +63,6 @@ def choose_cases(release: Release, split: str = "train", count: int | None = Non
         order = rng.permutation(len(groups[k]))[: take[k]]
         chosen += [groups[k][i] for i in sorted(order)]
     return sorted(chosen, key=lambda c: c.row)
-
-
-def load_arrays(cases: list[Case], preprocess: PreprocessConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Preprocess cases with `edgederm.preprocess.load_input`, the runtimes' own function."""
-    clinical = np.stack([load_input(c.clinical, preprocess) for c in cases])
-    dermoscopy = np.stack([load_input(c.derm, preprocess) for c in cases])
-    return clinical, dermoscopy
 
 
 def build_calibration_set(release: Release, preprocess: PreprocessConfig, split: str = "train",

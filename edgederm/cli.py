@@ -252,8 +252,8 @@ def export_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print the written bundles' manifests as JSON.")] = False,
 ):
     """Export a trained run: one bundle per (target, precision) with a verified manifest."""
-    from export.bundle import read_manifest
-    from export.exporter import ExportRequest, export
+    from edgederm.export.exporter import ExportRequest, export
+    from edgederm.runtime.bundle import read_manifest
     written = export(ExportRequest(run=run, target=target, precisions=precision, data=data, out=out,
                                    max_auc_drop=max_auc_drop, calibration_cases=calibration_cases,
                                    calibration_split=calibration_split,
@@ -272,7 +272,7 @@ def engine_build_command(
     max_batch: Annotated[int, typer.Option(help="Largest batch the engine accepts.")] = 8,
 ):
     """Build a TensorRT engine on this device; adds it and the device facts to the manifest."""
-    from export.engine import build_engine
+    from edgederm.export.engine import build_engine
     path = build_engine(bundle, precision=precision, workspace_mb=workspace_mb, max_batch=max_batch,
                         log=typer.echo)
     typer.echo(f"wrote {path}")
@@ -335,8 +335,8 @@ def bench_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print report.json to stdout.")] = False,
 ):
     """Latency, memory and accuracy of bundles side by side; exit 1 when a variant fails the FP32 gate."""
-    from benchmarks.bench import run_bench
-    from benchmarks.report import write_reports
+    from edgederm.benchmarks.bench import run_bench
+    from edgederm.benchmarks.report import write_reports
     try:
         batch_sizes = [int(b) for b in batch.split(",") if b.strip()]
     except ValueError:
@@ -377,7 +377,7 @@ def quickstart_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print the bench report as JSON at the end.")] = False,
 ):
     """The whole pipeline on the synthetic default: data, training, evaluation, export, bench."""
-    from benchmarks.quickstart import QuickstartOptions, quickstart
+    from edgederm.quickstart import QuickstartOptions, quickstart
     result = quickstart(QuickstartOptions(out=out, cases=cases, epochs=epochs, img_size=img_size,
                                           batch_size=batch_size, runs=runs,
                                           max_auc_drop=max_auc_drop, seed=seed, workers=workers),

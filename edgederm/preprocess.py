@@ -12,7 +12,11 @@ What we refuse, with an ImageError naming the file:
 - missing, empty or undecodable files, truncated JPEG/PNG;
 - images over MAX_PIXELS, refused from the header before anything is decoded;
 - grayscale images: colour carries the diagnosis (blue-white veil, pigment
-  colours), and a grey photo is almost always the wrong file.
+  colours), and a grey photo is almost always the wrong file;
+- photos smaller than the model's input on their short side (a 2 x 2 thumbnail,
+  a 100-pixel crop for a 224-pixel model): upscaled, they would show the model
+  detail that is not there, and it would still answer. Refused when a model
+  input is made (`preprocess_image`), since the floor is the model's own size.
 """
 from __future__ import annotations
 
@@ -164,11 +168,15 @@ def normalize(img: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarr
     return np.ascontiguousarray(x.transpose(2, 0, 1))
 
 
-def preprocess_image(img: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
-    """An RGB uint8 photo -> the float32 3 x size x size model input."""
+def preprocess_image(img: np.ndarray, cfg: PreprocessConfig, source: str = "image") -> np.ndarray:
+    """An RGB uint8 photo -> the float32 3 x size x size model input. `source` names it in errors."""
+    height, width = img.shape[:2]
+    if min(height, width) < cfg.size:
+        raise ImageError(f"{source}: photo of {width} x {height} pixels is smaller than the model's "
+                         f"{cfg.size}-pixel input on its short side; use the original photo, not a thumbnail")
     return normalize(resize_image(img, cfg.size, cfg.resize), cfg.mean, cfg.std)
 
 
 def load_input(path: str | Path, cfg: PreprocessConfig) -> np.ndarray:
     """Read a file and preprocess it: what every runtime feeds the model."""
-    return preprocess_image(read_image(path), cfg)
+    return preprocess_image(read_image(path), cfg, str(path))

@@ -1,4 +1,5 @@
-"""Export stage: the target table (`formats`), ONNX, OpenVINO IR, the Jetson
-(TensorRT) bundle and engine build, and verified bundle manifests (`bundle`).
-It imports `edgederm` and `calibration`; `bundle` and `engine` import no torch,
-because the device reads bundles and builds engines with them."""
+"""Export stage, installed as `edgederm.export`: the target table (`formats`),
+ONNX, OpenVINO IR, the Jetson (TensorRT) bundle and the on-device engine build.
+It imports `edgederm` and `edgederm.calibration`, and writes bundles through
+`edgederm.runtime.bundle`, the device side's format. `engine` imports no torch:
+the Jetson builds its engine with it."""

@@ -17,23 +17,18 @@ added to the bundle's manifest. No torch, numpy only through tensorrt itself.
 """
 from __future__ import annotations
 
-import ctypes
 import os
-import platform
-import re
-import subprocess
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 from edgederm.errors import EdgeDermError
-from export.bundle import read_manifest, write_manifest
+from edgederm.runtime.bundle import read_manifest, write_manifest
+from edgederm.runtime.device import INSTALL_HINT, device_facts
 
 ENGINE_FILE = "model.engine"
 TIMING_CACHE = "timing.cache"
 ONNX_FOR = {"int8": "model.int8.onnx", "fp16": "model.fp16.onnx"}
-INSTALL_HINT = ("tensorrt is not installed: on a Jetson it comes with JetPack (apt package "
-                "python3-libnvinfer); on a desktop NVIDIA GPU `pip install 'edgederm[tensorrt]'`")
 
 
 class EngineError(EdgeDermError):
@@ -72,47 +67,6 @@ def trtexec_command(plan: BuildPlan, onnx: Path, engine: Path, cache: Path, work
              f"--minShapes={fmt(0)}", f"--optShapes={fmt(1)}", f"--maxShapes={fmt(2)}"]
     parts += ["--" + flag.lower() for flag in plan.builder_flags]
     return " ".join(parts)
-
-
-def gpu_facts() -> dict:
-    """GPU name and compute capability through the CUDA driver API (no pycuda / torch)."""
-    try:
-        cuda = ctypes.CDLL("libcuda.so.1")
-        if cuda.cuInit(0) != 0:
-            return {}
-        device, major, minor = ctypes.c_int(), ctypes.c_int(), ctypes.c_int()
-        name = ctypes.create_string_buffer(256)
-        cuda.cuDeviceGet(ctypes.byref(device), 0)
-        cuda.cuDeviceGetName(name, 256, device)
-        cuda.cuDeviceGetAttribute(ctypes.byref(major), 75, device)   # COMPUTE_CAPABILITY_MAJOR
-        cuda.cuDeviceGetAttribute(ctypes.byref(minor), 76, device)   # COMPUTE_CAPABILITY_MINOR
-        return {"gpu": name.value.decode(), "compute_capability": f"{major.value}.{minor.value}"}
-    except OSError:
-        return {}
-
-
-def jetson_release() -> dict:
-    """L4T release from /etc/nv_tegra_release, JetPack from dpkg, where readable."""
-    facts = {}
-    try:
-        first = Path("/etc/nv_tegra_release").read_text().splitlines()[0]
-        m = re.search(r"R(\d+) \(release\), REVISION: ([\d.]+)", first)
-        if m:
-            facts["l4t"] = f"{m.group(1)}.{m.group(2)}"
-    except (OSError, IndexError):
-        return facts
-    try:
-        out = subprocess.run(["dpkg-query", "--showformat=${Version}", "--show", "nvidia-jetpack"],
-                             capture_output=True, text=True, timeout=10)
-        if out.returncode == 0 and out.stdout.strip():
-            facts["jetpack"] = out.stdout.strip()
-    except (OSError, subprocess.TimeoutExpired):
-        pass
-    return facts
-
-
-def device_facts(tensorrt_version: str) -> dict:
-    return {"tensorrt": tensorrt_version, **gpu_facts(), **jetson_release(), "machine": platform.machine()}
 
 
 def build_engine(bundle: str | Path, precision: str | None = None, workspace_mb: int = 1024,

@@ -3,7 +3,7 @@
 Every format is built from the one ONNX export; each bundle is checked on the
 evaluation split against the PyTorch FP32 reference and the figures go into
 its manifest. Arguments are checked against export/formats.py before any
-work starts; bundles are staged and renamed into place (export/bundle.py).
+work starts; bundles are staged and renamed into place (edgederm/runtime/bundle.py).
 """
 from __future__ import annotations
 
@@ -16,21 +16,22 @@ from typing import Callable
 
 import numpy as np
 
-from calibration.adapters import INPUT_NAMES
-from calibration.selection import CalibrationSet, build_calibration_set, load_arrays
 from edgederm import labels as L
+from edgederm.calibration.adapters import INPUT_NAMES
+from edgederm.calibration.selection import CalibrationSet, build_calibration_set
+from edgederm.data.inputs import load_arrays
 from edgederm.data.release import Release, read_release
-from edgederm.errors import ConfigError
-from edgederm.evaluation.metrics import compute_metrics
-from edgederm.models.io import load_model, read_metadata, save_weights
-from edgederm.models.multimodal import MultiModalNet
 from edgederm.data.render import render_case
 from edgederm.data.synth import sample_labels
+from edgederm.errors import ConfigError
+from edgederm.evaluation.metrics import compute_metrics
+from edgederm.export import openvino_export, tensorrt_export
+from edgederm.export.formats import Target, parse_request
+from edgederm.export.onnx_export import OPSET, export_onnx, onnxruntime_session, run_onnx, run_torch
+from edgederm.models.io import load_model, read_metadata, save_weights
+from edgederm.models.multimodal import MultiModalNet
 from edgederm.preprocess import PreprocessConfig, preprocess_image
-from export import openvino_export, tensorrt_export
-from export.bundle import BundleError, sha256_file, staged_bundle, write_manifest
-from export.formats import Target, parse_request
-from export.onnx_export import OPSET, export_onnx, onnxruntime_session, run_onnx, run_torch
+from edgederm.runtime.bundle import BundleError, sha256_file, staged_bundle, write_manifest
 
 PARITY_CASES = 32
 PARITY_TOLERANCE = 1e-4

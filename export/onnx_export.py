@@ -16,8 +16,8 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from calibration.adapters import INPUT_NAMES
 from edgederm import labels as L
+from edgederm.calibration.adapters import INPUT_NAMES
 from edgederm.models.heads import split_tasks
 from edgederm.models.multimodal import MultiModalNet
 

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import openvino as ov
 
-from calibration.adapters import INPUT_NAMES, nncf_dataset
-from calibration.selection import CalibrationSet
 from edgederm import labels as L
+from edgederm.calibration.adapters import INPUT_NAMES, nncf_dataset
+from edgederm.calibration.selection import CalibrationSet
 from edgederm.evaluation.metrics import averaged_auc
 
 F32_CONFIG = {"INFERENCE_PRECISION_HINT": "f32"}

@@ -20,8 +20,8 @@ from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, 
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from onnxruntime.transformers.float16 import convert_float_to_float16
 
-from calibration.adapters import OrtCalibrationReader
-from calibration.selection import CalibrationSet
+from edgederm.calibration.adapters import OrtCalibrationReader
+from edgederm.calibration.selection import CalibrationSet
 
 QDQ_QUANTIZER = "onnxruntime.quantization.quantize_static (QDQ, symmetric int8, per-channel weights, MinMax)"
 QUANTIZED_OPS = ["Conv", "MatMul", "Gemm"]

@@ -76,7 +76,7 @@ def trained_run(synthetic_release, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def bundles(trained_run, synthetic_release, tmp_path_factory) -> dict[str, Path]:
     """Every target's bundles of the trained run, keyed "onnx-fp32", "openvino-int8", ..."""
-    from export.exporter import ExportRequest, export
+    from edgederm.export.exporter import ExportRequest, export
     out = tmp_path_factory.mktemp("exports")
     written = {}
     for target, precisions in (("torch", "fp32"), ("onnx", "fp32"), ("openvino", "fp32,fp16,int8"), ("jetson", "int8")):

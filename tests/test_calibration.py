@@ -1,9 +1,9 @@
 """Calibration-case choice: stratified, seeded, bounded by the split."""
 import pytest
 
-from calibration.adapters import OrtCalibrationReader, nncf_dataset
-from calibration.selection import build_calibration_set, choose_cases
 from edgederm import labels as L
+from edgederm.calibration.adapters import OrtCalibrationReader, nncf_dataset
+from edgederm.calibration.selection import build_calibration_set, choose_cases
 from edgederm.data.release import read_release
 from edgederm.errors import ConfigError
 from edgederm.preprocess import PreprocessConfig, load_input

@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from edgederm import labels as L
 from edgederm.cli import app
-from edgederm.evaluation.metrics import compute_metrics
+from edgederm.evaluation.metrics import compute_metrics, roc_auc
 
 
 def _perfect(labels):
@@ -56,3 +56,22 @@ def test_evaluate_without_a_finished_run_is_one_line(tmp_path, synthetic_release
     result = CliRunner().invoke(app, ["evaluate", "--run", str(tmp_path), "--data", str(synthetic_release)])
     assert result.exit_code == 1
     assert "model.safetensors: not found (has training finished?)" in result.output
+
+
+def test_auc_and_melanoma_scores_equal_scikit_learn_with_ties():
+    from sklearn.metrics import precision_score, recall_score, roc_auc_score
+    rng = np.random.default_rng(4)
+    for n in (7, 50, 400):
+        positive = rng.random(n) < 0.3
+        positive[:2] = [True, False]
+        score = np.round(rng.random(n), 1)          # rounded: many tied scores
+        assert roc_auc(positive, score) == pytest.approx(roc_auc_score(positive, score), abs=1e-12)
+    labels = np.stack([rng.integers(0, k, 300) for k in L.NUM_CLASSES], 1)
+    probs = np.concatenate([rng.dirichlet(np.ones(k), 300) for k in L.NUM_CLASSES], 1)
+    m = compute_metrics(probs, labels)
+    mel = L.class_index("DIAG", "MEL")
+    truth, predicted = labels[:, 0] == mel, probs[:, 0:5].argmax(1) == mel
+    assert m["auc"]["DIAG MEL"] == pytest.approx(roc_auc_score(truth, probs[:, mel]), abs=1e-12)
+    assert m["melanoma"]["DIAG MEL"] == pytest.approx({
+        "precision": precision_score(truth, predicted), "sensitivity": recall_score(truth, predicted),
+        "specificity": recall_score(~truth, ~predicted)}, abs=1e-12)

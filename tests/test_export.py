@@ -11,11 +11,11 @@ from typer.testing import CliRunner
 
 from edgederm.cli import app
 from edgederm.errors import ConfigError
-from export.bundle import BundleError, read_manifest
-from export.engine import BuildPlan, INSTALL_HINT, trtexec_command
-from export.exporter import ExportRequest, export
-from export.formats import parse_request
-from export.onnx_export import onnxruntime_session
+from edgederm.export.engine import INSTALL_HINT, BuildPlan, trtexec_command
+from edgederm.export.exporter import ExportRequest, export
+from edgederm.export.formats import parse_request
+from edgederm.export.onnx_export import onnxruntime_session
+from edgederm.runtime.bundle import BundleError, read_manifest
 
 runner = CliRunner()
 
@@ -113,7 +113,7 @@ def test_a_changed_byte_is_refused(bundles, tmp_path):
 
 
 def test_interrupted_export_leaves_no_bundle(trained_run, synthetic_release, tmp_path, monkeypatch):
-    import export.exporter as exporter
+    import edgederm.export.exporter as exporter
 
     def crash(ctx, target, precision, directory):
         (directory / "model.xml").write_text("half")

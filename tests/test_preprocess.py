@@ -122,3 +122,12 @@ def test_bytes_after_the_jpeg_end_are_accepted(tmp_path):
     data = write_jpeg(tmp_path / "a.jpg", _rgb(64, 64)).read_bytes()
     (tmp_path / "motion.jpg").write_bytes(data + b"ftypmp4\xff\xda\x00\x08\x01\x02" * 10)
     np.testing.assert_array_equal(read_image(tmp_path / "motion.jpg"), read_image(tmp_path / "a.jpg"))
+
+
+@pytest.mark.parametrize("shape", [(2, 2), (63, 500), (500, 40)])
+def test_photo_smaller_than_the_model_input_is_refused_naming_file_and_size(tmp_path, shape):
+    write_jpeg(tmp_path / "thumb.jpg", _rgb(*shape))
+    with pytest.raises(ImageError, match=rf"thumb\.jpg: photo of {shape[1]} x {shape[0]} pixels is smaller than "
+                                         r"the model's 64-pixel input on its short side"):
+        load_input(tmp_path / "thumb.jpg", PreprocessConfig(size=64))
+    assert load_input(write_jpeg(tmp_path / "ok.jpg", _rgb(64, 80)), PreprocessConfig(size=64)).shape == (3, 64, 64)

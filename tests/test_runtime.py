@@ -17,7 +17,7 @@ from edgederm.cli import app
 from edgederm.data.release import read_release
 from edgederm.errors import EdgeDermError
 from edgederm.runtime import load_bundle
-from export.bundle import BundleError
+from edgederm.runtime.bundle import BundleError
 from tests.conftest import write_jpeg
 
 runner = CliRunner()
@@ -46,8 +46,8 @@ def test_every_backend_gives_the_same_answer_through_one_api(bundles, pair):
 
 
 def test_runtime_preprocessing_is_the_training_evaluation_transform(bundles, pair):
-    from edgederm.data.torch_dataset import PairDataset
     from edgederm.data.release import Case
+    from edgederm.data.torch_dataset import PairDataset
     predictor = load_bundle(bundles["onnx-fp32"])
     case = Case(row=0, case_num="1", clinical=pair[0], derm=pair[1], labels=(0,) * 8)
     clinical, derm, _ = PairDataset([case], predictor.preprocess)[0]
@@ -107,6 +107,7 @@ def _image_variants(folder, pair):
     cv2.imwrite(str(folder / "grey.png"), rgb[:, :, 0])
     cv2.imwrite(str(folder / "rgba.png"), np.dstack([rgb[:, :, ::-1], np.full(rgb.shape[:2], 255, np.uint8)]))
     cv2.imwrite(str(folder / "deep.png"), rgb[:, :, ::-1].astype(np.uint16) * 257)
+    write_jpeg(folder / "tiny.jpg", rgb[:2, :2])          # a 2 x 2 thumbnail
     return good
 
 
@@ -133,7 +134,8 @@ def test_diagnose_pairs_reports_bad_rows_and_finishes_the_batch(bundles, pair, t
 
 def test_diagnose_single_pair_errors_are_one_line(bundles, pair, tmp_path):
     _image_variants(tmp_path, pair)
-    for name, message in (("truncated.jpg", "truncated"), ("grey.png", "grayscale"), ("nope.jpg", "file not found")):
+    for name, message in (("truncated.jpg", "truncated"), ("grey.png", "grayscale"), ("nope.jpg", "file not found"),
+                          ("tiny.jpg", "photo of 2 x 2 pixels is smaller than the model's 64-pixel input")):
         result = runner.invoke(app, ["diagnose", "--bundle", str(bundles["onnx-fp32"]),
                                      "--clinical", str(tmp_path / name), "--derm", str(pair[1])])
         assert result.exit_code == 1 and message in result.output and name in result.output

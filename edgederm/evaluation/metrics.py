@@ -1,6 +1,11 @@
-"""The paper's metrics, from scikit-learn: one-vs-rest AUC of the 17 categories
-and their mean, accuracy of the 8 tasks and their mean, and precision /
-sensitivity / specificity of the melanoma-related categories.
+"""The paper's metrics: one-vs-rest AUC of the 17 categories and their mean,
+accuracy of the 8 tasks and their mean, and precision / sensitivity /
+specificity of the melanoma-related categories.
+
+numpy only, because `edgederm bench` scores bundles on the device, where
+scikit-learn is not installed. The AUC is the Mann-Whitney statistic with tied
+scores given their average rank, which is exactly what scikit-learn's
+`roc_auc_score` computes (tests/test_evaluation.py checks the two agree).
 
 Inputs are numpy arrays: probabilities N x 24 (each task's slice sums to one,
 layout of `edgederm.labels`) and labels N x 8 (class index per task).
@@ -10,9 +15,22 @@ reported as None and left out of the mean, which says how many it averaged.
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import accuracy_score, precision_score, recall_score, roc_auc_score
 
 from edgederm import labels as L
+
+
+def roc_auc(positive: np.ndarray, score: np.ndarray) -> float:
+    """Area under the ROC curve of `score` for the boolean `positive`; both classes must be present."""
+    _, inverse, counts = np.unique(score, return_inverse=True, return_counts=True)
+    average_rank = np.cumsum(counts) - (counts - 1) / 2.0    # 1-based rank of each distinct score, ties averaged
+    ranks = average_rank[inverse.ravel()]
+    n_pos = int(positive.sum())
+    n_neg = len(positive) - n_pos
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def _ratio(numerator: int, denominator: int) -> float:
+    return numerator / denominator if denominator else 0.0
 
 
 def _task_probs(probs: np.ndarray, task: str) -> np.ndarray:
@@ -28,7 +46,7 @@ def category_aucs(probs: np.ndarray, labels: np.ndarray) -> dict[str, float | No
         if positive.all() or not positive.any():
             out[L.category_name(task, cls)] = None
         else:
-            out[L.category_name(task, cls)] = float(roc_auc_score(positive, _task_probs(probs, task)[:, c]))
+            out[L.category_name(task, cls)] = roc_auc(positive, _task_probs(probs, task)[:, c])
     return out
 
 
@@ -38,7 +56,7 @@ def averaged_auc(probs: np.ndarray, labels: np.ndarray) -> float:
 
 
 def task_accuracies(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    return {task: float(accuracy_score(labels[:, t], _task_probs(probs, task).argmax(1)))
+    return {task: float(np.mean(labels[:, t] == _task_probs(probs, task).argmax(1)))
             for t, task in enumerate(L.TASK_KEYS)}
 
 
@@ -46,14 +64,22 @@ def melanoma_category_scores(probs: np.ndarray, labels: np.ndarray) -> dict[str,
     out = {}
     for task, cls in L.MELANOMA_CATEGORIES:
         t, c = L.TASK_KEYS.index(task), L.class_index(task, cls)
-        truth = (labels[:, t] == c).astype(int)
-        predicted = (_task_probs(probs, task).argmax(1) == c).astype(int)
+        truth = labels[:, t] == c
+        predicted = _task_probs(probs, task).argmax(1) == c
         out[L.category_name(task, cls)] = {
-            "precision": float(precision_score(truth, predicted, zero_division=0)),
-            "sensitivity": float(recall_score(truth, predicted, zero_division=0)),
-            "specificity": float(recall_score(1 - truth, 1 - predicted, zero_division=0)),
+            "precision": _ratio(int((truth & predicted).sum()), int(predicted.sum())),
+            "sensitivity": _ratio(int((truth & predicted).sum()), int(truth.sum())),
+            "specificity": _ratio(int((~truth & ~predicted).sum()), int((~truth).sum())),
         }
     return out
+
+
+def seven_point_scores(classes: np.ndarray) -> np.ndarray:
+    """Seven-point checklist score of each row of an N x 8 array of class indices (predicted or true)."""
+    score = np.zeros(len(classes), dtype=int)
+    for task, cls, points in L.SEVEN_POINT_CRITERIA:
+        score += points * (classes[:, L.TASK_KEYS.index(task)] == L.class_index(task, cls))
+    return score
 
 
 def compute_metrics(probs: np.ndarray, labels: np.ndarray) -> dict:

@@ -12,9 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgederm.errors import EdgeDermError
+from edgederm.runtime.bundle import read_manifest
 from edgederm.runtime.prediction import DISCLAIMER, Prediction
 from edgederm.runtime.predictor import BundleRunError, Predictor
-from export.bundle import read_manifest
 
 BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
 

@@ -70,7 +70,7 @@ class Predictor:
 
     def prepare(self, image: Image) -> np.ndarray:
         if isinstance(image, (str, Path)):
-            return preprocess_image(read_image(image), self.preprocess)
+            return preprocess_image(read_image(image), self.preprocess, str(image))
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise BundleRunError(f"image arrays must be RGB uint8 H x W x 3 (got {image.dtype} {image.shape}); "
                                  "use edgederm.preprocess.read_image to read files")

@@ -14,11 +14,10 @@ import numpy as np
 
 from edgederm import labels as L
 from edgederm.errors import EdgeDermError
+from edgederm.runtime.device import INSTALL_HINT, device_facts, engine_mismatch
 from edgederm.runtime.predictor import Predictor
-from export.engine import INSTALL_HINT, device_facts
 
 _H2D, _D2H = 1, 2
-_CHECKED_FACTS = ("tensorrt", "gpu", "compute_capability", "l4t")
 
 
 def _cudart() -> ctypes.CDLL:
@@ -28,12 +27,6 @@ def _cudart() -> ctypes.CDLL:
         except OSError:
             continue
     raise EdgeDermError("the CUDA runtime (libcudart) is not found: TensorRT engines need an NVIDIA GPU")
-
-
-def engine_mismatch(recorded: dict, here: dict) -> list[str]:
-    """Facts of the engine's build machine that differ from this one."""
-    return [f"{k} {recorded[k]} (here {here.get(k, 'unknown')})" for k in _CHECKED_FACTS
-            if recorded.get(k) is not None and recorded.get(k) != here.get(k)]
 
 
 class TensorRTPredictor(Predictor):

@@ -2,7 +2,7 @@
 mixed precision) on a synthetic release, on a CUDA GPU: seconds per epoch and
 peak GPU memory. Without CUDA it says so and measures nothing.
 
-    python -m benchmarks.paper_epoch_gpu [--cases 600] [--workdir DIR]
+    python benchmarks/dev/paper_epoch_gpu.py [--cases 600] [--workdir DIR]
 """
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ accuracy: the INT8 target is an averaged-AUC drop within 0.5 points of FP32.
 The budget is cut to fit this 2-core CPU (the preset itself trains 30 epochs
 at 224 px): --img-size 160, --epochs 12 (1 warm-up, SWA over the last 3).
 
-    python -m benchmarks.edge_pretrained [--workdir DIR] [--epochs 12] [--img-size 160]
+    python benchmarks/dev/edge_pretrained.py [--workdir DIR] [--epochs 12] [--img-size 160]
 
 Writes benchmarks/results/edge-pretrained.md. Runs and bundles found in
 --workdir are reused.
@@ -26,13 +26,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.bench import run_bench
+from workdir import ensure_bundles, synthetic_release
+
+from edgederm.benchmarks.bench import run_bench
 from edgederm.evaluation.evaluate import evaluate_run
 from edgederm.training.recipe import resolve_config
 from edgederm.training.trainer import train
-from benchmarks.workdir import ensure_bundles, synthetic_release
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 # name -> (initial weights, encoder learning-rate scale; None: the recipe's 0.1). The third run asks whether
 # random init only loses because the edge recipe slows its encoders down.
 INITS = {"imagenet": ("auto", None), "random": ("none", None), "random-full-rate": ("none", 1.0)}

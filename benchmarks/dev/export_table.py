@@ -2,14 +2,14 @@
 size, ONNX parity, averaged AUC on the evaluation split and the drop from the
 PyTorch FP32 reference, and whether every INT8 variant is within the gate.
 
-    python -m benchmarks.export_table exports/ [--max-drop 1.0]
+    python benchmarks/dev/export_table.py exports/ [--max-drop 1.0]
 """
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from export.bundle import read_manifest
+from edgederm.runtime.bundle import read_manifest
 
 
 def main() -> None:

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from edgederm.data.synth import write_synthetic_release
-from export.exporter import ExportRequest, export
+from edgederm.export.exporter import ExportRequest, export
 
 
 def ensure_bundles(run: Path, data: Path, out: Path, targets: dict[str, str], **request) -> dict[str, Path]:

@@ -7,7 +7,7 @@ packaged ImageNet weights, the paper model from random init (no Swin-T or
 MobileNetV3 ImageNet weights exist offline here). INT8 calibration uses 64
 synthetic cases; accuracy is measured in benchmarks/edge_pretrained.py.
 
-    python -m benchmarks.edge_latency [--workdir DIR] [--runs 50] [--rounds 3]
+    python benchmarks/dev/edge_latency.py [--workdir DIR] [--runs 50] [--rounds 3]
 
 This shared 2-core machine has slow spells (the same graph measured 12.5 ms
 and 19 ms minutes apart), so the variants are timed in round-robin rounds and
@@ -23,15 +23,15 @@ import tempfile
 from pathlib import Path
 
 import torch
+from workdir import ensure_bundles, synthetic_release
 
-from benchmarks.bench import run_bench
-from benchmarks.report import write_reports
+from edgederm.benchmarks.bench import run_bench
+from edgederm.benchmarks.report import write_reports
 from edgederm.models import create_model, get_preset
 from edgederm.models.io import save_weights
 from edgederm.models.pretrained import initialize
-from benchmarks.workdir import ensure_bundles, synthetic_release
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 PRESETS = {"edge": "auto", "paper": "none"}     # preset -> initial weights
 
 

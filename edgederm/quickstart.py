@@ -19,16 +19,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from benchmarks.bench import run_bench
-from benchmarks.report import write_reports
+from edgederm.benchmarks.bench import run_bench
+from edgederm.benchmarks.report import write_reports
 from edgederm.data.synth import write_synthetic_release
 from edgederm.errors import EdgeDermError
 from edgederm.evaluation.evaluate import evaluate_run
 from edgederm.evaluation.report import headline, write_report
+from edgederm.export.exporter import ExportRequest, export
+from edgederm.runtime.bundle import read_manifest
 from edgederm.training.recipe import resolve_config
 from edgederm.training.trainer import FINAL, train
-from export.bundle import read_manifest
-from export.exporter import ExportRequest, export
 
 EXPORTS = (("torch", "fp32"), ("onnx", "fp32"), ("openvino", "fp32"), ("openvino", "int8"), ("jetson", "int8"))
 

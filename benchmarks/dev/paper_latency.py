@@ -5,7 +5,7 @@ onnxruntime. Random initial weights: latency does not depend on them, and no
 trained paper model exists on these machines. INT8 calibration uses 64
 synthetic cases (enough for scales; accuracy is not measured here).
 
-    python -m benchmarks.paper_latency [--workdir DIR] [--runs 50]
+    python benchmarks/dev/paper_latency.py [--workdir DIR] [--runs 50]
 
 Prints the bench table and writes the report to WORKDIR/report and its
 Markdown to benchmarks/results/paper-latency-batch1.md.
@@ -18,14 +18,14 @@ import tempfile
 from pathlib import Path
 
 import torch
+from workdir import ensure_bundles, synthetic_release
 
-from benchmarks.bench import run_bench
-from benchmarks.report import write_reports
+from edgederm.benchmarks.bench import run_bench
+from edgederm.benchmarks.report import write_reports
 from edgederm.models import create_model, get_preset
 from edgederm.models.io import save_weights
-from benchmarks.workdir import ensure_bundles, synthetic_release
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
 def main() -> None:

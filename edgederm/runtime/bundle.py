@@ -8,7 +8,9 @@ every file. `read_manifest` refuses a bundle whose files do not match.
 Bundles are built in a hidden temporary directory beside the destination and
 renamed into place when complete: an interrupted export leaves no bundle.
 
-numpy-free and torch-free: the device reads bundles with this module.
+The one home of the bundle format: the device reads bundles with this module
+(numpy-free and torch-free), and `edgederm export` and `engine build` write
+them through it.
 """
 from __future__ import annotations
 

@@ -4,7 +4,7 @@
 - the `tiny` preset: one training epoch over 600 synthetic cases (forward,
   backward, Adam step on every case) in under a minute on 2 CPU cores.
 
-    python -m benchmarks.foundation_speed [--cases 600] [--workdir DIR]
+    python benchmarks/dev/foundation_speed.py [--cases 600] [--workdir DIR]
 """
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
+from edgederm.augment import AugmentConfig
 from edgederm.data.release import SPLITS, read_release
 from edgederm.data.synth import write_synthetic_release
 from edgederm.data.torch_dataset import PairDataset
-from edgederm.augment import AugmentConfig
 from edgederm.models import create_model, get_preset
 from edgederm.models.heads import split_tasks
 

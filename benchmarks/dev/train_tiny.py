@@ -4,7 +4,7 @@ the `tiny` preset trained on the CPU, evaluated on the test split.
 Targets: training within 10 minutes; weighted-final averaged AUC >= 0.80; the
 dermoscopy branch beats the clinical branch.
 
-    python -m benchmarks.train_tiny [--workdir DIR] [--cases 600]
+    python benchmarks/dev/train_tiny.py [--workdir DIR] [--cases 600]
 """
 from __future__ import annotations
 

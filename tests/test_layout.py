@@ -1,0 +1,56 @@
+"""Repository and package layout rules: no large tracked files, and no module
+of the device path imports the training stack or the plotting library when
+it is imported."""
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+MAX_TRACKED_BYTES = 5 * 1024 * 1024
+
+# Everything `diagnose`, `bench` on a bundle and `engine build` import.
+DEVICE_MODULES = (
+    "edgederm", "edgederm.cli", "edgederm.errors", "edgederm.labels", "edgederm.preprocess",
+    "edgederm.checksums", "edgederm.staging", "edgederm.data.release", "edgederm.data.inputs",
+    "edgederm.evaluation.metrics", "edgederm.runtime", "edgederm.runtime.bundle", "edgederm.runtime.device",
+    "edgederm.runtime.predictor", "edgederm.runtime.prediction", "edgederm.runtime.diagnose",
+    "edgederm.runtime.onnxruntime_backend", "edgederm.runtime.tensorrt_backend", "edgederm.export.engine",
+    "edgederm.benchmarks.bench", "edgederm.benchmarks.host", "edgederm.benchmarks.report",
+)
+HEAVY = ("torch", "timm", "nncf", "sklearn", "matplotlib", "openvino", "onnx")
+
+IMPORT_CHECK = """
+import importlib, sys
+for name in sys.argv[1:]:
+    importlib.import_module(name)
+print(" ".join(sorted(m for m in {heavy} if m in sys.modules)))
+""".format(heavy=HEAVY)
+
+
+def test_no_tracked_file_is_over_5_mb():
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("not a git checkout: no tracked files to check")
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout.split(b"\0")
+    large = [(f.decode(), (REPO / f.decode()).stat().st_size) for f in files
+             if f and (REPO / f.decode()).is_file() and (REPO / f.decode()).stat().st_size > MAX_TRACKED_BYTES]
+    assert not large, f"tracked files over 5 MB: {large}"
+
+
+@pytest.mark.parametrize("module", DEVICE_MODULES)
+def test_device_modules_import_no_heavy_library(module):
+    # A fresh interpreter per module: one module's imports must not hide another's.
+    result = subprocess.run([sys.executable, "-c", IMPORT_CHECK, module], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "", f"{module} imports {result.stdout.strip()}"
+
+
+def test_stage_folders_import_under_the_edgederm_namespace():
+    import edgederm.benchmarks.bench
+    import edgederm.calibration.selection
+    import edgederm.export.formats
+    assert Path(edgederm.export.formats.__file__).parent == REPO / "export"
+    assert Path(edgederm.calibration.selection.__file__).parent == REPO / "calibration"
+    assert Path(edgederm.benchmarks.bench.__file__).parent == REPO / "benchmarks"
