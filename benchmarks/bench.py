@@ -5,10 +5,10 @@ For each variant: load time; at each batch size a warm-up then N timed runs of
 the model call on preprocessed inputs (preprocessing excluded: it is the same
 numpy/OpenCV code for every variant); mean / p50 / p90 / p99 latency and
 throughput; peak resident memory while loading and running it; the bundle's
-size; averaged AUC and ACC and every category's AUC on the chosen split, and
-the difference from the reference. A variant passes the gate when its
-averaged-AUC drop is within --max-auc-drop points and no category drops by
-more than twice that. A variant that fails to load or run becomes a failed
+size; averaged AUC and ACC and every category's AUC on the chosen split; and
+against the reference, on the same cases, the statistical gate of
+`edgederm.benchmarks.gate` (paired bootstrap confidence intervals of the AUC
+drop, decision flips). A variant that fails to load or run becomes a failed
 row, not a crash.
 
 With --rounds N the latency runs are repeated round-robin over the variants
@@ -26,6 +26,7 @@ from typing import Callable
 
 import numpy as np
 
+from edgederm.benchmarks.gate import GateSettings, judge
 from edgederm.benchmarks.host import Tegrastats, host_facts
 from edgederm.data.inputs import load_arrays
 from edgederm.data.release import read_release
@@ -114,8 +115,10 @@ def bench_variant(variant: Variant, device: str, batch_sizes: list[int], warmup:
             row["latency"].append(latency_summary(time_runs(lambda: predictor.run(clinical, dermoscopy), warmup, runs),
                                                   batch))
         if evaluation is not None:
-            metrics = compute_metrics(predictor.run_batched(evaluation[0], evaluation[1]), evaluation[2])
+            probabilities = predictor.run_batched(evaluation[0], evaluation[1])
+            metrics = compute_metrics(probabilities, evaluation[2])
             row["accuracy"] = {k: metrics[k] for k in ("cases", "avg_auc", "avg_acc", "auc", "acc")}
+            row["_probabilities"] = probabilities      # for the gate; not written to the report
         row["peak_rss_mib"] = _status_mib("VmHWM")
         if baseline is not None and row["peak_rss_mib"] is not None:
             row["peak_rss_added_mib"] = row["peak_rss_mib"] - baseline   # what this variant added
@@ -137,8 +140,9 @@ def speedup_vs_own_torch(rows: list[dict]) -> None:
             row["speedup_vs_own_torch_fp32"] = own["latency"][0]["mean_ms"] / row["latency"][0]["mean_ms"]
 
 
-def apply_gate(rows: list[dict], reference: str | None, max_auc_drop: float) -> None:
-    """Speed-up against the reference, and the accuracy verdict where accuracy was measured."""
+def apply_gate(rows: list[dict], reference: str | None, settings: GateSettings,
+               labels: np.ndarray | None = None, case_ids: list[str] | None = None) -> None:
+    """Speed-up against the reference, and the gate's verdict where accuracy was measured."""
     speedup_vs_own_torch(rows)
     ref = next((r for r in rows if r["name"] == reference and r["status"] == "ok"), None)
     for row in rows:
@@ -149,18 +153,13 @@ def apply_gate(rows: list[dict], reference: str | None, max_auc_drop: float) -> 
             row["speedup_vs_reference"] = ref["latency"][0]["mean_ms"] / row["latency"][0]["mean_ms"]
         if row is ref:
             row["verdict"] = "reference"
-        if ref is None or "accuracy" not in row or "accuracy" not in ref:
-            row.setdefault("verdict", "not gated")     # no reference or no --data: speed only
-            continue
-        row["auc_drop_points"] = 100 * (ref["accuracy"]["avg_auc"] - row["accuracy"]["avg_auc"])
-        row["category_drop_points"] = {
-            c: (100 * (ref["accuracy"]["auc"][c] - v) if v is not None and ref["accuracy"]["auc"][c] is not None else None)
-            for c, v in row["accuracy"]["auc"].items()}
-        row["worst_category_drop_points"] = max((d for d in row["category_drop_points"].values() if d is not None),
-                                                default=0.0)
-        if row is not ref:
-            ok = row["auc_drop_points"] <= max_auc_drop and row["worst_category_drop_points"] <= 2 * max_auc_drop
-            row["verdict"] = "pass" if ok else "fail"
+        elif ref is None or "_probabilities" not in row or "_probabilities" not in ref:
+            row["verdict"] = "not gated"     # no reference or no --data: speed only
+        else:
+            row["gate"] = judge(ref["_probabilities"], row["_probabilities"], labels, case_ids, settings)
+            row["verdict"] = row["gate"]["verdict"]
+    for row in rows:
+        row.pop("_probabilities", None)
 
 
 def _preprocessing(bundle: Path) -> str | None:
@@ -181,7 +180,7 @@ def pool_round(row: dict, again: dict) -> None:
 
 
 def run_bench(bundles: list[str], reference: str | None, data: Path | None, split: str, batch_sizes: list[int],
-              warmup: int, runs: int, max_auc_drop: float, device: str = "CPU", progress=None,
+              warmup: int, runs: int, gate: GateSettings, device: str = "CPU", progress=None,
               rounds: int = 1) -> dict:
     variants = [Variant.parse(b) for b in bundles]
     if reference is not None and all(v.name != Variant.parse(reference).name for v in variants):
@@ -190,7 +189,9 @@ def run_bench(bundles: list[str], reference: str | None, data: Path | None, spli
         raise EdgeDermError(f"batch sizes must be at least 1, got {batch_sizes}")
     if rounds < 1:
         raise EdgeDermError(f"rounds must be at least 1, got {rounds}")
-    evaluation = None
+    if gate.resamples < 100:
+        raise EdgeDermError(f"the gate needs at least 100 bootstrap resamples, got {gate.resamples}")
+    evaluation, case_ids = None, None
     if data is not None:
         release = read_release(data)
         cases = release.split(split)
@@ -203,6 +204,7 @@ def run_bench(bundles: list[str], reference: str | None, data: Path | None, spli
         if settings:
             clinical, dermoscopy = load_arrays(cases, PreprocessConfig.from_dict(json.loads(settings.pop())))
             evaluation = (clinical, dermoscopy, np.array([c.labels for c in cases]))
+            case_ids = [c.case_id for c in cases]
     rows = []
     with Tegrastats() as tegrastats:
         for variant in (progress(variants) if progress else variants):
@@ -212,11 +214,11 @@ def run_bench(bundles: list[str], reference: str | None, data: Path | None, spli
                 if row["status"] == "ok":
                     pool_round(row, bench_variant(variant, device, batch_sizes, warmup, runs, None))
     reference_name = Variant.parse(reference).name if reference else None
-    apply_gate(rows, reference_name, max_auc_drop)
+    apply_gate(rows, reference_name, gate, evaluation[2] if evaluation else None, case_ids)
     passing = [r for r in rows if r["verdict"] in ("pass", "reference", "not gated")]
     fastest = min(passing, key=lambda r: r["latency"][0]["mean_ms"])["name"] if passing else None
     return {"host": host_facts(), "jetson_telemetry": tegrastats.summary(), "device": device,
             "data": str(data) if data else None, "split": split if data else None, "batch_sizes": batch_sizes,
-            "warmup": warmup, "runs": runs, "rounds": rounds, "reference": reference_name, "max_auc_drop": max_auc_drop,
+            "warmup": warmup, "runs": runs, "rounds": rounds, "reference": reference_name, "gate": gate.describe(),
             "variants": rows, "fastest_passing": fastest,
             "gate_passed": all(r["verdict"] in ("pass", "reference", "not gated") for r in rows)}

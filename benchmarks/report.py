@@ -1,6 +1,7 @@
-"""Bench reports: report.json, report.md and a self-contained report.html with
-matplotlib plots (latency distribution per variant; per-category AUC
-difference from the reference) embedded as PNG data.
+"""Bench reports: report.json (everything), report.md, and report.html, one
+self-contained page (tables as HTML, verdicts coloured, confidence intervals
+and decision flips shown, plots embedded as PNG data, no network) that reads
+on a phone. The terminal summary (`summary_lines`) comes from here too.
 
 matplotlib is the `report` extra: a device with the base install writes the
 same report without the plots, and the page says how to get them."""
@@ -21,14 +22,76 @@ def _fmt(value, spec=".2f", scale=1.0) -> str:
     return "-" if value is None else format(value * scale, spec)
 
 
-def markdown(report: dict) -> str:
+def _ci(interval) -> str:
+    return "-" if not interval else f"[{interval[0]:.2f}, {interval[1]:.2f}]"
+
+
+def _flip_cell(flips: dict | None) -> str:
+    """'2.1 % (5; 1 toward, 3 away)' for one decision."""
+    if not flips:
+        return "-"
+    return (f"{flips['rate_percent']:.1f} % ({flips['flips']}; {flips['toward_truth']} toward, "
+            f"{flips['away_from_truth']} away)")
+
+
+def host_line(report: dict) -> str:
     host = report["host"]
-    lines = ["# EdgeDerm bench", "",
-             f"Host: {host['cpu']}, {host['cores']} cores, {host['memory_gib']} GiB, {host['os']}; "
-             f"int8 instructions: {', '.join(host['int8_instructions']) or 'none'}; device {report['device']}.",
-             "Libraries: " + ", ".join(f"{k} {v}" for k, v in host["libraries"].items()) + ".", ""]
-    if host.get("jetson"):
-        lines += [f"Jetson: {host['jetson']}", f"tegrastats: {report.get('jetson_telemetry')}", ""]
+    return (f"{host['cpu']}, {host['cores']} cores, {host['memory_gib']} GiB, {host['os']}; int8 instructions: "
+            f"{', '.join(host['int8_instructions']) or 'none'}; device {report['device']}")
+
+
+def gate_line(report: dict) -> str:
+    g = report["gate"]
+    flips = (f"; decision flips gated at {g['max_flip_rate']:g} % of cases" if g["max_flip_rate"] is not None
+             else "; decision flips reported, not gated")
+    return (f"Gate against `{report['reference']}`: {g['method']}; margin {g['max_auc_drop']:g} AUC points; "
+            f"{g['resamples']} resamples, seed {g['seed']}; a category with fewer than {g['min_positives']} "
+            f"positives (or negatives) is not gated, one fails only when its drop is significant and over "
+            f"{2 * g['max_auc_drop']:g} points{flips}.")
+
+
+def summary_rows(report: dict) -> list[dict]:
+    """One flat row per variant: what the terminal, the Markdown and the HTML summary tables show."""
+    rows = []
+    for r in report["variants"]:
+        if r["status"] != "ok":
+            rows.append({"variant": r["name"], "error": r["error"], "verdict": "fail"})
+            continue
+        gate = r.get("gate", {})
+        auc = gate.get("auc", {})
+        rows.append({
+            "variant": r["name"], "backend": r["backend"], "precision": r["precision"],
+            "mean_ms": r["latency"][0]["mean_ms"], "p50_ms": r["latency"][0]["p50_ms"],
+            "avg_auc": r["accuracy"]["avg_auc"] if "accuracy" in r else None,
+            "drop": auc.get("drop_points"), "ci": auc.get("ci_points"), "upper": auc.get("upper_bound_points"),
+            "diagnosis_flips": gate.get("flips", {}).get("diagnosis"),
+            "seven_point_flips": gate.get("flips", {}).get("seven_point"),
+            "verdict": r["verdict"], "reasons": gate.get("reasons", []),
+        })
+    return rows
+
+
+def summary_lines(report: dict) -> list[str]:
+    """The verdict table for a terminal."""
+    lines = [f"{'variant':<34} {'ms':>7} {'AUC':>6} {'drop [95% CI]':>22} {'dx flips':>8} {'7pt flips':>9}  verdict"]
+    for row in summary_rows(report):
+        if "error" in row:
+            lines.append(f"{row['variant']:<34} failed: {row['error']}")
+            continue
+        drop = "-" if row["drop"] is None else f"{row['drop']:.2f} {_ci(row['ci'])}"
+        dx, sp = row["diagnosis_flips"], row["seven_point_flips"]
+        lines.append(f"{row['variant']:<34} {row['mean_ms']:7.2f} {_fmt(row['avg_auc'], '.2f', 100):>6} {drop:>22} "
+                     f"{_fmt(dx and dx['rate_percent'], '.1f'):>7}% {_fmt(sp and sp['rate_percent'], '.1f'):>8}%  "
+                     f"{row['verdict']}" + (f" ({'; '.join(row['reasons'])})" if row["reasons"] else ""))
+    lines.append(f"fastest variant that passes: {report['fastest_passing'] or 'none'}")
+    return lines
+
+
+def markdown(report: dict) -> str:
+    lines = ["# EdgeDerm bench", "", f"Host: {host_line(report)}.",
+             "Libraries: " + ", ".join(f"{k} {v}" for k, v in report["host"]["libraries"].items()) + ".", ""]
+    if report["host"].get("jetson"):
+        lines += [f"Jetson: {report['host']['jetson']}", f"tegrastats: {report.get('jetson_telemetry')}", ""]
     rounds = report.get("rounds", 1)
     lines += [f"Warm-up {report['warmup']}, {report['runs']} timed runs per batch size"
               + (f", in {rounds} round-robin rounds over the variants, pooled" if rounds > 1 else "")
@@ -48,18 +111,20 @@ def markdown(report: dict) -> str:
                          f"{_fmt(ratio, '.2f')}{'x' if ratio else ''} | {_fmt(own, '.2f')}{'x' if own else ''} | {r['load_s']:.2f} | {_fmt(r['peak_rss_mib'], '.0f')} (+{_fmt(r.get('peak_rss_added_mib'), '.0f')}) | "
                          f"{r['size_mb']:.1f} |")
     if report["data"]:
-        lines += ["", f"## Accuracy: {report['split']} split of {report['data']}", "",
-                  f"Gate: averaged-AUC drop within {report['max_auc_drop']} points of `{report['reference']}` and no "
-                  f"category dropping more than {2 * report['max_auc_drop']} points.", "",
-                  "| variant | cases | avg AUC | avg ACC | AUC drop (points) | worst category drop | verdict |",
+        lines += ["", f"## Accuracy and decisions: {report['split']} split of {report['data']}", ""]
+        if report["reference"]:
+            lines += [gate_line(report), ""]
+        lines += ["| variant | avg AUC | AUC drop (points) [95 % CI] | upper bound | diagnosis flips | seven-point flips | verdict |",
                   "|---|---|---|---|---|---|---|"]
-        for r in report["variants"]:
-            acc = r.get("accuracy")
-            if not acc:
-                lines.append(f"| {r['name']} | - | - | - | - | - | {r.get('verdict', 'fail')} |")
+        for row in summary_rows(report):
+            if "error" in row:
+                lines.append(f"| {row['variant']} | - | - | - | - | - | fail |")
                 continue
-            lines.append(f"| {r['name']} | {acc['cases']} | {100 * acc['avg_auc']:.2f} | {100 * acc['avg_acc']:.2f} | "
-                         f"{_fmt(r.get('auc_drop_points'))} | {_fmt(r.get('worst_category_drop_points'))} | {r['verdict']} |")
+            lines.append(f"| {row['variant']} | {_fmt(row['avg_auc'], '.2f', 100)} | {_fmt(row['drop'])} {_ci(row['ci'])} | "
+                         f"{_fmt(row['upper'])} | {_flip_cell(row['diagnosis_flips'])} | "
+                         f"{_flip_cell(row['seven_point_flips'])} | {row['verdict']} |")
+        failing = [(r["variant"], r["reasons"]) for r in summary_rows(report) if r.get("reasons")]
+        lines += [""] + [f"- {name} fails: {'; '.join(reasons)}" for name, reasons in failing]
     gated = report["data"] and report["reference"]
     lines += ["", f"Fastest variant {'that passes the gate' if gated else '(speed only: no accuracy gate without --data and --reference)'}: "
               f"**{report['fastest_passing'] or 'none'}**."]
@@ -90,35 +155,120 @@ def plots(report: dict) -> dict[str, str]:
         ax.set_xlabel(f"latency, ms (batch {ok[0]['latency'][0]['batch']})")
         ax.set_title("Latency distribution per variant")
         out["latency"] = _png(fig)
-    with_drops = [r for r in ok if r.get("category_drop_points") and r.get("verdict") != "reference"]
-    if with_drops:
-        categories = list(with_drops[0]["category_drop_points"])
-        fig, ax = plt.subplots(figsize=(10, 4))
-        width = 0.8 / len(with_drops)
-        for i, r in enumerate(with_drops):
-            values = [-(r["category_drop_points"][c] or 0.0) for c in categories]
-            ax.bar([x + i * width for x in range(len(categories))], values, width, label=r["name"])
-        ax.axhline(-report["max_auc_drop"] * 2, color="red", linestyle="--", linewidth=1, label="category gate")
-        ax.set_xticks([x + 0.4 - width / 2 for x in range(len(categories))], categories, rotation=60, ha="right")
+    gated = [r for r in ok if "gate" in r]
+    if gated:
+        categories = list(gated[0]["gate"]["auc"]["categories"])
+        fig, ax = plt.subplots(figsize=(10, 4.5))
+        width = 0.8 / len(gated)
+        for i, r in enumerate(gated):
+            cats = r["gate"]["auc"]["categories"]
+            x = [k + i * width for k in range(len(categories))]
+            drops = [-(cats[c]["drop_points"] or 0.0) for c in categories]
+            low = [d - (-cats[c]["ci_points"][1]) if cats[c]["ci_points"] else 0 for c, d in zip(categories, drops)]
+            high = [(-cats[c]["ci_points"][0]) - d if cats[c]["ci_points"] else 0 for c, d in zip(categories, drops)]
+            ax.bar(x, drops, width, yerr=[low, high], capsize=2, label=r["name"])
+        ax.axhline(-report["gate"]["max_auc_drop"] * 2, color="red", linestyle="--", linewidth=1,
+                   label="category limit (when significant)")
+        ax.axhline(0, color="black", linewidth=0.5)
+        ax.set_xticks([k + 0.4 - width / 2 for k in range(len(categories))], categories, rotation=60, ha="right")
         ax.set_ylabel("AUC difference from reference, points")
-        ax.set_title(f"Per-category AUC difference from {report['reference']}")
+        ax.set_title(f"Per-category AUC difference from {report['reference']}, 95 % bootstrap intervals")
         ax.legend(fontsize=7)
         out["auc_difference"] = _png(fig)
     return out
 
 
+_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:0 auto;max-width:1100px;padding:12px;
+     color:#1b1b1b;line-height:1.4}
+h1{font-size:1.4em}h2{font-size:1.15em;margin-top:1.6em}
+.scroll{overflow-x:auto;-webkit-overflow-scrolling:touch}
+table{border-collapse:collapse;font-size:.9em;margin:.5em 0}
+th,td{border:1px solid #ccc;padding:4px 8px;text-align:right;white-space:nowrap}
+th:first-child,td:first-child{text-align:left}
+th{background:#f2f2f2}
+.verdict{font-weight:600;border-radius:3px;padding:1px 6px}
+.pass{background:#d8f0d8;color:#175c17}.fail{background:#f8d4d4;color:#8a1414}
+.reference{background:#dde6f5;color:#1e3f73}.not-gated,.no-AUC,.ok{background:#eee;color:#444}
+.note{color:#555;font-size:.9em}
+img{max-width:100%;height:auto}
+details{margin:.4em 0}
+"""
+
+
+def _table(header: list[str], rows: list[list[str]], table_id: str | None = None) -> str:
+    """Cells are already-escaped HTML."""
+    head = "".join(f"<th>{h}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    ident = f' id="{table_id}"' if table_id else ""
+    return f'<div class="scroll"><table{ident}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
+
+
+def _verdict(verdict: str) -> str:
+    return f'<span class="verdict {html.escape(verdict.replace(" ", "-"))}">{html.escape(verdict)}</span>'
+
+
+def html_page(report: dict) -> str:
+    e = html.escape
+    parts = [f"<h1>EdgeDerm bench</h1><p class='note'>Host: {e(host_line(report))}.</p>"]
+    rows = []
+    for row in summary_rows(report):       # verdict second: on a phone the first columns are what shows
+        if "error" in row:
+            rows.append([e(row["variant"]), _verdict("fail"), f"failed: {e(row['error'])}", "", "", "", "", "", ""])
+            continue
+        rows.append([e(row["variant"]), _verdict(row["verdict"]), _fmt(row["mean_ms"]), _fmt(row["avg_auc"], ".2f", 100),
+                     f"{_fmt(row['drop'])} {_ci(row['ci'])}", _fmt(row["upper"]), e(_flip_cell(row["diagnosis_flips"])),
+                     e(_flip_cell(row["seven_point_flips"])), e(f"{row['backend']} {row['precision']}")])
+    parts.append("<h2>Verdicts</h2>" + _table(
+        ["variant", "verdict", "mean ms", "avg AUC", "AUC drop, points [95 % CI]", "upper bound",
+         "diagnosis flips", "seven-point flips", "backend"], rows, "verdicts"))
+    if report.get("reference") and report.get("data"):
+        parts.append(f"<p class='note'>{e(gate_line(report).replace('`', ''))}</p>")
+    for row in summary_rows(report):
+        if row.get("reasons"):
+            parts.append(f"<p><b>{e(row['variant'])}</b> fails: {e('; '.join(row['reasons']))}</p>")
+    parts.append(f"<p>Fastest variant that passes: <b>{e(str(report['fastest_passing'] or 'none'))}</b></p>")
+
+    latency_rows = [[e(r["name"]), str(lat["batch"]), _fmt(lat["mean_ms"]), _fmt(lat["p50_ms"]), _fmt(lat["p90_ms"]),
+                     _fmt(lat["p99_ms"]), _fmt(lat["throughput_per_s"], ".1f"), _fmt(r.get("peak_rss_mib"), ".0f"),
+                     _fmt(r["size_mb"], ".1f")]
+                    for r in report["variants"] if r["status"] == "ok" for lat in r["latency"]]
+    parts.append("<h2>Latency</h2>" + _table(["variant", "batch", "mean ms", "p50", "p90", "p99", "per s",
+                                               "peak RSS MiB", "MB"], latency_rows))
+
+    for r in report["variants"]:
+        if "gate" not in r:
+            continue
+        cats = r["gate"]["auc"]["categories"]
+        cat_rows = [[e(name), str(c["positives"]), _fmt(c["drop_points"]), _ci(c["ci_points"]), _verdict(c["status"])]
+                    for name, c in cats.items()]
+        flips = []
+        for key, title in (("diagnosis", "top diagnosis"), ("seven_point", "seven-point reading")):
+            f = r["gate"]["flips"][key]
+            items = "".join(f"<tr><td>{e(x['case_id'])}</td><td>{e(x['reference'])}</td><td>{e(x['variant'])}</td>"
+                            f"<td>{e(x['truth'])}</td><td>{e(x['direction'])}</td></tr>" for x in f["flipped"])
+            flips.append(f"<details><summary>{e(title)}: {e(_flip_cell(f))} of {f['cases']} cases</summary>"
+                         f"<div class='scroll'><table><thead><tr><th>case</th><th>reference</th><th>variant</th>"
+                         f"<th>truth</th><th>direction</th></tr></thead><tbody>{items}</tbody></table></div></details>")
+        parts.append(f"<h2>{e(r['name'])}: categories and flipped cases</h2>"
+                     + _table(["category", "positives", "drop, points", "95 % CI", "status"], cat_rows)
+                     + "".join(flips))
+
+    images = plots(report)
+    for name, data in images.items():
+        parts.append(f"<h2>{e(name.replace('_', ' '))}</h2><img alt='{e(name)}' src='data:image/png;base64,{data}'>")
+    if find_spec("matplotlib") is None:
+        parts.append(f"<p class='note'>({e(PLOTS_NEED)})</p>")
+    return ("<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+            "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+            f"<title>EdgeDerm bench</title><style>{_CSS}</style></head><body>{''.join(parts)}</body></html>\n")
+
+
 def write_reports(report: dict, folder: Path) -> dict[str, Path]:
     folder.mkdir(parents=True, exist_ok=True)
-    md = markdown(report)
-    images = plots(report)
-    body = "".join(f'<h2>{html.escape(k.replace("_", " "))}</h2><img alt="{k}" src="data:image/png;base64,{v}">'
-                   for k, v in images.items())
-    if find_spec("matplotlib") is None:
-        body += f"<p>({html.escape(PLOTS_NEED)})</p>"
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>EdgeDerm bench</title></head><body>"
-            f"<pre>{html.escape(md)}</pre>{body}</body></html>")
     paths = {"json": folder / "report.json", "md": folder / "report.md", "html": folder / "report.html"}
-    for key, text in (("json", json.dumps(report, indent=2) + "\n"), ("md", md), ("html", page)):
+    texts = {"json": json.dumps(report, indent=2) + "\n", "md": markdown(report), "html": html_page(report)}
+    for key, text in texts.items():
         tmp = paths[key].with_name(paths[key].name + ".partial")
         tmp.write_text(text)
         os.replace(tmp, paths[key])

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from edgederm.benchmarks.bench import run_bench
+from edgederm.benchmarks.gate import GateSettings
 from edgederm.benchmarks.report import write_reports
 from edgederm.data.synth import write_synthetic_release
 from edgederm.errors import EdgeDermError
@@ -42,6 +43,7 @@ class QuickstartOptions:
     batch_size: int | None = None      # None: the tiny recipe's
     runs: int = 50
     max_auc_drop: float = 1.0
+    max_flip_rate: float | None = None
     seed: int = 0
     workers: int = 2
 
@@ -95,7 +97,8 @@ def quickstart(opt: QuickstartOptions, log: Callable[[str], None] = print) -> di
     variants.append(f"{exports / f'{run.name}-jetson-int8'}@onnxruntime")   # no GPU here: its Q/DQ graph on the CPU
     log(f"[5/5] bench: {len(variants)} variants against PyTorch FP32 -> {report_dir}")
     result = run_bench(variants, reference=variants[0], data=data, split="test", batch_sizes=[1], warmup=5,
-                       runs=opt.runs, max_auc_drop=opt.max_auc_drop)
+                       runs=opt.runs, gate=GateSettings(max_auc_drop=opt.max_auc_drop, seed=opt.seed,
+                                                        max_flip_rate=opt.max_flip_rate))
     paths = write_reports(result, report_dir)
     result["report_paths"] = {k: str(v) for k, v in paths.items()}
     result["minutes"] = (time.perf_counter() - started) / 60

@@ -1,31 +1,52 @@
-"""`edgederm quickstart` in a reduced form: the whole pipeline, then a second
-run in the same folder that reuses every finished step."""
+"""`edgederm quickstart` as a new user runs it: the default synthetic release,
+training and gate (2000 resamples, 1-point margin), only fewer timed runs. It
+must end green with an INT8 variant passing; then a second run in the same
+folder reuses every finished step. Takes about 6 minutes on a 2-core CPU."""
 import json
 
 from typer.testing import CliRunner
 
 from edgederm.cli import app
 
-REDUCED = ["--cases", "40", "--epochs", "2", "--img-size", "64", "--batch-size", "8", "--runs", "3",
-           "--max-auc-drop", "100"]   # two epochs learn little: the gate itself is tested in test_runtime
+ARGS = ["--runs", "10"]
 
 
-def test_quickstart_runs_end_to_end_and_reuses_finished_steps(tmp_path):
+def test_quickstart_ends_green_with_an_int8_variant_passing_and_reuses_finished_steps(tmp_path):
     out = tmp_path / "qs"
     runner = CliRunner()
-    first = runner.invoke(app, ["quickstart", "--out", str(out), *REDUCED])
+    first = runner.invoke(app, ["quickstart", "--out", str(out), *ARGS])
     assert first.exit_code == 0, first.output[-3000:]
     report = json.loads((out / "report" / "report.json").read_text())
     names = [r["name"] for r in report["variants"]]
     assert names == ["tiny-torch-fp32", "tiny-onnx-fp32", "tiny-openvino-fp32", "tiny-openvino-int8",
                      "tiny-jetson-int8@onnxruntime"]
     assert all(r["status"] == "ok" and "accuracy" in r for r in report["variants"])
+    verdicts = {r["name"]: r["verdict"] for r in report["variants"]}
+    assert verdicts["tiny-torch-fp32"] == "reference"
+    assert "pass" in (verdicts["tiny-openvino-int8"], verdicts["tiny-jetson-int8@onnxruntime"]), verdicts
+    assert report["gate"]["resamples"] == 2000 and report["gate"]["max_auc_drop"] == 1.0
+    int8 = next(r for r in report["variants"] if r["name"] == "tiny-openvino-int8")
+    assert set(int8["gate"]["flips"]) == {"diagnosis", "seven_point"}
     assert (out / "report" / "report.html").is_file() and (out / "runs" / "tiny" / "eval-test" / "metrics.md").is_file()
-    assert "report: " in first.output and "fastest variant that passes" in first.output
+    assert "report: " in first.output and "fastest variant that passes: tiny-" in first.output
     weights = out / "runs" / "tiny" / "model.safetensors"
     stamp = weights.stat().st_mtime_ns
-    second = runner.invoke(app, ["quickstart", "--out", str(out), *REDUCED])
+    second = runner.invoke(app, ["quickstart", "--out", str(out), *ARGS])
     assert second.exit_code == 0, second.output[-3000:]
     assert "[1/5] synthetic release: reusing" in second.output and "[2/5] training: reusing" in second.output
     assert second.output.count("reusing") == 2 + 5          # release, run, five bundles
     assert weights.stat().st_mtime_ns == stamp
+
+
+def test_strict_exits_1_when_a_variant_fails_the_gate_and_plain_does_not(tmp_path):
+    """A 40-case release trained 2 epochs cannot prove INT8 within 1 point on its 17 test cases:
+    the gate fails it (honestly); the quickstart still ends 0, and 1 with --strict."""
+    reduced = ["--out", str(tmp_path / "qs"), "--cases", "40", "--epochs", "2", "--img-size", "64",
+               "--batch-size", "8", "--runs", "3"]
+    runner = CliRunner()
+    plain = runner.invoke(app, ["quickstart", *reduced])
+    assert plain.exit_code == 0, plain.output[-3000:]
+    report = json.loads((tmp_path / "qs" / "report" / "report.json").read_text())
+    assert any(r["verdict"] == "fail" for r in report["variants"])
+    strict = runner.invoke(app, ["quickstart", *reduced, "--strict"])
+    assert strict.exit_code == 1 and "fail (averaged-AUC drop upper bound" in strict.output

@@ -168,7 +168,10 @@ def test_bench_gate_reports_and_fastest_variant(bundles, synthetic_release, tmp_
     data = json.loads((report / "report.json").read_text())
     rows = {r["name"]: r for r in data["variants"]}
     assert rows[bundles["onnx-fp32"].name]["verdict"] == "reference"
-    assert rows[bundles["torch-fp32"].name]["auc_drop_points"] == pytest.approx(0, abs=1e-3)
+    torch_gate = rows[bundles["torch-fp32"].name]["gate"]
+    assert torch_gate["auc"]["drop_points"] == pytest.approx(0, abs=1e-3)
+    assert torch_gate["flips"]["diagnosis"]["flips"] == 0 and torch_gate["verdict"] == "pass"
+    assert data["gate"]["resamples"] == 2000 and "bootstrap" in data["gate"]["method"]
     for r in rows.values():
         # 3 timed runs in each of 2 rounds, pooled
         assert [lat["batch"] for lat in r["latency"]] == [1, 2] and len(r["latency"][0]["times_ms"]) == 6
@@ -193,6 +196,8 @@ def test_bench_exits_1_when_a_variant_fails_the_gate(bundles, synthetic_release,
     assert result.exit_code == 1
     rows = {r["name"]: r for r in json.loads((tmp_path / "r" / "report.json").read_text())["variants"]}
     assert rows[bundles["openvino-int8"].name]["verdict"] == "fail"         # a drop > -1 point always fails
+    assert "upper bound" in rows[bundles["openvino-int8"].name]["gate"]["reasons"][0]
+    assert "fail (averaged-AUC drop upper bound" in result.output
     assert rows[bundles["jetson-int8"].name]["status"] == "failed"          # no engine: a failed row, no crash
 
 

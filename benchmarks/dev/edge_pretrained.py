@@ -29,6 +29,7 @@ from pathlib import Path
 from workdir import ensure_bundles, synthetic_release
 
 from edgederm.benchmarks.bench import run_bench
+from edgederm.benchmarks.gate import GateSettings
 from edgederm.evaluation.evaluate import evaluate_run
 from edgederm.training.recipe import resolve_config
 from edgederm.training.trainer import train
@@ -74,7 +75,7 @@ def main() -> None:
         # the Jetson bundle's Q/DQ graph scored in onnxruntime: its accuracy, not TensorRT's speed
         bundles = [f"{path}@onnxruntime" if name.startswith("jetson") else str(path) for name, path in made.items()]
         bench = run_bench(bundles, reference=bundles[0], data=data, split="test", batch_sizes=[1], warmup=5,
-                          runs=args.runs, max_auc_drop=0.5)
+                          runs=args.runs, gate=GateSettings(max_auc_drop=0.5))
         auc = {r["name"].removeprefix("edge-imagenet-"): 100 * r["accuracy"]["avg_auc"] for r in bench["variants"]}
         ms = {r["name"].removeprefix("edge-imagenet-"): r["latency"][0]["mean_ms"] for r in bench["variants"]}
         int8_change = auc["openvino-int8"] - auc["openvino-fp32"]

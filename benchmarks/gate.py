@@ -1,0 +1,177 @@
+"""The FP32-reference gate: is a variant non-inferior to its reference on the same cases?
+
+Accuracy. Both models are scored on the same cases, so their AUCs are
+correlated and the question is about the paired difference. We resample the
+cases with a paired, stratified percentile bootstrap (Efron & Tibshirani,
+"An Introduction to the Bootstrap", 1993, ch. 13; strata as in Davison &
+Hinkley, "Bootstrap Methods and their Application", 1997, sec. 3.7): each
+resample draws, within every diagnosis class, as many cases as the class has,
+with replacement, and scores the reference and the variant on that same
+resample. Stratifying by diagnosis keeps every diagnosis category present in
+every resample. Averaged AUC is the mean over the categories that have an
+AUC on the full split (a category that loses its positives or negatives in
+a resample is left out of that resample's mean, for both models alike).
+
+- A variant passes when the one-sided 95 % upper confidence bound of its
+  averaged-AUC drop (the 95th percentile of the resampled drops) is within
+  the margin (`--max-auc-drop`, AUC points): the test split then shows, at
+  95 % confidence, that the variant loses no more than the margin.
+- Each category reports its drop, a two-sided 95 % interval and its number of
+  positives. With fewer than MIN_POSITIVES positives (or negatives) it is
+  "not gated": a handful of cases cannot tell a 3-point drop from noise. It
+  *fails* only when its drop is significant (the interval excludes 0) and
+  larger than twice the margin.
+
+Decisions. A clinic acts on the top diagnosis and on the seven-point reading
+(score >= 3: refer), not on an AUC. Per variant, the cases whose top
+diagnosis or seven-point reading differs from the reference's are listed with
+their ids, and each flip is marked "toward" the true label (the variant is
+right where the reference was wrong), "away" from it (the reverse) or
+"neither" (both wrong). The rates are always reported; `--max-flip-rate`
+(percent of cases) gates on them when asked.
+
+numpy only: the gate runs on the device, inside `edgederm bench`.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from edgederm import labels as L
+from edgederm.evaluation.metrics import seven_point_scores
+
+METHOD = ("paired stratified percentile bootstrap (Efron & Tibshirani 1993, ch. 13), strata: diagnosis class; "
+          "one-sided 95 % upper bound on the averaged-AUC drop")
+CONFIDENCE = 0.95
+MIN_POSITIVES = 10
+
+
+@dataclass(frozen=True)
+class GateSettings:
+    max_auc_drop: float = 1.0            # margin, AUC points
+    resamples: int = 2000
+    seed: int = 0
+    min_positives: int = MIN_POSITIVES
+    max_flip_rate: float | None = None   # percent of cases; None: flips are reported, not gated
+
+    def describe(self) -> dict:
+        return {"method": METHOD, "confidence": CONFIDENCE, **asdict(self)}
+
+
+def bootstrap_counts(strata: np.ndarray, resamples: int, seed: int) -> np.ndarray:
+    """resamples x N: how often each case is drawn in each resample, drawing within each stratum."""
+    rng = np.random.default_rng(seed)
+    counts = np.zeros((resamples, len(strata)))
+    for stratum in np.unique(strata):
+        members = np.flatnonzero(strata == stratum)
+        counts[:, members] = rng.multinomial(len(members), np.full(len(members), 1.0 / len(members)), size=resamples)
+    return counts
+
+
+def weighted_aucs(positive: np.ndarray, score: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """The AUC of `score` on each resample (row of `counts`); NaN where a class is missing.
+
+    Drawing a case k times is the same as weighting it by k, so a resample's AUC is
+    sum_ij w_i w_j [s_i > s_j] (ties 1/2) over positives i and negatives j, divided by
+    (sum_i w_i)(sum_j w_j): one matrix product for all resamples at once.
+    """
+    pos, neg = score[positive], score[~positive]
+    wins = (pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])
+    w_pos, w_neg = counts[:, positive], counts[:, ~positive]
+    pairs = w_pos.sum(1) * w_neg.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(pairs > 0, ((w_pos @ wins) * w_neg).sum(1) / pairs, np.nan)
+
+
+def _interval(drops: np.ndarray) -> tuple[float, float]:
+    low, high = np.nanpercentile(drops, [100 * (1 - CONFIDENCE) / 2, 100 * (1 + CONFIDENCE) / 2])
+    return float(low), float(high)
+
+
+def auc_comparison(reference: np.ndarray, variant: np.ndarray, labels: np.ndarray,
+                   settings: GateSettings) -> dict:
+    """Paired bootstrap of the AUC drop (reference - variant, points), averaged and per category."""
+    counts = bootstrap_counts(labels[:, L.TASK_KEYS.index("DIAG")], settings.resamples, settings.seed)
+    everyone = np.ones((1, len(labels)))
+    categories, ref_boot, var_boot, ref_full, var_full = {}, [], [], [], []
+    for task, cls in L.AUC_CATEGORIES:
+        t, c = L.TASK_KEYS.index(task), L.class_index(task, cls)
+        column = L.TASK_SLICES[task].start + c
+        positive = labels[:, t] == c
+        n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+        name = L.category_name(task, cls)
+        if n_pos == 0 or n_neg == 0:
+            categories[name] = {"positives": n_pos, "status": "no AUC", "drop_points": None, "ci_points": None}
+            continue
+        ref_b = weighted_aucs(positive, reference[:, column], counts)
+        var_b = weighted_aucs(positive, variant[:, column], counts)
+        ref_auc = float(weighted_aucs(positive, reference[:, column], everyone)[0])
+        var_auc = float(weighted_aucs(positive, variant[:, column], everyone)[0])
+        ref_boot.append(ref_b)
+        var_boot.append(var_b)
+        ref_full.append(ref_auc)
+        var_full.append(var_auc)
+        drop = 100 * (ref_auc - var_auc)
+        low, high = _interval(100 * (ref_b - var_b))
+        if min(n_pos, n_neg) < settings.min_positives:
+            status = "not gated"
+        elif low > 0 and drop > 2 * settings.max_auc_drop:
+            status = "fail"
+        else:
+            status = "ok"
+        categories[name] = {"positives": n_pos, "status": status, "drop_points": drop, "ci_points": [low, high]}
+    drops = 100 * (np.nanmean(np.array(ref_boot), 0) - np.nanmean(np.array(var_boot), 0))
+    upper = float(np.nanpercentile(drops, 100 * CONFIDENCE))
+    return {"drop_points": 100 * (float(np.mean(ref_full)) - float(np.mean(var_full))),
+            "ci_points": list(_interval(drops)), "upper_bound_points": upper,
+            "within_margin": upper <= settings.max_auc_drop, "categories": categories}
+
+
+def _flips(reference: np.ndarray, variant: np.ndarray, truth: np.ndarray, case_ids: list[str]) -> dict:
+    """Decisions (arrays of names) that differ, each marked toward / away from the truth or neither."""
+    flipped = np.flatnonzero(reference != variant)
+    ref_right, var_right = reference == truth, variant == truth
+    direction = np.where(var_right & ~ref_right, "toward", np.where(ref_right & ~var_right, "away", "neither"))
+    n = len(truth)
+    return {"flips": len(flipped), "cases": n, "rate_percent": 100.0 * len(flipped) / n if n else 0.0,
+            "toward_truth": int((direction[flipped] == "toward").sum()),
+            "away_from_truth": int((direction[flipped] == "away").sum()),
+            "flipped": [{"case_id": case_ids[i], "reference": str(reference[i]), "variant": str(variant[i]),
+                         "truth": str(truth[i]), "direction": str(direction[i])} for i in flipped]}
+
+
+def decision_flips(reference: np.ndarray, variant: np.ndarray, labels: np.ndarray, case_ids: list[str]) -> dict:
+    """Cases whose top diagnosis, or whose seven-point reading (refer or not), differs between the two models."""
+    diagnoses = np.array(L.TASKS[0].classes)
+    diag = L.TASK_SLICES["DIAG"]
+    truth_diag = diagnoses[labels[:, L.TASK_KEYS.index("DIAG")]]
+
+    def reading(classes: np.ndarray) -> np.ndarray:
+        return np.where(seven_point_scores(classes) >= L.SEVEN_POINT_THRESHOLD, "refer", "no referral")
+
+    def top_classes(probs: np.ndarray) -> np.ndarray:
+        return np.stack([probs[:, L.TASK_SLICES[t]].argmax(1) for t in L.TASK_KEYS], 1)
+
+    return {"diagnosis": _flips(diagnoses[reference[:, diag].argmax(1)], diagnoses[variant[:, diag].argmax(1)],
+                                truth_diag, case_ids),
+            "seven_point": _flips(reading(top_classes(reference)), reading(top_classes(variant)), reading(labels),
+                                  case_ids)}
+
+
+def judge(reference: np.ndarray, variant: np.ndarray, labels: np.ndarray, case_ids: list[str],
+          settings: GateSettings) -> dict:
+    """Everything the gate says about one variant: AUC comparison, decision flips, verdict and reasons."""
+    auc = auc_comparison(reference, variant, labels, settings)
+    flips = decision_flips(reference, variant, labels, case_ids)
+    reasons = []
+    if not auc["within_margin"]:
+        reasons.append(f"averaged-AUC drop upper bound {auc['upper_bound_points']:.2f} > margin "
+                       f"{settings.max_auc_drop:g} points")
+    reasons += [f"{name} drops {c['drop_points']:.2f} points (95 % CI {c['ci_points'][0]:.2f} to "
+                f"{c['ci_points'][1]:.2f}) > {2 * settings.max_auc_drop:g}"
+                for name, c in auc["categories"].items() if c["status"] == "fail"]
+    if settings.max_flip_rate is not None:
+        reasons += [f"{key.replace('_', '-')} flips {f['rate_percent']:.1f} % of cases > {settings.max_flip_rate:g} %"
+                    for key, f in flips.items() if f["rate_percent"] > settings.max_flip_rate]
+    return {"auc": auc, "flips": flips, "verdict": "fail" if reasons else "pass", "reasons": reasons}

@@ -1,0 +1,133 @@
+"""The statistical gate on predictions made by the test: the paired bootstrap,
+category rules, decision flips, and reproducibility."""
+import numpy as np
+import pytest
+
+from edgederm import labels as L
+from edgederm.benchmarks.gate import GateSettings, auc_comparison, bootstrap_counts, decision_flips, judge, weighted_aucs
+from edgederm.evaluation.metrics import compute_metrics, roc_auc
+
+N = 300
+
+
+@pytest.fixture(scope="module")
+def cases():
+    """Labels for N cases and a reference model that separates them well (about 0.85 AUC)."""
+    rng = np.random.default_rng(11)
+    labels = np.stack([rng.integers(0, k, N) for k in L.NUM_CLASSES], 1)
+    parts = []
+    for t, k in enumerate(L.NUM_CLASSES):
+        logits = rng.normal(0, 1, (N, k))
+        logits[np.arange(N), labels[:, t]] += 1.5
+        parts.append(np.exp(logits) / np.exp(logits).sum(1, keepdims=True))
+    return labels, np.concatenate(parts, 1), [f"case{i}" for i in range(N)]
+
+
+def test_weighting_by_counts_is_resampling(cases):
+    labels, probs, _ = cases
+    positive, score = labels[:, 0] == 2, probs[:, 2]
+    counts = bootstrap_counts(labels[:, 0], 5, seed=3)
+    for row in counts:
+        drawn = np.repeat(np.arange(N), row.astype(int))      # the resample itself, duplicates and all
+        expected = roc_auc(positive[drawn], score[drawn])
+        assert weighted_aucs(positive, score, row[None])[0] == pytest.approx(expected, abs=1e-12)
+    # stratified: every resample keeps each diagnosis's case count
+    for d in range(5):
+        assert (counts[:, labels[:, 0] == d].sum(1) == (labels[:, 0] == d).sum()).all()
+
+
+def test_identical_predictions_pass_with_a_zero_interval(cases):
+    labels, probs, ids = cases
+    result = judge(probs, probs.copy(), labels, ids, GateSettings(resamples=300))
+    assert result["verdict"] == "pass" and result["reasons"] == []
+    assert result["auc"]["drop_points"] == 0 and result["auc"]["ci_points"] == [0.0, 0.0]
+    assert result["flips"]["diagnosis"]["flips"] == 0 and result["flips"]["seven_point"]["flips"] == 0
+
+
+def test_point_estimate_is_the_metrics_averaged_auc_difference(cases):
+    labels, probs, ids = cases
+    noisy = probs + np.random.default_rng(0).normal(0, 0.05, probs.shape)
+    auc = auc_comparison(probs, noisy, labels, GateSettings(resamples=200))
+    expected = 100 * (compute_metrics(probs, labels)["avg_auc"] - compute_metrics(noisy, labels)["avg_auc"])
+    assert auc["drop_points"] == pytest.approx(expected, abs=1e-9)
+    assert auc["ci_points"][0] <= auc["drop_points"] <= auc["ci_points"][1]
+
+
+def test_a_significant_large_category_drop_fails_and_a_rare_one_is_not_gated(cases):
+    labels, probs, ids = cases
+    variant = probs.copy()
+    rng = np.random.default_rng(5)
+    mel = L.TASK_SLICES["DIAG"].start + L.class_index("DIAG", "MEL")
+    variant[:, mel] = rng.permutation(variant[:, mel])           # DIAG MEL scores destroyed: ~35-point drop
+    result = judge(probs, variant, labels, ids, GateSettings(max_auc_drop=1.0, resamples=500))
+    mel_row = result["auc"]["categories"]["DIAG MEL"]
+    assert mel_row["status"] == "fail" and mel_row["ci_points"][0] > 0 and mel_row["drop_points"] > 2
+    assert result["verdict"] == "fail" and any(r.startswith("DIAG MEL drops") for r in result["reasons"])
+    # The same damage to a category with 6 positives: reported, not gated.
+    rare_labels = labels.copy()
+    rare_labels[:, 0] = np.where(rare_labels[:, 0] == 2, 1, rare_labels[:, 0])
+    rare_labels[:6, 0] = 2
+    rare = auc_comparison(probs, variant, rare_labels, GateSettings(resamples=300))["categories"]["DIAG MEL"]
+    assert rare["positives"] == 6 and rare["status"] == "not gated"
+
+
+def test_the_averaged_bound_decides_and_the_verdict_is_reproducible(cases):
+    labels, probs, ids = cases
+    noisy = probs + np.random.default_rng(1).normal(0, 0.08, probs.shape)
+    a = judge(probs, noisy, labels, ids, GateSettings(max_auc_drop=1.0, resamples=400, seed=7))
+    b = judge(probs, noisy, labels, ids, GateSettings(max_auc_drop=1.0, resamples=400, seed=7))
+    c = judge(probs, noisy, labels, ids, GateSettings(max_auc_drop=1.0, resamples=400, seed=8))
+    assert a == b and a["auc"]["ci_points"] != c["auc"]["ci_points"]
+    upper = a["auc"]["upper_bound_points"]
+    assert upper > a["auc"]["drop_points"]
+    assert judge(probs, noisy, labels, ids, GateSettings(max_auc_drop=upper + 0.01, resamples=400, seed=7))["auc"][
+        "within_margin"]
+    assert not judge(probs, noisy, labels, ids, GateSettings(max_auc_drop=upper - 0.01, resamples=400, seed=7))["auc"][
+        "within_margin"]
+
+
+def test_bootstrap_interval_agrees_with_scipy_when_unstratified(cases):
+    from scipy.stats import bootstrap
+    labels, probs, _ = cases
+    noisy = probs + np.random.default_rng(2).normal(0, 0.08, probs.shape)
+    positive, column = labels[:, 0] == 1, L.TASK_SLICES["DIAG"].start + 1
+    counts = bootstrap_counts(np.zeros(N, int), 4000, seed=0)       # one stratum: plain paired bootstrap
+    ours = 100 * (weighted_aucs(positive, probs[:, column], counts) - weighted_aucs(positive, noisy[:, column], counts))
+
+    def drop(index):
+        index = index.astype(int)
+        return 100 * (roc_auc(positive[index], probs[index, column]) - roc_auc(positive[index], noisy[index, column]))
+    theirs = bootstrap((np.arange(N),), drop, vectorized=False, n_resamples=4000, method="percentile",
+                       random_state=0).confidence_interval
+    low, high = np.percentile(ours, [2.5, 97.5])
+    assert low == pytest.approx(theirs.low, abs=0.35) and high == pytest.approx(theirs.high, abs=0.35)
+
+
+def test_decision_flips_name_cases_and_direction():
+    labels = np.zeros((4, 8), int)
+    labels[:, 0] = [2, 1, 1, 3]                       # MEL, NEV, NEV, MISC
+    labels[0, L.TASK_KEYS.index("PN")] = 2            # case 0 truly scores 2 + 2 = 4 (refer)
+    labels[0, L.TASK_KEYS.index("BWV")] = 1
+
+    def probs(diag, pn, bwv):
+        out = np.zeros((4, L.TOTAL_CLASSES))
+        for t, task in enumerate(L.TASK_KEYS):
+            out[np.arange(4), L.TASK_SLICES[task].start] = 1.0         # ABS / first class by default
+        out[:, 0:5] = 0
+        out[np.arange(4), diag] = 1
+        out[:, L.TASK_SLICES["PN"]] = np.eye(3)[pn]
+        out[:, L.TASK_SLICES["BWV"]] = np.eye(2)[bwv]
+        return out
+
+    reference = probs(diag=[1, 1, 2, 3], pn=[2, 0, 0, 0], bwv=[0, 0, 0, 0])   # case 0 wrong (NEV), case 2 wrong
+    variant = probs(diag=[2, 1, 1, 0], pn=[2, 0, 0, 0], bwv=[1, 0, 0, 0])     # fixes 0 and 2, breaks 3
+    flips = decision_flips(reference, variant, labels, ["a", "b", "c", "d"])
+    dx = flips["diagnosis"]
+    assert dx["flips"] == 3 and dx["rate_percent"] == 75.0 and dx["toward_truth"] == 2 and dx["away_from_truth"] == 1
+    assert [(f["case_id"], f["reference"], f["variant"], f["direction"]) for f in dx["flipped"]] == [
+        ("a", "NEV", "MEL", "toward"), ("c", "MEL", "NEV", "toward"), ("d", "MISC", "BCC", "away")]
+    sp = flips["seven_point"]          # case 0: reference scores 2 (no referral), variant 4 (refer), truth 4
+    assert sp["flipped"] == [{"case_id": "a", "reference": "no referral", "variant": "refer", "truth": "refer",
+                              "direction": "toward"}]
+    gated = judge(reference, variant, labels, ["a", "b", "c", "d"], GateSettings(resamples=100, max_flip_rate=50))
+    assert any(r.startswith("diagnosis flips 75.0 %") for r in gated["reasons"]) and gated["verdict"] == "fail"
