@@ -7,7 +7,7 @@ numpy/OpenCV code for every variant); mean / p50 / p90 / p99 latency and
 throughput; peak resident memory while loading and running it; the bundle's
 size; averaged AUC and ACC and every category's AUC on the chosen split; and
 against the reference, on the same cases, the statistical gate of
-`edgederm.benchmarks.gate` (paired bootstrap confidence intervals of the AUC
+`edgederm.evaluation.gate` (paired bootstrap confidence intervals of the AUC
 drop, decision flips). A variant that fails to load or run becomes a failed
 row, not a crash.
 
@@ -26,11 +26,11 @@ from typing import Callable
 
 import numpy as np
 
-from edgederm.benchmarks.gate import GateSettings, judge
 from edgederm.benchmarks.host import Tegrastats, host_facts
 from edgederm.data.inputs import load_arrays
 from edgederm.data.release import read_release
 from edgederm.errors import EdgeDermError
+from edgederm.evaluation.gate import GateSettings, judge
 from edgederm.evaluation.metrics import compute_metrics
 from edgederm.preprocess import PreprocessConfig
 from edgederm.runtime import load_bundle

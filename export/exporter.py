@@ -17,15 +17,16 @@ from typing import Callable
 import numpy as np
 
 from edgederm import labels as L
-from edgederm.calibration.adapters import INPUT_NAMES
+from edgederm.calibration.adapters import INPUT_NAMES, OrtCalibrationReader
 from edgederm.calibration.selection import CalibrationSet, build_calibration_set
 from edgederm.data.inputs import load_arrays
 from edgederm.data.release import Release, read_release
 from edgederm.data.render import render_case
 from edgederm.data.synth import sample_labels
 from edgederm.errors import ConfigError
+from edgederm.evaluation.gate import GateSettings
 from edgederm.evaluation.metrics import compute_metrics
-from edgederm.export import openvino_export, tensorrt_export
+from edgederm.export import int8_gate, openvino_export, tensorrt_export
 from edgederm.export.formats import Target, parse_request
 from edgederm.export.onnx_export import OPSET, export_onnx, onnxruntime_session, run_onnx, run_torch
 from edgederm.models.io import load_model, read_metadata, save_weights
@@ -33,6 +34,7 @@ from edgederm.models.multimodal import MultiModalNet
 from edgederm.preprocess import PreprocessConfig, preprocess_image
 from edgederm.runtime.bundle import BundleError, sha256_file, staged_bundle, write_manifest
 
+DEFAULT_INT8_MARGIN = 1.0       # AUC points: the same default as `edgederm bench`
 PARITY_CASES = 32
 PARITY_TOLERANCE = 1e-4
 
@@ -44,7 +46,7 @@ class ExportRequest:
     precisions: str | None = None
     data: Path | None = None
     out: Path = Path("exports")
-    max_auc_drop: float | None = None      # AUC points; OpenVINO INT8 accuracy control
+    max_auc_drop: float | None = None      # INT8 gate margin on valid, AUC points (None: DEFAULT_INT8_MARGIN)
     calibration_cases: int | None = None
     calibration_split: str = "train"
     eval_split: str | None = "test"       # None: no accuracy figures (e.g. random-init latency studies)
@@ -61,10 +63,9 @@ class Context:
     source: dict
     calib: CalibrationSet | None
     evaluation: tuple[np.ndarray, np.ndarray, np.ndarray] | None     # clinical, dermoscopy, labels
-    validation: tuple[np.ndarray, np.ndarray, np.ndarray] | None
+    valid: int8_gate.ValidSplit | None                                # for the INT8 gate
     reference: dict | None                                            # FP32 PyTorch metrics
     eval_split: str
-    max_auc_drop: float | None
     log: Callable[[str], None]
 
 
@@ -136,18 +137,31 @@ def onnx_bundle(ctx: Context, target: Target, precision: str, directory: Path) -
 
 
 def openvino_bundle(ctx: Context, target: Target, precision: str, directory: Path) -> None:
-    max_auc_drop = ctx.max_auc_drop
     model = openvino_export.convert(ctx.onnx_fp32)
     manifest = _base_manifest(ctx, target, precision, ["model.xml", "model.bin"])
     if precision == "int8":
         transformer = any("Attention" in type(m).__name__ for enc in (ctx.model.clinical_encoder, ctx.model.derm_encoder)
                           for m in enc.modules())
-        ctx.log(f"openvino int8: NNCF on {len(ctx.calib)} calibration cases"
-                + (f", accuracy control (max drop {max_auc_drop} AUC points on valid)" if max_auc_drop else ""))
-        model = openvino_export.quantize_int8(model, ctx.calib, transformer, ctx.validation, max_auc_drop)
+        valid, margin = ctx.valid, ctx.valid.settings.max_auc_drop
+        ctx.log(f"openvino int8: NNCF on {len(ctx.calib)} calibration cases, gated on the valid split "
+                f"({len(valid.labels)} cases)")
+
+        def quantize(fp32, accuracy_control: bool):
+            validation = (valid.clinical, valid.dermoscopy, valid.labels) if accuracy_control else None
+            return openvino_export.quantize_int8(fp32, ctx.calib, transformer, validation,
+                                                 margin if accuracy_control else None)
+
+        def predictor(int8):
+            compiled = openvino_export.compile_cpu(int8, "int8")
+            return lambda c, d: openvino_export.run_openvino(compiled, c, d)
+
+        model, attempts = int8_gate.search_openvino(model, quantize, predictor, valid, ctx.log)
+        if model is None:
+            raise int8_gate.refuse(attempts, valid, "openvino")
         manifest["calibration"] = ctx.calib.describe()
         manifest["quantization"] = {"tool": "nncf", "model_type": "transformer" if transformer else "default",
-                                    "max_auc_drop_points": max_auc_drop}
+                                    "method": attempts[-1].method, "kept_in_float": attempts[-1].kept_in_float}
+        manifest["int8_gate"] = int8_gate.record(attempts, valid)
     openvino_export.save_ir(model, directory / "model.xml", fp16=precision == "fp16")
     compiled = openvino_export.compile_cpu(directory / "model.xml", precision)
     manifest["metrics"] = _score(ctx, f"openvino {precision}",
@@ -160,11 +174,29 @@ def jetson_bundle(ctx: Context, target: Target, precision: str, directory: Path)
     tensorrt_export.convert_fp16(ctx.onnx_fp32, directory / "model.fp16.onnx")
     manifest = _base_manifest(ctx, target, precision, graphs)
     if precision == "int8":
-        ctx.log(f"jetson int8: symmetric Q/DQ on {len(ctx.calib)} calibration cases")
-        tensorrt_export.quantize_qdq(ctx.onnx_fp32, directory / "model.int8.onnx", ctx.calib)
+        valid = ctx.valid
+        ctx.log(f"jetson int8: symmetric Q/DQ on {len(ctx.calib)} calibration cases, gated on the valid split "
+                f"({len(valid.labels)} cases)")
+        out = directory / "model.int8.onnx"
+
+        def predictor(graph: Path):
+            session = onnxruntime_session(graph)
+            return lambda c, d: run_onnx(session, c, d)
+
+        def sensitivity(graph: Path):
+            return int8_gate.layer_sensitivity(ctx.onnx_fp32, graph, lambda: OrtCalibrationReader(
+                valid.as_calibration_set()), tensorrt_export.QUANTIZED_OPS)
+
+        graph, attempts = int8_gate.search_jetson(
+            lambda excluded: tensorrt_export.quantize_qdq(ctx.onnx_fp32, out, ctx.calib, excluded), sensitivity,
+            predictor, valid, ctx.log)
+        if graph is None:
+            raise int8_gate.refuse(attempts, valid, "jetson")
         graphs.insert(0, "model.int8.onnx")
         manifest["calibration"] = ctx.calib.describe()
-        manifest["quantization"] = {"tool": tensorrt_export.QDQ_QUANTIZER, "ops": tensorrt_export.QUANTIZED_OPS}
+        manifest["quantization"] = {"tool": tensorrt_export.QDQ_QUANTIZER, "ops": tensorrt_export.QUANTIZED_OPS,
+                                    "method": attempts[-1].method, "kept_in_float": attempts[-1].kept_in_float}
+        manifest["int8_gate"] = int8_gate.record(attempts, valid)
     scored = directory / graphs[0]
     session = onnxruntime_session(scored)
     manifest["metrics"] = _score(ctx, f"jetson {precision} ({scored.name} in onnxruntime, CPU)",
@@ -248,8 +280,8 @@ def export(req: ExportRequest, log: Callable[[str], None] = print) -> list[Path]
     calibrated = [p for p in precisions if p in target.calibrated]
     if calibrated and req.data is None:
         raise ConfigError(f"--data is required: {target.name} {', '.join(calibrated)} needs calibration cases")
-    if req.max_auc_drop is not None and not (target.name == "openvino" and "int8" in precisions):
-        raise ConfigError("--max-auc-drop applies to --target openvino --precision int8 only")
+    if req.max_auc_drop is not None and "int8" not in precisions:
+        raise ConfigError("--max-auc-drop is the INT8 gate's margin: it applies to --precision int8 only")
     destinations = _check_destinations(req, target, precisions)
 
     model = load_model(weights).eval()
@@ -260,8 +292,17 @@ def export(req: ExportRequest, log: Callable[[str], None] = print) -> list[Path]
         calib = build_calibration_set(release, preprocess, req.calibration_split, req.calibration_cases, req.seed)
         log(f"calibration: {len(calib)} cases of the {req.calibration_split} split, stratified by diagnosis")
     evaluation = _arrays(release, req.eval_split, preprocess) if release and req.eval_split else None
-    validation = _arrays(release, "valid", preprocess) if release and req.max_auc_drop is not None else None
     reference = compute_metrics(run_torch(model, *evaluation[:2]), evaluation[2]) if evaluation else None
+    valid = None
+    if "int8" in precisions:
+        cases = release.split("valid")
+        if not cases:
+            raise ConfigError(f"{release.root}: the valid split is empty: the INT8 gate needs it")
+        clinical, dermoscopy = load_arrays(cases, preprocess)
+        margin = DEFAULT_INT8_MARGIN if req.max_auc_drop is None else req.max_auc_drop
+        valid = int8_gate.ValidSplit(clinical, dermoscopy, np.array([c.labels for c in cases]),
+                                     [c.case_id for c in cases], run_torch(model, clinical, dermoscopy),
+                                     GateSettings(max_auc_drop=margin, seed=req.seed))
     meta = read_metadata(weights)
     source = {"run": str(req.run), "weights": str(weights), "sha256": sha256_file(weights),
               "weights_of": meta.get("source"),
@@ -280,8 +321,7 @@ def export(req: ExportRequest, log: Callable[[str], None] = print) -> list[Path]
         if diff > PARITY_TOLERANCE:
             raise ConfigError(f"{req.run}: ONNX export differs from PyTorch by {diff:.2e} (> {PARITY_TOLERANCE})")
         source["onnx_parity_max_abs_diff"] = diff
-        ctx = Context(model, preprocess, onnx_fp32, source, calib, evaluation, validation, reference,
-                      req.eval_split, req.max_auc_drop, log)
+        ctx = Context(model, preprocess, onnx_fp32, source, calib, evaluation, valid, reference, req.eval_split, log)
         for precision, destination in destinations.items():
             with staged_bundle(destination, force=req.force) as directory:
                 FORMAT_FUNCTIONS[target.name](ctx, target, precision, directory)

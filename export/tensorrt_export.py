@@ -27,7 +27,8 @@ QDQ_QUANTIZER = "onnxruntime.quantization.quantize_static (QDQ, symmetric int8, 
 QUANTIZED_OPS = ["Conv", "MatMul", "Gemm"]
 
 
-def quantize_qdq(fp32_onnx: Path, out: Path, calib: CalibrationSet) -> Path:
+def quantize_qdq(fp32_onnx: Path, out: Path, calib: CalibrationSet, exclude: list[str] | tuple = ()) -> Path:
+    """The symmetric Q/DQ graph; layers named in `exclude` stay in float (export/int8_gate.py chooses them)."""
     # ONNX shape inference only: ORT's graph optimisations could introduce ORT-specific
     # fused ops that TensorRT's parser does not know, and ORT's symbolic shape
     # inference gives up on Swin's window reshapes.
@@ -37,6 +38,7 @@ def quantize_qdq(fp32_onnx: Path, out: Path, calib: CalibrationSet) -> Path:
         str(prepared), str(out), OrtCalibrationReader(calib),
         quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
         per_channel=True, op_types_to_quantize=QUANTIZED_OPS, calibrate_method=CalibrationMethod.MinMax,
+        nodes_to_exclude=list(exclude),
         extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
                        "OpTypesToExcludeOutputQuantization": QUANTIZED_OPS},
     )

@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 
 from edgederm import labels as L
-from edgederm.benchmarks.gate import GateSettings, auc_comparison, bootstrap_counts, decision_flips, judge, weighted_aucs
+from edgederm.evaluation.gate import (
+    GateSettings,
+    auc_comparison,
+    bootstrap_counts,
+    decision_flips,
+    judge,
+    weighted_aucs,
+)
 from edgederm.evaluation.metrics import compute_metrics, roc_auc
 
 N = 300

@@ -12,7 +12,7 @@ import shutil
 import pytest
 
 from edgederm.benchmarks.bench import run_bench
-from edgederm.benchmarks.gate import GateSettings
+from edgederm.evaluation.gate import GateSettings
 from edgederm.benchmarks.report import write_reports
 
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

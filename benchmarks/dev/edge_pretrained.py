@@ -29,8 +29,8 @@ from pathlib import Path
 from workdir import ensure_bundles, synthetic_release
 
 from edgederm.benchmarks.bench import run_bench
-from edgederm.benchmarks.gate import GateSettings
 from edgederm.evaluation.evaluate import evaluate_run
+from edgederm.evaluation.gate import GateSettings
 from edgederm.training.recipe import resolve_config
 from edgederm.training.trainer import train
 

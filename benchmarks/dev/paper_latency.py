@@ -21,8 +21,8 @@ import torch
 from workdir import ensure_bundles, synthetic_release
 
 from edgederm.benchmarks.bench import run_bench
-from edgederm.benchmarks.gate import GateSettings
 from edgederm.benchmarks.report import write_reports
+from edgederm.evaluation.gate import GateSettings
 from edgederm.models import create_model, get_preset
 from edgederm.models.io import save_weights
 

@@ -7,6 +7,9 @@ benchmarks/results/, never typed.
     python benchmarks/dev/readme_figures.py --check                # exit 1 when the README differs (tests run this)
 
 Blocks:
+- include:PATH: a result file a benchmark script wrote (its own title left out, its headings
+  demoted below the README's), e.g. `<!-- figures:include:benchmarks/results/paper-latency-batch1.md -->`.
+- presets: parameters and GFLOPs per preset (benchmarks/results/presets.json, from presets.py).
 - quickstart: the headline of `edgederm quickstart` (benchmarks/results/quickstart.json, the bench
   report it wrote, latency samples dropped): per variant averaged AUC, the gate's AUC drop with its
   95 % interval and upper bound, decision flips, latency and verdict.
@@ -22,6 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "benchmarks" / "results"
 QUICKSTART = RESULTS / "quickstart.json"
+PRESETS = RESULTS / "presets.json"
 
 
 def record_quickstart(folder: Path) -> Path:
@@ -61,20 +65,48 @@ def quickstart_block(report: dict) -> str:
         lines.append(f"| {r['name']} | {100 * r['accuracy']['avg_auc']:.2f} | {drop} | {upper} | "
                      f"{_flips(flips.get('diagnosis'))} | {_flips(flips.get('seven_point'))} | "
                      f"{r['latency'][0]['mean_ms']:.1f} ms | {r['verdict']} |")
-    lines += ["", f"Fastest variant that passes: **{report['fastest_passing'] or 'none'}**."]
+    lines += ["", f"Fastest variant that passes: **{report['fastest_passing'] or 'none'}**."
+              + (f" The quickstart took {report['minutes']:.1f} min, install not included." if "minutes" in report
+                 else "")]
     return "\n".join(lines)
 
 
-BLOCKS = {"quickstart": lambda: quickstart_block(json.loads(QUICKSTART.read_text()))}
+def presets_block(rows: list[dict]) -> str:
+    lines = ["| preset | clinical / dermoscopy encoder | fusion | px | params (M) | GFLOPs | paper (M) |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        paper = "-" if r["paper_params_m"] is None else f"{r['paper_params_m']:.2f}"
+        lines.append(f"| `{r['preset']}` | {r['clinical_encoder']} / {r['derm_encoder']} | {r['fusion'].upper()} | "
+                     f"{r['img_size']} | {r['params_m']:.2f} | {r['gflops']:.2f} | {paper} |")
+    return "\n".join(lines)
+
+
+def include_block(relative: str) -> str:
+    """A committed result file, minus its first-level title, its other headings demoted to ####."""
+    path = REPO / relative
+    if not path.resolve().is_relative_to(RESULTS):
+        raise SystemExit(f"README: figures:include:{relative} is not under benchmarks/results/")
+    lines = path.read_text().strip().splitlines()
+    if lines and lines[0].startswith("# "):
+        lines = lines[1:]
+    return "\n".join("#### " + line.lstrip("#").strip() if line.startswith("#") else line for line in lines).strip()
+
+
+BLOCKS = {"quickstart": lambda: quickstart_block(json.loads(QUICKSTART.read_text())),
+          "presets": lambda: presets_block(json.loads(PRESETS.read_text()))}
+BLOCK = re.compile(r"(<!-- figures:([\w:./-]+) -->\n).*?(<!-- /figures:\2 -->)", re.S)
 
 
 def render(readme: str) -> str:
-    for name, make in BLOCKS.items():
-        pattern = re.compile(rf"(<!-- figures:{name} -->\n).*?(<!-- /figures:{name} -->)", re.S)
-        if not pattern.search(readme):
+    for name in BLOCKS:
+        if f"<!-- figures:{name} -->" not in readme:
             raise SystemExit(f"README: no <!-- figures:{name} --> block")
-        readme = pattern.sub(lambda m: m.group(1) + make() + "\n" + m.group(2), readme)
-    return readme
+
+    def make(match: re.Match) -> str:
+        name = match.group(2)
+        body = include_block(name.removeprefix("include:")) if name.startswith("include:") else BLOCKS[name]()
+        return match.group(1) + body + "\n" + match.group(3)
+    return BLOCK.sub(make, readme)
 
 
 def main() -> int:

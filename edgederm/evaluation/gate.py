@@ -30,7 +30,9 @@ right where the reference was wrong), "away" from it (the reverse) or
 "neither" (both wrong). The rates are always reported; `--max-flip-rate`
 (percent of cases) gates on them when asked.
 
-numpy only: the gate runs on the device, inside `edgederm bench`.
+numpy only: the gate runs on the device, inside `edgederm bench`. It lives in
+the evaluation stage because export (left of benchmarks in the data flow)
+applies the same gate to choose its INT8 graph on the valid split.
 """
 from __future__ import annotations
 

@@ -1,0 +1,36 @@
+"""Parameters and GFLOPs of every preset, as `edgederm model summary` counts them,
+beside the paper's parameter counts; writes benchmarks/results/presets.json
+(the README's presets table is generated from it by readme_figures.py).
+
+    python benchmarks/dev/presets.py
+
+Random weights: counts do not depend on them. About a minute on a 2-core CPU.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from edgederm.models import PRESETS, create_model, get_preset
+from edgederm.models.summary import summarize
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+# Parameter counts in the paper's ablation (millions; DESIGN.md section 2).
+PAPER_PARAMS_M = {"paper": 33.06, "aff-aab": 33.06, "aff-bab": 33.88, "aff-cat": 32.48, "sff-cat": 58.49}
+
+
+def main() -> None:
+    rows = []
+    for name in PRESETS:
+        cfg = get_preset(name)
+        total = summarize(create_model(cfg))["total"]
+        rows.append({"preset": name, "clinical_encoder": cfg.clinical_encoder, "derm_encoder": cfg.derm_encoder,
+                     "fusion": cfg.fusion, "img_size": cfg.img_size, "params_m": total["params_m"],
+                     "gflops": total["gflops"], "paper_params_m": PAPER_PARAMS_M.get(name)})
+        print(f"{name:<8} {total['params_m']:6.2f} M  {total['gflops']:6.2f} GFLOPs")
+    (RESULTS / "presets.json").write_text(json.dumps(rows, indent=1) + "\n")
+    print(f"wrote {RESULTS / 'presets.json'}")
+
+
+if __name__ == "__main__":
+    main()
