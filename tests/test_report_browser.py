@@ -12,8 +12,8 @@ import shutil
 import pytest
 
 from edgederm.benchmarks.bench import run_bench
-from edgederm.evaluation.gate import GateSettings
 from edgederm.benchmarks.report import write_reports
+from edgederm.evaluation.gate import GateSettings
 
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
