@@ -8,7 +8,7 @@ work starts; bundles are staged and renamed into place (edgederm/runtime/bundle.
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -273,58 +273,87 @@ def synthetic_inputs(preprocess: PreprocessConfig, count: int, seed: int) -> tup
 
 
 def export(req: ExportRequest, log: Callable[[str], None] = print) -> list[Path]:
-    target, precisions = parse_request(req.target, req.precisions)
-    weights = req.run / "model.safetensors"
+    """One target's bundles (`edgederm export`)."""
+    return export_many([req], log)
+
+
+_SHARED = ("run", "data", "calibration_cases", "calibration_split", "eval_split", "seed")
+
+
+def export_many(requests: list[ExportRequest], log: Callable[[str], None] = print,
+                on_refused: Callable[[int8_gate.NoPassingInt8], None] | None = None) -> list[Path]:
+    """Several targets of one run in one pass: the model, the ONNX graph and its parity check, the
+    calibration set and the valid and test arrays are made once (the quickstart exports four targets).
+
+    Every argument is checked before any work. A refused INT8 bundle (no graph passes the gate on valid)
+    raises, unless `on_refused` takes it: then the other bundles are still written."""
+    first = requests[0]
+    mixed = [k for k in _SHARED for r in requests if getattr(r, k) != getattr(first, k)]
+    if mixed:
+        raise ConfigError(f"exports of one pass must share {', '.join(sorted(set(mixed)))}")
+    plans = []
+    for req in requests:
+        target, precisions = parse_request(req.target, req.precisions)
+        calibrated = [p for p in precisions if p in target.calibrated]
+        if calibrated and req.data is None:
+            raise ConfigError(f"--data is required: {target.name} {', '.join(calibrated)} needs calibration cases")
+        if req.max_auc_drop is not None and "int8" not in precisions:
+            raise ConfigError("--max-auc-drop is the INT8 gate's margin: it applies to --precision int8 only")
+        plans.append((req, target, _check_destinations(req, target, precisions)))
+    weights = first.run / "model.safetensors"
     if not weights.is_file():
         raise ConfigError(f"{weights}: not found (has training finished? export needs a finished run)")
-    calibrated = [p for p in precisions if p in target.calibrated]
-    if calibrated and req.data is None:
-        raise ConfigError(f"--data is required: {target.name} {', '.join(calibrated)} needs calibration cases")
-    if req.max_auc_drop is not None and "int8" not in precisions:
-        raise ConfigError("--max-auc-drop is the INT8 gate's margin: it applies to --precision int8 only")
-    destinations = _check_destinations(req, target, precisions)
 
     model = load_model(weights).eval()
     preprocess = model.cfg.preprocess()
-    release = read_release(req.data) if req.data else None
+    release = read_release(first.data) if first.data else None
     calib = None
-    if calibrated:
-        calib = build_calibration_set(release, preprocess, req.calibration_split, req.calibration_cases, req.seed)
-        log(f"calibration: {len(calib)} cases of the {req.calibration_split} split, stratified by diagnosis")
-    evaluation = _arrays(release, req.eval_split, preprocess) if release and req.eval_split else None
+    if any(p in target.calibrated for _, target, destinations in plans for p in destinations):
+        calib = build_calibration_set(release, preprocess, first.calibration_split, first.calibration_cases,
+                                      first.seed)
+        log(f"calibration: {len(calib)} cases of the {first.calibration_split} split, stratified by diagnosis")
+    evaluation = _arrays(release, first.eval_split, preprocess) if release and first.eval_split else None
     reference = compute_metrics(run_torch(model, *evaluation[:2]), evaluation[2]) if evaluation else None
     valid = None
-    if "int8" in precisions:
+    if any("int8" in destinations for _, _, destinations in plans):
         cases = release.split("valid")
         if not cases:
             raise ConfigError(f"{release.root}: the valid split is empty: the INT8 gate needs it")
         clinical, dermoscopy = load_arrays(cases, preprocess)
-        margin = DEFAULT_INT8_MARGIN if req.max_auc_drop is None else req.max_auc_drop
         valid = int8_gate.ValidSplit(clinical, dermoscopy, np.array([c.labels for c in cases]),
                                      [c.case_id for c in cases], run_torch(model, clinical, dermoscopy),
-                                     GateSettings(max_auc_drop=margin, seed=req.seed))
+                                     GateSettings(max_auc_drop=DEFAULT_INT8_MARGIN, seed=first.seed))
     meta = read_metadata(weights)
-    source = {"run": str(req.run), "weights": str(weights), "sha256": sha256_file(weights),
+    source = {"run": str(first.run), "weights": str(weights), "sha256": sha256_file(weights),
               "weights_of": meta.get("source"),
               # where each encoder's training started: traces a deployed model to its ImageNet source
               "initial_weights": meta.get("initial_weights"), "reference_metrics": None if reference is None else {
-                  "split": req.eval_split, "avg_auc": reference["avg_auc"], "avg_acc": reference["avg_acc"]}}
+                  "split": first.eval_split, "avg_auc": reference["avg_auc"], "avg_acc": reference["avg_acc"]}}
 
     written = []
     with tempfile.TemporaryDirectory(prefix="edgederm-export-") as tmp:
         onnx_fp32 = export_onnx(model, Path(tmp) / "model.onnx")
-        parity_clinical, parity_derm = synthetic_inputs(preprocess, PARITY_CASES, req.seed)
+        parity_clinical, parity_derm = synthetic_inputs(preprocess, PARITY_CASES, first.seed)
         diff = float(np.abs(run_onnx(onnxruntime_session(onnx_fp32), parity_clinical, parity_derm)
                             - run_torch(model, parity_clinical, parity_derm)).max())
-        what = f"{PARITY_CASES} synthetic cases"
-        log(f"ONNX parity with PyTorch on {what}: max |probability difference| {diff:.2e}")
+        log(f"ONNX parity with PyTorch on {PARITY_CASES} synthetic cases: max |probability difference| {diff:.2e}")
         if diff > PARITY_TOLERANCE:
-            raise ConfigError(f"{req.run}: ONNX export differs from PyTorch by {diff:.2e} (> {PARITY_TOLERANCE})")
+            raise ConfigError(f"{first.run}: ONNX export differs from PyTorch by {diff:.2e} (> {PARITY_TOLERANCE})")
         source["onnx_parity_max_abs_diff"] = diff
-        ctx = Context(model, preprocess, onnx_fp32, source, calib, evaluation, valid, reference, req.eval_split, log)
-        for precision, destination in destinations.items():
-            with staged_bundle(destination, force=req.force) as directory:
-                FORMAT_FUNCTIONS[target.name](ctx, target, precision, directory)
-            log(f"wrote {destination}")
-            written.append(destination)
+        for req, target, destinations in plans:
+            margin = DEFAULT_INT8_MARGIN if req.max_auc_drop is None else req.max_auc_drop
+            ctx = Context(model, preprocess, onnx_fp32, source, calib, evaluation,
+                          None if valid is None else replace(valid, settings=replace(valid.settings, max_auc_drop=margin)),
+                          reference, first.eval_split, log)
+            for precision, destination in destinations.items():
+                try:
+                    with staged_bundle(destination, force=req.force) as directory:
+                        FORMAT_FUNCTIONS[target.name](ctx, target, precision, directory)
+                except int8_gate.NoPassingInt8 as refusal:
+                    if on_refused is None:
+                        raise
+                    on_refused(refusal)
+                    continue
+                log(f"wrote {destination}")
+                written.append(destination)
     return written

@@ -49,15 +49,17 @@ def test_a_refused_int8_export_is_a_verdict_not_a_broken_stage(tmp_path, monkeyp
     """When no INT8 graph passes on valid, the quickstart reports the variant as refused, benches the
     rest and ends 0 (1 with --strict). The refusal itself is tested for real in test_int8_gate.py;
     here the export is told to refuse, on a small release."""
-    import edgederm.quickstart as qs
+    import edgederm.export.exporter as exporter
     from edgederm.export.int8_gate import NoPassingInt8
-    real_export = qs.export
 
-    def refusing_export(request, log):
-        if request.precisions == "int8":
-            raise NoPassingInt8(f"{request.target} int8: no INT8 graph passes the gate on the valid split (test)")
-        return real_export(request, log)
-    monkeypatch.setattr(qs, "export", refusing_export)
+    def refusing(real):
+        def write(ctx, target, precision, directory):
+            if precision == "int8":
+                raise NoPassingInt8(f"{target.name} int8: no INT8 graph passes the gate on the valid split (test)")
+            return real(ctx, target, precision, directory)
+        return write
+    for name in ("openvino", "jetson"):
+        monkeypatch.setitem(exporter.FORMAT_FUNCTIONS, name, refusing(exporter.FORMAT_FUNCTIONS[name]))
     reduced = ["--out", str(tmp_path / "qs"), "--cases", "40", "--epochs", "1", "--img-size", "64",
                "--batch-size", "8", "--runs", "2"]
     runner = CliRunner()
@@ -65,7 +67,8 @@ def test_a_refused_int8_export_is_a_verdict_not_a_broken_stage(tmp_path, monkeyp
     assert plain.exit_code == 0, plain.output[-3000:]
     rows = {r["name"]: r for r in json.loads((tmp_path / "qs" / "report" / "report.json").read_text())["variants"]}
     assert rows["tiny-openvino-int8"]["status"] == rows["tiny-jetson-int8@onnxruntime"]["status"] == "refused"
-    assert rows["tiny-onnx-fp32"]["status"] == "ok"
+    assert rows["tiny-onnx-fp32"]["status"] == rows["tiny-openvino-fp32"]["status"] == "ok"
+    assert not (tmp_path / "qs" / "exports" / "tiny-openvino-int8").exists()
     assert "no INT8 graph passes" in plain.output
     strict = runner.invoke(app, ["quickstart", *reduced, "--strict"])
     assert strict.exit_code == 1
