@@ -133,8 +133,8 @@ def model_summary(
 
 _TRAIN_MODEL_FLAGS = ("clinical_encoder", "derm_encoder", "fusion", "fusion_stages", "img_size", "normalization")
 _TRAIN_RECIPE_FLAGS = ("epochs", "batch_size", "lr", "encoder_lr_scale", "weight_decay", "warmup_epochs", "swa_epochs",
-                       "swa_lr", "augment", "class_weights", "seed", "workers", "amp", "pretrained_clinical",
-                       "pretrained_derm")
+                       "swa_lr", "validate_every", "augment", "class_weights", "seed", "workers", "amp",
+                       "pretrained_clinical", "pretrained_derm")
 
 
 def _as_flags(values: dict) -> list[str]:
@@ -174,6 +174,8 @@ def train_command(
     warmup_epochs: Annotated[Optional[int], typer.Option(help="Linear warm-up epochs.")] = None,
     swa_epochs: Annotated[Optional[int], typer.Option(help="Average the weights of the last N epochs (0: off).")] = None,
     swa_lr: Annotated[Optional[float], typer.Option(help="Learning rate while averaging.")] = None,
+    validate_every: Annotated[Optional[int], typer.Option(
+        help="Score the valid split every N epochs and after the last (tiny: 4; others: 1).")] = None,
     augment: Annotated[Optional[bool], typer.Option("--augment/--no-augment", help="Training augmentation.")] = None,
     class_weights: Annotated[Optional[bool], typer.Option("--class-weights/--no-class-weights",
                                                           help="Inverse-frequency weighted cross-entropy.")] = None,

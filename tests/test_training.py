@@ -105,6 +105,20 @@ def test_pretrained_run_records_its_source_and_uses_the_encoder_rate(synthetic_r
     assert epoch["lr"] > 0 and epoch["encoder_lr"] == pytest.approx(0.25 * epoch["lr"])
 
 
+def test_scoring_valid_less_often_leaves_the_averaged_model_unchanged(trained_run, synthetic_release, tmp_path):
+    model_cfg, train_cfg = fast_configs(validate_every=2)
+    run = tmp_path / "sparse"
+    train(synthetic_release, run, model_cfg, train_cfg, progress=False)
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [x["valid_avg_auc"] is not None for x in lines] == [False, True, True]   # every 2nd epoch, and the last
+    sparse, every = load_file(run / "swa.safetensors"), load_file(trained_run / "swa.safetensors")
+    for key in every:
+        torch.testing.assert_close(sparse[key], every[key], rtol=0, atol=0, msg=key)
+    assert json.loads((run / "config.json").read_text())["train"]["validate_every"] == 2
+    with pytest.raises(ConfigError, match="validate_every must be >= 1"):
+        TrainConfig(validate_every=0)
+
+
 def test_a_checkpoint_from_before_encoder_rates_is_a_one_line_error(trained_run, synthetic_release, tmp_path):
     import shutil
     run = tmp_path / "old"

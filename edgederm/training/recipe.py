@@ -41,6 +41,7 @@ class TrainConfig:
     warmup_epochs: int = 0
     swa_epochs: int = 50          # SWA over the last N epochs (0: off)
     swa_lr: float = 1.5e-5        # constant learning rate while averaging
+    validate_every: int = 1       # score valid every N epochs (and always after the last)
     augment: bool = True
     class_weights: bool = False   # inverse-frequency weighted cross-entropy
     seed: int = 0
@@ -61,6 +62,8 @@ class TrainConfig:
             problems.append(f"swa_epochs must be between 0 and epochs ({self.epochs})")
         if self.lr <= 0 or self.swa_lr <= 0 or self.encoder_lr_scale <= 0:
             problems.append("lr, swa_lr and encoder_lr_scale must be > 0")
+        if self.validate_every < 1:
+            problems.append("validate_every must be >= 1")
         if not 0 <= self.warmup_epochs < self.epochs:
             problems.append("warmup_epochs must be >= 0 and < epochs")
         if problems:
@@ -82,6 +85,10 @@ class TrainConfig:
         progress = (epoch - self.warmup_epochs) / span
         return 0.5 * (1 + math.cos(math.pi * progress))
 
+    def validates(self, epoch: int) -> bool:
+        """Whether `epoch` (0-based) is scored on valid: every `validate_every`-th, and the last."""
+        return (epoch + 1) % self.validate_every == 0 or epoch == self.epochs - 1
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -89,8 +96,10 @@ class TrainConfig:
 RECIPES: dict[str, TrainConfig] = {
     "paper": TrainConfig(),
     # Random init on a few hundred cases needs a far higher rate than fine-tuning.
+    # With SWA the final weights never depend on validation, so tiny scores valid every 4th epoch only
+    # (about 2 s of each 14 s CPU epoch saved; the averaged model is the same bit for bit).
     "tiny": TrainConfig(epochs=16, batch_size=24, lr=2e-3, weight_decay=1e-4, warmup_epochs=1,
-                        swa_epochs=4, swa_lr=2e-4, amp=False, pretrained_clinical="none", pretrained_derm="none",
+                        swa_epochs=4, swa_lr=2e-4, validate_every=4, amp=False, pretrained_clinical="none", pretrained_derm="none",
                         source="tiny: CPU smoke recipe; Adam 2e-3 (random init), cosine, SWA last 4 of 16"),
     "edge": TrainConfig(epochs=30, batch_size=24, lr=1e-3, encoder_lr_scale=0.1, weight_decay=1e-4, warmup_epochs=2,
                         swa_epochs=5, swa_lr=1e-4,

@@ -2,7 +2,7 @@
 
     run_dir/
       config.json          resolved model, train and preprocessing config, data path, versions
-      metrics.jsonl        one line per epoch: loss, throughput, lr, validation AUC / ACC
+      metrics.jsonl        one line per epoch: loss, throughput, lr, validation AUC / ACC (null where not scored)
       checkpoints/         the last epoch's resumable state (edgederm.training.checkpoint)
       best.safetensors     weights with the best validation averaged AUC
       swa.safetensors      the stochastic-weight average (BatchNorm statistics recomputed)
@@ -262,23 +262,26 @@ def _train(data: Path, run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, 
         train_seconds = time.perf_counter() - started
 
         if dist.main:
-            branch_probs, labels = predict_branches(model, valid_loader, device)
-            metrics = compute_metrics(weighted_final(branch_probs, model.branch_weights.tolist()), labels)
             record = {"epoch": epoch, "train_loss": total_loss / max(1, n_batches),
                       "lr": optimizer.param_groups[0]["lr"], "encoder_lr": optimizer.param_groups[1]["lr"],
                       "seconds": round(train_seconds, 2),
                       "pairs_per_second": round(n_samples * dist.world_size / train_seconds, 2),
-                      "valid_avg_auc": metrics["avg_auc"], "valid_avg_acc": metrics["avg_acc"]}
+                      "valid_avg_auc": None, "valid_avg_acc": None}
+            if cfg.validates(epoch):
+                branch_probs, labels = predict_branches(model, valid_loader, device)
+                metrics = compute_metrics(weighted_final(branch_probs, model.branch_weights.tolist()), labels)
+                record.update(valid_avg_auc=metrics["avg_auc"], valid_avg_acc=metrics["avg_acc"])
+                if metrics["avg_auc"] > best_score:
+                    best_score = metrics["avg_auc"]
+                    save_weights(model, run_dir / "best.safetensors",
+                                 extra={"epoch": epoch, "valid_avg_auc": best_score, "initial_weights": initial_weights})
             with open(run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
-            if metrics["avg_auc"] > best_score:
-                best_score = metrics["avg_auc"]
-                save_weights(model, run_dir / "best.safetensors", extra={"epoch": epoch, "valid_avg_auc": best_score,
-                                                                          "initial_weights": initial_weights})
             save_checkpoint(run_dir, epoch, model, optimizer, scheduler, swa_model, best_score)
             if progress:
-                tqdm.write(f"epoch {epoch + 1}: loss {record['train_loss']:.3f}  valid AUC "
-                           f"{100 * metrics['avg_auc']:.1f}  ACC {100 * metrics['avg_acc']:.1f}  "
+                scored = (f"  valid AUC {100 * record['valid_avg_auc']:.1f}  ACC {100 * record['valid_avg_acc']:.1f}"
+                          if record["valid_avg_auc"] is not None else "")
+                tqdm.write(f"epoch {epoch + 1}: loss {record['train_loss']:.3f}{scored}  "
                            f"{record['pairs_per_second']:.1f} pairs/s")
         dist.barrier()
 
