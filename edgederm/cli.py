@@ -114,13 +114,16 @@ def model_summary(
     config: Annotated[Optional[Path], typer.Option(help="A model config JSON file (overrides --preset).")] = None,
     pretrained_clinical: Annotated[str, typer.Option(help=_PRETRAINED_HELP.format("clinical"))] = "none",
     pretrained_derm: Annotated[str, typer.Option(help=_PRETRAINED_HELP.format("dermoscopy"))] = "none",
+    branch_features: Annotated[Optional[str], typer.Option(
+        help="What the clinical and dermoscopy heads read: pre_logits or last_stage.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ):
     """Parameters (millions) and GFLOPs per component and in total."""
     from edgederm.models import ModelConfig, create_model, get_preset
+    from edgederm.models.config import with_overrides
     from edgederm.models.pretrained import initialize
     from edgederm.models.summary import format_summary, summarize
-    cfg = ModelConfig.load(config) if config else get_preset(preset)
+    cfg = with_overrides(ModelConfig.load(config) if config else get_preset(preset), branch_features=branch_features)
     if not as_json:
         typer.echo(f"{config or preset}: {cfg.framework.upper()}+{cfg.fusion.upper()}, clinical "
                    f"{cfg.clinical_encoder}, dermoscopy {cfg.derm_encoder}, {cfg.img_size} px, fusion at stages "
@@ -131,10 +134,12 @@ def model_summary(
     typer.echo(json.dumps(summary, indent=2) if as_json else format_summary(summary))
 
 
-_TRAIN_MODEL_FLAGS = ("clinical_encoder", "derm_encoder", "fusion", "fusion_stages", "img_size", "normalization")
+_TRAIN_MODEL_FLAGS = ("clinical_encoder", "derm_encoder", "fusion", "fusion_stages", "img_size", "normalization",
+                      "branch_features", "crop", "drop_rate")
 _TRAIN_RECIPE_FLAGS = ("epochs", "batch_size", "lr", "encoder_lr_scale", "weight_decay", "warmup_epochs", "swa_epochs",
                        "swa_lr", "validate_every", "augment", "class_weights", "seed", "workers", "amp",
-                       "pretrained_clinical", "pretrained_derm")
+                       "pretrained_clinical", "pretrained_derm", "optimizer", "schedule", "augment_policy",
+                       "label_smoothing", "branch_weights_tta")
 
 
 def _as_flags(values: dict) -> list[str]:
@@ -167,6 +172,12 @@ def train_command(
     img_size: Annotated[Optional[int], typer.Option(help="Input size in pixels.")] = None,
     normalization: Annotated[Optional[str], typer.Option(
         help="Input mean/std: imagenet or inception ([-1, 1]); must suit pretrained encoders.")] = None,
+    branch_features: Annotated[Optional[str], typer.Option(
+        help="What the clinical and dermoscopy heads read: pre_logits (the encoder's pooled pretrained "
+             "representation, conv head included) or last_stage (the last stage map, pooled).")] = None,
+    crop: Annotated[Optional[str], typer.Option(
+        help="What of each photo is resized, here and on the device: none (all of it) or center (central square).")] = None,
+    drop_rate: Annotated[Optional[float], typer.Option(help="Dropout before each head.")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Epochs in all (SWA included).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Batch size per process.")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Adam learning rate.")] = None,
@@ -176,7 +187,15 @@ def train_command(
     swa_lr: Annotated[Optional[float], typer.Option(help="Learning rate while averaging.")] = None,
     validate_every: Annotated[Optional[int], typer.Option(
         help="Score the valid split every N epochs and after the last (tiny: 4; others: 1).")] = None,
+    optimizer: Annotated[Optional[str], typer.Option(help="adam, adamw or sgd (momentum 0.9, Nesterov).")] = None,
+    schedule: Annotated[Optional[str], typer.Option(help="After warm-up, before SWA: cosine, linear or constant.")] = None,
     augment: Annotated[Optional[bool], typer.Option("--augment/--no-augment", help="Training augmentation.")] = None,
+    augment_policy: Annotated[Optional[str], typer.Option(
+        help="fusionm4net (default) or light; each limit can be changed in a config file's [train] table.")] = None,
+    label_smoothing: Annotated[Optional[float], typer.Option(help="Cross-entropy label smoothing.")] = None,
+    branch_weights_tta: Annotated[Optional[bool], typer.Option(
+        "--branch-weights-tta/--no-branch-weights-tta",
+        help="Search the branch weights on 6-view TTA outputs of valid (for evaluate --tta).")] = None,
     class_weights: Annotated[Optional[bool], typer.Option("--class-weights/--no-class-weights",
                                                           help="Inverse-frequency weighted cross-entropy.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed; a CPU run with the same seed is repeatable.")] = None,

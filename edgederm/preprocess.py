@@ -32,6 +32,9 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 INTERPOLATIONS = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC}
+# What of the photo is kept before resizing: "none" = all of it (the aspect ratio is squashed; the lesion
+# keeps its whole context), "center" = the central square (aspect kept, the long side's edges dropped).
+CROPS = ("none", "center")
 
 # ANYDEPTH keeps 16-bit data so we can scale it ourselves; ANYCOLOR keeps
 # grayscale as one channel so we can refuse it. Unlike IMREAD_UNCHANGED this
@@ -44,7 +47,8 @@ class PreprocessConfig:
     """How a photo becomes a model input. Recorded in every bundle manifest."""
 
     size: int = 224
-    resize: str = "area"            # key of INTERPOLATIONS; whole image to size x size
+    resize: str = "area"            # key of INTERPOLATIONS
+    crop: str = "none"              # key of CROPS: what is resized to size x size
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     channel_order: str = "RGB"
@@ -55,6 +59,8 @@ class PreprocessConfig:
         if self.resize not in INTERPOLATIONS:
             raise ConfigError(f"preprocessing: unknown resize rule {self.resize!r} "
                               f"(choose from {', '.join(INTERPOLATIONS)})")
+        if self.crop not in CROPS:
+            raise ConfigError(f"preprocessing: unknown crop rule {self.crop!r} (choose from {', '.join(CROPS)})")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -154,8 +160,13 @@ def read_image(path: str | Path) -> np.ndarray:
     return decode_image(data, str(path))
 
 
-def resize_image(img: np.ndarray, size: int, rule: str = "area") -> np.ndarray:
-    """Resize the whole image to size x size (no crop; lesions fill the frame)."""
+def resize_image(img: np.ndarray, size: int, rule: str = "area", crop: str = "none") -> np.ndarray:
+    """The image (crop "none") or its central square (crop "center") resized to size x size."""
+    if crop == "center":
+        height, width = img.shape[:2]
+        side = min(height, width)
+        top, left = (height - side) // 2, (width - side) // 2
+        img = img[top:top + side, left:left + side]
     if img.shape[0] == size and img.shape[1] == size:
         return img
     return cv2.resize(img, (size, size), interpolation=INTERPOLATIONS[rule])
@@ -174,7 +185,7 @@ def preprocess_image(img: np.ndarray, cfg: PreprocessConfig, source: str = "imag
     if min(height, width) < cfg.size:
         raise ImageError(f"{source}: photo of {width} x {height} pixels is smaller than the model's "
                          f"{cfg.size}-pixel input on its short side; use the original photo, not a thumbnail")
-    return normalize(resize_image(img, cfg.size, cfg.resize), cfg.mean, cfg.std)
+    return normalize(resize_image(img, cfg.size, cfg.resize, cfg.crop), cfg.mean, cfg.std)
 
 
 def load_input(path: str | Path, cfg: PreprocessConfig) -> np.ndarray:

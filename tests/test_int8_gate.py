@@ -52,7 +52,7 @@ def test_jetson_keeps_the_most_sensitive_layers_in_float_until_the_gate_passes(t
 def test_no_passing_int8_graph_stops_the_export_and_writes_nothing(trained_run, synthetic_release, tmp_path):
     runner = CliRunner()
     result = runner.invoke(app, ["export", "--run", str(trained_run), "--target", "jetson", "--data",
-                                 str(synthetic_release), "--out", str(tmp_path), "--max-auc-drop", "-1"])
+                                 str(synthetic_release), "--out", str(tmp_path), "--max-auc-drop", "-100"])
     assert result.exit_code == 1
     error = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(error) == 1 and "no INT8 graph passes the gate on the valid split" in error[0]

@@ -55,7 +55,7 @@ def test_shapes_hold_at_every_configured_stage_and_gradients_reach_both_encoders
     torch.manual_seed(0)
     model = create_model(ModelConfig(**{**SMALL.to_dict(), "fusion": fusion}))
     clinical, derm = torch.randn(2, 3, 64, 64), torch.randn(2, 3, 64, 64)
-    c_feats, d_feats = model.clinical_encoder(clinical), model.derm_encoder(derm)
+    (c_feats, _), (d_feats, _) = model.clinical_encoder(clinical), model.derm_encoder(derm)
     for fusion_block, s, c in zip(model.fusions, model.fusion_stages, model.clinical_stages):
         fused = fusion_block(c_feats[c], d_feats[s])
         assert fused.shape[0] == 2 and fused.shape[-2:] == d_feats[s].shape[-2:]
@@ -69,6 +69,85 @@ def test_shapes_hold_at_every_configured_stage_and_gradients_reach_both_encoders
     for encoder in (model.clinical_encoder, model.derm_encoder):
         grads = [p.grad for p in encoder.parameters() if p.requires_grad]
         assert any(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+@pytest.mark.parametrize("name", ["mobilenetv3_small_050", "resnet10t", "tf_efficientnet_lite0"])
+def test_pre_logits_heads_read_the_whole_pretrained_representation(name):
+    import timm
+
+    from edgederm.models.encoders import FeatureEncoder
+    torch.manual_seed(0)
+    encoder = FeatureEncoder(name, 64).eval()
+    whole = timm.create_model(name, num_classes=0).eval()     # timm's own model, classifier removed
+    whole.load_state_dict(encoder.body.state_dict(), strict=True)   # the encoder holds every tensor of it
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        stages, pooled = encoder(x)
+        torch.testing.assert_close(pooled, whole(x), rtol=0, atol=0)
+    assert pooled.shape == (2, encoder.pooled_channels) == (2, whole.head_hidden_size)
+    assert [s.shape[1] for s in stages] == encoder.channels
+
+
+@pytest.mark.parametrize("name", ["mobilenetv3_small_050", "tf_efficientnet_lite0"])
+def test_last_stage_heads_pool_the_last_map_as_features_only_did(name):
+    import timm
+
+    from edgederm.models.encoders import FeatureEncoder
+    torch.manual_seed(0)
+    encoder = FeatureEncoder(name, 64, branch_features="last_stage").eval()
+    features_only = timm.create_model(name, features_only=True).eval()
+    features_only.load_state_dict(encoder.body.state_dict(), strict=True)   # same tensors: the head is pruned
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        stages, pooled = encoder(x)
+        for a, b in zip(stages, features_only(x), strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    torch.testing.assert_close(pooled, stages[-1].mean((2, 3)))
+    assert encoder.pooled_channels == encoder.channels[-1]
+
+
+def test_pre_logits_adds_the_conv_heads_to_the_count():
+    from edgederm.models.summary import summarize
+    whole = summarize(create_model(SMALL))
+    pruned = summarize(create_model(ModelConfig(**{**SMALL.to_dict(), "branch_features": "last_stage"})))
+    assert whole["branch_features"] == {"features": "pre_logits", "clinical_channels": 1024, "derm_channels": 512}
+    assert pruned["branch_features"]["clinical_channels"] == 288
+    # mobilenetv3_small_050's conv head is 288 -> 1024 (+ bias); the clinical head reads 1024 instead of 288
+    extra = 288 * 1024 + 1024 + (1024 - 288) * (L.TOTAL_CLASSES)
+    assert round((whole["total"]["params_m"] - pruned["total"]["params_m"]) * 1e6) == extra
+    with pytest.raises(ConfigError, match="branch_features 'pooled' is not one of pre_logits, last_stage"):
+        ModelConfig(branch_features="pooled")
+
+
+def test_weights_saved_with_features_only_names_still_load(tmp_path):
+    """Runs and bundles written before the encoders kept their whole timm model (features_only names,
+    heads on the last stage map, no branch_features in the config) load as they were."""
+    import timm
+    from safetensors.torch import save_file
+
+    from edgederm.models.io import load_model
+    torch.manual_seed(0)
+    cfg = ModelConfig(**{**SMALL.to_dict(), "clinical_encoder": "swin_tiny_patch4_window7_224", "img_size": 224,
+                         "fusion_stages": (-1,), "branch_features": "last_stage"})
+    model = create_model(cfg).eval()
+    old_names = {}
+    for prefix, name in (("clinical_encoder.body.", cfg.clinical_encoder), ("derm_encoder.body.", cfg.derm_encoder)):
+        kwargs = {"img_size": 224} if "swin" in name else {}
+        old = timm.create_model(name, features_only=True, **kwargs).state_dict()
+        now = {k.removeprefix(prefix): k for k in model.state_dict() if k.startswith(prefix)}
+        for old_key in old:          # the old wrapper's names: "model.layers_0..." for Swin, flattened for CNNs
+            new_key = now[old_key.removeprefix("model.").replace("layers_", "layers.")]
+            old_names[new_key] = prefix + old_key
+    assert any(k != v for k, v in old_names.items())            # the names really differ
+    state = {old_names.get(k, k): v for k, v in model.state_dict().items()}
+    config = cfg.to_dict()
+    del config["branch_features"]
+    save_file(state, tmp_path / "old.safetensors", metadata={"model_config": json.dumps(config)})
+    loaded = load_model(tmp_path / "old.safetensors").eval()
+    assert loaded.cfg.branch_features == "last_stage"
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.fused_probabilities(x, x), model.fused_probabilities(x, x), rtol=0, atol=0)
 
 
 def test_fused_probabilities_are_per_task_distributions_weighted_by_branch():

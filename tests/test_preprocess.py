@@ -86,6 +86,42 @@ def test_preprocess_config_round_trips_and_refuses_unknown_rules():
         PreprocessConfig(resize="nearest-ish")
 
 
+def test_center_crop_resizes_the_central_square_here_and_in_the_manifest_config(tmp_path):
+    from edgederm.models import ModelConfig
+    from edgederm.preprocess import load_input, resize_image
+    img = _rgb(96, 144)                                    # 3:2, like the release's 768 x 512
+    cropped = resize_image(img, 48, "area", "center")
+    np.testing.assert_array_equal(cropped, cv2.resize(img[:, 24:120], (48, 48), interpolation=cv2.INTER_AREA))
+    assert not np.array_equal(cropped, resize_image(img, 48, "area"))   # "none" squashes the whole photo
+    cfg = ModelConfig(img_size=48, crop="center").preprocess()
+    assert cfg.crop == "center" and PreprocessConfig.from_dict(cfg.to_dict()) == cfg
+    cv2.imwrite(str(tmp_path / "photo.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    np.testing.assert_allclose(load_input(tmp_path / "photo.png", cfg), normalize(cropped, cfg.mean, cfg.std))
+    old_manifest = {k: v for k, v in PreprocessConfig(size=48).to_dict().items() if k != "crop"}
+    assert PreprocessConfig.from_dict(old_manifest).crop == "none"      # bundles written before crop existed
+    with pytest.raises(Exception, match="unknown crop rule 'middle'"):
+        PreprocessConfig(crop="middle")
+
+
+def test_augmentation_policies_and_their_limits():
+    from edgederm.augment import POLICIES, policy
+    assert policy("fusionm4net") == AugmentConfig()
+    light = policy("light")
+    assert (light.shift_limit, light.scale_limit, light.rotate_limit, light.brightness_limit) == (0.06, 0.06, 0.0, 0.15)
+    assert policy("light", rotate_limit=10.0, shift_limit=None).rotate_limit == 10.0
+    assert policy("light", shift_limit=None).shift_limit == 0.06
+    with pytest.raises(Exception, match="policy 'heavy' is not one of fusionm4net, light"):
+        policy("heavy")
+    with pytest.raises(Exception, match="unknown limit"):
+        policy("light", hue_limit=0.1)
+    # light moves pixels less than the default policy on average
+    img = _rgb(64, 64)
+    def moved(cfg):
+        return np.mean([np.abs(augment_image(img, np.random.default_rng(i), cfg).astype(int) - img).mean()
+                        for i in range(40)])
+    assert moved(POLICIES["light"]) < moved(POLICIES["fusionm4net"])
+
+
 def test_augmentation_is_repeatable_for_a_seed_and_changes_the_image():
     img = _rgb(64, 64)
     a = augment_image(img, np.random.default_rng(5), AugmentConfig())

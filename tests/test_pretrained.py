@@ -127,7 +127,7 @@ def test_timm_features_only_renaming_is_followed(tmp_path):
     save_file(state, tmp_path / "swin.safetensors")
     enc = FeatureEncoder(name, 224)
     P.initialize_encoder(enc, tmp_path / "swin.safetensors")
-    assert torch.equal(enc.body.state_dict()["layers_3.blocks.1.mlp.fc2.weight"], state["layers.3.blocks.1.mlp.fc2.weight"])
+    assert torch.equal(enc.body.state_dict()["layers.3.blocks.1.mlp.fc2.weight"], state["layers.3.blocks.1.mlp.fc2.weight"])
 
 
 @pytest.mark.parametrize("change, message", [
@@ -242,7 +242,7 @@ def test_vit_getter_wrapper_names_are_followed(tmp_path):
     path, state = _timm_file(tmp_path, name="vit_tiny_patch16_224")
     enc = FeatureEncoder("vit_tiny_patch16_224", 224)
     assert P.initialize_encoder(enc, path)["self_check"] == "passed"
-    assert torch.equal(enc.body.state_dict()["model.blocks.11.mlp.fc2.weight"], state["blocks.11.mlp.fc2.weight"])
+    assert torch.equal(enc.body.state_dict()["blocks.11.mlp.fc2.weight"], state["blocks.11.mlp.fc2.weight"])
 
 
 def test_a_state_dict_with_non_string_keys_is_refused(tmp_path):

@@ -29,18 +29,30 @@ def pair(synthetic_release):
     return case.clinical, case.derm
 
 
-def test_every_backend_gives_the_same_answer_through_one_api(bundles, pair):
-    reference = load_bundle(bundles["torch-fp32"]).predict(*pair).probabilities
+def test_every_backend_gives_the_same_answer_through_one_api(bundles, pair, synthetic_release):
+    reference = load_bundle(bundles["torch-fp32"])
+    pairs = [(c.clinical, c.derm) for c in read_release(synthetic_release).split("test")]
+    expected = [reference.predict(*p).probabilities for p in pairs]
     for name in ("onnx-fp32", "openvino-fp32", "openvino-int8"):
         predictor = load_bundle(bundles[name])
-        prediction = predictor.predict(*pair)
-        tolerance = 1e-4 if "fp32" in name else 0.15
-        for task in L.TASK_KEYS:
-            assert sum(prediction.probabilities[task].values()) == pytest.approx(1.0, abs=tolerance / 5)
-            for cls, p in prediction.probabilities[task].items():
-                assert p == pytest.approx(reference[task][cls], abs=tolerance), (name, task, cls)
+        got = [p.probabilities for p in predictor.predict_batch(pairs)]
+        diffs = np.array([[g[task][cls] - e[task][cls] for task in L.TASK_KEYS for cls in e[task]]
+                          for g, e in zip(got, expected)])
+        sums = np.array([[sum(g[task].values()) for task in L.TASK_KEYS] for g in got])
+        if "fp32" in name:
+            assert np.abs(diffs).max() <= 1e-4 and np.abs(sums - 1).max() <= 1e-4, name
+        else:
+            # INT8 of this 3-epoch, 64-px toy model moves single probabilities by up to about 0.2 (mean 0.04
+            # over the split); a broken graph moves all of them. What INT8 keeps on a trained model is the
+            # gate's job (test_int8_gate.py, the quickstart).
+            assert np.abs(diffs).max() <= 0.3 and np.abs(diffs).mean() <= 0.08, name
+            assert np.abs(sums - 1).max() <= 0.03, name
+        single = predictor.predict(*pair)
         batch = predictor.predict_batch([pair, pair, pair])
         assert len(batch) == 3 and batch[2].probabilities == batch[0].probabilities
+        for task in L.TASK_KEYS:
+            for cls, p in single.probabilities[task].items():
+                assert p == pytest.approx(batch[0].probabilities[task][cls], abs=1e-5)
     qdq = load_bundle(bundles["jetson-int8"], backend="onnxruntime")
     assert qdq.graph == "model.int8.onnx" and qdq.predict(*pair).top("DIAG")[0] in L.TASKS[0].classes
 
@@ -192,10 +204,10 @@ def test_bench_exits_1_when_a_variant_fails_the_gate(bundles, synthetic_release,
     result = runner.invoke(app, [
         "bench", "--bundle", str(bundles["openvino-int8"]), "--bundle", str(bundles["jetson-int8"]),
         "--reference", str(bundles["openvino-fp32"]), "--data", str(synthetic_release),
-        "--warmup", "0", "--runs", "2", "--max-auc-drop", "-1", "--report", str(tmp_path / "r")])
+        "--warmup", "0", "--runs", "2", "--max-auc-drop", "-100", "--report", str(tmp_path / "r")])
     assert result.exit_code == 1
     rows = {r["name"]: r for r in json.loads((tmp_path / "r" / "report.json").read_text())["variants"]}
-    assert rows[bundles["openvino-int8"].name]["verdict"] == "fail"         # a drop > -1 point always fails
+    assert rows[bundles["openvino-int8"].name]["verdict"] == "fail"         # no drop is below -100 points: always fails
     assert "upper bound" in rows[bundles["openvino-int8"].name]["gate"]["reasons"][0]
     assert "fail (averaged-AUC drop upper bound" in result.output
     assert rows[bundles["jetson-int8"].name]["status"] == "failed"          # no engine: a failed row, no crash

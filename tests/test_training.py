@@ -40,6 +40,43 @@ def test_config_resolution_preset_then_file_then_flags(tmp_path):
         TrainConfig(epochs=10, swa_epochs=11)
 
 
+def test_recipe_knobs_are_checked_and_change_what_they_say():
+    linear = TrainConfig(epochs=10, swa_epochs=0, schedule="linear")
+    assert [round(linear.lr_factor(e), 2) for e in (0, 5)] == [1.0, 0.5]
+    assert TrainConfig(epochs=10, swa_epochs=2, schedule="constant").lr_factor(7) == 1.0
+    assert TrainConfig(augment_policy="light", rotate_limit=5.0).augmentation().rotate_limit == 5.0
+    assert TrainConfig(augment=False).augmentation() is None
+    with pytest.raises(ConfigError, match="optimizer 'lamb' is not one of adam, adamw, sgd"):
+        TrainConfig(optimizer="lamb")
+    with pytest.raises(ConfigError, match="train config: augmentation policy 'hard'"):
+        TrainConfig(augment_policy="hard")
+    with pytest.raises(ConfigError, match="label_smoothing must be"):
+        TrainConfig(label_smoothing=1.0)
+    logits = {"fusion": torch.randn(4, L.TOTAL_CLASSES)}
+    targets = torch.zeros(4, len(L.TASKS), dtype=torch.long)
+    assert not torch.isclose(multitask_loss(logits, targets), multitask_loss(logits, targets, label_smoothing=0.1))
+
+
+def test_recipe_knobs_reach_the_run(synthetic_release, tmp_path):
+    (tmp_path / "knobs.toml").write_text(
+        '[model]\nimg_size = 64\ncrop = "center"\nbranch_features = "last_stage"\n'
+        '[train]\nepochs = 2\nbatch_size = 8\nswa_epochs = 0\nwarmup_epochs = 0\noptimizer = "sgd"\n'
+        'schedule = "linear"\naugment_policy = "light"\nrotate_limit = 10.0\nlabel_smoothing = 0.1\n'
+        'branch_weights_tta = true\n')
+    model_cfg, train_cfg = resolve_config("tiny", tmp_path / "knobs.toml")
+    run = tmp_path / "run"
+    train(synthetic_release, run, model_cfg, train_cfg, progress=False)
+    config = json.loads((run / "config.json").read_text())
+    assert config["preprocess"]["crop"] == "center" and config["model"]["branch_features"] == "last_stage"
+    assert {k: config["train"][k] for k in ("optimizer", "schedule", "augment_policy", "rotate_limit")} == \
+        {"optimizer": "sgd", "schedule": "linear", "augment_policy": "light", "rotate_limit": 10.0}
+    assert json.loads((run / "branch_weights.json").read_text())["outputs"] == "6-view TTA"
+    assert load_model(run / "model.safetensors").cfg.crop == "center"
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    # the rate recorded is the next epoch's: linear over two epochs -> half, then zero
+    assert [line["lr"] for line in lines] == pytest.approx([0.5 * train_cfg.lr, 0.0])
+
+
 def test_loss_is_the_sum_over_three_branches_and_eight_tasks():
     torch.manual_seed(0)
     logits = {b: torch.randn(4, L.TOTAL_CLASSES) for b in ("clinical", "derm", "fusion")}

@@ -33,7 +33,7 @@ class PairDataset(Dataset):
             return self.cache[key]
         case = self.cases[index]
         img = resize_image(read_image(case.derm if modality else case.clinical),
-                           self.preprocess.size, self.preprocess.resize)
+                           self.preprocess.size, self.preprocess.resize, self.preprocess.crop)
         if self.cache is not None:
             self.cache[key] = img
         return img

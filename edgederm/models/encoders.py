@@ -26,8 +26,7 @@ import torch
 from torch import nn
 
 from edgederm.errors import ConfigError
-
-BRANCH_FEATURES = ("pre_logits", "last_stage")
+from edgederm.models.config import BRANCH_FEATURES
 
 
 class FeatureEncoder(nn.Module):

@@ -43,9 +43,30 @@ def load_model(path: str | Path, map_location: str = "cpu") -> MultiModalNet:
     if "model_config" not in meta:
         raise ConfigError(f"{path}: no model config in the file's metadata (not written by EdgeDerm)")
     model = MultiModalNet(ModelConfig.from_dict(meta["model_config"]))
-    state = load_file(str(path), device=map_location)
+    state = _renamed_from_features_only(load_file(str(path), device=map_location), model.state_dict(), path)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ConfigError(f"{path}: weights do not match the config "
                           f"({len(missing)} missing, {len(unexpected)} unexpected tensors)")
     return model
+
+
+def _canonical(key: str) -> str:
+    # timm's features_only wrappers flatten nested names ("layers.0" -> "layers_0") and its
+    # getter wrapper nests the model as "model."; the whole model uses neither
+    return key.replace(".body.model.", ".body.").replace("_", ".")
+
+
+def _renamed_from_features_only(state: dict, expected: dict, path: Path) -> dict:
+    """Weights saved before the encoders kept their whole timm model (EdgeDerm < 0.2 built them with
+    features_only) name some encoder tensors differently; rename those to today's names. Identical
+    tensors under other names: nothing is guessed, a name either matches canonically or stays."""
+    if not set(expected) - set(state):
+        return state
+    by_canonical: dict[str, str] = {}
+    for key in expected:
+        if _canonical(key) in by_canonical:
+            raise ConfigError(f"{path}: cannot map old tensor names, {key} and {by_canonical[_canonical(key)]} "
+                              "are ambiguous")
+        by_canonical[_canonical(key)] = key
+    return {by_canonical.get(_canonical(k), k) if k not in expected else k: v for k, v in state.items()}

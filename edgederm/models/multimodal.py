@@ -1,8 +1,8 @@
 """The two-encoder multi-modal network of "Pay Less On Clinical Images"
 (Tang & Lasser, 2024), with the paper's baselines selectable by config.
 
-    clinical photo -> clinical encoder (light, e.g. MobileNetV3) -> head P_C
-    dermoscopy     -> dermoscopy encoder (heavy, e.g. Swin-T)    -> head P_D
+    clinical photo -> clinical encoder (light, e.g. MobileNetV3) -> pooled features -> head P_C
+    dermoscopy     -> dermoscopy encoder (heavy, e.g. Swin-T)    -> pooled features -> head P_D
     at each configured dermoscopy stage: align the clinical map, fuse (AAB / BAB / CAT)
     pooled fused maps of all fusion stages, concatenated          -> head P_FU
     test time: P_FI = W_C P_C + W_D P_D + W_FU P_FU
@@ -10,7 +10,9 @@
 The fusion branch runs beside the encoders rather than feeding refined maps
 back into the dermoscopy encoder: P_C and P_D stay true single-modality
 branches (so the weighted average mixes three different views), and any timm
-`features_only` encoder works unmodified.
+encoder with `forward_intermediates` works unmodified. The pooled features of
+P_C and P_D are each encoder's pre-logits representation by default
+(`branch_features`, see `edgederm.models.encoders`).
 """
 from __future__ import annotations
 
@@ -28,8 +30,8 @@ class MultiModalNet(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        self.clinical_encoder = FeatureEncoder(cfg.clinical_encoder, cfg.img_size)
-        self.derm_encoder = FeatureEncoder(cfg.derm_encoder, cfg.img_size)
+        self.clinical_encoder = FeatureEncoder(cfg.clinical_encoder, cfg.img_size, cfg.branch_features)
+        self.derm_encoder = FeatureEncoder(cfg.derm_encoder, cfg.img_size, cfg.branch_features)
         n_stages = len(self.derm_encoder.channels)
         stages = []
         for s in cfg.fusion_stages:
@@ -46,21 +48,21 @@ class MultiModalNet(nn.Module):
             StageFusion(cfg.fusion, self.clinical_encoder.channels[c], self.derm_encoder.channels[s], cfg.key_ratio)
             for s, c in zip(self.fusion_stages, self.clinical_stages))
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
-        self.clinical_head = MultiTaskHead(self.clinical_encoder.channels[-1], cfg.drop_rate)
-        self.derm_head = MultiTaskHead(self.derm_encoder.channels[-1], cfg.drop_rate)
+        self.clinical_head = MultiTaskHead(self.clinical_encoder.pooled_channels, cfg.drop_rate)
+        self.derm_head = MultiTaskHead(self.derm_encoder.pooled_channels, cfg.drop_rate)
         self.fusion_head = MultiTaskHead(sum(f.out_channels for f in self.fusions), cfg.drop_rate)
         # W_C, W_D, W_FU: equal until the branch-weight search sets them; saved with the weights.
         self.register_buffer("branch_weights", torch.full((len(BRANCHES),), 1.0 / len(BRANCHES)))
 
     def forward(self, clinical: torch.Tensor, derm: torch.Tensor) -> dict[str, torch.Tensor]:
         """Logits of each branch, {"clinical", "derm", "fusion"} -> B x TOTAL_CLASSES."""
-        c_feats = self.clinical_encoder(clinical)
-        d_feats = self.derm_encoder(derm)
+        c_feats, c_pooled = self.clinical_encoder(clinical)
+        d_feats, d_pooled = self.derm_encoder(derm)
         fused = [fusion(c_feats[c], d_feats[s])
                  for fusion, s, c in zip(self.fusions, self.fusion_stages, self.clinical_stages)]
         return {
-            "clinical": self.clinical_head(self.pool(c_feats[-1])),
-            "derm": self.derm_head(self.pool(d_feats[-1])),
+            "clinical": self.clinical_head(c_pooled),
+            "derm": self.derm_head(d_pooled),
             "fusion": self.fusion_head(torch.cat([self.pool(f) for f in fused], dim=1)),
         }
 

@@ -14,12 +14,14 @@ Nothing here downloads. Each modality takes a spec:
 
 Every load is proved: the file's sha256 is computed (and compared where a
 digest is known: the package registry, the hash prefix in torch hub file
-names, the blob name in the Hugging Face cache); every tensor of the feature
-encoder must be in the source with the same shape, and the source may hold
-nothing else except the classifier layers that timm's `features_only` drops.
-After the strict load comes the self-check: the feature encoder must compute,
-stage for stage, what timm's own whole model computes with the same tensors,
-so every tensor is known to sit in its place. The weights' input
+names, the blob name in the Hugging Face cache); every tensor of the encoder
+(the whole timm model, conv head included, or without its head layers under
+`branch_features = "last_stage"`) must be in the source with the same shape,
+and the source may hold nothing else except the layers the encoder does not
+have (the classifier; under last_stage also the head). After the strict load
+comes the self-check: the encoder must compute, stage for stage and for the
+pre-logits features, what timm's own whole model computes with the same
+tensors, so every tensor is known to sit in its place. The weights' input
 normalisation (timm's record for the architecture) must be the model
 config's. What was used is returned as a provenance record that runs and
 bundles keep.
@@ -260,7 +262,7 @@ def _match_body(state: dict[str, torch.Tensor], encoder: FeatureEncoder, path: P
         matched[key] = state[source_key]
     if missing:
         raise PretrainedError(f"{path}: {len(missing)} tensor(s) of {encoder.name} missing, first {missing[0]}")
-    head = {_canonical(k) for k in _timm_shapes(encoder.name)} - used   # classifier layers features_only drops
+    head = {_canonical(k) for k in _timm_shapes(encoder.name)} - used   # layers the encoder does not have
     unexpected = [k for c, k in by_canonical.items() if c not in used and c not in head]
     if unexpected:
         raise PretrainedError(f"{path}: {len(unexpected)} tensor(s) that {encoder.name} does not have, "
@@ -269,25 +271,30 @@ def _match_body(state: dict[str, torch.Tensor], encoder: FeatureEncoder, path: P
 
 
 def self_check(encoder: FeatureEncoder, state: dict[str, torch.Tensor], path: Path) -> None:
-    """The loaded encoder must compute what timm's own whole model computes with the same tensors, stage for
-    stage: proves that the renaming onto the features_only encoder put every tensor in its place."""
+    """The loaded encoder must compute what timm's own whole model computes with the same tensors, stage
+    for stage and for the pooled features the heads read: proves every tensor sits in its place."""
     full = timm.create_model(encoder.name, pretrained=False, **encoder.model_kwargs).eval()
     by_canonical = _by_canonical(state, path)
     full.load_state_dict({k: state[by_canonical[_canonical(k)]] for k in full.state_dict()
-                          if _canonical(k) in by_canonical}, strict=False)   # the head may be absent: unused here
+                          if _canonical(k) in by_canonical}, strict=False)   # the classifier may be absent: unused
     size = encoder.img_size if encoder.model_kwargs else 64     # CNNs: a small input is enough and quick
     x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
     was_training = encoder.training
     encoder.eval()       # batch statistics in train mode would also overwrite the loaded running ones
     try:
         with torch.no_grad():
-            got = encoder(x)
-            expected = full.forward_intermediates(x, intermediates_only=True)[-len(got):]
+            got, pooled = encoder(x)
+            final, expected = full.forward_intermediates(x)
+            expected_pooled = full.forward_head(final, pre_logits=True)
     finally:
         encoder.train(was_training)
-    for stage, (a, b) in enumerate(zip(got, expected)):
+    pairs = list(zip(got, expected))
+    if encoder.branch_features == "pre_logits":
+        pairs.append((pooled, expected_pooled))
+    for stage, (a, b) in enumerate(pairs):
         if a.shape != b.shape or not torch.allclose(a, b, rtol=1e-4, atol=1e-5):
-            raise PretrainedError(f"{path}: self-check failed, {encoder.name} stage {stage} differs from timm's "
+            what = f"stage {stage}" if stage < len(got) else "the pre-logits features"
+            raise PretrainedError(f"{path}: self-check failed, {encoder.name} {what} differs from timm's "
                                   "whole model with the same weights")
 
 

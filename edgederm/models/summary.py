@@ -50,11 +50,16 @@ def summarize(model: MultiModalNet) -> dict:
                      "gflops": flops / 1e9})
     total = {"component": "total", "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
              "gflops": counter.get_total_flops() / 1e9}
-    return {"config": model.cfg.to_dict(), "framework": model.cfg.framework, "rows": rows, "total": total}
+    branches = {"features": model.cfg.branch_features, "clinical_channels": model.clinical_encoder.pooled_channels,
+                "derm_channels": model.derm_encoder.pooled_channels}
+    return {"config": model.cfg.to_dict(), "framework": model.cfg.framework, "branch_features": branches,
+            "rows": rows, "total": total}
 
 
 def format_summary(summary: dict) -> str:
-    lines = [f"{'component':<20} {'params (M)':>11} {'GFLOPs':>9}", "-" * 42]
+    b = summary["branch_features"]
+    lines = [f"heads P_C / P_D read {b['features']} features: {b['clinical_channels']} / {b['derm_channels']} channels",
+             f"{'component':<20} {'params (M)':>11} {'GFLOPs':>9}", "-" * 42]
     for row in summary["rows"] + [summary["total"]]:
         lines.append(f"{row['component']:<20} {row['params_m']:>11.2f} {row['gflops']:>9.2f}")
     return "\n".join(lines)

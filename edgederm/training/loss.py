@@ -20,10 +20,11 @@ def class_weights_from_counts(labels: torch.Tensor) -> list[torch.Tensor]:
 
 
 def multitask_loss(branch_logits: dict[str, torch.Tensor], targets: torch.Tensor,
-                   class_weights: list[torch.Tensor] | None = None) -> torch.Tensor:
+                   class_weights: list[torch.Tensor] | None = None, label_smoothing: float = 0.0) -> torch.Tensor:
     total = 0.0
     for logits in branch_logits.values():
         for t, task_logits in enumerate(split_tasks(logits).values()):
             weight = class_weights[t].to(task_logits.device) if class_weights is not None else None
-            total = total + F.cross_entropy(task_logits.float(), targets[:, t], weight=weight)
+            total = total + F.cross_entropy(task_logits.float(), targets[:, t], weight=weight,
+                                            label_smoothing=label_smoothing)
     return total

@@ -31,6 +31,10 @@ from edgederm.errors import ConfigError
 from edgederm.models.config import ModelConfig, get_preset
 
 
+OPTIMIZERS = ("adam", "adamw", "sgd")      # sgd: momentum 0.9, Nesterov
+SCHEDULES = ("cosine", "linear", "constant")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 250
@@ -42,8 +46,18 @@ class TrainConfig:
     swa_epochs: int = 50          # SWA over the last N epochs (0: off)
     swa_lr: float = 1.5e-5        # constant learning rate while averaging
     validate_every: int = 1       # score valid every N epochs (and always after the last)
+    optimizer: str = "adam"       # key of OPTIMIZERS
+    schedule: str = "cosine"      # key of SCHEDULES: the rate after warm-up and before SWA
     augment: bool = True
+    augment_policy: str = "fusionm4net"   # key of edgederm.augment.POLICIES
+    shift_limit: float | None = None      # each None: the policy's limit
+    scale_limit: float | None = None
+    rotate_limit: float | None = None
+    brightness_limit: float | None = None
+    contrast_limit: float | None = None
+    label_smoothing: float = 0.0
     class_weights: bool = False   # inverse-frequency weighted cross-entropy
+    branch_weights_tta: bool = False   # search W_C, W_D, W_FU on 6-view TTA outputs of valid (what evaluate --tta scores)
     seed: int = 0
     pretrained_clinical: str = "auto"   # initial encoder weights: auto, none or a file (edgederm.models.pretrained)
     pretrained_derm: str = "auto"
@@ -62,12 +76,31 @@ class TrainConfig:
             problems.append(f"swa_epochs must be between 0 and epochs ({self.epochs})")
         if self.lr <= 0 or self.swa_lr <= 0 or self.encoder_lr_scale <= 0:
             problems.append("lr, swa_lr and encoder_lr_scale must be > 0")
+        if self.optimizer not in OPTIMIZERS:
+            problems.append(f"optimizer {self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
+        if self.schedule not in SCHEDULES:
+            problems.append(f"schedule {self.schedule!r} is not one of {', '.join(SCHEDULES)}")
+        if not 0 <= self.label_smoothing < 1:
+            problems.append("label_smoothing must be >= 0 and < 1")
         if self.validate_every < 1:
             problems.append("validate_every must be >= 1")
         if not 0 <= self.warmup_epochs < self.epochs:
             problems.append("warmup_epochs must be >= 0 and < epochs")
+        try:
+            self.augmentation()      # an unknown policy is an error now, not at the first batch
+        except ConfigError as e:
+            problems.append(str(e))
         if problems:
             raise ConfigError("train config: " + "; ".join(problems))
+
+    def augmentation(self):
+        """The AugmentConfig of this recipe, or None without augmentation."""
+        from edgederm.augment import policy
+        if not self.augment:
+            return None
+        return policy(self.augment_policy, shift_limit=self.shift_limit, scale_limit=self.scale_limit,
+                      rotate_limit=self.rotate_limit, brightness_limit=self.brightness_limit,
+                      contrast_limit=self.contrast_limit)
 
     @property
     def swa_start(self) -> int:
@@ -81,8 +114,12 @@ class TrainConfig:
             return self.swa_lr / self.lr
         if epoch < self.warmup_epochs:
             return (epoch + 1) / (self.warmup_epochs + 1)
+        if self.schedule == "constant":
+            return 1.0
         span = max(1, self.swa_start - self.warmup_epochs)
         progress = (epoch - self.warmup_epochs) / span
+        if self.schedule == "linear":
+            return 1.0 - progress
         return 0.5 * (1 + math.cos(math.pi * progress))
 
     def validates(self, epoch: int) -> bool:
@@ -144,13 +181,15 @@ def read_config_file(path: str | Path) -> dict:
 
 def resolve_config(preset: str, config_file: str | Path | None = None,
                    model_overrides: dict | None = None,
-                   train_overrides: dict | None = None) -> tuple[ModelConfig, TrainConfig]:
-    """Preset <- file <- flags (None-valued flags are ignored)."""
-    file_data = read_config_file(config_file) if config_file else {}
+                   train_overrides: dict | None = None,
+                   tables: dict | None = None, where: str = "config") -> tuple[ModelConfig, TrainConfig]:
+    """Preset <- file (or `tables`, the same content already read; `where` names it in errors)
+    <- flags (None-valued flags are ignored)."""
+    file_data = read_config_file(config_file) if config_file else (tables or {})
+    where = str(config_file) if config_file else where
     preset = file_data.get("preset", preset)
     model = get_preset(preset)
     train = recipe_for(preset)
-    where = str(config_file)
     model_file = _from_dict(ModelConfig, file_data.get("model", {}), f"{where} [model]")
     train_file = _from_dict(TrainConfig, file_data.get("train", {}), f"{where} [train]")
     model = ModelConfig.from_dict({**model.to_dict(), **model_file,

@@ -29,7 +29,6 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from tqdm import tqdm
 
 import edgederm
-from edgederm.augment import AugmentConfig
 from edgederm.data.release import read_release
 from edgederm.data.torch_dataset import PairDataset
 from edgederm.errors import ConfigError
@@ -121,6 +120,15 @@ def update_bn(model: torch.nn.Module, loader, device) -> None:
     model.train(was_training)
 
 
+def make_optimizer(cfg: TrainConfig, groups: list[dict]) -> torch.optim.Optimizer:
+    """The recipe's optimiser over parameter groups (fusion blocks + heads, encoders)."""
+    if cfg.optimizer == "adamw":      # decoupled weight decay
+        return torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(groups, weight_decay=cfg.weight_decay)
+
+
 def prepare_run_dir(run_dir: Path, resume: bool) -> None:
     if resume:
         if not (run_dir / "config.json").is_file():
@@ -173,7 +181,7 @@ def _train(data: Path, run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, 
                           f"({cfg.batch_size} x {dist.world_size} processes)")
     if not valid_cases:
         raise ConfigError(f"{data}: the valid split is empty; it is needed for model selection and branch weights")
-    train_set = PairDataset(train_cases, preprocess, AugmentConfig() if cfg.augment else None)
+    train_set = PairDataset(train_cases, preprocess, cfg.augmentation())
     plain_train_set = PairDataset(train_cases, preprocess)
     valid_set = PairDataset(valid_cases, preprocess)
 
@@ -188,10 +196,10 @@ def _train(data: Path, run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, 
         model = model.to(memory_format=torch.channels_last)
     encoder_params = [*model.clinical_encoder.parameters(), *model.derm_encoder.parameters()]
     in_encoders = {id(p) for p in encoder_params}
-    optimizer = torch.optim.Adam([
+    optimizer = make_optimizer(cfg, [
         {"params": [p for p in model.parameters() if id(p) not in in_encoders], "lr": cfg.lr},
         {"params": encoder_params, "lr": cfg.lr * cfg.encoder_lr_scale},
-    ], weight_decay=cfg.weight_decay)
+    ])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cfg.lr_factor)
     swa_model = AveragedModel(model) if cfg.swa_epochs else None
     class_weights = None
@@ -243,7 +251,7 @@ def _train(data: Path, run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, 
                 clinical = clinical.contiguous(memory_format=torch.channels_last)
                 derm = derm.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                loss = multitask_loss(net(clinical, derm), targets, class_weights)
+                loss = multitask_loss(net(clinical, derm), targets, class_weights, cfg.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -307,12 +315,14 @@ def _finish(run_dir: Path, model, swa_model, plain_train_set, valid_loader, cfg:
         final, source = swa_model.module, "swa"
     else:
         final, source = load_model(run_dir / "best.safetensors").to(device), "best"
-    branch_probs, labels = predict_branches(final, valid_loader, device)
+    # searched on the outputs that will be scored: TTA views when the recipe says they will be used
+    branch_probs, labels = predict_branches(final, valid_loader, device, tta=cfg.branch_weights_tta)
     weights, score = search_branch_weights(branch_probs, labels)
     final.set_branch_weights(*weights)
     save_weights(final, run_dir / FINAL, extra={"source": source, "branch_weights": list(weights),
                                                 "initial_weights": initial_weights})
     (run_dir / "branch_weights.json").write_text(json.dumps({
         "clinical": weights[0], "derm": weights[1], "fusion": weights[2], "metric": METRIC,
-        "valid_score": score, "grid_step": 0.05, "weights_of": source}, indent=2) + "\n")
+        "valid_score": score, "grid_step": 0.05, "weights_of": source,
+        "outputs": "6-view TTA" if cfg.branch_weights_tta else "single view"}, indent=2) + "\n")
     return run_dir / FINAL

@@ -1,0 +1,172 @@
+"""Train every configuration of a grid and rank them on the valid split.
+
+    python benchmarks/dev/recipe_sweep.py --data RELEASE --grid benchmarks/dev/grids/edge-160.toml --out DIR
+        [--report-test] [--only NAME ...] [--dry-run]
+
+A grid is a TOML file: a preset, a `[base]` with `model` / `train` tables that
+every configuration starts from, and one `[[config]]` per run with a `name`, a
+`note` and its own `model` / `train` changes (the same keys as a config file
+for `edgederm train --config`):
+
+    preset = "edge"
+    [base.model]
+    img_size = 160
+    [[config]]
+    name = "pre-logits"
+    note = "heads on the encoders' pre-logits features"
+    model = { branch_features = "pre_logits" }
+
+Each configuration trains into DIR/runs/NAME. Resumable: a finished run
+(model.safetensors) is scored without training again, a started one resumes
+from its last checkpoint, and a run whose saved config differs from the grid's
+is refused (rename it or delete the folder). Every branch (P_C, P_D, P_FU and
+the weighted P_FI) is scored on valid; test only with --report-test, because
+defaults change on valid evidence alone. Writes DIR/sweep.json and DIR/sweep.md,
+sorted by P_FI's valid averaged AUC, with minutes of training per run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+from edgederm.errors import ConfigError, EdgeDermError
+from edgederm.evaluation.evaluate import evaluate_run
+from edgederm.models.config import ModelConfig
+from edgederm.training.recipe import TrainConfig, resolve_config
+from edgederm.training.trainer import FINAL, train
+
+BRANCH_NAMES = {"final": "P_FI", "clinical": "P_C", "derm": "P_D", "fusion": "P_FU"}
+
+
+def read_grid(path: Path) -> tuple[str, dict, list[dict]]:
+    """(preset, base {"model", "train"}, configurations), checked."""
+    try:
+        grid = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: grid file not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: cannot parse ({e})") from None
+    unknown = sorted(set(grid) - {"preset", "base", "config"})
+    if unknown or "preset" not in grid or not grid.get("config"):
+        raise ConfigError(f"{path}: a grid needs 'preset' and at least one [[config]]"
+                          + (f"; unknown key(s) {', '.join(unknown)}" if unknown else ""))
+    names = [c.get("name") for c in grid["config"]]
+    if not all(isinstance(n, str) and n and "/" not in n for n in names) or len(set(names)) != len(names):
+        raise ConfigError(f"{path}: every [[config]] needs a unique name usable as a folder name")
+    for config in grid["config"]:
+        extra = sorted(set(config) - {"name", "note", "model", "train"})
+        if extra:
+            raise ConfigError(f"{path}: [[config]] {config['name']}: unknown key(s) {', '.join(extra)}")
+    return grid["preset"], grid.get("base", {}), grid["config"]
+
+
+def configuration(preset: str, base: dict, config: dict, grid: Path) -> tuple[ModelConfig, TrainConfig]:
+    """Preset <- base <- the configuration's own changes, through the same resolution as `train --config`."""
+    tables = {"model": {**base.get("model", {}), **config.get("model", {})},
+              "train": {**base.get("train", {}), **config.get("train", {})}}
+    return resolve_config(preset, tables=tables, where=f"{grid} [[config]] {config['name']}")
+
+
+def _same_config(run: Path, model_cfg: ModelConfig, train_cfg: TrainConfig) -> bool:
+    saved = json.loads((run / "config.json").read_text())
+    return saved["model"] == model_cfg.to_dict() and saved["train"] == train_cfg.to_dict()
+
+
+def run_one(name: str, model_cfg: ModelConfig, train_cfg: TrainConfig, data: Path, out: Path,
+            report_test: bool) -> dict:
+    run = out / "runs" / name
+    timing = run / "sweep-time.json"
+    if (run / "config.json").is_file() and not _same_config(run, model_cfg, train_cfg):
+        raise ConfigError(f"{run}: trained with another configuration than the grid's {name!r} "
+                          "(rename the configuration or delete the folder)")
+    if (run / FINAL).is_file():
+        print(f"{name}: finished, scoring it again without training")
+    else:
+        resume = (run / "config.json").is_file()
+        print(f"{name}: training{' (resuming)' if resume else ''} -> {run}")
+        started = time.perf_counter()
+        train(data, run, model_cfg, train_cfg, resume=resume)
+        spent = (time.perf_counter() - started) / 60
+        previous = json.loads(timing.read_text())["minutes"] if timing.is_file() else 0.0
+        timing.write_text(json.dumps({"minutes": previous + spent}) + "\n")
+    minutes = json.loads(timing.read_text())["minutes"] if timing.is_file() else None
+    scores = {"valid": evaluate_run(run, data, split="valid")}
+    if report_test:
+        scores["test"] = evaluate_run(run, data, split="test")
+    row = {"name": name, "run": str(run), "minutes": minutes,
+           "branch_features": model_cfg.branch_features, "fusion": model_cfg.fusion, "img_size": model_cfg.img_size}
+    for split, evaluation in scores.items():
+        row[split] = {b: {"avg_auc": evaluation["branches"][b]["avg_auc"], "avg_acc": evaluation["branches"][b]["avg_acc"]}
+                      for b in BRANCH_NAMES}
+        row[split]["cases"] = evaluation["cases"]
+    return row
+
+
+def table(rows: list[dict], report_test: bool) -> str:
+    head = ["#", "configuration", "valid AUC P_FI", "P_C", "P_D", "P_FU", "valid ACC P_FI"]
+    if report_test:
+        head += ["test AUC P_FI", "test ACC P_FI"]
+    head += ["minutes", "what changes"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for i, row in enumerate(rows, 1):
+        valid = row["valid"]
+        cells = [str(i), f"`{row['name']}`", f"{100 * valid['final']['avg_auc']:.2f}",
+                 *(f"{100 * valid[b]['avg_auc']:.2f}" for b in ("clinical", "derm", "fusion")),
+                 f"{100 * valid['final']['avg_acc']:.2f}"]
+        if report_test:
+            cells += [f"{100 * row['test']['final']['avg_auc']:.2f}", f"{100 * row['test']['final']['avg_acc']:.2f}"]
+        cells += ["-" if row["minutes"] is None else f"{row['minutes']:.1f}", row.get("note", "")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, required=True, help="a release_v0 folder (real or synthetic)")
+    parser.add_argument("--grid", type=Path, required=True, help="grid TOML file")
+    parser.add_argument("--out", type=Path, required=True, help="sweep folder: runs/, sweep.json, sweep.md")
+    parser.add_argument("--report-test", action="store_true", help="also score the test split")
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="only these configurations")
+    parser.add_argument("--dry-run", action="store_true", help="resolve and print the configurations only")
+    args = parser.parse_args(argv)
+    try:
+        preset, base, configs = read_grid(args.grid)
+        if args.only:
+            missing = sorted(set(args.only) - {c["name"] for c in configs})
+            if missing:
+                raise ConfigError(f"{args.grid}: no configuration named {', '.join(missing)}")
+            configs = [c for c in configs if c["name"] in args.only]
+        resolved = [(c, *configuration(preset, base, c, args.grid)) for c in configs]   # every error before any training
+        if args.dry_run:
+            for config, model_cfg, train_cfg in resolved:
+                print(json.dumps({"name": config["name"], "model": model_cfg.to_dict(), "train": train_cfg.to_dict()}))
+            return 0
+        args.out.mkdir(parents=True, exist_ok=True)
+        rows = []
+        for config, model_cfg, train_cfg in resolved:
+            row = run_one(config["name"], model_cfg, train_cfg, args.data, args.out, args.report_test)
+            rows.append({**row, "note": config.get("note", "")})
+    except EdgeDermError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    rows.sort(key=lambda r: -r["valid"]["final"]["avg_auc"])
+    result = {"grid": str(args.grid), "preset": preset, "data": str(args.data), "report_test": args.report_test,
+              "rows": rows}
+    tmp = args.out / "sweep.json.partial"
+    tmp.write_text(json.dumps(result, indent=1) + "\n")
+    tmp.replace(args.out / "sweep.json")
+    markdown = (f"Sweep of `{args.grid.name}` (preset `{preset}`) on `{args.data}`, sorted by P_FI's valid averaged "
+                f"AUC ({rows[0]['valid']['cases']} valid cases); minutes = training time.\n\n"
+                + table(rows, args.report_test) + "\n")
+    (args.out / "sweep.md").write_text(markdown)
+    print(markdown)
+    print(f"wrote {args.out / 'sweep.json'} and {args.out / 'sweep.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

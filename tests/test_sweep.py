@@ -1,0 +1,79 @@
+"""benchmarks/dev/recipe_sweep.py end to end on the synthetic release: two tiny
+configurations of one epoch, ranked on valid, resumable, and its refusals."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "dev" / "recipe_sweep.py"
+GRID = """
+preset = "tiny"
+[base.model]
+img_size = 64
+[base.train]
+epochs = 1
+batch_size = 8
+swa_epochs = 0
+warmup_epochs = 0
+seed = 7
+
+[[config]]
+name = "pre-logits"
+note = "default heads"
+
+[[config]]
+name = "last-stage-cat"
+note = "last-stage heads, concatenation"
+model = { branch_features = "last_stage", fusion = "cat" }
+"""
+
+
+def _sweep(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True, timeout=900)
+
+
+def test_sweep_trains_ranks_on_valid_and_resumes(synthetic_release, tmp_path):
+    grid = tmp_path / "grid.toml"
+    grid.write_text(GRID)
+    out = tmp_path / "sweep"
+    first = _sweep("--data", synthetic_release, "--grid", grid, "--out", out, "--report-test")
+    assert first.returncode == 0, first.stderr[-2000:]
+    result = json.loads((out / "sweep.json").read_text())
+    rows = result["rows"]
+    assert {r["name"] for r in rows} == {"pre-logits", "last-stage-cat"}
+    aucs = [r["valid"]["final"]["avg_auc"] for r in rows]
+    assert aucs == sorted(aucs, reverse=True)                       # ranked by P_FI's valid averaged AUC
+    assert all(r["minutes"] > 0 and set(r["valid"]) >= {"final", "clinical", "derm", "fusion"} for r in rows)
+    assert all("test" in r for r in rows)
+    by_name = {r["name"]: r for r in rows}
+    assert by_name["last-stage-cat"]["branch_features"] == "last_stage" and by_name["last-stage-cat"]["fusion"] == "cat"
+    saved = json.loads((out / "runs" / "last-stage-cat" / "config.json").read_text())
+    assert saved["model"]["fusion"] == "cat" and saved["train"]["epochs"] == 1 and saved["model"]["img_size"] == 64
+    table = (out / "sweep.md").read_text()
+    assert "| 1 | `" in table and "test AUC P_FI" in table and "last-stage heads, concatenation" in table
+
+    # resumable: finished runs are scored again, not trained again; without --report-test no test scores
+    again = _sweep("--data", synthetic_release, "--grid", grid, "--out", out)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stdout.count("finished, scoring it again without training") == 2
+    rows_again = json.loads((out / "sweep.json").read_text())["rows"]
+    assert [r["valid"] for r in rows_again] == [r["valid"] for r in rows]
+    assert not any("test" in r for r in rows_again)
+
+
+def test_sweep_refuses_a_changed_configuration_and_a_bad_grid(synthetic_release, tmp_path):
+    grid = tmp_path / "grid.toml"
+    grid.write_text(GRID)
+    out = tmp_path / "sweep"
+    assert _sweep("--data", synthetic_release, "--grid", grid, "--out", out, "--only", "pre-logits").returncode == 0
+    grid.write_text(GRID.replace("epochs = 1", "epochs = 2"))
+    changed = _sweep("--data", synthetic_release, "--grid", grid, "--out", out, "--only", "pre-logits")
+    assert changed.returncode == 1
+    assert "trained with another configuration than the grid's 'pre-logits'" in changed.stderr
+    assert len(changed.stderr.strip().splitlines()) == 1
+    grid.write_text(GRID.replace('fusion = "cat"', 'fusion = "sum"'))
+    bad = _sweep("--data", synthetic_release, "--grid", grid, "--out", tmp_path / "other")
+    assert bad.returncode == 1 and "fusion 'sum'" in bad.stderr
+    assert not (tmp_path / "other").exists()                        # every error before any training
+    missing = _sweep("--data", synthetic_release, "--grid", tmp_path / "nope.toml", "--out", out)
+    assert missing.returncode == 1 and "nope.toml: grid file not found" in missing.stderr
