@@ -2,14 +2,23 @@
 the FP32-reference gate.
 
 For each variant: load time; at each batch size a warm-up then N timed runs of
-the model call on preprocessed inputs (preprocessing excluded: it is the same
-numpy/OpenCV code for every variant); mean / p50 / p90 / p99 latency and
+the model call on preprocessed inputs (model-only latency);
+end-to-end latency per pair on real files (decode and preprocess both photos,
+then infer at batch 1: what a clinic waits for), with the time split between
+decode+preprocess and inference, on the split's own photos and on `--photos
+DIR` (a clinic's own phone photos); mean / p50 / p90 / p99 latency and
 throughput; peak resident memory while loading and running it; the bundle's
 size; averaged AUC and ACC and every category's AUC on the chosen split; and
 against the reference, on the same cases, the statistical gate of
 `edgederm.evaluation.gate` (paired bootstrap confidence intervals of the AUC
 drop, decision flips). A variant that fails to load or run becomes a failed
 row, not a crash.
+
+A variant spec is `BUNDLE`, `BUNDLE@backend` (a jetson bundle's Q/DQ graph in
+onnxruntime) and either with `+reduced` or `+full`: the bundle run with that JPEG
+decode rule instead of its manifest's (`edgederm.preprocess.DECODES`), scored
+on its own decode of the same cases, so the gate measures what reduced decoding
+costs the same model.
 
 With --rounds N the latency runs are repeated round-robin over the variants
 (each round reloads each variant) and pooled: on a shared or thermally
@@ -20,7 +29,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -32,7 +41,7 @@ from edgederm.data.release import read_release
 from edgederm.errors import EdgeDermError
 from edgederm.evaluation.gate import GateSettings, judge
 from edgederm.evaluation.metrics import compute_metrics
-from edgederm.preprocess import PreprocessConfig
+from edgederm.preprocess import DECODES, PreprocessConfig, header_size
 from edgederm.runtime import load_bundle
 from edgederm.runtime.bundle import read_manifest
 
@@ -41,16 +50,65 @@ from edgederm.runtime.bundle import read_manifest
 class Variant:
     path: Path
     backend: str | None = None      # None: the bundle's own
+    decode: str | None = None       # None: the manifest's decode rule
 
     @classmethod
     def parse(cls, spec: str) -> "Variant":
-        """`PATH` or `PATH@backend` (e.g. a jetson bundle's Q/DQ graph in onnxruntime)."""
+        """`PATH`, `PATH@backend` (e.g. a jetson bundle's Q/DQ graph in onnxruntime), each optionally
+        with `+reduced` / `+full` (the JPEG decode rule to run it with)."""
+        decode = None
+        head, plus, tail = spec.rpartition("+")
+        if plus and tail in DECODES:
+            spec, decode = head, tail
         path, _, backend = spec.partition("@")
-        return cls(Path(path), backend or None)
+        return cls(Path(path), backend or None, decode)
 
     @property
     def name(self) -> str:
-        return self.path.name + (f"@{self.backend}" if self.backend else "")
+        return self.path.name + (f"@{self.backend}" if self.backend else "") + (f"+{self.decode}" if self.decode else "")
+
+
+PhotoSet = tuple[str, list[tuple[Path, Path]]]     # (label, pairs of photo paths)
+
+
+def photo_pairs(folder: Path) -> list[tuple[Path, Path]]:
+    """Consecutive photos of a folder as (clinical, dermoscopy) pairs, sorted by name; an odd last one
+    pairs with itself."""
+    if not folder.is_dir():
+        raise EdgeDermError(f"{folder}: not a folder of photos")
+    photos = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    if not photos:
+        raise EdgeDermError(f"{folder}: no .jpg, .jpeg or .png photos to time")
+    if len(photos) % 2:
+        photos.append(photos[-1])
+    return list(zip(photos[0::2], photos[1::2]))
+
+
+def photo_set(label: str, pairs: list[tuple[Path, Path]]) -> PhotoSet:
+    """The set labelled with its first photo's size, e.g. "test split, 768 x 512"."""
+    size = header_size(Path(pairs[0][0]).read_bytes())
+    return (f"{label}, {size[0]} x {size[1]}" if size else label), pairs
+
+
+def time_end_to_end(predictor, pairs: list[tuple[Path, Path]], runs: int, warmup: int = 1) -> dict:
+    """Per pair at batch 1: decode and preprocess both photos, then the model call; pairs cycled."""
+    prepare_ms, infer_ms = [], []
+    for i in range(warmup + runs):
+        clinical_path, derm_path = pairs[i % len(pairs)]
+        start = time.perf_counter()
+        clinical, dermoscopy = predictor.prepare_pairs([(clinical_path, derm_path)])
+        prepared = time.perf_counter()
+        predictor.run(clinical, dermoscopy)
+        done = time.perf_counter()
+        if i >= warmup:
+            prepare_ms.append((prepared - start) * 1000.0)
+            infer_ms.append((done - prepared) * 1000.0)
+    total = np.add(prepare_ms, infer_ms)
+    return {"pairs": len(pairs), "runs": runs, "mean_ms": float(total.mean()),
+            "p50_ms": float(np.percentile(total, 50)), "p90_ms": float(np.percentile(total, 90)),
+            "p99_ms": float(np.percentile(total, 99)), "decode_preprocess_ms": float(np.mean(prepare_ms)),
+            "inference_ms": float(np.mean(infer_ms)),
+            "decode_preprocess_share": float(np.sum(prepare_ms) / total.sum())}
 
 
 def _reset_peak_rss() -> bool:
@@ -91,7 +149,8 @@ def latency_summary(times_ms: list[float], batch: int) -> dict:
 
 
 def bench_variant(variant: Variant, device: str, batch_sizes: list[int], warmup: int, runs: int,
-                  evaluation: tuple[np.ndarray, np.ndarray, np.ndarray] | None, seed: int = 0) -> dict:
+                  evaluation: tuple[np.ndarray, np.ndarray, np.ndarray] | None, seed: int = 0,
+                  photo_sets: list[PhotoSet] = (), e2e_runs: int = 10) -> dict:
     row: dict = {"name": variant.name, "bundle": str(variant.path), "status": "ok"}
     try:
         _reset_peak_rss()
@@ -99,6 +158,8 @@ def bench_variant(variant: Variant, device: str, batch_sizes: list[int], warmup:
         start = time.perf_counter()
         predictor = load_bundle(variant.path, device=device, backend=variant.backend)
         row["load_s"] = time.perf_counter() - start
+        if variant.decode:
+            predictor.preprocess = replace(predictor.preprocess, decode=variant.decode)
         manifest = predictor.manifest
         row.update(backend=predictor.backend, target=manifest["target"], precision=manifest["precision"],
                    size_mb=sum(f["bytes"] for f in manifest["files"].values()) / 1e6,
@@ -114,6 +175,10 @@ def bench_variant(variant: Variant, device: str, batch_sizes: list[int], warmup:
                 clinical, dermoscopy = (rng.standard_normal((batch, 3, size, size), dtype=np.float32) for _ in range(2))
             row["latency"].append(latency_summary(time_runs(lambda: predictor.run(clinical, dermoscopy), warmup, runs),
                                                   batch))
+        row["decode"] = predictor.preprocess.decode
+        if photo_sets:
+            row["end_to_end"] = [{"photos": label, **time_end_to_end(predictor, pairs, e2e_runs)}
+                                 for label, pairs in photo_sets]
         if evaluation is not None:
             probabilities = predictor.run_batched(evaluation[0], evaluation[1])
             metrics = compute_metrics(probabilities, evaluation[2])
@@ -162,14 +227,6 @@ def apply_gate(rows: list[dict], reference: str | None, settings: GateSettings,
         row.pop("_probabilities", None)
 
 
-def _preprocessing(bundle: Path) -> str | None:
-    """Preprocessing settings from an unverified manifest (verification happens when the variant loads)."""
-    try:
-        return json.dumps(read_manifest(bundle, verify=False)["preprocess"], sort_keys=True)
-    except (EdgeDermError, KeyError):
-        return None
-
-
 def pool_round(row: dict, again: dict) -> None:
     """Add another round's timed runs to a variant's latency figures."""
     if again["status"] != "ok":
@@ -179,46 +236,67 @@ def pool_round(row: dict, again: dict) -> None:
                       for first, later in zip(row["latency"], again["latency"])]
 
 
+def _preprocessing(variant: Variant) -> PreprocessConfig | None:
+    """A variant's preprocessing, from its unverified manifest (verification happens when it loads)."""
+    try:
+        cfg = PreprocessConfig.from_dict(read_manifest(variant.path, verify=False)["preprocess"])
+    except (EdgeDermError, KeyError):
+        return None
+    return replace(cfg, decode=variant.decode) if variant.decode else cfg
+
+
 def run_bench(bundles: list[str], reference: str | None, data: Path | None, split: str, batch_sizes: list[int],
               warmup: int, runs: int, gate: GateSettings, device: str = "CPU", progress=None,
-              rounds: int = 1) -> dict:
+              rounds: int = 1, photos: list[Path] = (), e2e_runs: int = 10) -> dict:
     variants = [Variant.parse(b) for b in bundles]
     if reference is not None and all(v.name != Variant.parse(reference).name for v in variants):
         variants.insert(0, Variant.parse(reference))
     if any(b < 1 for b in batch_sizes):
         raise EdgeDermError(f"batch sizes must be at least 1, got {batch_sizes}")
-    if rounds < 1:
-        raise EdgeDermError(f"rounds must be at least 1, got {rounds}")
+    if rounds < 1 or e2e_runs < 1:
+        raise EdgeDermError(f"rounds and end-to-end runs must be at least 1, got {rounds} and {e2e_runs}")
     if gate.resamples < 100:
         raise EdgeDermError(f"the gate needs at least 100 bootstrap resamples, got {gate.resamples}")
-    evaluation, case_ids = None, None
+    photo_sets = [photo_set(folder.name, photo_pairs(folder)) for folder in photos]
+    evaluations: dict[str, tuple] = {}    # preprocessing (JSON) -> (clinical, dermoscopy, labels)
+    case_ids = None
     if data is not None:
         release = read_release(data)
         cases = release.split(split)
         if not cases:
             raise EdgeDermError(f"{data}: the {split} split is empty")
-        settings = {_preprocessing(v.path) for v in variants} - {None}
-        if len(settings) > 1:
+        settings = {json.dumps(cfg.to_dict(), sort_keys=True) for cfg in map(_preprocessing, variants) if cfg}
+        if len({json.dumps({**json.loads(s), "decode": None}) for s in settings}) > 1:
             raise EdgeDermError("the bundles preprocess differently (size, resize rule or normalisation); "
                                 "bench them separately")
-        if settings:
-            clinical, dermoscopy = load_arrays(cases, PreprocessConfig.from_dict(json.loads(settings.pop())))
-            evaluation = (clinical, dermoscopy, np.array([c.labels for c in cases]))
-            case_ids = [c.case_id for c in cases]
+        labels = np.array([c.labels for c in cases])
+        for setting in settings:
+            clinical, dermoscopy = load_arrays(cases, PreprocessConfig.from_dict(json.loads(setting)))
+            evaluations[setting] = (clinical, dermoscopy, labels)
+        case_ids = [c.case_id for c in cases]
+        photo_sets.insert(0, photo_set(f"{split} split", [(c.clinical, c.derm) for c in cases[:20]]))
+
+    def evaluation_of(variant: Variant):
+        cfg = _preprocessing(variant)
+        return evaluations.get(json.dumps(cfg.to_dict(), sort_keys=True)) if cfg else None
+
     rows = []
     with Tegrastats() as tegrastats:
         for variant in (progress(variants) if progress else variants):
-            rows.append(bench_variant(variant, device, batch_sizes, warmup, runs, evaluation))
+            rows.append(bench_variant(variant, device, batch_sizes, warmup, runs, evaluation_of(variant),
+                                      photo_sets=photo_sets, e2e_runs=e2e_runs))
         for _ in range(rounds - 1):     # latency only: accuracy does not change between rounds
             for row, variant in zip(rows, variants):
                 if row["status"] == "ok":
                     pool_round(row, bench_variant(variant, device, batch_sizes, warmup, runs, None))
     reference_name = Variant.parse(reference).name if reference else None
-    apply_gate(rows, reference_name, gate, evaluation[2] if evaluation else None, case_ids)
+    labels = next(iter(evaluations.values()))[2] if evaluations else None
+    apply_gate(rows, reference_name, gate, labels, case_ids)
     passing = [r for r in rows if r["verdict"] in ("pass", "reference", "not gated")]
     fastest = min(passing, key=lambda r: r["latency"][0]["mean_ms"])["name"] if passing else None
     return {"host": host_facts(), "jetson_telemetry": tegrastats.summary(), "device": device,
             "data": str(data) if data else None, "split": split if data else None, "batch_sizes": batch_sizes,
-            "warmup": warmup, "runs": runs, "rounds": rounds, "reference": reference_name, "gate": gate.describe(),
+            "warmup": warmup, "runs": runs, "rounds": rounds, "e2e_runs": e2e_runs,
+            "photo_sets": [label for label, _ in photo_sets], "reference": reference_name, "gate": gate.describe(),
             "variants": rows, "fastest_passing": fastest,
             "gate_passed": all(r["verdict"] in ("pass", "reference", "not gated") for r in rows)}

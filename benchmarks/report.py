@@ -87,6 +87,22 @@ def summary_lines(report: dict) -> list[str]:
     return lines
 
 
+E2E_HEADER = ["variant", "photos", "decode", "end to end ms (mean)", "p50", "p90", "p99", "decode + preprocess ms",
+              "inference ms", "decode + preprocess share", "model-only ms"]
+
+
+def end_to_end_rows(report: dict) -> list[list[str]]:
+    """Per variant and photo set: the wait for a pair of photos, beside the model call alone."""
+    rows = []
+    for r in report["variants"]:
+        for e2e in r.get("end_to_end", []) if r["status"] == "ok" else []:
+            rows.append([r["name"], e2e["photos"], r.get("decode", "full"), _fmt(e2e["mean_ms"]), _fmt(e2e["p50_ms"]),
+                         _fmt(e2e["p90_ms"]), _fmt(e2e["p99_ms"]), _fmt(e2e["decode_preprocess_ms"]),
+                         _fmt(e2e["inference_ms"]), f"{100 * e2e['decode_preprocess_share']:.0f} %",
+                         _fmt(r["latency"][0]["mean_ms"])])
+    return rows
+
+
 def markdown(report: dict) -> str:
     lines = ["# EdgeDerm bench", "", f"Host: {host_line(report)}.",
              "Libraries: " + ", ".join(f"{k} {v}" for k, v in report["host"]["libraries"].items()) + ".", ""]
@@ -110,6 +126,13 @@ def markdown(report: dict) -> str:
                          f"{lat['p50_ms']:.2f} | {lat['p90_ms']:.2f} | {lat['p99_ms']:.2f} | {lat['throughput_per_s']:.1f} | "
                          f"{_fmt(ratio, '.2f')}{'x' if ratio else ''} | {_fmt(own, '.2f')}{'x' if own else ''} | {r['load_s']:.2f} | {_fmt(r['peak_rss_mib'], '.0f')} (+{_fmt(r.get('peak_rss_added_mib'), '.0f')}) | "
                          f"{r['size_mb']:.1f} |")
+    e2e = end_to_end_rows(report)
+    if e2e:
+        lines += ["", "## End to end: a pair of photos, decoded, preprocessed and inferred", "",
+                  f"Batch 1, {report.get('e2e_runs')} timed pairs per photo set after one untimed; the two photos of a "
+                  "pair are decoded on two threads.", "",
+                  "| " + " | ".join(E2E_HEADER) + " |", "|" + "---|" * len(E2E_HEADER)]
+        lines += ["| " + " | ".join(row) + " |" for row in e2e]
     if report["data"]:
         lines += ["", f"## Accuracy and decisions: {report['split']} split of {report['data']}", ""]
         if report["reference"]:
@@ -235,6 +258,10 @@ def html_page(report: dict) -> str:
                     for r in report["variants"] if r["status"] == "ok" for lat in r["latency"]]
     parts.append("<h2>Latency</h2>" + _table(["variant", "batch", "mean ms", "p50", "p90", "p99", "per s",
                                                "peak RSS MiB", "MB"], latency_rows))
+    e2e = end_to_end_rows(report)
+    if e2e:
+        parts.append("<h2>End to end: photos to answer</h2>"
+                     + _table(E2E_HEADER, [[e(cell) for cell in row] for row in e2e], "end-to-end"))
 
     for r in report["variants"]:
         if "gate" not in r:

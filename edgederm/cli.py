@@ -348,7 +348,8 @@ def diagnose_command(
 @_one_line_errors
 def bench_command(
     bundle: Annotated[list[str], typer.Option(help="A bundle folder (repeat). PATH@onnxruntime runs a jetson "
-                                                   "bundle's graph in onnxruntime.")],
+                                                   "bundle's graph in onnxruntime; PATH+reduced (or +full) runs "
+                                                   "it with that JPEG decode rule.")],
     reference: Annotated[Optional[str], typer.Option(help="The FP32 bundle the gate compares against.")] = None,
     data: Annotated[Optional[Path], typer.Option(help="Release for the accuracy figures.")] = None,
     split: Annotated[str, typer.Option(help="Split scored for accuracy.")] = "test",
@@ -357,6 +358,9 @@ def bench_command(
     runs: Annotated[int, typer.Option(help="Timed runs per batch size.")] = 50,
     rounds: Annotated[int, typer.Option(help="Time every variant N times round-robin and pool the runs "
                                              "(steadier figures on a busy machine).")] = 1,
+    photos: Annotated[Optional[list[Path]], typer.Option(
+        help="A folder of photos (repeat) to time end to end: consecutive photos form pairs.")] = None,
+    e2e_runs: Annotated[int, typer.Option(help="Timed pairs per photo set, end to end.")] = 10,
     max_auc_drop: Annotated[float, typer.Option(help=_MARGIN_HELP)] = 1.0,
     max_flip_rate: Annotated[Optional[float], typer.Option(help=_FLIP_HELP)] = None,
     resamples: Annotated[int, typer.Option(help="Bootstrap resamples of the gate.")] = 2000,
@@ -375,7 +379,8 @@ def bench_command(
         raise typer.BadParameter(f"--batch {batch!r}: give comma-separated integers") from None
     gate = GateSettings(max_auc_drop=max_auc_drop, resamples=resamples, seed=seed, max_flip_rate=max_flip_rate)
     result = run_bench(bundle, reference, data, split, batch_sizes, warmup, runs, gate, device,
-                       progress=None if as_json else _progress("benchmarking", "variant"), rounds=rounds)
+                       progress=None if as_json else _progress("benchmarking", "variant"), rounds=rounds,
+                       photos=photos or [], e2e_runs=e2e_runs)
     paths = write_reports(result, report)
     if as_json:
         typer.echo(json.dumps(result, indent=2))

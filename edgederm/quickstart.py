@@ -3,6 +3,7 @@
     OUT/synth/                     synthetic release (derm7pt layout)
     OUT/runs/tiny/                 trained tiny model, with eval-test/ metrics
     OUT/exports/tiny-*/            torch, ONNX, OpenVINO FP32 + INT8, Jetson bundles
+    OUT/photos-12mp/               a phone-sized (4000 x 3000) pair for end-to-end timing
     OUT/report/                    bench report: report.json, report.md, report.html
 
 An INT8 export that no graph passes on the valid split (export/int8_gate.py)
@@ -24,7 +25,9 @@ from pathlib import Path
 from typing import Callable
 
 from edgederm.benchmarks.bench import run_bench
+from edgederm.benchmarks.photos import write_phone_pair
 from edgederm.benchmarks.report import write_reports
+from edgederm.data.release import read_release
 from edgederm.data.synth import write_synthetic_release
 from edgederm.errors import EdgeDermError
 from edgederm.evaluation.evaluate import evaluate_run
@@ -46,6 +49,7 @@ class QuickstartOptions:
     img_size: int | None = None        # None: the tiny preset's
     batch_size: int | None = None      # None: the tiny recipe's
     runs: int = 50
+    e2e_runs: int = 5                  # timed pairs per photo set, end to end
     max_auc_drop: float = 1.0
     max_flip_rate: float | None = None
     seed: int = 0
@@ -117,10 +121,20 @@ def quickstart(opt: QuickstartOptions, log: Callable[[str], None] = print) -> di
         log(f"      {reason}")
         refused.append({"name": Path(variant).name, "status": "refused", "error": reason, "verdict": "fail"})
 
-    log(f"[5/5] bench: {len(variants)} variants against PyTorch FP32 -> {report_dir}")
+    # End to end on a phone-sized pair too, and the OpenVINO FP32 bundle once more with reduced JPEG
+    # decoding: the gate then says what reduced decoding costs the same model on the same cases.
+    photos = opt.out / "photos-12mp"
+    if not (photos / "2-derm.jpg").is_file():
+        first = read_release(data).split("test")[0]
+        write_phone_pair(photos, first.clinical, first.derm, seed=opt.seed)
+    fp32 = exports / f"{run.name}-openvino-fp32"
+    if fp32 in ready:
+        variants.append(f"{fp32}+reduced")
+    log(f"[5/5] bench: {len(variants)} variants against PyTorch FP32, end to end also on {photos} -> {report_dir}")
     result = run_bench(variants, reference=variants[0], data=data, split="test", batch_sizes=[1], warmup=5,
                        runs=opt.runs, gate=GateSettings(max_auc_drop=opt.max_auc_drop, seed=opt.seed,
-                                                        max_flip_rate=opt.max_flip_rate))
+                                                        max_flip_rate=opt.max_flip_rate),
+                       photos=[photos], e2e_runs=opt.e2e_runs)
     if refused:
         result["variants"] += refused
         result["gate_passed"] = False

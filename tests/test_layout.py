@@ -18,7 +18,7 @@ DEVICE_MODULES = (
     "edgederm.evaluation.metrics", "edgederm.evaluation.gate", "edgederm.runtime", "edgederm.runtime.bundle", "edgederm.runtime.device",
     "edgederm.runtime.predictor", "edgederm.runtime.prediction", "edgederm.runtime.diagnose",
     "edgederm.runtime.onnxruntime_backend", "edgederm.runtime.tensorrt_backend", "edgederm.export.engine",
-    "edgederm.benchmarks.bench", "edgederm.benchmarks.host", "edgederm.benchmarks.report",
+    "edgederm.benchmarks.bench", "edgederm.benchmarks.host", "edgederm.benchmarks.report", "edgederm.benchmarks.photos",
 )
 HEAVY = ("torch", "timm", "nncf", "sklearn", "matplotlib", "openvino", "onnx")
 

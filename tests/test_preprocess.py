@@ -103,6 +103,52 @@ def test_center_crop_resizes_the_central_square_here_and_in_the_manifest_config(
         PreprocessConfig(crop="middle")
 
 
+def _exif_jpeg(path, rgb, orientation: int):
+    """A JPEG whose EXIF says how to turn it (6: rotate 90 degrees clockwise to display)."""
+    import struct
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
+    tiff = b"II*\x00" + struct.pack("<IH", 8, 1) + struct.pack("<HHIHH", 0x0112, 3, 1, orientation, 0) + b"\0" * 4
+    app1 = b"Exif\x00\x00" + tiff
+    data = buf.tobytes()
+    path.write_bytes(data[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + data[2:])
+    return path
+
+
+@pytest.mark.parametrize("short, size, factor", [(3000, 224, 4), (3000, 128, 8), (512, 224, 1), (512, 128, 2),
+                                                 (900, 224, 2), (447, 112, 2), (449, 224, 1)])
+def test_reduced_decoding_takes_the_largest_reduction_that_keeps_twice_the_input(tmp_path, short, size, factor):
+    from edgederm.preprocess import jpeg_reduction
+    ok, buf = cv2.imencode(".jpg", np.zeros((short, short * 4 // 3, 3), np.uint8))
+    assert jpeg_reduction(buf.tobytes(), 2 * size) == factor
+    assert -(-short // factor) >= 2 * size or factor == 1          # never below twice the input
+    assert jpeg_reduction(buf.tobytes(), None) == 1                   # "full": no reduction
+
+
+def test_reduced_decoding_keeps_orientation_colour_and_refusals(tmp_path):
+    from edgederm.preprocess import jpeg_reduction, read_input_image
+    img = np.zeros((800, 1200, 3), np.uint8)
+    img[:200, :400] = (255, 0, 0)                                   # a red block at the top left
+    photo = _exif_jpeg(tmp_path / "phone.jpg", img, orientation=6)
+    cfg = PreprocessConfig(size=100, decode="reduced")
+    assert jpeg_reduction(photo.read_bytes(), cfg.min_decoded_side) == 4
+    full, reduced = read_image(photo), read_input_image(photo, cfg)
+    assert full.shape == (1200, 800, 3) and reduced.shape == (300, 200, 3)   # turned upright, a quarter of each side
+    for decoded, scale in ((full, 1), (reduced, 4)):               # clockwise: the block is now top right
+        red = (decoded[..., 0] > 200) & (decoded[..., 1] < 60)
+        rows, cols = np.nonzero(red)
+        assert rows.max() < 400 // scale and cols.min() >= 600 // scale
+    small = cv2.resize(full, (200, 300), interpolation=cv2.INTER_AREA).astype(int)
+    assert np.abs(small - reduced.astype(int)).mean() < 3          # the same picture, decoded smaller
+    np.testing.assert_array_equal(read_input_image(photo, PreprocessConfig(size=100)), full)   # decode "full"
+    grey = tmp_path / "grey.jpg"
+    cv2.imwrite(str(grey), np.full((800, 1200), 128, np.uint8))
+    with pytest.raises(ImageError, match="grayscale"):              # not forced to colour by the reduced path
+        read_input_image(grey, cfg)
+    assert PreprocessConfig.from_dict(cfg.to_dict()).decode == "reduced"
+    with pytest.raises(Exception, match="unknown decode rule 'half'"):
+        PreprocessConfig(decode="half")
+
+
 def test_augmentation_policies_and_their_limits():
     from edgederm.augment import POLICIES, policy
     assert policy("fusionm4net") == AugmentConfig()

@@ -19,7 +19,7 @@ def test_quickstart_ends_green_with_an_int8_variant_passing_and_reuses_finished_
     report = json.loads((out / "report" / "report.json").read_text())
     names = [r["name"] for r in report["variants"]]
     assert names == ["tiny-torch-fp32", "tiny-onnx-fp32", "tiny-openvino-fp32", "tiny-openvino-int8",
-                     "tiny-jetson-int8@onnxruntime"]
+                     "tiny-jetson-int8@onnxruntime", "tiny-openvino-fp32+reduced"]
     assert all(r["status"] == "ok" and "accuracy" in r for r in report["variants"])
     verdicts = {r["name"]: r["verdict"] for r in report["variants"]}
     assert verdicts["tiny-torch-fp32"] == "reference"
@@ -27,6 +27,11 @@ def test_quickstart_ends_green_with_an_int8_variant_passing_and_reuses_finished_
     assert report["gate"]["resamples"] == 2000 and report["gate"]["max_auc_drop"] == 1.0
     int8 = next(r for r in report["variants"] if r["name"] == "tiny-openvino-int8")
     assert set(int8["gate"]["flips"]) == {"diagnosis", "seven_point"}
+    # end to end on the test split's photos and on the 12-MP pair the quickstart wrote
+    assert report["photo_sets"] == ["test split, 768 x 512", "photos-12mp, 4000 x 3000"]
+    assert all(len(r["end_to_end"]) == 2 for r in report["variants"])
+    reduced = report["variants"][-1]
+    assert reduced["decode"] == "reduced" and "gate" in reduced        # its verdict on reduced decoding
     assert (out / "report" / "report.html").is_file() and (out / "runs" / "tiny" / "eval-test" / "metrics.md").is_file()
     assert "report: " in first.output and "fastest variant that passes: tiny-" in first.output
     weights = out / "runs" / "tiny" / "model.safetensors"
@@ -40,7 +45,7 @@ def test_quickstart_ends_green_with_an_int8_variant_passing_and_reuses_finished_
     assert second.output.count("reusing") == 2 + 5          # release, run, five bundles
     assert weights.stat().st_mtime_ns == stamp
     report = json.loads((out / "report" / "report.json").read_text())
-    assert [r["verdict"] for r in report["variants"]][1:] == ["fail"] * 4
+    assert [r["verdict"] for r in report["variants"]][1:] == ["fail"] * 5
     strict = runner.invoke(app, ["quickstart", "--out", str(out), *impossible, "--strict"])
     assert strict.exit_code == 1 and "fail (averaged-AUC drop upper bound" in strict.output
 

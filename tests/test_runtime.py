@@ -200,6 +200,62 @@ def test_bench_gate_reports_and_fastest_variant(bundles, synthetic_release, tmp_
     assert "| variant |" in (report / "report.md").read_text()
 
 
+def test_bench_times_photos_end_to_end_and_gates_reduced_decoding(bundles, synthetic_release, tmp_path):
+    from edgederm.benchmarks.photos import write_phone_pair
+    from edgederm.preprocess import header_size
+    case = read_release(synthetic_release).split("test")[0]
+    phone = tmp_path / "phone"
+    clinical, derm = write_phone_pair(phone, case.clinical, case.derm, size=(1600, 1200))
+    assert header_size(clinical.read_bytes()) == (1600, 1200) and header_size(derm.read_bytes()) == (1600, 1200)
+    report = tmp_path / "report"
+    fp32 = str(bundles["onnx-fp32"])
+    result = runner.invoke(app, [
+        "bench", "--bundle", fp32, "--bundle", f"{fp32}+reduced", "--reference", fp32, "--data", str(synthetic_release),
+        "--warmup", "0", "--runs", "2", "--photos", str(phone), "--e2e-runs", "3", "--max-auc-drop", "50",
+        "--report", str(report)])
+    assert result.exit_code == 0, result.output
+    data = json.loads((report / "report.json").read_text())
+    rows = {r["name"]: r for r in data["variants"]}
+    full, reduced = rows[bundles["onnx-fp32"].name], rows[bundles["onnx-fp32"].name + "+reduced"]
+    assert (full["decode"], reduced["decode"]) == ("full", "reduced")
+    assert [e["photos"] for e in full["end_to_end"]] == ["test split, 768 x 512", "phone, 1600 x 1200"]
+    for e2e in full["end_to_end"] + reduced["end_to_end"]:
+        assert e2e["runs"] == 3 and 0 < e2e["decode_preprocess_share"] < 1
+        assert e2e["mean_ms"] == pytest.approx(e2e["decode_preprocess_ms"] + e2e["inference_ms"])
+        assert e2e["p50_ms"] <= e2e["p99_ms"]
+    # the 64-px model decodes the 768 x 512 photos at 1/4 and the 1600 x 1200 ones at 1/8 when reduced: other
+    # inputs, so the gate scores reduced decoding against full decoding of the same model on the same cases
+    from dataclasses import replace
+
+    from edgederm.preprocess import load_input
+    cfg = load_bundle(bundles["onnx-fp32"]).preprocess
+    assert not np.array_equal(load_input(case.derm, cfg), load_input(case.derm, replace(cfg, decode="reduced")))
+    assert reduced["gate"]["flips"]["diagnosis"]["cases"] == full["accuracy"]["cases"] and reduced["verdict"] == "pass"
+    assert "end to end" in (report / "report.md").read_text().lower()
+    assert "photos to answer" in (report / "report.html").read_text()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    bad = runner.invoke(app, ["bench", "--bundle", fp32, "--photos", str(empty), "--report", str(tmp_path / "r2")])
+    assert bad.exit_code == 1 and "empty: no .jpg, .jpeg or .png photos to time" in bad.output
+
+
+def test_diagnose_pairs_decodes_the_next_pair_while_inferring(bundles, synthetic_release, tmp_path):
+    from edgederm.runtime.diagnose import diagnose_pairs
+    cases = read_release(synthetic_release).split("test")[:4]
+    rows = [f"{c.case_id},{c.clinical},{c.derm}" for c in cases] + ["broken,missing.jpg,missing.jpg"]
+    (tmp_path / "pairs.csv").write_text("id,clinical,derm\n" + "\n".join(rows) + "\n")
+    predictor = load_bundle(bundles["onnx-fp32"])
+    written, failures = diagnose_pairs(predictor, tmp_path / "pairs.csv", tmp_path / "out.csv")
+    assert written == 5 and len(failures) == 1 and "missing.jpg: file not found" in failures[0]
+    with open(tmp_path / "out.csv") as f:
+        out = list(csv.DictReader(f))
+    for case, row in zip(cases, out):      # the pipelined answers are the one-pair-at-a-time answers, in order
+        expected = predictor.predict(case.clinical, case.derm)
+        assert row["id"] == case.case_id and row["diagnosis"] == expected.top("DIAG")[0]
+        assert float(row["diagnosis_probability"]) == pytest.approx(expected.top("DIAG")[1], abs=1e-4)
+    assert out[-1]["status"] == "error"
+
+
 def test_bench_exits_1_when_a_variant_fails_the_gate(bundles, synthetic_release, tmp_path):
     result = runner.invoke(app, [
         "bench", "--bundle", str(bundles["openvino-int8"]), "--bundle", str(bundles["jetson-int8"]),

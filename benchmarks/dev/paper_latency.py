@@ -43,7 +43,9 @@ def main() -> None:
             torch.manual_seed(0)
             save_weights(create_model(get_preset("paper")), run / "model.safetensors", extra={"source": "random init"})
         made = ensure_bundles(run, data, work / "exports", {"torch": "fp32", "onnx": "fp32", "openvino": "fp32,int8",
-                                                            "jetson": "int8"}, calibration_cases=64, eval_split=None)
+                                                            "jetson": "int8"}, calibration_cases=64, eval_split=None,
+                               # random weights: the INT8 gate on valid would judge noise; latency only
+                               max_auc_drop=100.0)
         bundles = [str(made[name]) for name in ("torch-fp32", "onnx-fp32", "openvino-fp32", "openvino-int8")]
         bundles.append(f"{made['jetson-int8']}@onnxruntime")
         report = run_bench(bundles, reference=bundles[0], data=None, split="test", batch_sizes=[1], warmup=10,

@@ -47,16 +47,18 @@ def _flips(flips: dict | None) -> str:
 def quickstart_block(report: dict) -> str:
     host, gate = report["host"], report["gate"]
     cases = next(r["accuracy"]["cases"] for r in report["variants"] if r["status"] == "ok")
+    photo_labels = report.get("photo_sets", [])
     lines = [f"Test split of the synthetic release ({cases} cases), `{report['reference']}` as the reference; "
              f"gate: paired stratified bootstrap, {gate['resamples']} resamples, seed {gate['seed']}, margin "
              f"{gate['max_auc_drop']:g} AUC point on the one-sided 95 % upper bound; {host['cpu']}, "
              f"{host['cores']} cores:", "",
              "| variant | averaged AUC | AUC drop, points [95 % CI] | upper bound | top diagnosis changed | "
-             "seven-point reading changed | latency, batch 1 | verdict |",
-             "|---|---|---|---|---|---|---|---|"]
+             "seven-point reading changed | model only, batch 1 | "
+             + "".join(f"end to end, {label} | " for label in photo_labels) + "verdict |",
+             "|---|---|---|---|---|---|---|" + "---|" * len(photo_labels) + "---|"]
     for r in report["variants"]:
         if r["status"] != "ok":
-            lines.append(f"| {r['name']} | failed: {r['error']} | | | | | | fail |")
+            lines.append(f"| {r['name']} | failed: {r['error']} | | | | | |" + " |" * len(photo_labels) + " fail |")
             continue
         auc = r.get("gate", {}).get("auc")
         drop = f"{auc['drop_points']:.2f} [{auc['ci_points'][0]:.2f}, {auc['ci_points'][1]:.2f}]" if auc else "-"
@@ -64,7 +66,10 @@ def quickstart_block(report: dict) -> str:
         flips = r.get("gate", {}).get("flips", {})
         lines.append(f"| {r['name']} | {100 * r['accuracy']['avg_auc']:.2f} | {drop} | {upper} | "
                      f"{_flips(flips.get('diagnosis'))} | {_flips(flips.get('seven_point'))} | "
-                     f"{r['latency'][0]['mean_ms']:.1f} ms | {r['verdict']} |")
+                     f"{r['latency'][0]['mean_ms']:.1f} ms | "
+                     + "".join(f"{e['mean_ms']:.0f} ms ({100 * e['decode_preprocess_share']:.0f} % decoding) | "
+                               for e in r.get("end_to_end", []))
+                     + f"{r['verdict']} |")
     lines += ["", f"Fastest variant that passes: **{report['fastest_passing'] or 'none'}**."
               + (f" The quickstart took {report['minutes']:.1f} min, install not included." if "minutes" in report
                  else "")]

@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 
 from edgederm.augment import AugmentConfig, augment_image
 from edgederm.data.release import Case
-from edgederm.preprocess import PreprocessConfig, normalize, read_image, resize_image
+from edgederm.preprocess import PreprocessConfig, normalize, read_input_image, resize_image
 
 
 class PairDataset(Dataset):
@@ -32,7 +32,7 @@ class PairDataset(Dataset):
         if self.cache is not None and key in self.cache:
             return self.cache[key]
         case = self.cases[index]
-        img = resize_image(read_image(case.derm if modality else case.clinical),
+        img = resize_image(read_input_image(case.derm if modality else case.clinical, self.preprocess),
                            self.preprocess.size, self.preprocess.resize, self.preprocess.crop)
         if self.cache is not None:
             self.cache[key] = img

@@ -3,13 +3,17 @@
 A CSV of pairs has columns `clinical` and `derm` (paths, relative to the CSV's
 folder unless absolute) and optionally `id`. Each row is predicted on its own:
 an unreadable image fails its row, with the reason, and the batch goes on.
-The results file is written under a temporary name and renamed when complete.
+While one pair is inferred, the next pair's photos are already being decoded
+(decoding a phone photo takes longer than the model). The results file is
+written under a temporary name and renamed when complete.
 """
 from __future__ import annotations
 
 import csv
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Iterator
 
 from edgederm import labels as L
 from edgederm.errors import EdgeDermError
@@ -46,6 +50,24 @@ def _resolve(base: Path, value: str) -> Path:
     return path if path.is_absolute() else base / path
 
 
+def _prepared_ahead(predictor: Predictor, pairs: list) -> Iterator:
+    """For each pair (or None), its model inputs or the EdgeDermError that preparing it raised; the next
+    pair is prepared on a background thread while the caller runs the model on this one."""
+    def prepare(pair):
+        if pair is None:
+            return None
+        try:
+            return predictor.prepare_pairs([pair])
+        except EdgeDermError as e:
+            return e
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgederm-ahead") as ahead:
+        future = ahead.submit(prepare, pairs[0]) if pairs else None
+        for i in range(len(pairs)):
+            current = future.result()
+            future = ahead.submit(prepare, pairs[i + 1]) if i + 1 < len(pairs) else None
+            yield current
+
+
 def diagnose_pairs(predictor: Predictor, pairs_csv: Path, out_csv: Path, progress=None) -> tuple[int, list[str]]:
     """Predict every row; returns (rows written, failure messages)."""
     try:
@@ -61,18 +83,27 @@ def diagnose_pairs(predictor: Predictor, pairs_csv: Path, out_csv: Path, progres
     if missing:
         raise EdgeDermError(f"{pairs_csv}: missing column(s) {', '.join(missing)} (need clinical, derm; optional id)")
     base = pairs_csv.parent
-    results, failures = [], []
-    for line, row in enumerate(progress(rows) if progress else rows, start=2):
+    jobs = []
+    for line, row in enumerate(rows, start=2):
         row = {k.strip(): (v or "") for k, v in row.items() if k}
         case_id = row.get("id", "").strip() or f"line{line}"
-        result = {"id": case_id, "clinical": row["clinical"], "derm": row["derm"]}
+        empty = [c for c in ("clinical", "derm") if not row[c].strip()]
+        pair = None if empty else (_resolve(base, row["clinical"]), _resolve(base, row["derm"]))
+        jobs.append({"line": line, "id": case_id, "clinical": row["clinical"], "derm": row["derm"], "pair": pair,
+                     "error": f"empty {' and '.join(empty)} cell" if empty else None})
+    results, failures = [], []
+    inputs = _prepared_ahead(predictor, [job["pair"] for job in jobs])
+    for job in (progress(jobs) if progress else jobs):
+        prepared = next(inputs)
+        result = {"id": job["id"], "clinical": job["clinical"], "derm": job["derm"]}
         try:
-            empty = [c for c in ("clinical", "derm") if not row[c].strip()]
-            if empty:
-                raise EdgeDermError(f"empty {' and '.join(empty)} cell")
-            prediction = predictor.predict(_resolve(base, row["clinical"]), _resolve(base, row["derm"]))
+            if job["error"]:
+                raise EdgeDermError(job["error"])
+            if isinstance(prepared, EdgeDermError):
+                raise prepared
+            prediction = Prediction.from_row(predictor.run(*prepared)[0])
         except EdgeDermError as e:
-            failures.append(f"{pairs_csv}: line {line} ({case_id}): {e}")
+            failures.append(f"{pairs_csv}: line {job['line']} ({job['id']}): {e}")
             results.append({**result, "status": "error", "error": str(e)})
             continue
         top, p = prediction.top("DIAG")

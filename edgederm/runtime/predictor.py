@@ -6,16 +6,20 @@
     probabilities = predictor.run(clinical, dermoscopy)            # preprocessed N x 3 x S x S arrays
 
 Preprocessing comes from the bundle manifest and the shared module
-`edgederm.preprocess`, the same code training and calibration used.
+`edgederm.preprocess`, the same code training and calibration used. The photos
+of a pair (and of a batch) are decoded and preprocessed on two threads: OpenCV
+releases the GIL while it decodes and resizes, so on a 2-core device the two
+photos cost about as much as the larger one.
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from edgederm.errors import EdgeDermError
-from edgederm.preprocess import PreprocessConfig, preprocess_image, read_image
+from edgederm.preprocess import PreprocessConfig, preprocess_image, read_input_image
 from edgederm.runtime.prediction import Prediction
 
 Image = str | Path | np.ndarray
@@ -34,6 +38,7 @@ class Predictor:
         self.preprocess = PreprocessConfig.from_dict(manifest["preprocess"])
         self.max_batch: int | None = None        # None: any batch size
         self.precision = manifest["precision"]
+        self._pool: ThreadPoolExecutor | None = None     # made on first use, for decoding photos
 
     @property
     def name(self) -> str:
@@ -70,11 +75,19 @@ class Predictor:
 
     def prepare(self, image: Image) -> np.ndarray:
         if isinstance(image, (str, Path)):
-            return preprocess_image(read_image(image), self.preprocess, str(image))
+            return preprocess_image(read_input_image(image, self.preprocess), self.preprocess, str(image))
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise BundleRunError(f"image arrays must be RGB uint8 H x W x 3 (got {image.dtype} {image.shape}); "
                                  "use edgederm.preprocess.read_image to read files")
         return preprocess_image(image, self.preprocess)
+
+    def prepare_pairs(self, pairs: list[tuple[Image, Image]]) -> tuple[np.ndarray, np.ndarray]:
+        """Model inputs of the pairs (N x 3 x S x S each), the photos prepared two at a time."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="edgederm-decode")
+        images = [image for pair in pairs for image in pair]
+        prepared = list(self._pool.map(self.prepare, images))     # the first error is raised here, in order
+        return np.stack(prepared[0::2]), np.stack(prepared[1::2])
 
     def predict(self, clinical_image: Image, dermoscopy_image: Image) -> Prediction:
         return self.predict_batch([(clinical_image, dermoscopy_image)])[0]
@@ -82,6 +95,5 @@ class Predictor:
     def predict_batch(self, pairs: list[tuple[Image, Image]]) -> list[Prediction]:
         if not pairs:
             return []
-        clinical = np.stack([self.prepare(c) for c, _ in pairs])
-        dermoscopy = np.stack([self.prepare(d) for _, d in pairs])
+        clinical, dermoscopy = self.prepare_pairs(pairs)
         return [Prediction.from_row(row) for row in self.run_batched(clinical, dermoscopy)]
