@@ -270,16 +270,26 @@ def _composite(texture: np.ndarray, layers: list[Layer], strength: float) -> tup
             continue
         a = mask[y:y + h, x:x + w] * (opacity * strength)
         region = img[y:y + h, x:x + w]
-        region += (np.asarray(colour, np.float32) - region) * a[..., None]
+        target = np.asarray(colour, np.float32)
+        _per_channel(region, lambda c: region[..., c] + (target[c] - region[..., c]) * a)
         np.maximum(extra[y:y + h, x:x + w], a, out=extra[y:y + h, x:x + w])
     return img, extra
+
+
+def _per_channel(out: np.ndarray, fn) -> np.ndarray:
+    """out[..., c] = fn(c) for the three channels. numpy broadcasts over a trailing axis of 3 slowly
+    (~3x the time of three plane operations); the arithmetic, and so every pixel, is the same."""
+    for c in range(3):
+        out[..., c] = fn(c)
+    return out
 
 
 def _skin(rng, shape, base) -> np.ndarray:
     """Skin of one tone (brightness varies, hue barely), with soft shading and grain."""
     colour = np.asarray(base, np.float32) * rng.uniform(0.82, 1.08) + rng.normal(0, 4, 3)
     shade = 1 + 0.06 * _smooth_noise(rng, shape, 5) + 0.015 * rng.standard_normal(shape, dtype=np.float32)
-    return shade[..., None] * colour.astype(np.float32)
+    colour = colour.astype(np.float32)
+    return _per_channel(np.empty((*shape, 3), np.float32), lambda c: shade * colour[c])
 
 
 @lru_cache(maxsize=1)
@@ -291,7 +301,8 @@ def _distance_from_centre() -> np.ndarray:
 def _paste(background: np.ndarray, patch: np.ndarray, alpha: np.ndarray, x0: int, y0: int) -> None:
     h, w = alpha.shape
     region = background[y0:y0 + h, x0:x0 + w]
-    region[:] = region * (1 - alpha[..., None]) + patch * alpha[..., None]
+    keep = 1 - alpha
+    _per_channel(region, lambda c: region[..., c] * keep + patch[..., c] * alpha)
 
 
 def render_case(labels: Mapping[str, str], raw: Mapping[str, str], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -342,13 +353,15 @@ def render_case(labels: Mapping[str, str], raw: Mapping[str, str], rng: np.rando
     x0 = int(np.clip(WIDTH / 2 - size / 2 + derm_rng.normal(0, 15), 0, WIDTH - size))
     y0 = (HEIGHT - size) // 2    # PATCH * 1.05 < HEIGHT: the canvas always fits
     _paste(derm, patch, alpha, x0, y0)
-    vignette = np.clip((derm_rng.uniform(290, 320) - _distance_from_centre()) / 12, 0, 1)[..., None]
-    derm = derm * vignette + 8 * (1 - vignette)
+    vignette = np.clip((derm_rng.uniform(290, 320) - _distance_from_centre()) / 12, 0, 1)
+    dark = 8 * (1 - vignette)
+    derm = _per_channel(derm, lambda c: derm[..., c] * vignette + dark)
 
     # Clinical: wide field, weak criteria, small and soft.
     clin_lesion, clin_extra = _composite(texture, layers, CLINICAL_STRENGTH)
     clinical = _skin(clinical_rng, (HEIGHT, WIDTH), (205, 158, 135))
-    clinical *= (1 + 0.15 * np.linspace(-1, 1, WIDTH, dtype=np.float32) * clinical_rng.choice((-1, 1)))[None, :, None]
+    gradient = (1 + 0.15 * np.linspace(-1, 1, WIDTH, dtype=np.float32) * clinical_rng.choice((-1, 1)))[None, :]
+    clinical = _per_channel(clinical, lambda c: clinical[..., c] * gradient)
     size = int(PATCH * clinical_rng.uniform(0.3, 0.42))
     patch = cv2.GaussianBlur(cv2.resize(clin_lesion, (size, size), interpolation=cv2.INTER_AREA), (0, 0), 1.2)
     alpha = cv2.GaussianBlur(cv2.resize(np.maximum(mask, clin_extra), (size, size), interpolation=cv2.INTER_AREA), (0, 0), 1.2)
