@@ -103,8 +103,9 @@ _MARGIN_HELP = ("Gate margin, AUC points: a variant passes when the one-sided 95
 _FLIP_HELP = ("Also gate on decisions: largest share of cases (percent) whose top diagnosis or seven-point "
               "reading differs from the reference's. Always reported.")
 
-_PRETRAINED_HELP = ("Initial weights of the {} encoder: auto (installed offline weights, else random init), "
-                    "none (random init) or a local weights file. Nothing is downloaded.")
+_PRETRAINED_HELP = ("Initial weights of the {} encoder: auto (installed offline weights; none found: refused), "
+                    "none (random init, on purpose), a local weights file, or hub (download through the "
+                    "Hugging Face hub: the only option that uses the network).")
 
 
 @model_app.command("summary")

