@@ -180,7 +180,7 @@ def train_command(
         help="What of each photo is resized, here and on the device: none (all of it) or center (central square).")] = None,
     drop_rate: Annotated[Optional[float], typer.Option(help="Dropout before each head.")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Epochs in all (SWA included).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Batch size per process.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Global batch size (split over --nproc processes).")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Adam learning rate.")] = None,
     weight_decay: Annotated[Optional[float], typer.Option(help="Adam weight decay.")] = None,
     warmup_epochs: Annotated[Optional[int], typer.Option(help="Linear warm-up epochs.")] = None,

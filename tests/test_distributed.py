@@ -1,5 +1,6 @@
 """Two CPU processes with gloo under torchrun, through `edgederm train --nproc 2`:
-both ranks must end with identical weights, each having seen half the batches."""
+both ranks must end with identical weights, each having seen half the batches;
+--batch-size is the global batch (each process takes half of it)."""
 import json
 import os
 import subprocess

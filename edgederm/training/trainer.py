@@ -176,9 +176,16 @@ def _train(data: Path, run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, 
 
     release = read_release(data)
     train_cases, valid_cases = release.split("train"), release.split("valid")
-    if len(train_cases) < cfg.batch_size * dist.world_size:
+    # batch_size is the global batch, whatever the process count: the recipe's learning rate was set for it
+    if cfg.batch_size % dist.world_size:
+        raise ConfigError(f"batch size {cfg.batch_size} does not split evenly over {dist.world_size} processes; "
+                          f"give a multiple of {dist.world_size}")
+    per_process = cfg.batch_size // dist.world_size
+    if len(train_cases) < cfg.batch_size:
         raise ConfigError(f"{data}: the train split has {len(train_cases)} cases, fewer than one batch "
-                          f"({cfg.batch_size} x {dist.world_size} processes)")
+                          f"({cfg.batch_size})")
+    if dist.world_size > 1 and dist.main and progress:
+        tqdm.write(f"global batch {cfg.batch_size} = {dist.world_size} processes x {per_process}")
     if not valid_cases:
         raise ConfigError(f"{data}: the valid split is empty; it is needed for model selection and branch weights")
     train_set = PairDataset(train_cases, preprocess, cfg.augmentation())
@@ -239,7 +246,7 @@ def _train(data: Path, run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, 
             sampler.set_epoch(epoch)
         else:
             sampler = RandomSampler(train_set, generator=torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch)))
-        loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
+        loader = DataLoader(train_set, batch_size=per_process, sampler=sampler, num_workers=cfg.workers,
                             drop_last=True, pin_memory=on_cuda)
         net.train()
         started, total_loss, n_batches, n_samples = time.perf_counter(), 0.0, 0, 0
