@@ -22,12 +22,13 @@ def test_two_gloo_processes_train_in_lockstep(synthetic_release, tmp_path):
     ranks = [json.loads((run / "ranks" / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"]
     n_train = len(read_release(synthetic_release).split("train"))
-    per_rank_samples = n_train // 2                       # DistributedSampler(drop_last=True)
+    per_rank_samples, per_rank_batch = n_train // 2, batch // 2     # DistributedSampler(drop_last=True)
     for r in ranks:
         assert r["world_size"] == 2
-        assert r["samples"] == epochs * (per_rank_samples // batch) * batch
-        assert r["batches"] == epochs * (per_rank_samples // batch)
-    # Together they saw what one process would have seen in the same number of batches of 2 x 4.
-    assert ranks[0]["batches"] + ranks[1]["batches"] == 2 * epochs * (n_train // 2 // batch)
+        assert r["samples"] == epochs * (per_rank_samples // per_rank_batch) * per_rank_batch
+        assert r["batches"] == epochs * (per_rank_samples // per_rank_batch)
+    # Each optimiser step saw one global batch of 2 x 2 = 4, as one process with --batch-size 4 would.
+    assert ranks[0]["batches"] == ranks[1]["batches"]
+    assert "global batch 4 = 2 processes x 2" in result.stdout + result.stderr
     assert (run / "model.safetensors").is_file()
     assert json.loads((run / "config.json").read_text())["world_size"] == 2

@@ -184,7 +184,7 @@ def _train(data: Path, run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, 
     if len(train_cases) < cfg.batch_size:
         raise ConfigError(f"{data}: the train split has {len(train_cases)} cases, fewer than one batch "
                           f"({cfg.batch_size})")
-    if dist.world_size > 1 and dist.main and progress:
+    if dist.world_size > 1 and dist.main:   # said even with --quiet: it is how the run trains
         tqdm.write(f"global batch {cfg.batch_size} = {dist.world_size} processes x {per_process}")
     if not valid_cases:
         raise ConfigError(f"{data}: the valid split is empty; it is needed for model selection and branch weights")
