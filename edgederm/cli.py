@@ -196,7 +196,8 @@ def train_command(
     label_smoothing: Annotated[Optional[float], typer.Option(help="Cross-entropy label smoothing.")] = None,
     branch_weights_tta: Annotated[Optional[bool], typer.Option(
         "--branch-weights-tta/--no-branch-weights-tta",
-        help="Search the branch weights on 6-view TTA outputs of valid (for evaluate --tta).")] = None,
+        help="Also search the branch weights on 6-view TTA outputs of valid, stored for evaluate --tta "
+             "(the model and its bundles keep the single-view weights).")] = None,
     class_weights: Annotated[Optional[bool], typer.Option("--class-weights/--no-class-weights",
                                                           help="Inverse-frequency weighted cross-entropy.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed; a CPU run with the same seed is repeatable.")] = None,

@@ -70,7 +70,18 @@ def test_recipe_knobs_reach_the_run(synthetic_release, tmp_path):
     assert config["preprocess"]["crop"] == "center" and config["model"]["branch_features"] == "last_stage"
     assert {k: config["train"][k] for k in ("optimizer", "schedule", "augment_policy", "rotate_limit")} == \
         {"optimizer": "sgd", "schedule": "linear", "augment_policy": "light", "rotate_limit": 10.0}
-    assert json.loads((run / "branch_weights.json").read_text())["outputs"] == "6-view TTA"
+    searched = json.loads((run / "branch_weights.json").read_text())
+    assert searched["outputs"] == "single view" and searched["tta"]["outputs"] == "6-view TTA"
+    from edgederm.evaluation.evaluate import evaluate_run
+    from edgederm.models.io import read_metadata
+    tta_weights = [searched["tta"][b] for b in ("clinical", "derm", "fusion")]
+    assert read_metadata(run / "model.safetensors")["branch_weights_tta"] == tta_weights
+    # the model (what bundles export) keeps the single-view weights; evaluate --tta uses the TTA-searched ones
+    assert load_model(run / "model.safetensors").branch_weights.tolist() == pytest.approx(
+        [searched[b] for b in ("clinical", "derm", "fusion")])
+    with_tta = evaluate_run(run, synthetic_release, split="valid", tta=True)
+    assert with_tta["branch_weights"] == tta_weights and with_tta["branch_weights_searched_on"] == "6-view TTA"
+    assert evaluate_run(run, synthetic_release, split="valid")["branch_weights_searched_on"] == "single view"
     assert load_model(run / "model.safetensors").cfg.crop == "center"
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     # the rate recorded is the next epoch's: linear over two epochs -> half, then zero

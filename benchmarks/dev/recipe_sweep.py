@@ -21,7 +21,9 @@ Each configuration trains into DIR/runs/NAME. Resumable: a finished run
 from its last checkpoint, and a run whose saved config differs from the grid's
 is refused (rename it or delete the folder). Every branch (P_C, P_D, P_FU and
 the weighted P_FI) is scored on valid; test only with --report-test, because
-defaults change on valid evidence alone. Writes DIR/sweep.json and DIR/sweep.md,
+defaults change on valid evidence alone. A configuration with
+`branch_weights_tta` is scored with 6-view TTA (and its TTA-searched weights).
+Writes DIR/sweep.json and DIR/sweep.md,
 sorted by P_FI's valid averaged AUC, with minutes of training per run.
 """
 from __future__ import annotations
@@ -94,10 +96,12 @@ def run_one(name: str, model_cfg: ModelConfig, train_cfg: TrainConfig, data: Pat
         previous = json.loads(timing.read_text())["minutes"] if timing.is_file() else 0.0
         timing.write_text(json.dumps({"minutes": previous + spent}) + "\n")
     minutes = json.loads(timing.read_text())["minutes"] if timing.is_file() else None
-    scores = {"valid": evaluate_run(run, data, split="valid")}
+    # a configuration that searches its branch weights on TTA outputs is scored with TTA, as it would be used
+    tta = train_cfg.branch_weights_tta
+    scores = {"valid": evaluate_run(run, data, split="valid", tta=tta)}
     if report_test:
-        scores["test"] = evaluate_run(run, data, split="test")
-    row = {"name": name, "run": str(run), "minutes": minutes,
+        scores["test"] = evaluate_run(run, data, split="test", tta=tta)
+    row = {"name": name, "run": str(run), "minutes": minutes, "tta": tta,
            "branch_features": model_cfg.branch_features, "fusion": model_cfg.fusion, "img_size": model_cfg.img_size}
     for split, evaluation in scores.items():
         row[split] = {b: {"avg_auc": evaluation["branches"][b]["avg_auc"], "avg_acc": evaluation["branches"][b]["avg_acc"]}

@@ -11,7 +11,7 @@ from edgederm.data.torch_dataset import PairDataset
 from edgederm.errors import ConfigError
 from edgederm.evaluation.metrics import compute_metrics
 from edgederm.evaluation.predict import predict_branches, weighted_final
-from edgederm.models.io import load_model
+from edgederm.models.io import load_model, read_metadata
 
 CHECKPOINTS = {"model": "model.safetensors", "best": "best.safetensors", "swa": "swa.safetensors"}
 
@@ -33,11 +33,14 @@ def evaluate_run(run_dir: str | Path, data: str | Path, split: str = "test", che
     loader = DataLoader(PairDataset(cases, model.cfg.preprocess(), cache=False),
                         batch_size=batch_size)
     branch_probs, labels = predict_branches(model, loader, device, tta=tta, progress=progress)
-    weights_used = model.branch_weights.tolist()
+    weights_used, searched_on = model.branch_weights.tolist(), "single view"
+    tta_weights = read_metadata(weights).get("branch_weights_tta") if tta else None
+    if tta_weights:        # searched on TTA outputs at training time (branch_weights_tta): the ones for TTA
+        weights_used, searched_on = tta_weights, "6-view TTA"
     branch_probs["final"] = weighted_final(branch_probs, weights_used)
     return {
         "run": str(run_dir), "weights": str(weights), "data": str(data), "split": split, "tta": tta,
-        "cases": len(cases), "branch_weights": weights_used,
+        "cases": len(cases), "branch_weights": weights_used, "branch_weights_searched_on": searched_on,
         "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
         "branches": {b: compute_metrics(p, labels) for b, p in branch_probs.items()},
     }

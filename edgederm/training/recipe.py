@@ -57,7 +57,7 @@ class TrainConfig:
     contrast_limit: float | None = None
     label_smoothing: float = 0.0
     class_weights: bool = False   # inverse-frequency weighted cross-entropy
-    branch_weights_tta: bool = False   # search W_C, W_D, W_FU on 6-view TTA outputs of valid (what evaluate --tta scores)
+    branch_weights_tta: bool = False   # also search W_C, W_D, W_FU on 6-view TTA outputs of valid, for evaluate --tta
     seed: int = 0
     pretrained_clinical: str = "auto"   # initial encoder weights: auto, none or a file (edgederm.models.pretrained)
     pretrained_derm: str = "auto"

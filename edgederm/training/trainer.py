@@ -322,14 +322,20 @@ def _finish(run_dir: Path, model, swa_model, plain_train_set, valid_loader, cfg:
         final, source = swa_model.module, "swa"
     else:
         final, source = load_model(run_dir / "best.safetensors").to(device), "best"
-    # searched on the outputs that will be scored: TTA views when the recipe says they will be used
-    branch_probs, labels = predict_branches(final, valid_loader, device, tta=cfg.branch_weights_tta)
+    # W_C, W_D, W_FU are searched on the outputs they will weight: the single view the model and every bundle
+    # run; with branch_weights_tta also on 6-view TTA outputs, stored beside them for `evaluate --tta`.
+    branch_probs, labels = predict_branches(final, valid_loader, device)
     weights, score = search_branch_weights(branch_probs, labels)
+    record = {"clinical": weights[0], "derm": weights[1], "fusion": weights[2], "metric": METRIC,
+              "valid_score": score, "grid_step": 0.05, "weights_of": source, "outputs": "single view"}
+    extra = {"source": source, "branch_weights": list(weights), "initial_weights": initial_weights}
+    if cfg.branch_weights_tta:
+        tta_probs, _ = predict_branches(final, valid_loader, device, tta=True)
+        tta_weights, tta_score = search_branch_weights(tta_probs, labels)
+        record["tta"] = {"clinical": tta_weights[0], "derm": tta_weights[1], "fusion": tta_weights[2],
+                         "valid_score": tta_score, "outputs": "6-view TTA"}
+        extra["branch_weights_tta"] = list(tta_weights)
     final.set_branch_weights(*weights)
-    save_weights(final, run_dir / FINAL, extra={"source": source, "branch_weights": list(weights),
-                                                "initial_weights": initial_weights})
-    (run_dir / "branch_weights.json").write_text(json.dumps({
-        "clinical": weights[0], "derm": weights[1], "fusion": weights[2], "metric": METRIC,
-        "valid_score": score, "grid_step": 0.05, "weights_of": source,
-        "outputs": "6-view TTA" if cfg.branch_weights_tta else "single view"}, indent=2) + "\n")
+    save_weights(final, run_dir / FINAL, extra=extra)
+    (run_dir / "branch_weights.json").write_text(json.dumps(record, indent=2) + "\n")
     return run_dir / FINAL
