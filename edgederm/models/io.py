@@ -43,7 +43,7 @@ def load_model(path: str | Path, map_location: str = "cpu") -> MultiModalNet:
     if "model_config" not in meta:
         raise ConfigError(f"{path}: no model config in the file's metadata (not written by EdgeDerm)")
     model = MultiModalNet(ModelConfig.from_dict(meta["model_config"]))
-    state = _renamed_from_features_only(load_file(str(path), device=map_location), model.state_dict(), path)
+    state = renamed_from_features_only(load_file(str(path), device=map_location), model.state_dict(), path)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ConfigError(f"{path}: weights do not match the config "
@@ -57,7 +57,7 @@ def _canonical(key: str) -> str:
     return key.replace(".body.model.", ".body.").replace("_", ".")
 
 
-def _renamed_from_features_only(state: dict, expected: dict, path: Path) -> dict:
+def renamed_from_features_only(state: dict, expected: dict, path: Path) -> dict:
     """Weights saved before the encoders kept their whole timm model (EdgeDerm < 0.2 built them with
     features_only) name some encoder tensors differently; rename those to today's names. Identical
     tensors under other names: nothing is guessed, a name either matches canonically or stays."""

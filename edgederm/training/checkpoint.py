@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from edgederm.errors import ConfigError
-from edgederm.models.io import save_weights
+from edgederm.models.io import renamed_from_features_only, save_weights
 
 POINTER = "last.json"
 
@@ -87,8 +87,13 @@ def load_checkpoint(run_dir: Path, model, optimizer, scheduler, swa_model) -> tu
     folder = run_dir / "checkpoints" / json.loads(pointer.read_text())["dir"]
     state = json.loads((folder / "state.json").read_text())
     tensors = load_file(str(folder / "state.safetensors"))
-    weights = load_file(str(folder / "model.safetensors"))
-    model.load_state_dict(weights)
+    weights = renamed_from_features_only(load_file(str(folder / "model.safetensors")), model.state_dict(), folder)
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError:
+        raise ConfigError(f"{folder / 'model.safetensors'}: the checkpoint's tensors do not match this run's model "
+                          "(started by another EdgeDerm version?); finish the run with the EdgeDerm that started "
+                          "it, or start a new run") from None
     saved_groups, groups = len(state["optimizer"]["param_groups"]), len(optimizer.param_groups)
     if saved_groups != groups:   # runs started before encoders got their own learning rate had one group
         raise ConfigError(f"{folder / 'state.json'}: the optimiser state has {saved_groups} parameter group(s), this "
@@ -98,7 +103,7 @@ def load_checkpoint(run_dir: Path, model, optimizer, scheduler, swa_model) -> tu
     scheduler.load_state_dict({**scheduler.state_dict(), **state["scheduler"]})
     if swa_model is not None:
         swa_state = {k[len("swa."):]: v for k, v in tensors.items() if k.startswith("swa.")}
-        swa_model.load_state_dict(swa_state)
+        swa_model.load_state_dict(renamed_from_features_only(swa_state, swa_model.state_dict(), folder))
     torch.set_rng_state(tensors["rng.torch"])
     if torch.cuda.is_available():
         cuda_states = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
