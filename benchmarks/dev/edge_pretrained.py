@@ -7,7 +7,7 @@ init with the encoders at the full learning rate (the recipe's tenth suits
 pretrained encoders, not random ones). All are scored on the test split.
 The pretrained run is then exported to PyTorch FP32, OpenVINO FP32 and INT8
 and the Jetson INT8 Q/DQ graph (scored in onnxruntime), and benched with
-accuracy: the INT8 target is an averaged-AUC drop within 0.5 points of FP32.
+accuracy: each INT8 export is gated on valid first (an export the gate refuses is reported as refused), then benched on test with the same gate.
 
 The budget is cut to fit this 2-core CPU (the preset itself trains 30 epochs
 at 224 px): --img-size 160, --epochs 12 (1 warm-up, SWA over the last 3).
@@ -31,6 +31,7 @@ from workdir import ensure_bundles, synthetic_release
 from edgederm.benchmarks.bench import run_bench
 from edgederm.evaluation.evaluate import evaluate_run
 from edgederm.evaluation.gate import GateSettings
+from edgederm.export.int8_gate import NoPassingInt8
 from edgederm.training.recipe import resolve_config
 from edgederm.training.trainer import train
 
@@ -70,21 +71,30 @@ def main() -> None:
                   f"(clinical {100 * report['branches']['clinical']['avg_auc']:.1f}, dermoscopy "
                   f"{100 * report['branches']['derm']['avg_auc']:.1f}); trained in {minutes:.1f} min")
 
-        made = ensure_bundles(work / "edge-imagenet", data, work / "exports",
-                              {"torch": "fp32", "openvino": "fp32,int8", "jetson": "int8"}, eval_split="test")
+        # Each target on its own: an INT8 graph the export's gate refuses on valid is a finding, not a crash.
+        made, refused = {}, {}
+        for target, precisions in {"torch": "fp32", "openvino": "fp32,int8", "jetson": "int8"}.items():
+            try:
+                made.update(ensure_bundles(work / "edge-imagenet", data, work / "exports", {target: precisions},
+                                           eval_split="test"))
+            except NoPassingInt8 as e:
+                refused[f"{target}-int8"] = str(e)
+                if "fp32" in precisions:     # the FP32 bundle of that target is still wanted
+                    made.update(ensure_bundles(work / "edge-imagenet", data, work / "exports", {target: "fp32"},
+                                               eval_split="test"))
         # the Jetson bundle's Q/DQ graph scored in onnxruntime: its accuracy, not TensorRT's speed
         bundles = [f"{path}@onnxruntime" if name.startswith("jetson") else str(path) for name, path in made.items()]
         bench = run_bench(bundles, reference=bundles[0], data=data, split="test", batch_sizes=[1], warmup=5,
-                          runs=args.runs, gate=GateSettings(max_auc_drop=0.5))
-        auc = {r["name"].removeprefix("edge-imagenet-"): 100 * r["accuracy"]["avg_auc"] for r in bench["variants"]}
-        ms = {r["name"].removeprefix("edge-imagenet-"): r["latency"][0]["mean_ms"] for r in bench["variants"]}
-        int8_change = auc["openvino-int8"] - auc["openvino-fp32"]
+                          runs=args.runs, gate=GateSettings())
+        rows = {r["name"].removeprefix("edge-imagenet-"): r for r in bench["variants"]}
+        auc = {k: 100 * r["accuracy"]["avg_auc"] for k, r in rows.items()}
+        ms = {k: r["latency"][0]["mean_ms"] for k, r in rows.items()}
         gain = 100 * (results["imagenet"]["branches"]["final"] - results["random"]["branches"]["final"])
         lines = [
             "# Edge preset: ImageNet init vs random init; INT8 vs FP32", "",
             f"Synthetic release, {args.cases} cases, seed 0; test split. Same recipe and budget for every run: "
             f"the `edge` recipe cut to {args.epochs} epochs (1 warm-up, SWA last {args.swa_epochs}), {args.img_size} px, "
-            f"on a {os.cpu_count()}-core CPU.", "",
+            f"on a {os.cpu_count()}-core CPU ({bench['host']['cpu']}); heads on the encoders' pre-logits features.", "",
             "| initial weights | final AUC | clinical | dermoscopy | fusion | train min |", "|---|---|---|---|---|---|"]
         for name, r in results.items():
             b = r["branches"]
@@ -94,14 +104,22 @@ def main() -> None:
         lines += ["", f"ImageNet init gains {gain:+.1f} averaged-AUC points over random init with the same recipe, "
                       f"{100 * (results['imagenet']['branches']['final'] - best_random):+.1f} over the better "
                       "random-init run.", "",
-                  "| variant (ImageNet run) | averaged AUC | batch-1 ms |", "|---|---|---|"]
-        lines += [f"| {k} | {auc[k]:.2f} | {ms[k]:.2f} |" for k in auc]
-        lines += ["", f"OpenVINO INT8 minus FP32: {int8_change:+.2f} averaged-AUC points. Within 0.5 points as a "
-                      f"drop (the gate's sense): {'yes' if int8_change >= -0.5 else 'NO'}; as an absolute "
-                      f"difference: {'yes' if abs(int8_change) <= 0.5 else 'no'}."]
+                  "INT8 of the ImageNet run: each INT8 export is gated on the valid split first (export's default "
+                  "margin, 1 AUC point on the one-sided 95 % upper bound); what it writes is benched on test against "
+                  "PyTorch FP32 with the same gate.", "",
+                  "| variant (ImageNet run) | averaged AUC | drop, points [95 % CI] | verdict on test | batch-1 ms |",
+                  "|---|---|---|---|---|"]
+        for k, r in rows.items():
+            g = r.get("gate", {}).get("auc")
+            drop = f"{g['drop_points']:.2f} [{g['ci_points'][0]:.2f}, {g['ci_points'][1]:.2f}]" if g else "-"
+            lines.append(f"| {k} | {auc[k]:.2f} | {drop} | {r['verdict']} | {ms[k]:.2f} |")
+        for k, reason in refused.items():
+            lines.append(f"| {k} | refused at export | - | - | - |")
+        lines += [""] + [f"- {k}: {reason}" for k, reason in refused.items()]
         RESULTS.mkdir(exist_ok=True)
         (RESULTS / "edge-pretrained.md").write_text("\n".join(lines) + "\n")
-        (work / "edge-pretrained.json").write_text(json.dumps({"trained": results, "auc": auc, "ms": ms}, indent=2))
+        (work / "edge-pretrained.json").write_text(json.dumps({"trained": results, "auc": auc, "ms": ms,
+                                                               "refused": refused}, indent=2))
         print("\n".join(lines))
 
 

@@ -14,10 +14,11 @@ def ensure_bundles(run: Path, data: Path, out: Path, targets: dict[str, str], **
     bundles = {}
     for target, precisions in targets.items():
         wanted = {p: out / f"{run.name}-{target}-{p}" for p in precisions.split(",")}
-        if not all(path.is_dir() for path in wanted.values()):
+        missing = ",".join(p for p, path in wanted.items() if not path.is_dir())
+        if missing:
             # the INT8 gate's margin means nothing to (and is refused for) FP32-only exports
-            options = {k: v for k, v in request.items() if k != "max_auc_drop" or "int8" in precisions}
-            export(ExportRequest(run=run, target=target, precisions=precisions, data=data, out=out, **options))
+            options = {k: v for k, v in request.items() if k != "max_auc_drop" or "int8" in missing}
+            export(ExportRequest(run=run, target=target, precisions=missing, data=data, out=out, **options))
         bundles.update({f"{target}-{p}": path for p, path in wanted.items()})
     return bundles
 
