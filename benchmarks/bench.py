@@ -258,6 +258,8 @@ def run_bench(bundles: list[str], reference: str | None, data: Path | None, spli
     if gate.resamples < 100:
         raise EdgeDermError(f"the gate needs at least 100 bootstrap resamples, got {gate.resamples}")
     photo_sets = [photo_set(folder.name, photo_pairs(folder)) for folder in photos]
+    # each variant's preprocessing (as JSON), read once from its manifest: groups the evaluation arrays
+    keys = {v: (json.dumps(cfg.to_dict(), sort_keys=True) if (cfg := _preprocessing(v)) else None) for v in variants}
     evaluations: dict[str, tuple] = {}    # preprocessing (JSON) -> (clinical, dermoscopy, labels)
     case_ids = None
     if data is not None:
@@ -265,7 +267,7 @@ def run_bench(bundles: list[str], reference: str | None, data: Path | None, spli
         cases = release.split(split)
         if not cases:
             raise EdgeDermError(f"{data}: the {split} split is empty")
-        settings = {json.dumps(cfg.to_dict(), sort_keys=True) for cfg in map(_preprocessing, variants) if cfg}
+        settings = set(keys.values()) - {None}
         if len({json.dumps({**json.loads(s), "decode": None}) for s in settings}) > 1:
             raise EdgeDermError("the bundles preprocess differently (size, resize rule or normalisation); "
                                 "bench them separately")
@@ -277,8 +279,7 @@ def run_bench(bundles: list[str], reference: str | None, data: Path | None, spli
         photo_sets.insert(0, photo_set(f"{split} split", [(c.clinical, c.derm) for c in cases[:20]]))
 
     def evaluation_of(variant: Variant):
-        cfg = _preprocessing(variant)
-        return evaluations.get(json.dumps(cfg.to_dict(), sort_keys=True)) if cfg else None
+        return evaluations.get(keys[variant]) if keys[variant] else None
 
     rows = []
     with Tegrastats() as tegrastats:
