@@ -27,11 +27,21 @@ def _ci(interval) -> str:
 
 
 def _flip_cell(flips: dict | None) -> str:
-    """'2.1 % (5; 1 toward, 3 away)' for one decision."""
+    """'2.1 % (5; 1 toward, 3 away; at most 4.5 %)' for one decision: rate, count, direction and the
+    one-sided 95 % upper bound of the rate."""
     if not flips:
         return "-"
+    bound = f"; at most {flips['upper_bound_percent']:.1f} %" if "upper_bound_percent" in flips else ""
     return (f"{flips['rate_percent']:.1f} % ({flips['flips']}; {flips['toward_truth']} toward, "
-            f"{flips['away_from_truth']} away)")
+            f"{flips['away_from_truth']} away{bound})")
+
+
+def _melanoma_cell(mel: dict | None) -> str:
+    """'54.5 -> 48.5 % of 33' : melanomas the seven-point reading refers, reference -> variant."""
+    if not mel or mel.get("melanomas", 0) == 0:
+        return "-"
+    mark = " (significant loss)" if mel["significant"] else ""
+    return f"{mel['reference_percent']:.1f} -> {mel['variant_percent']:.1f} % of {mel['melanomas']}{mark}"
 
 
 def host_line(report: dict) -> str:
@@ -42,8 +52,9 @@ def host_line(report: dict) -> str:
 
 def gate_line(report: dict) -> str:
     g = report["gate"]
-    flips = (f"; decision flips gated at {g['max_flip_rate']:g} % of cases" if g["max_flip_rate"] is not None
-             else "; decision flips reported, not gated")
+    flips = (f"; decision flips gated at {g['max_flip_rate']:g} % of cases (observed rate; its one-sided 95 % "
+             "Clopper-Pearson bound is shown), and a significant loss of melanomas referred by the seven-point "
+             "reading fails" if g["max_flip_rate"] is not None else "; decision flips reported, not gated")
     return (f"Gate against `{report['reference']}`: {g['method']}; margin {g['max_auc_drop']:g} AUC points; "
             f"{g['resamples']} resamples, seed {g['seed']}; a category with fewer than {g['min_positives']} "
             f"positives (or negatives) is not gated, one fails only when its drop is significant and over "
@@ -66,6 +77,7 @@ def summary_rows(report: dict) -> list[dict]:
             "drop": auc.get("drop_points"), "ci": auc.get("ci_points"), "upper": auc.get("upper_bound_points"),
             "diagnosis_flips": gate.get("flips", {}).get("diagnosis"),
             "seven_point_flips": gate.get("flips", {}).get("seven_point"),
+            "melanoma_sensitivity": gate.get("melanoma_sensitivity"),
             "verdict": r["verdict"], "reasons": gate.get("reasons", []),
         })
     return rows
@@ -137,15 +149,16 @@ def markdown(report: dict) -> str:
         lines += ["", f"## Accuracy and decisions: {report['split']} split of {report['data']}", ""]
         if report["reference"]:
             lines += [gate_line(report), ""]
-        lines += ["| variant | avg AUC | AUC drop (points) [95 % CI] | upper bound | diagnosis flips | seven-point flips | verdict |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += ["| variant | avg AUC | AUC drop (points) [95 % CI] | upper bound | diagnosis flips | seven-point flips | melanomas referred (seven-point) | verdict |",
+                  "|---|---|---|---|---|---|---|---|"]
         for row in summary_rows(report):
             if "error" in row:
-                lines.append(f"| {row['variant']} | - | - | - | - | - | fail |")
+                lines.append(f"| {row['variant']} | - | - | - | - | - | - | fail |")
                 continue
             lines.append(f"| {row['variant']} | {_fmt(row['avg_auc'], '.2f', 100)} | {_fmt(row['drop'])} {_ci(row['ci'])} | "
                          f"{_fmt(row['upper'])} | {_flip_cell(row['diagnosis_flips'])} | "
-                         f"{_flip_cell(row['seven_point_flips'])} | {row['verdict']} |")
+                         f"{_flip_cell(row['seven_point_flips'])} | {_melanoma_cell(row['melanoma_sensitivity'])} | "
+                         f"{row['verdict']} |")
         failing = [(r["variant"], r["reasons"]) for r in summary_rows(report) if r.get("reasons")]
         lines += [""] + [f"- {name} fails: {'; '.join(reasons)}" for name, reasons in failing]
     gated = report["data"] and report["reference"]
@@ -237,14 +250,15 @@ def html_page(report: dict) -> str:
     rows = []
     for row in summary_rows(report):       # verdict second: on a phone the first columns are what shows
         if "error" in row:
-            rows.append([e(row["variant"]), _verdict("fail"), f"failed: {e(row['error'])}", "", "", "", "", "", ""])
+            rows.append([e(row["variant"]), _verdict("fail"), f"failed: {e(row['error'])}", "", "", "", "", "", "", ""])
             continue
         rows.append([e(row["variant"]), _verdict(row["verdict"]), _fmt(row["mean_ms"]), _fmt(row["avg_auc"], ".2f", 100),
                      f"{_fmt(row['drop'])} {_ci(row['ci'])}", _fmt(row["upper"]), e(_flip_cell(row["diagnosis_flips"])),
-                     e(_flip_cell(row["seven_point_flips"])), e(f"{row['backend']} {row['precision']}")])
+                     e(_flip_cell(row["seven_point_flips"])), e(_melanoma_cell(row["melanoma_sensitivity"])),
+                     e(f"{row['backend']} {row['precision']}")])
     parts.append("<h2>Verdicts</h2>" + _table(
         ["variant", "verdict", "mean ms", "avg AUC", "AUC drop, points [95 % CI]", "upper bound",
-         "diagnosis flips", "seven-point flips", "backend"], rows, "verdicts"))
+         "diagnosis flips", "seven-point flips", "melanomas referred (seven-point)", "backend"], rows, "verdicts"))
     if report.get("reference") and report.get("data"):
         parts.append(f"<p class='note'>{e(gate_line(report).replace('`', ''))}</p>")
     for row in summary_rows(report):

@@ -16,6 +16,7 @@ from typing import Annotated, Optional
 import typer
 
 from edgederm.errors import EdgeDermError
+from edgederm.evaluation.gate import DEFAULT_MAX_FLIP_RATE
 
 app = typer.Typer(help="EdgeDerm: offline skin-lesion triage from paired clinical and dermoscopy photos.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -100,8 +101,8 @@ def data_check(
 
 _MARGIN_HELP = ("Gate margin, AUC points: a variant passes when the one-sided 95 % upper bound of its "
                 "averaged-AUC drop from the reference is within it.")
-_FLIP_HELP = ("Also gate on decisions: largest share of cases (percent) whose top diagnosis or seven-point "
-              "reading differs from the reference's. Always reported.")
+_FLIP_HELP = ("Decision gate: largest share of cases (percent) whose top diagnosis or seven-point reading may "
+              "differ from the reference's; a significant loss of melanomas referred also fails. 100 turns it off.")
 
 _PRETRAINED_HELP = ("Initial weights of the {} encoder: auto (installed offline weights; none found: refused), "
                     "none (random init, on purpose), a local weights file, or hub (download through the "
@@ -270,9 +271,15 @@ def export_command(
     data: Annotated[Optional[Path], typer.Option(help="Release for calibration (INT8) and accuracy figures.")] = None,
     out: Annotated[Path, typer.Option(help="Folder that receives the bundles.")] = Path("exports"),
     max_auc_drop: Annotated[Optional[float], typer.Option(help=(
-        "INT8 gate margin on the valid split, AUC points (default 1.0): plain PTQ first, then NNCF accuracy "
-        "control (openvino) or the most sensitive layers kept out of Q/DQ (jetson); no INT8 bundle when "
-        "none passes."))] = None,
+        "INT8 gate margin on the valid split, AUC points (default 1.0): plain PTQ first, then the most "
+        "sensitive blocks kept in float, then (openvino) NNCF accuracy control; no INT8 bundle when none "
+        "passes."))] = None,
+    max_flip_rate: Annotated[Optional[float], typer.Option(help=(
+        "INT8 decision limit on the valid split: largest share of cases (percent, default 2) whose top "
+        "diagnosis or seven-point reading may differ from FP32's. 100 turns it off."))] = None,
+    accuracy_control: Annotated[bool, typer.Option(help=(
+        "OpenVINO INT8: when no set of float blocks passes, try NNCF accuracy control with agreement as its "
+        "metric (minutes on a 2-core CPU)."))] = False,
     calibration_cases: Annotated[Optional[int], typer.Option(help="Calibration cases (default 300, or the whole "
                                                                    "split if smaller).")] = None,
     calibration_split: Annotated[str, typer.Option(help="Split the calibration cases come from.")] = "train",
@@ -285,7 +292,9 @@ def export_command(
     from edgederm.export.exporter import ExportRequest, export
     from edgederm.runtime.bundle import read_manifest
     written = export(ExportRequest(run=run, target=target, precisions=precision, data=data, out=out,
-                                   max_auc_drop=max_auc_drop, calibration_cases=calibration_cases,
+                                   max_auc_drop=max_auc_drop, max_flip_rate=max_flip_rate,
+                                   accuracy_control=accuracy_control,
+                                   calibration_cases=calibration_cases,
                                    calibration_split=calibration_split,
                                    eval_split=None if eval_split == "none" else eval_split, seed=seed,
                                    force=force), log=lambda m: typer.echo(m, err=as_json))
@@ -364,7 +373,7 @@ def bench_command(
         help="A folder of photos (repeat) to time end to end: consecutive photos form pairs.")] = None,
     e2e_runs: Annotated[int, typer.Option(help="Timed pairs per photo set, end to end.")] = 10,
     max_auc_drop: Annotated[float, typer.Option(help=_MARGIN_HELP)] = 1.0,
-    max_flip_rate: Annotated[Optional[float], typer.Option(help=_FLIP_HELP)] = None,
+    max_flip_rate: Annotated[float, typer.Option(help=_FLIP_HELP)] = DEFAULT_MAX_FLIP_RATE,
     resamples: Annotated[int, typer.Option(help="Bootstrap resamples of the gate.")] = 2000,
     seed: Annotated[int, typer.Option(help="Seed of the gate's bootstrap: same seed, same verdict.")] = 0,
     device: Annotated[str, typer.Option(help="OpenVINO device: CPU, GPU, NPU or AUTO.")] = "CPU",
@@ -404,7 +413,7 @@ def quickstart_command(
     batch_size: Annotated[Optional[int], typer.Option(help="Training batch size (default: the tiny recipe's 24).")] = None,
     runs: Annotated[int, typer.Option(help="Timed runs per variant in the bench.")] = 50,
     max_auc_drop: Annotated[float, typer.Option(help=_MARGIN_HELP)] = 1.0,
-    max_flip_rate: Annotated[Optional[float], typer.Option(help=_FLIP_HELP)] = None,
+    max_flip_rate: Annotated[float, typer.Option(help=_FLIP_HELP)] = DEFAULT_MAX_FLIP_RATE,
     strict: Annotated[bool, typer.Option(help="Exit 1 when any variant fails the gate (default: only when a "
                                               "stage breaks).")] = False,
     seed: Annotated[int, typer.Option(help="Seed for data, training, calibration and the gate.")] = 0,

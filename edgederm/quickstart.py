@@ -31,7 +31,7 @@ from edgederm.data.release import read_release
 from edgederm.data.synth import write_synthetic_release
 from edgederm.errors import EdgeDermError
 from edgederm.evaluation.evaluate import evaluate_run
-from edgederm.evaluation.gate import GateSettings
+from edgederm.evaluation.gate import DEFAULT_MAX_FLIP_RATE, GateSettings
 from edgederm.evaluation.report import headline, write_report
 from edgederm.export.exporter import ExportRequest, export_many
 from edgederm.runtime.bundle import read_manifest
@@ -51,7 +51,7 @@ class QuickstartOptions:
     runs: int = 50
     e2e_runs: int = 3                  # timed pairs per photo set, end to end (after one untimed)
     max_auc_drop: float = 1.0
-    max_flip_rate: float | None = None
+    max_flip_rate: float | None = DEFAULT_MAX_FLIP_RATE
     seed: int = 0
     workers: int = 2
 
@@ -105,7 +105,8 @@ def quickstart(opt: QuickstartOptions, log: Callable[[str], None] = print) -> di
     if missing:
         ready.update(export_many(
             [ExportRequest(run=run, target=target, precisions=",".join(precisions), data=data, out=exports,
-                           force=True, seed=opt.seed, max_auc_drop=opt.max_auc_drop if "int8" in precisions else None)
+                           force=True, seed=opt.seed, max_auc_drop=opt.max_auc_drop if "int8" in precisions else None,
+                           max_flip_rate=opt.max_flip_rate if "int8" in precisions else None)
              for target, precisions in missing.items()],
             log=lambda m: log("      " + m), on_refused=refusals.append))
     variants, refused = [], []

@@ -17,14 +17,14 @@ from typing import Callable
 import numpy as np
 
 from edgederm import labels as L
-from edgederm.calibration.adapters import INPUT_NAMES, OrtCalibrationReader
+from edgederm.calibration.adapters import INPUT_NAMES
 from edgederm.calibration.selection import CalibrationSet, build_calibration_set
 from edgederm.data.inputs import load_arrays
 from edgederm.data.release import Release, read_release
 from edgederm.data.render import render_case
 from edgederm.data.synth import sample_labels
 from edgederm.errors import ConfigError
-from edgederm.evaluation.gate import GateSettings
+from edgederm.evaluation.gate import DEFAULT_MAX_FLIP_RATE, GateSettings, agreement
 from edgederm.evaluation.metrics import compute_metrics
 from edgederm.export import int8_gate, openvino_export, tensorrt_export
 from edgederm.export.formats import Target, parse_request
@@ -47,6 +47,8 @@ class ExportRequest:
     data: Path | None = None
     out: Path = Path("exports")
     max_auc_drop: float | None = None      # INT8 gate margin on valid, AUC points (None: DEFAULT_INT8_MARGIN)
+    max_flip_rate: float | None = None     # INT8 decision limit on valid, percent (None: DEFAULT_MAX_FLIP_RATE)
+    accuracy_control: bool = False         # OpenVINO INT8: NNCF accuracy control when no block set passes
     calibration_cases: int | None = None
     calibration_split: str = "train"
     eval_split: str | None = "test"       # None: no accuracy figures (e.g. random-init latency studies)
@@ -67,6 +69,8 @@ class Context:
     reference: dict | None                                            # FP32 PyTorch metrics
     eval_split: str
     log: Callable[[str], None]
+    workdir: Path                                                     # scratch space of this export pass
+    accuracy_control: bool = False
 
 
 def _versions() -> dict:
@@ -142,26 +146,31 @@ def openvino_bundle(ctx: Context, target: Target, precision: str, directory: Pat
     if precision == "int8":
         transformer = any("Attention" in type(m).__name__ for enc in (ctx.model.clinical_encoder, ctx.model.derm_encoder)
                           for m in enc.modules())
-        valid, margin = ctx.valid, ctx.valid.settings.max_auc_drop
+        valid = ctx.valid
         ctx.log(f"openvino int8: NNCF on {len(ctx.calib)} calibration cases, gated on the valid split "
                 f"({len(valid.labels)} cases)")
-
-        def quantize(fp32, accuracy_control: bool):
-            validation = (valid.clinical, valid.dermoscopy, valid.labels) if accuracy_control else None
-            return openvino_export.quantize_int8(fp32, ctx.calib, transformer, validation,
-                                                 margin if accuracy_control else None)
 
         def predictor(int8):
             compiled = openvino_export.compile_cpu(int8, "int8")
             return lambda c, d: openvino_export.run_openvino(compiled, c, d)
 
-        model, attempts = int8_gate.search_openvino(model, quantize, predictor, valid, ctx.log)
-        if model is None:
+        def accuracy_control():
+            limit = valid.settings.max_flip_rate
+            return openvino_export.quantize_for_agreement(
+                model.clone(), ctx.calib, transformer, valid.clinical, valid.dermoscopy,
+                lambda probs, cases: agreement(valid.reference[cases], probs), (limit or 100.0) / 100)
+
+        plain = openvino_export.quantize_int8(model.clone(), ctx.calib, transformer)
+        int8, attempts, ranking = int8_gate.search_openvino(
+            model, plain, lambda m, blocks: openvino_export.keep_in_float(m, model, blocks), predictor,
+            accuracy_control if ctx.accuracy_control else None, valid, ctx.log)
+        if int8 is None:
             raise int8_gate.refuse(attempts, valid, "openvino")
+        model = openvino_export.finalize(int8)
         manifest["calibration"] = ctx.calib.describe()
         manifest["quantization"] = {"tool": "nncf", "model_type": "transformer" if transformer else "default",
                                     "method": attempts[-1].method, "kept_in_float": attempts[-1].kept_in_float}
-        manifest["int8_gate"] = int8_gate.record(attempts, valid)
+        manifest["int8_gate"] = int8_gate.record(attempts, valid, ranking)
     openvino_export.save_ir(model, directory / "model.xml", fp16=precision == "fp16")
     compiled = openvino_export.compile_cpu(directory / "model.xml", precision)
     manifest["metrics"] = _score(ctx, f"openvino {precision}",
@@ -183,20 +192,15 @@ def jetson_bundle(ctx: Context, target: Target, precision: str, directory: Path)
             session = onnxruntime_session(graph)
             return lambda c, d: run_onnx(session, c, d)
 
-        def sensitivity(graph: Path):
-            return int8_gate.layer_sensitivity(ctx.onnx_fp32, graph, lambda: OrtCalibrationReader(
-                valid.as_calibration_set()), tensorrt_export.QUANTIZED_OPS)
-
-        graph, attempts = int8_gate.search_jetson(
-            lambda excluded: tensorrt_export.quantize_qdq(ctx.onnx_fp32, out, ctx.calib, excluded), sensitivity,
-            predictor, valid, ctx.log)
+        quantizer = tensorrt_export.QdqQuantizer(ctx.onnx_fp32, ctx.calib, ctx.workdir / "qdq")
+        graph, attempts, ranking = int8_gate.search_jetson(quantizer, out, predictor, valid, ctx.log)
         if graph is None:
             raise int8_gate.refuse(attempts, valid, "jetson")
         graphs.insert(0, "model.int8.onnx")
         manifest["calibration"] = ctx.calib.describe()
         manifest["quantization"] = {"tool": tensorrt_export.QDQ_QUANTIZER, "ops": tensorrt_export.QUANTIZED_OPS,
                                     "method": attempts[-1].method, "kept_in_float": attempts[-1].kept_in_float}
-        manifest["int8_gate"] = int8_gate.record(attempts, valid)
+        manifest["int8_gate"] = int8_gate.record(attempts, valid, ranking)
     scored = directory / graphs[0]
     session = onnxruntime_session(scored)
     manifest["metrics"] = _score(ctx, f"jetson {precision} ({scored.name} in onnxruntime, CPU)",
@@ -297,8 +301,10 @@ def export_many(requests: list[ExportRequest], log: Callable[[str], None] = prin
         calibrated = [p for p in precisions if p in target.calibrated]
         if calibrated and req.data is None:
             raise ConfigError(f"--data is required: {target.name} {', '.join(calibrated)} needs calibration cases")
-        if req.max_auc_drop is not None and "int8" not in precisions:
-            raise ConfigError("--max-auc-drop is the INT8 gate's margin: it applies to --precision int8 only")
+        if (req.max_auc_drop is not None or req.max_flip_rate is not None or req.accuracy_control) \
+                and "int8" not in precisions:
+            raise ConfigError("--max-auc-drop, --max-flip-rate and --accuracy-control are the INT8 gate's: "
+                              "they apply to --precision int8 only")
         plans.append((req, target, _check_destinations(req, target, precisions)))
     weights = first.run / "model.safetensors"
     if not weights.is_file():
@@ -342,9 +348,11 @@ def export_many(requests: list[ExportRequest], log: Callable[[str], None] = prin
         source["onnx_parity_max_abs_diff"] = diff
         for req, target, destinations in plans:
             margin = DEFAULT_INT8_MARGIN if req.max_auc_drop is None else req.max_auc_drop
+            flips = DEFAULT_MAX_FLIP_RATE if req.max_flip_rate is None else req.max_flip_rate
+            settings = None if valid is None else replace(valid.settings, max_auc_drop=margin, max_flip_rate=flips)
             ctx = Context(model, preprocess, onnx_fp32, source, calib, evaluation,
-                          None if valid is None else replace(valid, settings=replace(valid.settings, max_auc_drop=margin)),
-                          reference, first.eval_split, log)
+                          None if valid is None else replace(valid, settings=settings),
+                          reference, first.eval_split, log, Path(tmp), req.accuracy_control)
             for precision, destination in destinations.items():
                 try:
                     with staged_bundle(destination, force=req.force) as directory:

@@ -1,25 +1,33 @@
-"""INT8 that passes the gate by construction, where it can.
+"""INT8 that keeps the FP32 model's decisions, by construction where it can.
 
 Every INT8 export is judged on the *valid* split against the FP32 model with
 the same statistical gate `edgederm bench` applies on the device
-(`edgederm.evaluation.gate`: paired bootstrap upper bound of the averaged-AUC
-drop within the margin, categories, decision flips). The test split is left
-for the final figures. The attempts, in order, stop at the first that passes:
+(`edgederm.evaluation.gate`): the averaged-AUC drop's upper bound within the
+margin, no category significantly worse, and decisions kept: at most
+`--max-flip-rate` (default 2 %) of cases with a different top diagnosis or
+seven-point reading, no significant loss of melanomas referred. The test
+split is left for the final figures. The attempts, in order, stop at the
+first that passes; the order is fastest first (fewest operations in float):
 
-- plain post-training quantization (what every INT8 export tries first);
-- OpenVINO: NNCF's accuracy-controlled quantization with the margin as its
-  maximum averaged-AUC drop on valid, which returns the most harmful
-  operations to float;
-- Jetson (TensorRT Q/DQ): the layers whose inputs quantize worst, measured on
-  valid as the signal-to-quantization-noise ratio of each quantized input
-  (onnxruntime's `qdq_loss_debug`), are left out of Q/DQ, 1, 2, 4, ... of
-  them, up to a quarter of the quantized layers; TensorRT runs those layers
-  in FP16 (its FP16 flag on 8.5-10) or FP32 (TensorRT 11's strongly typed
-  network).
+1. plain post-training quantization (NNCF for OpenVINO; symmetric Q/DQ from
+   onnxruntime.quantization for TensorRT);
+2. the blocks whose quantization alone moves the probabilities most
+   (export/sensitivity.py, measured on valid with the target's own
+   quantizer) kept in float, 1, 2, 4, ... of them, up to a quarter of the
+   blocks; TensorRT runs them in FP16 (its FP16 flag on 8.5-10) or FP32
+   (TensorRT 11's strongly typed network);
+3. OpenVINO, when asked (`--accuracy-control`): NNCF's accuracy-controlled
+   quantization with agreement with the FP32 decisions as its metric (it
+   returns its own most harmful quantizers to float until the flip limit
+   holds). Not by default: it re-ranks every quantizer after each revert,
+   minutes on a 2-core CPU for the tiny model, and on its valid split it
+   reverted operation after operation without bringing the seven-point flips
+   under 4 %.
 
 What was kept in float, and why, goes into the log and the manifest
-(`int8_gate`). When no attempt passes, the export stops with one line and
-writes no INT8 bundle (the caller builds bundles in a staged directory).
+(`int8_gate`, with the sensitivity ranking). When no attempt passes, the
+export stops with one line and writes no INT8 bundle (the caller builds
+bundles in a staged directory).
 
 Why valid and not test: choosing among attempts by their score is a
 selection, and selecting on the split that is reported would flatter it.
@@ -33,11 +41,11 @@ from typing import Callable
 
 import numpy as np
 
-from edgederm.calibration.selection import CalibrationSet
 from edgederm.errors import ConfigError
 from edgederm.evaluation.gate import GateSettings, judge
+from edgederm.export.sensitivity import Ranking, block_of, group_blocks, rank_blocks, ranking_cases
 
-MAX_EXCLUDED_SHARE = 0.25      # never keep more than a quarter of the quantized layers in float
+MAX_EXCLUDED_SHARE = 0.25      # never keep more than a quarter of the blocks in float
 
 
 class NoPassingInt8(ConfigError):
@@ -54,9 +62,11 @@ class ValidSplit:
     reference: np.ndarray
     settings: GateSettings
 
-    def as_calibration_set(self, count: int = 32) -> CalibrationSet:
-        """The first `count` valid cases in the calibration set's form (for the sensitivity measurement)."""
-        return CalibrationSet(self.clinical[:count], self.dermoscopy[:count], self.case_ids[:count], "valid", 0)
+    def predictions(self, predict: Callable[[np.ndarray, np.ndarray], np.ndarray],
+                    indices: np.ndarray | None = None) -> np.ndarray:
+        if indices is None:
+            return predict(self.clinical, self.dermoscopy)
+        return predict(self.clinical[indices], self.dermoscopy[indices])
 
 
 @dataclass
@@ -77,32 +87,71 @@ class Attempt:
                 "auc_drop_points": auc["drop_points"], "ci_points": auc["ci_points"],
                 "upper_bound_points": auc["upper_bound_points"],
                 "diagnosis_flip_percent": flips["diagnosis"]["rate_percent"],
-                "seven_point_flip_percent": flips["seven_point"]["rate_percent"]}
+                "seven_point_flip_percent": flips["seven_point"]["rate_percent"],
+                "net_away_percent": {k: f["net_away_percent"] for k, f in flips.items()},
+                "melanoma_sensitivity": self.result["melanoma_sensitivity"]}
 
 
-def judge_on_valid(valid: ValidSplit, attempt: Attempt, predict: Callable[[np.ndarray, np.ndarray], np.ndarray],
+def judge_on_valid(valid: ValidSplit, attempt: Attempt, probabilities: np.ndarray,
                    log: Callable[[str], None]) -> Attempt:
-    attempt.result = judge(valid.reference, predict(valid.clinical, valid.dermoscopy), valid.labels, valid.case_ids,
-                           valid.settings)
-    a = attempt.result["auc"]
-    log(f"  {attempt.method}: valid AUC drop {a['drop_points']:.2f} points (95 % CI {a['ci_points'][0]:.2f} to "
-        f"{a['ci_points'][1]:.2f}, upper bound {a['upper_bound_points']:.2f}, margin {valid.settings.max_auc_drop:g})"
-        f" -> {attempt.result['verdict']}")
+    attempt.result = judge(valid.reference, probabilities, valid.labels, valid.case_ids, valid.settings)
+    a, f = attempt.result["auc"], attempt.result["flips"]
+    log(f"  {attempt.method}: valid AUC drop {a['drop_points']:.2f} points (upper bound {a['upper_bound_points']:.2f}, "
+        f"margin {valid.settings.max_auc_drop:g}); flips {f['diagnosis']['rate_percent']:.1f} % of diagnoses, "
+        f"{f['seven_point']['rate_percent']:.1f} % of seven-point readings (limit "
+        f"{_limit(valid.settings)}) -> {attempt.result['verdict']}")
     return attempt
 
 
-def record(attempts: list[Attempt], valid: ValidSplit) -> dict:
-    """The manifest's `int8_gate`: every attempt, and which one the bundle holds."""
+def _limit(settings: GateSettings) -> str:
+    return "none" if settings.max_flip_rate is None else f"{settings.max_flip_rate:g} %"
+
+
+def record(attempts: list[Attempt], valid: ValidSplit, ranking: Ranking | None) -> dict:
+    """The manifest's `int8_gate`: every attempt, which one the bundle holds, and the sensitivity ranking."""
     chosen = next((i for i, a in enumerate(attempts) if a.passed), None)
     return {"split": "valid", "cases": len(valid.labels), "gate": valid.settings.describe(),
-            "attempts": [a.describe() for a in attempts], "chosen": chosen}
+            "attempts": [a.describe() for a in attempts], "chosen": chosen,
+            "sensitivity": None if ranking is None else ranking.to_dict()}
 
 
 def refuse(attempts: list[Attempt], valid: ValidSplit, target: str) -> NoPassingInt8:
     tried = "; ".join(f"{a.method}: {a.result['reasons'][0]}" for a in attempts)
     return NoPassingInt8(f"{target} int8: no INT8 graph passes the gate on the valid split ({len(valid.labels)} cases, "
-                         f"margin {valid.settings.max_auc_drop:g} points); tried {tried}. No INT8 bundle written; "
-                         "a larger valid split, more calibration cases or a wider --max-auc-drop may help")
+                         f"margin {valid.settings.max_auc_drop:g} points, flip limit {_limit(valid.settings)}); "
+                         f"tried {tried}. No INT8 bundle written; a larger valid split, more calibration cases or a "
+                         "wider --max-auc-drop / --max-flip-rate may help")
+
+
+def _excluded(attempt: Attempt, ranking: Ranking, count: int) -> str:
+    return (f"plain PTQ failed the gate on valid ({attempt.result['reasons'][0]}); these blocks move the "
+            f"probabilities most when quantized alone ({ranking.describe(count)}; {len(ranking.cases)} valid cases)")
+
+
+def _rank(operations: list[str], predict_alone: Callable[[list[str]], np.ndarray], plain: np.ndarray,
+          valid: ValidSplit, log: Callable[[str], None]) -> Ranking:
+    """The target's blocks ranked by their quantization alone, on the valid cases plain PTQ moves most."""
+    cases = ranking_cases(plain, valid.reference)
+    ranking = rank_blocks(operations, lambda ops: predict_alone(ops, cases), valid.reference[cases],
+                          [valid.case_ids[i] for i in cases])
+    log(f"  sensitivity: {len(ranking.blocks)} blocks, each quantized alone, on the {len(cases)} valid cases plain "
+        f"PTQ moves most ({ranking.seconds:.0f} s); most sensitive: {ranking.describe(3)}")
+    return ranking
+
+
+def _exclusion_search(ranking: Ranking, plain: Attempt, build: Callable[[list[str]], np.ndarray],
+                      valid: ValidSplit, log: Callable[[str], None], attempts: list[Attempt]) -> int | None:
+    """Keep the top 1, 2, 4, ... blocks in float; `build(blocks)` makes that model and returns its valid
+    probabilities. Returns the passing count, or None."""
+    limit = max(1, int(len(ranking.blocks) * MAX_EXCLUDED_SHARE))
+    for count in _exclusion_counts(limit):
+        blocks = ranking.top(count)
+        attempt = judge_on_valid(valid, Attempt(f"{count} most sensitive block(s) in float", blocks,
+                                                _excluded(plain, ranking, count)), build(blocks), log)
+        attempts.append(attempt)
+        if attempt.passed:
+            return count
+    return None
 
 
 # --- OpenVINO ------------------------------------------------------------------
@@ -114,84 +163,66 @@ def quantized_ops(model) -> set[str]:
             and op.get_type_name() != "FakeQuantize"}
 
 
-def search_openvino(fp32_model, quantize: Callable[..., object], run: Callable[[object], Callable],
-                    valid: ValidSplit, log: Callable[[str], None]) -> tuple[object, list[Attempt]]:
-    """(the first passing INT8 model, every attempt). `quantize(model, accuracy_control: bool)` returns an
-    INT8 model; `run(model)` returns a predict function for it."""
-    plain = quantize(fp32_model.clone(), accuracy_control=False)
-    attempts = [judge_on_valid(valid, Attempt("plain PTQ (NNCF)"), run(plain), log)]
+def search_openvino(fp32_model, plain, keep_in_float: Callable[[object, list[str]], object],
+                    run: Callable[[object], Callable], accuracy_control: Callable[[], object] | None,
+                    valid: ValidSplit,
+                    log: Callable[[str], None]) -> tuple[object, list[Attempt], Ranking | None]:
+    """(the first passing INT8 model or None, every attempt, the sensitivity ranking). `plain` is NNCF's
+    INT8 model; `keep_in_float(model, names)` returns a copy with those operations' blocks in float;
+    `run(model)` returns a predict function; `accuracy_control()`, when given, returns NNCF's
+    agreement-controlled model."""
+    plain_probs = valid.predictions(run(plain))
+    attempts = [judge_on_valid(valid, Attempt("plain PTQ (NNCF)"), plain_probs, log)]
     if attempts[0].passed:
-        return plain, attempts
-    log("  plain PTQ fails the gate on valid: NNCF accuracy control, margin as its maximum averaged-AUC drop")
-    controlled = quantize(fp32_model.clone(), accuracy_control=True)
+        return plain, attempts, None
+    operations = sorted(quantized_ops(plain))
+    blocks = group_blocks(operations)
+
+    def alone(ops: list[str], cases: np.ndarray) -> np.ndarray:
+        mine = block_of(ops[0])
+        return valid.predictions(run(keep_in_float(plain, [b for b in blocks if b != mine])), cases)
+
+    ranking = _rank(operations, alone, plain_probs, valid, log)
+    count = _exclusion_search(ranking, attempts[0], lambda blocks: valid.predictions(
+        run(keep_in_float(plain, blocks))), valid, log, attempts)
+    if count is not None:
+        return keep_in_float(plain, ranking.top(count)), attempts, ranking
+    if accuracy_control is None:
+        return None, attempts, ranking
+    log("  no block set passes: NNCF accuracy control, agreement with the FP32 decisions as its metric")
+    controlled = accuracy_control()
     reverted = sorted(quantized_ops(plain) - quantized_ops(controlled))
-    attempt = Attempt("NNCF accuracy control", reverted,
-                      f"plain PTQ failed the gate on valid ({attempts[0].result['reasons'][0]}); NNCF returned "
-                      f"{len(reverted)} operation(s) that cost the most averaged AUC on valid to float")
-    attempts.append(judge_on_valid(valid, attempt, run(controlled), log))
-    return (controlled if attempt.passed else None), attempts
+    attempt = Attempt("NNCF accuracy control (agreement)", reverted,
+                      f"plain PTQ failed the gate on valid ({attempts[0].result['reasons'][0]}) and no set of up to "
+                      f"{MAX_EXCLUDED_SHARE:.0%} of the blocks passed; NNCF returned {len(reverted)} operation(s) "
+                      "that cost the most agreement on valid to float")
+    attempts.append(judge_on_valid(valid, attempt, valid.predictions(run(controlled)), log))
+    return (controlled if attempt.passed else None), attempts, ranking
 
 
 # --- Jetson (TensorRT Q/DQ) ------------------------------------------------------
 
-def layer_sensitivity(fp32_onnx: Path, qdq_onnx: Path, reader_for: Callable[[], object],
-                      quantized_types: list[str]) -> list[tuple[str, float]]:
-    """(node name, SQNR dB of its worst quantized input) for every quantized layer, worst first.
-
-    onnxruntime's qdq_loss_debug runs the Q/DQ graph with every Q/DQ pair's float input and output
-    saved and compares each activation before and after its int8 grid: a low ratio means the int8 grid is
-    too coarse for that tensor (a wide range with most values near zero, say). Node names are
-    those of the FP32 graph, which the Q/DQ graph keeps."""
-    import onnx
-    from onnxruntime.quantization.qdq_loss_debug import (
-        collect_activations,
-        compute_signal_to_quantization_noice_ratio,
-        create_activation_matching,
-        modify_model_output_intermediate_tensors,
-    )
-    with tempfile.TemporaryDirectory(prefix="edgederm-sensitivity-") as tmp:
-        augmented = Path(tmp) / "qdq.onnx"
-        # Save what goes into each QuantizeLinear and comes out of each DequantizeLinear: the same
-        # activation before and after its int8 grid.
-        modify_model_output_intermediate_tensors(str(qdq_onnx), str(augmented),
-                                                 op_types_for_saving=["QuantizeLinear", "DequantizeLinear"])
-        matched = create_activation_matching(collect_activations(str(augmented), reader_for()))
-    errors = {name: compute_signal_to_quantization_noice_ratio(m["pre_qdq"], m["post_qdq"])
-              for name, m in matched.items()}
-    worst: dict[str, float] = {}
-    for node in onnx.load(str(fp32_onnx)).graph.node:
-        if node.op_type in quantized_types:
-            ratios = [errors[i] for i in node.input if i in errors]
-            if ratios:
-                worst[node.name] = min(ratios)
-    return sorted(worst.items(), key=lambda item: item[1])
-
-
-def search_jetson(quantize: Callable[[list[str]], Path], sensitivity: Callable[[Path], list[tuple[str, float]]],
-                  run: Callable[[Path], Callable], valid: ValidSplit,
-                  log: Callable[[str], None]) -> tuple[Path | None, list[Attempt]]:
-    """(the first passing Q/DQ graph, every attempt). `quantize(excluded_nodes)` writes the Q/DQ graph and
-    returns its path; `sensitivity(graph)` ranks its layers, worst first; `run(graph)` predicts with it."""
-    graph = quantize([])
-    attempts = [judge_on_valid(valid, Attempt("plain PTQ (symmetric Q/DQ)"), run(graph), log)]
+def search_jetson(quantizer, out: Path, run: Callable[[Path], Callable], valid: ValidSplit,
+                  log: Callable[[str], None]) -> tuple[Path | None, list[Attempt], Ranking | None]:
+    """(the first passing Q/DQ graph at `out` or None, every attempt, the sensitivity ranking).
+    `quantizer` is an export.tensorrt_export.QdqQuantizer; `run(graph)` returns a predict function."""
+    graph = quantizer.quantize(out)
+    plain = valid.predictions(run(graph))
+    attempts = [judge_on_valid(valid, Attempt("plain PTQ (symmetric Q/DQ)"), plain, log)]
     if attempts[0].passed:
-        return graph, attempts
-    ranking = sensitivity(graph)
-    limit = max(1, int(len(ranking) * MAX_EXCLUDED_SHARE))
-    log(f"  plain PTQ fails the gate on valid: leaving the layers that quantize worst out of Q/DQ "
-        f"(up to {limit} of {len(ranking)})")
-    for count in _exclusion_counts(limit):
-        excluded = [name for name, _ in ranking[:count]]
-        why = (f"plain PTQ failed the gate on valid ({attempts[0].result['reasons'][0]}); these layers' inputs have "
-               f"the lowest signal-to-quantization-noise ratio on valid ("
-               + ", ".join(f"{name} {db:.1f} dB" for name, db in ranking[:count]) + ")")
-        graph = quantize(excluded)
-        attempt = judge_on_valid(valid, Attempt(f"Q/DQ without the {count} most sensitive layer(s)", excluded, why),
-                                 run(graph), log)
-        attempts.append(attempt)
-        if attempt.passed:
-            return graph, attempts
-    return None, attempts
+        return graph, attempts, None
+    with tempfile.TemporaryDirectory(prefix="edgederm-sensitivity-") as tmp:
+        one = Path(tmp) / "alone.onnx"
+        ranking = _rank(quantizer.layers(), lambda ops, cases: valid.predictions(
+            run(quantizer.quantize(one, only=ops, check=False)), cases), plain, valid, log)
+
+    def build(blocks: list[str]) -> np.ndarray:
+        return valid.predictions(run(quantizer.quantize(out, exclude=ranking.operations(blocks))))
+
+    count = _exclusion_search(ranking, attempts[0], build, valid, log, attempts)
+    if count is None:
+        return None, attempts, ranking
+    return quantizer.quantize(out, exclude=ranking.operations(ranking.top(count))), attempts, ranking
 
 
 def _exclusion_counts(limit: int) -> list[int]:

@@ -1,11 +1,15 @@
 """ONNX -> OpenVINO IR at FP32, FP16 (compressed weights) and INT8 (NNCF).
 
 INT8 uses NNCF post-training quantization on the calibration set, with the
-transformer model type when an encoder is a transformer; with a maximum AUC
-drop it uses `nncf.quantize_with_accuracy_control`, scored by averaged AUC on
-the validation split, which keeps the layers that hurt AUC in higher precision.
-NNCF's MIXED preset (asymmetric activations) is fine for OpenVINO; the
-TensorRT path quantizes separately and symmetrically (tensorrt_export.py).
+transformer model type when an encoder is a transformer. The INT8 search
+(export/int8_gate.py) may then keep named layers in float (`keep_in_float`,
+on the quantized model: no second calibration) or turn to
+`nncf.quantize_with_accuracy_control` with agreement with the FP32 model's
+decisions as its metric. During the search weights stay FP32 behind their
+FakeQuantize; `finalize` stores them as int8 before the model is saved, as
+NNCF would have. NNCF's MIXED preset (asymmetric activations) is fine for
+OpenVINO; the TensorRT path quantizes separately and symmetrically
+(tensorrt_export.py).
 
 FP32 models are compiled with INFERENCE_PRECISION_HINT=f32, so the FP32
 reference stays FP32 on CPUs that would otherwise run bf16 (AMX); FP16 and
@@ -14,6 +18,7 @@ INT8 are scored as the runtime runs them (edgederm/runtime/openvino_backend.py).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import openvino as ov
@@ -21,7 +26,6 @@ import openvino as ov
 from edgederm import labels as L
 from edgederm.calibration.adapters import INPUT_NAMES, nncf_dataset
 from edgederm.calibration.selection import CalibrationSet
-from edgederm.evaluation.metrics import averaged_auc
 
 F32_CONFIG = {"INFERENCE_PRECISION_HINT": "f32"}
 
@@ -71,26 +75,86 @@ def probability_tail(model: ov.Model) -> list[str]:
     return sorted(names)
 
 
-def quantize_int8(model: ov.Model, calib: CalibrationSet, transformer: bool,
-                  validation: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
-                  max_auc_drop_points: float | None = None) -> ov.Model:
-    """INT8 through NNCF; with `max_auc_drop_points` and `validation` (clinical, dermoscopy,
-    labels), accuracy-controlled quantization on averaged AUC."""
+def quantize_int8(model: ov.Model, calib: CalibrationSet, transformer: bool) -> ov.Model:
+    """Plain INT8 through NNCF, weights left FP32 behind their FakeQuantize (see `finalize`)."""
     import nncf
-    model_type = nncf.ModelType.TRANSFORMER if transformer else None
-    calibration = nncf_dataset(calib)
-    ignored = nncf.IgnoredScope(names=probability_tail(model), validate=False)
-    if max_auc_drop_points is None:
-        return nncf.quantize(model, calibration, model_type=model_type, subset_size=len(calib), ignored_scope=ignored)
-    clinical, dermoscopy, labels = validation
-    items = [(clinical[i:i + 1], dermoscopy[i:i + 1], i) for i in range(len(labels))]
+    return nncf.quantize(model, nncf_dataset(calib), model_type=_model_type(transformer), subset_size=len(calib),
+                         ignored_scope=nncf.IgnoredScope(names=probability_tail(model), validate=False),
+                         advanced_parameters=_uncompressed())
+
+
+def quantize_for_agreement(model: ov.Model, calib: CalibrationSet, transformer: bool, clinical: np.ndarray,
+                           dermoscopy: np.ndarray, agreement: Callable[[np.ndarray, list[int]], float],
+                           max_disagreement: float) -> ov.Model:
+    """NNCF accuracy control with agreement as its metric: `agreement(probs, indices)` is the share of the
+    given valid cases whose decisions match the FP32 model's (1.0 for FP32 itself); NNCF returns
+    quantized operations to float, the most harmful first, until it is within `max_disagreement`. Each
+    case's probabilities go back with the metric, so NNCF ranks its quantizers by how far they move the
+    outputs (its normalised squared error) rather than by a handful of flips."""
+    import nncf
+    items = [(clinical[i:i + 1], dermoscopy[i:i + 1], i) for i in range(len(clinical))]
     validation_set = nncf.Dataset(items, lambda item: {INPUT_NAMES[0]: item[0], INPUT_NAMES[1]: item[1]})
 
-    def validate(compiled: ov.CompiledModel, data) -> float:
+    def validate(compiled: ov.CompiledModel, data) -> tuple[float, list[list[np.ndarray]]]:
         data = list(data)
         probs = run_openvino(compiled, np.concatenate([d[0] for d in data]), np.concatenate([d[1] for d in data]))
-        return averaged_auc(probs, labels[[d[2] for d in data]])
+        # per case, the model's outputs as NNCF collects them itself (one array per task, in output order)
+        return agreement(probs, [d[2] for d in data]), [[row[None, L.TASK_SLICES[k]] for k in L.TASK_KEYS]
+                                                         for row in probs]
 
     return nncf.quantize_with_accuracy_control(
-        model, calibration, validation_set, validate, max_drop=max_auc_drop_points / 100.0,
-        drop_type=nncf.DropType.ABSOLUTE, model_type=model_type, subset_size=len(calib), ignored_scope=ignored)
+        model, nncf_dataset(calib), validation_set, validate, max_drop=max_disagreement,
+        drop_type=nncf.DropType.ABSOLUTE, model_type=_model_type(transformer), subset_size=len(calib),
+        ignored_scope=nncf.IgnoredScope(names=probability_tail(model), validate=False),
+        advanced_quantization_parameters=_uncompressed())
+
+
+def _model_type(transformer: bool):
+    import nncf
+    return nncf.ModelType.TRANSFORMER if transformer else None
+
+
+def _uncompressed():
+    """Keep weights FP32 behind FakeQuantize while the search may still return layers to float."""
+    import nncf
+    return nncf.AdvancedQuantizationParameters(backend_params={"compress_weights": False})
+
+
+def _belongs(op_name: str, layers: set[str]) -> bool:
+    """OpenVINO names an ONNX node's ops after it: Conv 'x/Conv' becomes 'x/Conv/WithoutBiases' + 'x/Conv'."""
+    return op_name in layers or any(op_name.startswith(layer + "/") for layer in layers)
+
+
+def keep_in_float(int8: ov.Model, fp32: ov.Model, layers: list[str]) -> ov.Model:
+    """A copy of `int8` in which the named layers (ONNX node names) run in float: the FakeQuantize
+    in front of each of their inputs (activations and weights) is bypassed, and the bias after them is
+    the FP32 model's again (NNCF's bias correction moved it to absorb the quantization error they no
+    longer have). Everything else stays as calibrated."""
+    model, wanted = int8.clone(), set(layers)
+    fp32_ops = {op.get_friendly_name(): op for op in fp32.get_ops()}
+    for op in model.get_ops():
+        if op.get_type_name() in ("FakeQuantize", "Constant", "Parameter", "Result") or not _belongs(
+                op.get_friendly_name(), wanted):
+            continue
+        for port in op.inputs():
+            source = port.get_source_output().get_node()
+            if source.get_type_name() == "FakeQuantize":
+                port.replace_source_output(source.input_value(0))
+        original = fp32_ops.get(op.get_friendly_name())
+        if original is None or op.get_type_name() != "Add":
+            continue
+        for i, port in enumerate(op.inputs()):          # the bias Add: its constant as in the FP32 model
+            source, before = port.get_source_output().get_node(), original.input_value(i).get_node()
+            if source.get_type_name() == "Constant" and before.get_type_name() == "Constant":
+                port.replace_source_output(ov.opset13.constant(before.get_data()).output(0))
+    model.validate_nodes_and_infer_types()
+    return model
+
+
+def finalize(int8: ov.Model) -> ov.Model:
+    """Weights as int8 constants (OpenVINO's own weight compression of FakeQuantize'd constants): the
+    form NNCF saves by default; the outputs are bit-identical."""
+    from openvino._offline_transformations import compress_quantize_weights_transformation
+    model = int8.clone()
+    compress_quantize_weights_transformation(model)
+    return model

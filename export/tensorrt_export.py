@@ -27,24 +27,40 @@ QDQ_QUANTIZER = "onnxruntime.quantization.quantize_static (QDQ, symmetric int8, 
 QUANTIZED_OPS = ["Conv", "MatMul", "Gemm"]
 
 
-def quantize_qdq(fp32_onnx: Path, out: Path, calib: CalibrationSet, exclude: list[str] | tuple = ()) -> Path:
-    """The symmetric Q/DQ graph; layers named in `exclude` stay in float (export/int8_gate.py chooses them)."""
-    # ONNX shape inference only: ORT's graph optimisations could introduce ORT-specific
-    # fused ops that TensorRT's parser does not know, and ORT's symbolic shape
-    # inference gives up on Swin's window reshapes.
-    prepared = out.with_name(out.stem + ".prepared.onnx")
-    quant_pre_process(str(fp32_onnx), str(prepared), skip_optimization=True, skip_symbolic_shape=True)
-    quantize_static(
-        str(prepared), str(out), OrtCalibrationReader(calib),
-        quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-        per_channel=True, op_types_to_quantize=QUANTIZED_OPS, calibrate_method=CalibrationMethod.MinMax,
-        nodes_to_exclude=list(exclude),
-        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
-                       "OpTypesToExcludeOutputQuantization": QUANTIZED_OPS},
-    )
-    prepared.unlink()
-    onnx.checker.check_model(onnx.load(str(out)), full_check=True)
-    return out
+class QdqQuantizer:
+    """One FP32 graph, prepared and calibrated once, quantized as often as the INT8 search asks
+    (export/int8_gate.py: the plain graph, graphs with layers left out of Q/DQ, and export/sensitivity.py:
+    one graph per layer). The activation ranges are cached in `workdir` after the first call
+    (quantize_static's calibration_cache_path), so later calls only rewrite the graph."""
+
+    def __init__(self, fp32_onnx: Path, calib: CalibrationSet, workdir: Path):
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.calib, self.cache = calib, workdir / "qdq-calibration.json"
+        # ONNX shape inference only: ORT's graph optimisations could introduce ORT-specific
+        # fused ops that TensorRT's parser does not know, and ORT's symbolic shape
+        # inference gives up on Swin's window reshapes.
+        self.prepared = workdir / "qdq-prepared.onnx"
+        quant_pre_process(str(fp32_onnx), str(self.prepared), skip_optimization=True, skip_symbolic_shape=True)
+
+    def layers(self) -> list[str]:
+        """Names of the nodes Q/DQ goes in front of (the graph's Conv / MatMul / Gemm), in graph order."""
+        return [n.name for n in onnx.load(str(self.prepared)).graph.node if n.op_type in QUANTIZED_OPS]
+
+    def quantize(self, out: Path, exclude: list[str] | tuple = (), only: list[str] | None = None,
+                 check: bool = True) -> Path:
+        """The symmetric Q/DQ graph at `out`; layers in `exclude` stay in float; with `only`, every other
+        layer does (the per-layer sensitivity measurement)."""
+        quantize_static(
+            str(self.prepared), str(out), OrtCalibrationReader(self.calib),
+            quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+            per_channel=True, op_types_to_quantize=QUANTIZED_OPS, calibrate_method=CalibrationMethod.MinMax,
+            nodes_to_quantize=only, nodes_to_exclude=list(exclude), calibration_cache_path=str(self.cache),
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
+                           "OpTypesToExcludeOutputQuantization": QUANTIZED_OPS},
+        )
+        if check:
+            onnx.checker.check_model(onnx.load(str(out)), full_check=True)
+        return out
 
 
 def _topological_sort(graph: onnx.GraphProto) -> None:

@@ -133,7 +133,8 @@ def test_bad_requests_are_one_line_and_leave_nothing(trained_run, synthetic_rele
         (["--run", str(trained_run), "--target", "jetson"], "--data is required: jetson int8 needs calibration"),
         (["--run", str(trained_run), "--target", "openvino", "--precision", "int8", "--data", str(synthetic_release),
           "--calibration-cases", "5000"], "fewer than the 5000 calibration cases"),
-        (["--run", str(trained_run), "--target", "onnx", "--max-auc-drop", "0.5"], "--max-auc-drop is the INT8 gate's margin"),
+        (["--run", str(trained_run), "--target", "onnx", "--max-auc-drop", "0.5"], "apply to --precision int8 only"),
+        (["--run", str(trained_run), "--target", "onnx", "--max-flip-rate", "5"], "apply to --precision int8 only"),
     ]
     for args, message in cases:
         result = runner.invoke(app, ["export", *args, "--out", str(out)])

@@ -138,3 +138,63 @@ def test_decision_flips_name_cases_and_direction():
                               "direction": "toward"}]
     gated = judge(reference, variant, labels, ["a", "b", "c", "d"], GateSettings(resamples=100, max_flip_rate=50))
     assert any(r.startswith("diagnosis flips 75.0 %") for r in gated["reasons"]) and gated["verdict"] == "fail"
+
+
+def test_flip_rates_carry_an_exact_upper_bound_and_a_net_direction():
+    from scipy.stats import beta
+
+    from edgederm.evaluation.gate import binomial_upper_bound
+    for events, trials in ((0, 121), (2, 121), (27, 395), (5, 8)):
+        assert binomial_upper_bound(events, trials) == pytest.approx(beta.ppf(0.95, events + 1, trials - events),
+                                                                     abs=1e-9)
+    assert binomial_upper_bound(4, 4) == 1.0
+
+
+def _with_diagnosis_flips(probs: np.ndarray, count: int) -> np.ndarray:
+    """A copy whose top diagnosis differs from `probs` on the first `count` cases and nowhere else."""
+    variant = probs.copy()
+    diag = variant[:, L.TASK_SLICES["DIAG"]]          # a view: changes land in `variant`
+    for i in range(count):
+        top, runner_up = np.argsort(diag[i])[::-1][:2]
+        diag[i, [top, runner_up]] = diag[i, [runner_up, top]]
+    return variant
+
+
+def test_the_default_gate_allows_two_percent_of_cases_flipped_and_not_one_more(cases):
+    labels, probs, ids = cases                         # 300 cases: 6 flips are 2.0 %, 7 are 2.3 %
+    assert GateSettings().max_flip_rate == 2.0
+    at_limit = judge(probs, _with_diagnosis_flips(probs, 6), labels, ids, GateSettings(resamples=300))
+    assert at_limit["flips"]["diagnosis"]["flips"] == 6 and not any("flips" in r for r in at_limit["reasons"])
+    over = judge(probs, _with_diagnosis_flips(probs, 7), labels, ids, GateSettings(resamples=300))
+    assert over["verdict"] == "fail" and "diagnosis flips 2.3 % of cases > 2 %" in over["reasons"]
+    dx = over["flips"]["diagnosis"]
+    assert dx["upper_bound_percent"] > dx["rate_percent"] > 2
+    assert dx["net_away_percent"] == pytest.approx(100 * (dx["away_from_truth"] - dx["toward_truth"]) / 300)
+    low, high = dx["net_away_ci_percent"]
+    assert low <= dx["net_away_percent"] <= high
+    unlimited = judge(probs, _with_diagnosis_flips(probs, 7), labels, ids, GateSettings(resamples=300,
+                                                                                        max_flip_rate=None))
+    assert not any("flips" in r for r in unlimited["reasons"])
+
+
+def test_losing_referred_melanomas_fails_the_gate(cases):
+    labels, probs, ids = cases
+    mel = labels[:, 0] == L.class_index("DIAG", "MEL")
+    reference = probs.copy()
+    for task, cls, _ in L.SEVEN_POINT_CRITERIA:        # the reference refers every case: all criteria present
+        block = reference[:, L.TASK_SLICES[task]]
+        block[:] = 0.0
+        block[:, L.class_index(task, cls)] = 1.0
+    variant = reference.copy()
+    lost = np.flatnonzero(mel)[: int(mel.sum()) // 2]  # half the melanomas lose every criterion
+    for task, cls, _ in L.SEVEN_POINT_CRITERIA:
+        block = variant[:, L.TASK_SLICES[task]]
+        block[lost, L.class_index(task, cls)] = 0.0
+        block[lost, (L.class_index(task, cls) + 1) % block.shape[1]] = 1.0
+    result = judge(reference, variant, labels, ids, GateSettings(resamples=300, max_flip_rate=100))
+    sens = result["melanoma_sensitivity"]
+    assert sens["reference_percent"] == 100.0 and sens["variant_percent"] == pytest.approx(100 * (1 - len(lost) / mel.sum()))
+    assert sens["significant"] and sens["ci_points"][0] > 0
+    assert result["verdict"] == "fail" and any("fewer melanomas" in r for r in result["reasons"])
+    same = judge(reference, reference.copy(), labels, ids, GateSettings(resamples=300))
+    assert same["melanoma_sensitivity"]["loss_points"] == 0 and not same["melanoma_sensitivity"]["significant"]

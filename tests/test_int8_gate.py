@@ -1,24 +1,33 @@
-"""INT8 that passes by construction: every INT8 export is judged on the valid
-split; the Jetson path leaves its most sensitive layers out of Q/DQ when plain
-PTQ fails, OpenVINO turns to NNCF's accuracy control, and when nothing passes
-the export stops with one line and writes no INT8 bundle. Real exports of the
-session's trained tiny run on the synthetic release."""
+"""INT8 that keeps decisions, by construction where it can: every INT8 export is
+judged on the valid split (AUC and decision flips); when plain PTQ fails, the
+blocks whose quantization alone moves the probabilities most are kept in
+float, for Jetson (out of Q/DQ) and OpenVINO (FakeQuantize bypassed); when
+nothing passes the export stops with one line and writes no INT8 bundle. Real
+exports of the session's trained tiny run on the synthetic release."""
 import json
 
+import numpy as np
 import onnx
 import pytest
 from typer.testing import CliRunner
 
+from edgederm.calibration.selection import build_calibration_set
 from edgederm.cli import app
-from edgederm.export import int8_gate
+from edgederm.data.inputs import load_arrays
+from edgederm.data.release import read_release
+from edgederm.export import int8_gate, openvino_export
 from edgederm.export.exporter import ExportRequest, export
+from edgederm.export.onnx_export import export_onnx
+from edgederm.export.sensitivity import block_of, group_blocks, rank_blocks
+from edgederm.export.tensorrt_export import QUANTIZED_OPS
+from edgederm.models.io import load_model
 from edgederm.runtime.bundle import read_manifest
 
 
 def _quantized_inputs(graph: onnx.GraphProto) -> dict[str, bool]:
     """Conv/MatMul/Gemm node -> whether any of its inputs comes from a DequantizeLinear."""
     dq_outputs = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
-    return {n.name: any(i in dq_outputs for i in n.input) for n in graph.node if n.op_type in ("Conv", "MatMul", "Gemm")}
+    return {n.name: any(i in dq_outputs for i in n.input) for n in graph.node if n.op_type in QUANTIZED_OPS}
 
 
 def test_exclusion_counts_double_and_end_at_the_limit():
@@ -27,26 +36,87 @@ def test_exclusion_counts_double_and_end_at_the_limit():
     assert int8_gate._exclusion_counts(17) == [1, 2, 4, 8, 16, 17]
 
 
-def test_jetson_keeps_the_most_sensitive_layers_in_float_until_the_gate_passes(trained_run, synthetic_release,
-                                                                               tmp_path, monkeypatch):
-    # Margin 0: only a graph whose valid predictions match FP32 on every resample passes; with every layer
-    # allowed out of Q/DQ the search must get there, and record what it kept in float and why.
-    monkeypatch.setattr(int8_gate, "MAX_EXCLUDED_SHARE", 1.0)
+def test_blocks_group_operations_by_module_path_and_rank_by_their_own_damage():
+    ops = ["/model/clinical_encoder/blocks.0/blocks.0.0/conv_dw/Conv", "/model/clinical_encoder/blocks.0/blocks.0.0/se/Mul",
+           "/model/clinical_encoder/blocks.1/blocks.1.0/conv_pw/Conv/WithoutBiases", "/model/fusion_head/fc/Gemm", "/Add_1"]
+    assert block_of(ops[1]) == "/model/clinical_encoder/blocks.0/blocks.0.0" and block_of("/Add_1") == "/Add_1"
+    assert list(group_blocks(ops)) == ["/model/clinical_encoder/blocks.0/blocks.0.0",
+                                       "/model/clinical_encoder/blocks.1/blocks.1.0", "/model/fusion_head/fc/Gemm",
+                                       "/Add_1"]
+    reference = np.random.default_rng(0).dirichlet(np.ones(24), 10)
+    damage = {"/model/clinical_encoder/blocks.0/blocks.0.0": 0.01, "/model/clinical_encoder/blocks.1/blocks.1.0": 0.2,
+              "/model/fusion_head/fc/Gemm": 0.0, "/Add_1": 0.05}
+    ranking = rank_blocks(ops, lambda members: reference + damage[block_of(members[0])], reference,
+                          [str(i) for i in range(10)], progress=False)
+    assert ranking.top(2) == ["/model/clinical_encoder/blocks.1/blocks.1.0", "/Add_1"]
+    assert ranking.operations(ranking.top(1)) == [ops[2]] and ranking.blocks[-1][1] == 0.0
+
+
+# The test run is barely trained (3 epochs, 64 px) and its valid split has 8 cases: no flips to remove,
+# but plain PTQ's AUC upper bound (about 6 points for the Q/DQ graph, 15 for NNCF's) is far above what
+# a few blocks in float reach. These margins sit in between (measured on this 2-core AMD EPYC).
+JETSON_MARGIN, OPENVINO_MARGIN = 3.0, 11.0
+
+
+def test_jetson_keeps_the_most_sensitive_blocks_in_float_until_the_gate_passes(trained_run, synthetic_release,
+                                                                               tmp_path):
     lines = []
     [bundle] = export(ExportRequest(run=trained_run, target="jetson", data=synthetic_release, out=tmp_path,
-                                    max_auc_drop=0.0), log=lines.append)
+                                    max_auc_drop=JETSON_MARGIN), log=lines.append)
     manifest = read_manifest(bundle)
     record = manifest["int8_gate"]
     attempts = record["attempts"]
-    assert record["split"] == "valid" and record["gate"]["max_auc_drop"] == 0.0
+    assert record["split"] == "valid" and record["gate"]["max_flip_rate"] == 2.0       # the default limit
     assert attempts[0]["method"] == "plain PTQ (symmetric Q/DQ)" and attempts[0]["verdict"] == "fail"
     assert attempts[-1]["verdict"] == "pass" and record["chosen"] == len(attempts) - 1 >= 1
     kept = attempts[-1]["kept_in_float"]
     assert kept and manifest["quantization"]["kept_in_float"] == kept
-    assert "signal-to-quantization-noise" in attempts[-1]["why"] and kept[0] in attempts[-1]["why"]
+    assert "move the probabilities most when quantized alone" in attempts[-1]["why"] and kept[0] in attempts[-1]["why"]
+    ranking = record["sensitivity"]
+    scores = [b["score"] for b in ranking["blocks"]]
+    assert scores == sorted(scores, reverse=True) and [b["block"] for b in ranking["blocks"][:len(kept)]] == kept
     quantized = _quantized_inputs(onnx.load(str(bundle / "model.int8.onnx")).graph)
-    assert not any(quantized[name] for name in kept)                     # really out of Q/DQ
-    assert any("most sensitive layer" in line for line in lines)
+    assert sum(b["operations"] for b in ranking["blocks"]) == len(quantized)      # every Q/DQ layer ranked once
+    assert not any(quantized[name] for name in quantized if block_of(name) in kept)      # really out of Q/DQ
+    assert any(quantized[name] for name in quantized if block_of(name) not in kept)      # the rest still int8
+    assert any("sensitivity: " in line for line in lines)
+
+
+def test_keeping_openvino_blocks_in_float_is_exact(trained_run, synthetic_release, tmp_path):
+    """Every block kept in float gives the FP32 model's outputs (FakeQuantize bypassed, NNCF's bias
+    correction undone); none gives the INT8 model's; storing the weights as int8 changes nothing."""
+    model = load_model(trained_run / "model.safetensors").eval()
+    release = read_release(synthetic_release)
+    calib = build_calibration_set(release, model.cfg.preprocess(), count=8)
+    clinical, dermoscopy = load_arrays(release.split("valid"), model.cfg.preprocess())
+    fp32 = openvino_export.convert(export_onnx(model, tmp_path / "model.onnx"))
+    int8 = openvino_export.quantize_int8(fp32.clone(), calib, transformer=False)
+
+    def run(m, precision="int8"):
+        return openvino_export.run_openvino(openvino_export.compile_cpu(m, precision), clinical, dermoscopy)
+    reference, quantized = run(fp32, "fp32"), run(int8)
+    assert np.abs(quantized - reference).max() > 1e-4                        # quantization did something
+    blocks = list(group_blocks(sorted(int8_gate.quantized_ops(int8))))
+    np.testing.assert_allclose(run(openvino_export.keep_in_float(int8, fp32, blocks)), reference, atol=1e-5)
+    np.testing.assert_array_equal(run(openvino_export.keep_in_float(int8, fp32, [])), quantized)
+    np.testing.assert_array_equal(run(openvino_export.finalize(int8)), quantized)
+    assert int8_gate.quantized_ops(openvino_export.keep_in_float(int8, fp32, blocks[:1])) \
+        == int8_gate.quantized_ops(int8) - set(group_blocks(sorted(int8_gate.quantized_ops(int8)))[blocks[0]])
+
+
+def test_openvino_search_keeps_blocks_in_float_and_records_it(trained_run, synthetic_release, tmp_path):
+    [bundle] = export(ExportRequest(run=trained_run, target="openvino", precisions="int8", data=synthetic_release,
+                                    out=tmp_path, max_auc_drop=OPENVINO_MARGIN), log=lambda m: None)
+    manifest = read_manifest(bundle)
+    attempts = manifest["int8_gate"]["attempts"]
+    assert attempts[0]["method"] == "plain PTQ (NNCF)" and attempts[0]["verdict"] == "fail"
+    assert attempts[-1]["verdict"] == "pass" and attempts[-1]["method"].endswith("most sensitive block(s) in float")
+    kept = manifest["quantization"]["kept_in_float"]
+    import openvino as ov
+    saved = ov.Core().read_model(str(bundle / "model.xml"))
+    still = int8_gate.quantized_ops(saved)
+    assert not any(block_of(op) in kept for op in still)
+    assert json.dumps(manifest["int8_gate"])       # plain JSON all the way down
 
 
 def test_no_passing_int8_graph_stops_the_export_and_writes_nothing(trained_run, synthetic_release, tmp_path):
@@ -56,32 +126,30 @@ def test_no_passing_int8_graph_stops_the_export_and_writes_nothing(trained_run, 
     assert result.exit_code == 1
     error = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(error) == 1 and "no INT8 graph passes the gate on the valid split" in error[0]
-    assert "plain PTQ (symmetric Q/DQ)" in error[0] and "No INT8 bundle written" in error[0]
+    assert "plain PTQ (symmetric Q/DQ)" in error[0] and "most sensitive block(s) in float" in error[0]
+    assert "No INT8 bundle written" in error[0]
     assert not (tmp_path / f"{trained_run.name}-jetson-int8").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]      # no staged leftovers
 
 
-@pytest.mark.parametrize("margin, verdict", [(50.0, "pass")])
-def test_openvino_int8_records_the_gate_on_valid(bundles, margin, verdict):
+def test_openvino_records_the_gate_on_valid(bundles):
     manifest = read_manifest(bundles["openvino-int8"])
     record = manifest["int8_gate"]
-    assert record["gate"]["max_auc_drop"] == margin and record["attempts"][0]["method"] == "plain PTQ (NNCF)"
-    assert record["attempts"][0]["verdict"] == verdict and record["chosen"] == 0
+    assert record["gate"]["max_auc_drop"] == 50.0 and record["gate"]["max_flip_rate"] == 100.0
+    assert record["attempts"][0]["method"] == "plain PTQ (NNCF)" and record["chosen"] == 0
+    assert record["attempts"][0]["verdict"] == "pass" and record["sensitivity"] is None
     assert manifest["quantization"]["kept_in_float"] == []
-    assert json.dumps(record)       # plain JSON all the way down
 
 
-def test_openvino_turns_to_accuracy_control_and_refuses_when_it_cannot_pass(bundles, trained_run, synthetic_release,
-                                                                          tmp_path):
-    # A margin between plain PTQ's drop on valid and its upper bound: NNCF's accuracy control (which
-    # compares means) accepts the plain model at once, and the bootstrap gate refuses it again.
-    plain = read_manifest(bundles["openvino-int8"])["int8_gate"]["attempts"][0]
-    low, high = max(plain["auc_drop_points"], 0.0), plain["upper_bound_points"]
-    assert high > low + 0.1                                   # 8 valid cases: a wide interval
+def test_accuracy_control_is_tried_when_asked_and_refused_when_it_cannot_pass(trained_run, synthetic_release,
+                                                                            tmp_path):
+    # No flip limit: NNCF's accuracy control (agreement within 100 %) accepts the plain model at once,
+    # and the gate (an impossible margin) refuses it again.
     lines = []
     with pytest.raises(int8_gate.NoPassingInt8, match=r"openvino int8: no INT8 graph passes .*tried plain PTQ "
-                                                      r"\(NNCF\): .*; NNCF accuracy control: "):
+                                                      r"\(NNCF\): .*; NNCF accuracy control \(agreement\): "):
         export(ExportRequest(run=trained_run, target="openvino", precisions="int8", data=synthetic_release,
-                             out=tmp_path, max_auc_drop=(low + high) / 2), log=lines.append)
+                             out=tmp_path, max_auc_drop=-100, max_flip_rate=100, accuracy_control=True),
+               log=lines.append)
     assert any("NNCF accuracy control" in line for line in lines)
     assert not (tmp_path / f"{trained_run.name}-openvino-int8").exists()

@@ -175,7 +175,7 @@ def test_bench_gate_reports_and_fastest_variant(bundles, synthetic_release, tmp_
         "bench", "--bundle", str(bundles["torch-fp32"]), "--bundle", str(bundles["onnx-fp32"]),
         "--bundle", str(bundles["openvino-int8"]), "--bundle", f"{bundles['jetson-int8']}@onnxruntime",
         "--reference", str(bundles["onnx-fp32"]), "--data", str(synthetic_release), "--batch", "1,2",
-        "--warmup", "1", "--runs", "3", "--rounds", "2", "--max-auc-drop", "50", "--report", str(report)])
+        "--warmup", "1", "--runs", "3", "--rounds", "2", "--max-auc-drop", "50", "--max-flip-rate", "100", "--report", str(report)])
     assert result.exit_code == 0, result.output
     data = json.loads((report / "report.json").read_text())
     rows = {r["name"]: r for r in data["variants"]}
@@ -211,7 +211,7 @@ def test_bench_times_photos_end_to_end_and_gates_reduced_decoding(bundles, synth
     fp32 = str(bundles["onnx-fp32"])
     result = runner.invoke(app, [
         "bench", "--bundle", fp32, "--bundle", f"{fp32}+reduced", "--reference", fp32, "--data", str(synthetic_release),
-        "--warmup", "0", "--runs", "2", "--photos", str(phone), "--e2e-runs", "3", "--max-auc-drop", "50",
+        "--warmup", "0", "--runs", "2", "--photos", str(phone), "--e2e-runs", "3", "--max-auc-drop", "50", "--max-flip-rate", "100",
         "--report", str(report)])
     assert result.exit_code == 0, result.output
     data = json.loads((report / "report.json").read_text())

@@ -27,8 +27,15 @@ Decisions. A clinic acts on the top diagnosis and on the seven-point reading
 diagnosis or seven-point reading differs from the reference's are listed with
 their ids, and each flip is marked "toward" the true label (the variant is
 right where the reference was wrong), "away" from it (the reverse) or
-"neither" (both wrong). The rates are always reported; `--max-flip-rate`
-(percent of cases) gates on them when asked.
+"neither" (both wrong). Each rate carries its exact one-sided 95 % upper
+bound (Clopper-Pearson: a rate seen on 121 cases is only an estimate) and the
+net direction (away minus toward the truth, percent of cases) with its paired
+bootstrap interval. The melanoma sensitivity of the seven-point reading (the
+share of MEL cases it refers) is compared the same way. A variant fails when
+a flip rate exceeds `--max-flip-rate` (default 2 % of cases; the observed
+rate, since an upper bound below 2 % needs over 150 cases without a single
+flip) or when it loses melanoma sensitivity significantly (the paired
+interval of the loss excludes 0).
 
 numpy only: the gate runs on the device, inside `edgederm bench`. It lives in
 the evaluation stage because export (left of benchmarks in the data flow)
@@ -37,6 +44,8 @@ applies the same gate to choose its INT8 graph on the valid split.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+
+import math
 
 import numpy as np
 
@@ -47,6 +56,7 @@ METHOD = ("paired stratified percentile bootstrap (Efron & Tibshirani 1993, ch. 
           "one-sided 95 % upper bound on the averaged-AUC drop")
 CONFIDENCE = 0.95
 MIN_POSITIVES = 10
+DEFAULT_MAX_FLIP_RATE = 2.0      # percent of cases: at most one patient in fifty told something different
 
 
 @dataclass(frozen=True)
@@ -55,7 +65,7 @@ class GateSettings:
     resamples: int = 2000
     seed: int = 0
     min_positives: int = MIN_POSITIVES
-    max_flip_rate: float | None = None   # percent of cases; None: flips are reported, not gated
+    max_flip_rate: float | None = DEFAULT_MAX_FLIP_RATE   # percent of cases; None: reported, not gated
 
     def describe(self) -> dict:
         return {"method": METHOD, "confidence": CONFIDENCE, **asdict(self)}
@@ -130,42 +140,101 @@ def auc_comparison(reference: np.ndarray, variant: np.ndarray, labels: np.ndarra
             "within_margin": upper <= settings.max_auc_drop, "categories": categories}
 
 
-def _flips(reference: np.ndarray, variant: np.ndarray, truth: np.ndarray, case_ids: list[str]) -> dict:
+def binomial_upper_bound(events: int, trials: int, confidence: float = CONFIDENCE) -> float:
+    """Clopper-Pearson one-sided upper bound of a proportion: the p at which seeing `events` or fewer in
+    `trials` has probability 1 - confidence (bisection on the binomial CDF, in logs; numpy-free)."""
+    if trials == 0 or events >= trials:
+        return 1.0
+
+    def cdf(p: float) -> float:
+        return sum(math.exp(math.lgamma(trials + 1) - math.lgamma(i + 1) - math.lgamma(trials - i + 1)
+                            + i * math.log(p) + (trials - i) * math.log1p(-p)) for i in range(events + 1))
+
+    low, high = events / trials, 1.0
+    for _ in range(60):
+        mid = (low + high) / 2
+        low, high = (mid, high) if cdf(mid) > 1 - confidence else (low, mid)
+    return high
+
+
+def _flips(reference: np.ndarray, variant: np.ndarray, truth: np.ndarray, case_ids: list[str],
+           counts: np.ndarray) -> dict:
     """Decisions (arrays of names) that differ, each marked toward / away from the truth or neither."""
     flipped = np.flatnonzero(reference != variant)
     ref_right, var_right = reference == truth, variant == truth
     direction = np.where(var_right & ~ref_right, "toward", np.where(ref_right & ~var_right, "away", "neither"))
     n = len(truth)
+    away = (reference != variant) & (direction == "away")
+    toward = (reference != variant) & (direction == "toward")
+    net = 100 * counts @ (away.astype(float) - toward) / n       # per bootstrap resample
     return {"flips": len(flipped), "cases": n, "rate_percent": 100.0 * len(flipped) / n if n else 0.0,
-            "toward_truth": int((direction[flipped] == "toward").sum()),
-            "away_from_truth": int((direction[flipped] == "away").sum()),
+            "upper_bound_percent": 100 * binomial_upper_bound(len(flipped), n),
+            "toward_truth": int(toward.sum()), "away_from_truth": int(away.sum()),
+            "net_away_percent": 100.0 * (int(away.sum()) - int(toward.sum())) / n if n else 0.0,
+            "net_away_ci_percent": list(_interval(net)),
             "flipped": [{"case_id": case_ids[i], "reference": str(reference[i]), "variant": str(variant[i]),
                          "truth": str(truth[i]), "direction": str(direction[i])} for i in flipped]}
 
 
-def decision_flips(reference: np.ndarray, variant: np.ndarray, labels: np.ndarray, case_ids: list[str]) -> dict:
-    """Cases whose top diagnosis, or whose seven-point reading (refer or not), differs between the two models."""
+def _seven_point_reading(classes: np.ndarray) -> np.ndarray:
+    return np.where(seven_point_scores(classes) >= L.SEVEN_POINT_THRESHOLD, "refer", "no referral")
+
+
+def _top_classes(probs: np.ndarray) -> np.ndarray:
+    return np.stack([probs[:, L.TASK_SLICES[t]].argmax(1) for t in L.TASK_KEYS], 1)
+
+
+def melanoma_sensitivity(reference: np.ndarray, variant: np.ndarray, labels: np.ndarray,
+                         counts: np.ndarray) -> dict:
+    """Share of melanomas the seven-point reading refers, reference and variant, and the paired loss
+    (points) with its bootstrap interval: the decision a clinic must not lose to quantization."""
+    mel = labels[:, L.TASK_KEYS.index("DIAG")] == L.class_index("DIAG", "MEL")
+    n = int(mel.sum())
+    if n == 0:
+        return {"melanomas": 0, "reference_percent": None, "variant_percent": None, "loss_points": None,
+                "ci_points": None, "significant": False}
+    ref = (_seven_point_reading(_top_classes(reference)) == "refer")[mel].astype(float)
+    var = (_seven_point_reading(_top_classes(variant)) == "refer")[mel].astype(float)
+    w = counts[:, mel]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        loss = 100 * (w @ (ref - var)) / w.sum(1)
+    low, high = _interval(loss)
+    return {"melanomas": n, "reference_percent": 100 * float(ref.mean()), "variant_percent": 100 * float(var.mean()),
+            "loss_points": 100 * float(ref.mean() - var.mean()), "ci_points": [low, high], "significant": low > 0}
+
+
+def decision_flips(reference: np.ndarray, variant: np.ndarray, labels: np.ndarray, case_ids: list[str],
+                   counts: np.ndarray | None = None) -> dict:
+    """Cases whose top diagnosis, or whose seven-point reading (refer or not), differs between the two models.
+    `counts`: the bootstrap resamples for the intervals (default: 2000, seed 0, stratified by diagnosis)."""
+    if counts is None:
+        counts = bootstrap_counts(labels[:, L.TASK_KEYS.index("DIAG")], GateSettings.resamples, GateSettings.seed)
     diagnoses = np.array(L.TASKS[0].classes)
     diag = L.TASK_SLICES["DIAG"]
     truth_diag = diagnoses[labels[:, L.TASK_KEYS.index("DIAG")]]
-
-    def reading(classes: np.ndarray) -> np.ndarray:
-        return np.where(seven_point_scores(classes) >= L.SEVEN_POINT_THRESHOLD, "refer", "no referral")
-
-    def top_classes(probs: np.ndarray) -> np.ndarray:
-        return np.stack([probs[:, L.TASK_SLICES[t]].argmax(1) for t in L.TASK_KEYS], 1)
-
     return {"diagnosis": _flips(diagnoses[reference[:, diag].argmax(1)], diagnoses[variant[:, diag].argmax(1)],
-                                truth_diag, case_ids),
-            "seven_point": _flips(reading(top_classes(reference)), reading(top_classes(variant)), reading(labels),
-                                  case_ids)}
+                                truth_diag, case_ids, counts),
+            "seven_point": _flips(_seven_point_reading(_top_classes(reference)),
+                                  _seven_point_reading(_top_classes(variant)), _seven_point_reading(labels),
+                                  case_ids, counts)}
+
+
+def agreement(reference: np.ndarray, variant: np.ndarray) -> float:
+    """Share of cases whose top diagnosis and whose seven-point reading both match the reference's, the
+    lower of the two: 1 - the larger flip rate (the metric INT8 accuracy control keeps within the limit)."""
+    diag = L.TASK_SLICES["DIAG"]
+    same_diagnosis = (reference[:, diag].argmax(1) == variant[:, diag].argmax(1)).mean()
+    same_reading = (_seven_point_reading(_top_classes(reference)) == _seven_point_reading(_top_classes(variant))).mean()
+    return float(min(same_diagnosis, same_reading))
 
 
 def judge(reference: np.ndarray, variant: np.ndarray, labels: np.ndarray, case_ids: list[str],
           settings: GateSettings) -> dict:
     """Everything the gate says about one variant: AUC comparison, decision flips, verdict and reasons."""
     auc = auc_comparison(reference, variant, labels, settings)
-    flips = decision_flips(reference, variant, labels, case_ids)
+    counts = bootstrap_counts(labels[:, L.TASK_KEYS.index("DIAG")], settings.resamples, settings.seed)
+    flips = decision_flips(reference, variant, labels, case_ids, counts)
+    melanoma = melanoma_sensitivity(reference, variant, labels, counts)
     reasons = []
     if not auc["within_margin"]:
         reasons.append(f"averaged-AUC drop upper bound {auc['upper_bound_points']:.2f} > margin "
@@ -176,4 +245,8 @@ def judge(reference: np.ndarray, variant: np.ndarray, labels: np.ndarray, case_i
     if settings.max_flip_rate is not None:
         reasons += [f"{key.replace('_', '-')} flips {f['rate_percent']:.1f} % of cases > {settings.max_flip_rate:g} %"
                     for key, f in flips.items() if f["rate_percent"] > settings.max_flip_rate]
-    return {"auc": auc, "flips": flips, "verdict": "fail" if reasons else "pass", "reasons": reasons}
+        if melanoma["significant"]:
+            reasons.append(f"seven-point reading refers {melanoma['loss_points']:.1f} points fewer melanomas "
+                           f"(95 % CI {melanoma['ci_points'][0]:.1f} to {melanoma['ci_points'][1]:.1f})")
+    return {"auc": auc, "flips": flips, "melanoma_sensitivity": melanoma, "verdict": "fail" if reasons else "pass",
+            "reasons": reasons}
