@@ -8,7 +8,9 @@
 
 An INT8 export that no graph passes on the valid split (export/int8_gate.py)
 is a gate verdict, not a broken stage: the variant is reported as refused and
-the rest are benchmarked.
+the rest are benchmarked. The refusal is kept beside the bundles
+(`<bundle>.refused.json`, with the gate limits it was reached under), so a
+second run with the same limits does not repeat the search.
 
 Each step is skipped when its result is already complete (the release has
 meta.csv, the run has model.safetensors, a bundle has a verified manifest,
@@ -19,6 +21,7 @@ temporary file.
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -35,6 +38,7 @@ from edgederm.evaluation.gate import DEFAULT_MAX_FLIP_RATE, GateSettings
 from edgederm.evaluation.report import headline, write_report
 from edgederm.export.exporter import ExportRequest, export_many
 from edgederm.runtime.bundle import read_manifest
+from edgederm.staging import atomic_write_text
 from edgederm.training.recipe import resolve_config
 from edgederm.training.trainer import FINAL, train
 
@@ -54,6 +58,19 @@ class QuickstartOptions:
     max_flip_rate: float | None = DEFAULT_MAX_FLIP_RATE
     seed: int = 0
     workers: int = 2
+
+
+def _refusal_file(bundle: Path) -> Path:
+    return bundle.with_name(bundle.name + ".refused.json")
+
+
+def _known_refusal(bundle: Path, limits: dict) -> str | None:
+    """The reason an earlier run's export refused this INT8 bundle under the same limits, if any."""
+    try:
+        saved = json.loads(_refusal_file(bundle).read_text())
+    except (OSError, ValueError):
+        return None
+    return saved.get("reason") if saved.get("limits") == limits else None
 
 
 def _bundle_ok(path: Path) -> bool:
@@ -93,34 +110,45 @@ def quickstart(opt: QuickstartOptions, log: Callable[[str], None] = print) -> di
     # Missing bundles are exported in one pass (model, ONNX graph, calibration and split arrays made once).
     missing: dict[str, list[str]] = {}
     ready: set[Path] = set()
+    limits = {"max_auc_drop": opt.max_auc_drop, "max_flip_rate": opt.max_flip_rate}
+    refusals: dict[str, str] = {}
     for target, precision in EXPORTS:
         path = exports / f"{run.name}-{target}-{precision}"
         if _bundle_ok(path):
             log(f"[4/5] export {target} {precision}: reusing {path}")
             ready.add(path)
+        elif precision == "int8" and _known_refusal(path, limits):
+            log(f"[4/5] export {target} {precision}: refused by an earlier run under the same limits")
+            refusals[target] = _known_refusal(path, limits)
         else:
             log(f"[4/5] export {target} {precision} -> {path}")
             missing.setdefault(target, []).append(precision)
-    refusals = []
     if missing:
+        def refused(error: Exception) -> None:
+            target = str(error).split()[0]
+            refusals[target] = str(error)
+            atomic_write_text(_refusal_file(exports / f"{run.name}-{target}-int8"),
+                              json.dumps({"reason": str(error), "limits": limits}, indent=2))
+        exports.mkdir(parents=True, exist_ok=True)
         ready.update(export_many(
             [ExportRequest(run=run, target=target, precisions=",".join(precisions), data=data, out=exports,
                            force=True, seed=opt.seed, max_auc_drop=opt.max_auc_drop if "int8" in precisions else None,
                            max_flip_rate=opt.max_flip_rate if "int8" in precisions else None)
              for target, precisions in missing.items()],
-            log=lambda m: log("      " + m), on_refused=refusals.append))
-    variants, refused = [], []
+            log=lambda m: log("      " + m), on_refused=refused))
+    variants, refused_rows = [], []
     for target, precision in EXPORTS:
         path = exports / f"{run.name}-{target}-{precision}"
         # no GPU here: a jetson bundle's Q/DQ graph is benchmarked in onnxruntime on the CPU
         variant = f"{path}@onnxruntime" if target == "jetson" else str(path)
         if path in ready:
+            _refusal_file(path).unlink(missing_ok=True)
             variants.append(variant)
             continue
         # the only bundle export_many leaves unwritten without raising: an INT8 the gate refused
-        reason = next(str(e) for e in refusals if str(e).startswith(f"{target} int8"))
+        reason = refusals[target]
         log(f"      {reason}")
-        refused.append({"name": Path(variant).name, "status": "refused", "error": reason, "verdict": "fail"})
+        refused_rows.append({"name": Path(variant).name, "status": "refused", "error": reason, "verdict": "fail"})
 
     # End to end on a phone-sized pair too, and the OpenVINO FP32 bundle once more with reduced JPEG
     # decoding: the gate then says what reduced decoding costs the same model on the same cases.
@@ -136,8 +164,8 @@ def quickstart(opt: QuickstartOptions, log: Callable[[str], None] = print) -> di
                        runs=opt.runs, gate=GateSettings(max_auc_drop=opt.max_auc_drop, seed=opt.seed,
                                                         max_flip_rate=opt.max_flip_rate),
                        photos=[photos], e2e_runs=opt.e2e_runs)
-    if refused:
-        result["variants"] += refused
+    if refused_rows:
+        result["variants"] += refused_rows
         result["gate_passed"] = False
     result["minutes"] = (time.perf_counter() - started) / 60     # in the report: the README quotes it
     paths = write_reports(result, report_dir)

@@ -38,3 +38,11 @@ def staged_directory(destination: Path, force: bool = False,
             tmp.rename(destination)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    """Write `path` whole or not at all (a sibling temporary file renamed over it)."""
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path

@@ -45,7 +45,7 @@ def main() -> None:
         made = ensure_bundles(run, data, work / "exports", {"torch": "fp32", "onnx": "fp32", "openvino": "fp32,int8",
                                                             "jetson": "int8"}, calibration_cases=64, eval_split=None,
                                # random weights: the INT8 gate on valid would judge noise; latency only
-                               max_auc_drop=100.0)
+                               max_auc_drop=100.0, max_flip_rate=100.0)
         bundles = [str(made[name]) for name in ("torch-fp32", "onnx-fp32", "openvino-fp32", "openvino-int8")]
         bundles.append(f"{made['jetson-int8']}@onnxruntime")
         report = run_bench(bundles, reference=bundles[0], data=None, split="test", batch_sizes=[1], warmup=10,

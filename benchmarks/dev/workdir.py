@@ -16,8 +16,9 @@ def ensure_bundles(run: Path, data: Path, out: Path, targets: dict[str, str], **
         wanted = {p: out / f"{run.name}-{target}-{p}" for p in precisions.split(",")}
         missing = ",".join(p for p, path in wanted.items() if not path.is_dir())
         if missing:
-            # the INT8 gate's margin means nothing to (and is refused for) FP32-only exports
-            options = {k: v for k, v in request.items() if k != "max_auc_drop" or "int8" in missing}
+            # the INT8 gate's limits mean nothing to (and are refused for) FP32-only exports
+            gate = ("max_auc_drop", "max_flip_rate")
+            options = {k: v for k, v in request.items() if k not in gate or "int8" in missing}
             export(ExportRequest(run=run, target=target, precisions=missing, data=data, out=out, **options))
         bundles.update({f"{target}-{p}": path for p, path in wanted.items()})
     return bundles
