@@ -75,12 +75,14 @@ def probability_tail(model: ov.Model) -> list[str]:
     return sorted(names)
 
 
-def quantize_int8(model: ov.Model, calib: CalibrationSet, transformer: bool) -> ov.Model:
-    """Plain INT8 through NNCF, weights left FP32 behind their FakeQuantize (see `finalize`)."""
+def quantize_int8(model: ov.Model, calib: CalibrationSet, transformer: bool, **nncf_options) -> ov.Model:
+    """Plain INT8 through NNCF, weights left FP32 behind their FakeQuantize (see `finalize`).
+    `nncf_options` override nncf.quantize's arguments (benchmarks/dev/int8_methods.py compares a few)."""
     import nncf
-    return nncf.quantize(model, nncf_dataset(calib), model_type=_model_type(transformer), subset_size=len(calib),
-                         ignored_scope=nncf.IgnoredScope(names=probability_tail(model), validate=False),
-                         advanced_parameters=_uncompressed())
+    arguments = {"model_type": _model_type(transformer), "subset_size": len(calib),
+                 "ignored_scope": nncf.IgnoredScope(names=probability_tail(model), validate=False),
+                 "advanced_parameters": _uncompressed(), **nncf_options}
+    return nncf.quantize(model, nncf_dataset(calib), **arguments)
 
 
 def quantize_for_agreement(model: ov.Model, calib: CalibrationSet, transformer: bool, clinical: np.ndarray,

@@ -33,9 +33,11 @@ class QdqQuantizer:
     one graph per layer). The activation ranges are cached in `workdir` after the first call
     (quantize_static's calibration_cache_path), so later calls only rewrite the graph."""
 
-    def __init__(self, fp32_onnx: Path, calib: CalibrationSet, workdir: Path):
+    def __init__(self, fp32_onnx: Path, calib: CalibrationSet, workdir: Path,
+                 calibrate_method: CalibrationMethod = CalibrationMethod.MinMax):
         workdir.mkdir(parents=True, exist_ok=True)
-        self.calib, self.cache = calib, workdir / "qdq-calibration.json"
+        self.calib, self.method = calib, calibrate_method
+        self.cache = workdir / f"qdq-calibration-{calibrate_method.name.lower()}.json"
         # ONNX shape inference only: ORT's graph optimisations could introduce ORT-specific
         # fused ops that TensorRT's parser does not know, and ORT's symbolic shape
         # inference gives up on Swin's window reshapes.
@@ -53,7 +55,7 @@ class QdqQuantizer:
         quantize_static(
             str(self.prepared), str(out), OrtCalibrationReader(self.calib),
             quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-            per_channel=True, op_types_to_quantize=QUANTIZED_OPS, calibrate_method=CalibrationMethod.MinMax,
+            per_channel=True, op_types_to_quantize=QUANTIZED_OPS, calibrate_method=self.method,
             nodes_to_quantize=only, nodes_to_exclude=list(exclude), calibration_cache_path=str(self.cache),
             extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
                            "OpTypesToExcludeOutputQuantization": QUANTIZED_OPS},

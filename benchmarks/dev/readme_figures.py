@@ -41,7 +41,9 @@ def record_quickstart(folder: Path) -> Path:
 def _flips(flips: dict | None) -> str:
     if not flips:
         return "-"
-    return f"{flips['rate_percent']:.1f} % ({flips['flips']}: {flips['toward_truth']} toward, {flips['away_from_truth']} away)"
+    bound = f"; at most {flips['upper_bound_percent']:.1f} %" if "upper_bound_percent" in flips else ""
+    return (f"{flips['rate_percent']:.1f} % ({flips['flips']}: {flips['toward_truth']} toward, "
+            f"{flips['away_from_truth']} away{bound})")
 
 
 def quickstart_block(report: dict) -> str:
@@ -50,13 +52,19 @@ def quickstart_block(report: dict) -> str:
     photo_labels = report.get("photo_sets", [])
     lines = [f"Test split of the synthetic release ({cases} cases), `{report['reference']}` as the reference; "
              f"gate: paired stratified bootstrap, {gate['resamples']} resamples, seed {gate['seed']}, margin "
-             f"{gate['max_auc_drop']:g} AUC point on the one-sided 95 % upper bound; {host['cpu']}, "
+             f"{gate['max_auc_drop']:g} AUC point on the one-sided 95 % upper bound"
+             + (f", at most {gate['max_flip_rate']:g} % of decisions changed" if gate.get("max_flip_rate") is not None
+                else "") + f"; {host['cpu']}, "
              f"{host['cores']} cores:", "",
              "| variant | averaged AUC | AUC drop, points [95 % CI] | upper bound | top diagnosis changed | "
              "seven-point reading changed | model only, batch 1 | "
              + "".join(f"end to end, {label} | " for label in photo_labels) + "verdict |",
              "|---|---|---|---|---|---|---|" + "---|" * len(photo_labels) + "---|"]
     for r in report["variants"]:
+        if r["status"] == "refused":       # the export's gate on valid: the reason up to the attempts it lists
+            lines.append(f"| {r['name']} | refused: {r['error'].split('; tried')[0]} | | | | | |"
+                         + " |" * len(photo_labels) + " fail |")
+            continue
         if r["status"] != "ok":
             lines.append(f"| {r['name']} | failed: {r['error']} | | | | | |" + " |" * len(photo_labels) + " fail |")
             continue
