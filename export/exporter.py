@@ -144,8 +144,7 @@ def openvino_bundle(ctx: Context, target: Target, precision: str, directory: Pat
     model = openvino_export.convert(ctx.onnx_fp32)
     manifest = _base_manifest(ctx, target, precision, ["model.xml", "model.bin"])
     if precision == "int8":
-        transformer = any("Attention" in type(m).__name__ for enc in (ctx.model.clinical_encoder, ctx.model.derm_encoder)
-                          for m in enc.modules())
+        transformer = openvino_export.has_attention(ctx.model)
         valid = ctx.valid
         ctx.log(f"openvino int8: NNCF on {len(ctx.calib)} calibration cases, gated on the valid split "
                 f"({len(valid.labels)} cases)")

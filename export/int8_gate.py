@@ -20,9 +20,9 @@ first that passes; the order is fastest first (fewest operations in float):
    quantization with agreement with the FP32 decisions as its metric (it
    returns its own most harmful quantizers to float until the flip limit
    holds). Not by default: it re-ranks every quantizer after each revert,
-   minutes on a 2-core CPU for the tiny model, and on its valid split it
-   reverted operation after operation without bringing the seven-point flips
-   under 4 %.
+   minutes on a 2-core CPU for the tiny model, and there (NNCF's default
+   model type) it reverted operation after operation without bringing the
+   seven-point flips within the limit.
 
 What was kept in float, and why, goes into the log and the manifest
 (`int8_gate`, with the sensitivity ranking). When no attempt passes, the

@@ -11,13 +11,14 @@ timed round-robin over the methods with the runs pooled (this 2-core machine
 has slow spells), beside the FP32 model on the same runtime; minutes are the
 time to produce the model, search included.
 
-Methods. OpenVINO (NNCF post-training quantization): plain; full bias
-correction; SmoothQuant (NNCF's transformer model type, which also leaves
-elementwise operations such as squeeze-excitation and residual additions in
-float); symmetric activations (the PERFORMANCE preset); the most sensitive
-blocks kept in float (the export's search, export/int8_gate.py), on plain PTQ
-and on SmoothQuant; with --accuracy-control, NNCF accuracy control on
-agreement (minutes). TensorRT's symmetric Q/DQ graph, run by
+Methods. OpenVINO (NNCF post-training quantization): NNCF's default model
+type; its transformer type (SmoothQuant, and elementwise operations such as
+squeeze-excitation scales and residual additions left in float), which the
+export uses for every EdgeDerm model (attention blocks); the export's type with
+full bias correction, and with symmetric activations (the PERFORMANCE
+preset); the most sensitive blocks kept in float (the export's search,
+export/int8_gate.py) on either type; with --accuracy-control, NNCF accuracy
+control on agreement (minutes). TensorRT's symmetric Q/DQ graph, run by
 onnxruntime on this CPU (its latency here says nothing of a Jetson's): plain
 MinMax calibration; percentile calibration; the most sensitive blocks kept out
 of Q/DQ. Quantization-aware fine-tuning is not here yet.
@@ -101,9 +102,7 @@ def build_methods(run: Path, data: Path, work: Path, accuracy_control: bool, log
     valid = int8_gate.ValidSplit(vc, vd, vl, vid, run_torch(model, vc, vd), GateSettings())
     onnx_fp32 = export_onnx(model, work / "model.onnx")
     fp32 = openvino_export.convert(onnx_fp32)
-    # the exporter's rule: NNCF's transformer model type when an encoder has attention
-    transformer = any("Attention" in type(m).__name__ for enc in (model.clinical_encoder, model.derm_encoder)
-                      for m in enc.modules())
+    transformer = openvino_export.has_attention(model)          # the exporter's rule
     quiet = lambda message: None          # noqa: E731 - the search's own log, not wanted in the table
 
     def nncf_method(name: str, **options) -> Method:
@@ -113,12 +112,12 @@ def build_methods(run: Path, data: Path, work: Path, accuracy_control: bool, log
         compiled = openvino_export.compile_cpu(m, "int8")
         return lambda c, d: openvino_export.run_openvino(compiled, c, d)
 
-    def ov_search(control: bool, as_transformer: bool = transformer) -> Method:
-        name = ("NNCF accuracy control (agreement)" if control else
-                f"NNCF{', SmoothQuant' if as_transformer and not transformer else ''}, blocks in float (search)")
+    def ov_search(control: bool, as_transformer: bool) -> Method:
+        kind = "transformer type" if as_transformer else "default type"
+        name = f"NNCF accuracy control (agreement), {kind}" if control else f"NNCF, {kind}, blocks in float (search)"
         plain = openvino_export.quantize_int8(fp32.clone(), calib, as_transformer)
         control_fn = (lambda: openvino_export.quantize_for_agreement(
-            fp32.clone(), calib, transformer, vc, vd, lambda probs, cases: agreement(valid.reference[cases], probs),
+            fp32.clone(), calib, as_transformer, vc, vd, lambda probs, cases: agreement(valid.reference[cases], probs),
             valid.settings.max_flip_rate / 100)) if control else None
         int8, attempts, _ = int8_gate.search_openvino(
             fp32, plain, lambda m, blocks: openvino_export.keep_in_float(m, fp32, blocks), run_ov,
@@ -143,15 +142,16 @@ def build_methods(run: Path, data: Path, work: Path, accuracy_control: bool, log
         return _onnx("Q/DQ, blocks in float (search)", graph, tried.kept_in_float, note=tried.method)
 
     from onnxruntime.quantization import CalibrationMethod
+    kind = "transformer type" if transformer else "default type"       # what the export uses
     builders = [
         lambda: _openvino("OpenVINO FP32", fp32, "fp32"),
-        lambda: nncf_method("NNCF plain PTQ"),
-        lambda: nncf_method("NNCF, full bias correction", fast_bias_correction=False),
-        lambda: nncf_method("NNCF, SmoothQuant", model_type=nncf.ModelType.TRANSFORMER),
-        lambda: nncf_method("NNCF, symmetric activations", preset=nncf.QuantizationPreset.PERFORMANCE),
-        lambda: ov_search(False),
-        *([] if transformer else [lambda: ov_search(False, as_transformer=True)]),
-        *([lambda: ov_search(True)] if accuracy_control else []),
+        lambda: nncf_method("NNCF PTQ, default type", model_type=None),
+        lambda: nncf_method("NNCF PTQ, transformer type (SmoothQuant)", model_type=nncf.ModelType.TRANSFORMER),
+        lambda: nncf_method(f"NNCF PTQ, {kind}, full bias correction", fast_bias_correction=False),
+        lambda: nncf_method(f"NNCF PTQ, {kind}, symmetric activations", preset=nncf.QuantizationPreset.PERFORMANCE),
+        lambda: ov_search(False, as_transformer=False),
+        lambda: ov_search(False, as_transformer=True),
+        *([lambda: ov_search(True, as_transformer=transformer)] if accuracy_control else []),
         lambda: _onnx("onnxruntime FP32", onnx_fp32),
         lambda: qdq_method("Q/DQ plain PTQ (MinMax)", QdqQuantizer(onnx_fp32, calib, work / "minmax")),
         lambda: qdq_method("Q/DQ, percentile calibration", QdqQuantizer(onnx_fp32, calib, work / "percentile",
