@@ -304,6 +304,8 @@ def export_many(requests: list[ExportRequest], log: Callable[[str], None] = prin
                 and "int8" not in precisions:
             raise ConfigError("--max-auc-drop, --max-flip-rate and --accuracy-control are the INT8 gate's: "
                               "they apply to --precision int8 only")
+        if req.max_flip_rate is not None:
+            GateSettings(max_flip_rate=req.max_flip_rate)          # its range is checked before any work
         plans.append((req, target, _check_destinations(req, target, precisions)))
     weights = first.run / "model.safetensors"
     if not weights.is_file():

@@ -135,6 +135,8 @@ def test_bad_requests_are_one_line_and_leave_nothing(trained_run, synthetic_rele
           "--calibration-cases", "5000"], "fewer than the 5000 calibration cases"),
         (["--run", str(trained_run), "--target", "onnx", "--max-auc-drop", "0.5"], "apply to --precision int8 only"),
         (["--run", str(trained_run), "--target", "onnx", "--max-flip-rate", "5"], "apply to --precision int8 only"),
+        (["--run", str(trained_run), "--target", "jetson", "--data", str(synthetic_release), "--max-flip-rate", "-1"],
+         "--max-flip-rate -1: a share of cases, between 0 and 100 percent"),
     ]
     for args, message in cases:
         result = runner.invoke(app, ["export", *args, "--out", str(out)])

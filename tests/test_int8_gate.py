@@ -132,6 +132,35 @@ def test_no_passing_int8_graph_stops_the_export_and_writes_nothing(trained_run, 
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]      # no staged leftovers
 
 
+def test_a_graph_that_changes_decisions_is_refused_whatever_its_auc(trained_run, synthetic_release, tmp_path):
+    """The real Q/DQ search against a reference whose top diagnosis differs on one valid case of 8: no INT8
+    graph can agree on it (12.5 % of cases > 2 %), however good its AUC, and none is kept."""
+    model = load_model(trained_run / "model.safetensors").eval()
+    release = read_release(synthetic_release)
+    preprocess = model.cfg.preprocess()
+    calib = build_calibration_set(release, preprocess, count=8)
+    cases = release.split("valid")
+    clinical, dermoscopy = load_arrays(cases, preprocess)
+    onnx_fp32 = export_onnx(model, tmp_path / "model.onnx")
+    from edgederm.evaluation.gate import GateSettings
+    from edgederm.export.onnx_export import onnxruntime_session, run_onnx, run_torch
+    from edgederm.export.tensorrt_export import QdqQuantizer
+    reference = run_torch(model, clinical, dermoscopy)
+    diag = reference[:, :5]                            # DIAG comes first: swap case 0's top two diagnoses
+    top, second = np.argsort(diag[0])[::-1][:2]
+    diag[0, [top, second]] = diag[0, [second, top]]
+    valid = int8_gate.ValidSplit(clinical, dermoscopy, np.array([c.labels for c in cases]),
+                                 [c.case_id for c in cases], reference, GateSettings(max_auc_drop=100.0))
+    graph, attempts, ranking = int8_gate.search_jetson(
+        QdqQuantizer(onnx_fp32, calib, tmp_path / "q"), tmp_path / "int8.onnx",
+        lambda g: (lambda c, d, s=onnxruntime_session(g): run_onnx(s, c, d)), valid, lambda m: None)
+    assert graph is None and ranking is not None and len(attempts) >= 2
+    assert all(a.result["reasons"] == ["diagnosis flips 12.5 % of cases > 2 %"] for a in attempts)
+    assert all(a.result["flips"]["diagnosis"]["flipped"][0]["case_id"] == cases[0].case_id for a in attempts)
+    message = str(int8_gate.refuse(attempts, valid, "jetson"))
+    assert message.startswith("jetson int8: no INT8 graph passes") and "flip limit 2 %" in message
+
+
 def test_openvino_records_the_gate_on_valid(bundles):
     manifest = read_manifest(bundles["openvino-int8"])
     record = manifest["int8_gate"]

@@ -43,13 +43,13 @@ applies the same gate to choose its INT8 graph on the valid split.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import math
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from edgederm import labels as L
+from edgederm.errors import ConfigError
 from edgederm.evaluation.metrics import seven_point_scores
 
 METHOD = ("paired stratified percentile bootstrap (Efron & Tibshirani 1993, ch. 13), strata: diagnosis class; "
@@ -66,6 +66,10 @@ class GateSettings:
     seed: int = 0
     min_positives: int = MIN_POSITIVES
     max_flip_rate: float | None = DEFAULT_MAX_FLIP_RATE   # percent of cases; None: reported, not gated
+
+    def __post_init__(self):
+        if self.max_flip_rate is not None and not 0 <= self.max_flip_rate <= 100:
+            raise ConfigError(f"--max-flip-rate {self.max_flip_rate:g}: a share of cases, between 0 and 100 percent")
 
     def describe(self) -> dict:
         return {"method": METHOD, "confidence": CONFIDENCE, **asdict(self)}
