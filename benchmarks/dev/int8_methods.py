@@ -210,10 +210,16 @@ def score(methods: list[Method], context: dict) -> list[dict]:
     return rows
 
 
+def _short(path: str) -> str:
+    """The last two parts of a path: where a run sits on this machine says nothing to a reader."""
+    return "/".join(Path(path).parts[-2:])
+
+
 def markdown(result: dict) -> str:
     host = result["host"]
     lines = ["# INT8 methods: decisions kept, at what speed", "",
-             f"Run `{result['run']}` on `{result['data']}`; {result['calibration']} calibration cases (train split); "
+             f"Run `{_short(result['run'])}` on `{_short(result['data'])}`; {result['calibration']} calibration cases "
+             "(train split); "
              f"valid {result['valid_cases']} cases, test {result['test_cases']} cases. {host['cpu']}, "
              f"{host['cores']} cores (int8 instructions: {', '.join(host['int8_instructions']) or 'none'}). "
              "Valid: the export's gate (AUC margin 1 point, at most 2 % of cases flipped). Test: against PyTorch "
@@ -249,13 +255,20 @@ def markdown(result: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", type=Path, required=True, help="A finished run folder.")
-    parser.add_argument("--data", type=Path, required=True, help="Its release.")
+    parser.add_argument("--run", type=Path, help="A finished run folder.")
+    parser.add_argument("--data", type=Path, help="Its release.")
     parser.add_argument("--accuracy-control", action="store_true", help="Also NNCF accuracy control (minutes).")
     parser.add_argument("--runs", type=int, default=40, help="Timed runs per method and round.")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--render", action="store_true", help="Only rewrite int8-methods.md from the .json.")
     args = parser.parse_args()
+    if args.render:
+        result = json.loads((args.results / "int8-methods.json").read_text())
+        (args.results / "int8-methods.md").write_text(markdown(result))
+        return
+    if args.run is None or args.data is None:
+        parser.error("--run and --data are required (unless --render)")
     with tempfile.TemporaryDirectory(prefix="edgederm-int8-methods-") as tmp:
         methods, context = build_methods(args.run, args.data, Path(tmp), args.accuracy_control, print)
         time_methods(methods, context["single"], warmup=5, runs=args.runs, rounds=args.rounds)
