@@ -83,6 +83,7 @@ def _bundle_ok(path: Path) -> bool:
 
 def quickstart(opt: QuickstartOptions, log: Callable[[str], None] = print) -> dict:
     started = time.perf_counter()
+    gate = GateSettings(max_auc_drop=opt.max_auc_drop, seed=opt.seed, max_flip_rate=opt.max_flip_rate)  # checked now
     data, run, exports, report_dir = opt.out / "synth", opt.out / "runs" / "tiny", opt.out / "exports", opt.out / "report"
 
     if (data / "meta" / "meta.csv").is_file():
@@ -117,9 +118,9 @@ def quickstart(opt: QuickstartOptions, log: Callable[[str], None] = print) -> di
         if _bundle_ok(path):
             log(f"[4/5] export {target} {precision}: reusing {path}")
             ready.add(path)
-        elif precision == "int8" and _known_refusal(path, limits):
+        elif precision == "int8" and (reason := _known_refusal(path, limits)):
             log(f"[4/5] export {target} {precision}: refused by an earlier run under the same limits")
-            refusals[target] = _known_refusal(path, limits)
+            refusals[target] = reason
         else:
             log(f"[4/5] export {target} {precision} -> {path}")
             missing.setdefault(target, []).append(precision)
@@ -161,8 +162,7 @@ def quickstart(opt: QuickstartOptions, log: Callable[[str], None] = print) -> di
         variants.append(f"{fp32}+reduced")
     log(f"[5/5] bench: {len(variants)} variants against PyTorch FP32, end to end also on {photos} -> {report_dir}")
     result = run_bench(variants, reference=variants[0], data=data, split="test", batch_sizes=[1], warmup=5,
-                       runs=opt.runs, gate=GateSettings(max_auc_drop=opt.max_auc_drop, seed=opt.seed,
-                                                        max_flip_rate=opt.max_flip_rate),
+                       runs=opt.runs, gate=gate,
                        photos=[photos], e2e_runs=opt.e2e_runs)
     if refused_rows:
         result["variants"] += refused_rows

@@ -191,7 +191,7 @@ def search_openvino(fp32_model, plain, keep_in_float: Callable[[object, list[str
         return None, attempts, ranking
     log("  no block set passes: NNCF accuracy control, agreement with the FP32 decisions as its metric")
     controlled = accuracy_control()
-    reverted = sorted(quantized_ops(plain) - quantized_ops(controlled))
+    reverted = sorted(set(operations) - quantized_ops(controlled))
     attempt = Attempt("NNCF accuracy control (agreement)", reverted,
                       f"plain PTQ failed the gate on valid ({attempts[0].result['reasons'][0]}) and no set of up to "
                       f"{MAX_EXCLUDED_SHARE:.0%} of the blocks passed; NNCF returned {len(reverted)} operation(s) "
