@@ -58,8 +58,16 @@ def test_model_summary_json_and_table():
     total = summary["total"]
     assert abs(sum(r["params_m"] for r in summary["rows"]) - total["params_m"]) < 1e-6
     assert total["gflops"] > 0 and summary["config"]["img_size"] == 128
+    assert summary["paper"] is None                       # tiny is not one of the paper's rows
     table = runner.invoke(app, ["model", "summary", "--preset", "tiny"])
     assert "dermoscopy encoder" in table.output and "total" in table.output
+
+
+def test_model_summary_shows_the_papers_count_beside_a_paper_row():
+    result = runner.invoke(app, ["model", "summary", "--preset", "aff-cat"])
+    assert result.exit_code == 0, result.output
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith("the paper (aff-cat)") and "32.48" in last and "(-0.0 %)" in last
 
 
 def test_model_summary_bad_preset_is_one_line():

@@ -31,16 +31,31 @@ def test_aab_refines_dermoscopy_and_never_touches_clinical():
     assert not torch.allclose(block(torch.randn_like(clinical), derm), out)
 
 
-def test_aab_is_the_formula_of_the_design():
+def _tokens(x: torch.Tensor) -> torch.Tensor:
+    return x.flatten(2).transpose(1, 2)[0]                    # 1 x C x H x W -> N x C
+
+
+@pytest.mark.parametrize("scale", [False, True])
+def test_aab_is_the_formula_of_the_design(scale):
     torch.manual_seed(1)
-    block = AsymmetricAttentionBlock(channels=8, key_channels=4)
+    block = AsymmetricAttentionBlock(channels=8, key_channels=4, scale=scale)
     c, d = torch.randn(1, 8, 3, 4), torch.randn(1, 8, 3, 4)
-    ck = block.key(c).flatten(2).transpose(1, 2)[0]           # N x Ck
-    cq = block.query(c).flatten(2).transpose(1, 2)[0]
-    dv = block.value(d).flatten(2).transpose(1, 2)[0]         # N x C
-    m_c = torch.softmax(ck @ cq.T / 4 ** 0.5, dim=-1)           # N x N
+    ck, cq, dv = _tokens(block.key(c)), _tokens(block.query(c)), _tokens(block.value(d))
+    # the paper's softmax(C_k C_q^T), or EdgeDerm's scaled one
+    m_c = torch.softmax(ck @ cq.T / (4 ** 0.5 if scale else 1.0), dim=-1)     # N x N
     expected = (m_c @ dv).T.reshape(8, 3, 4) + d[0]
     torch.testing.assert_close(block(c, d)[0], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_bab_is_co_attention_one_affinity_read_both_ways():
+    torch.manual_seed(2)
+    block = BidirectionalFusion(channels=8, key_channels=8, scale=False)
+    c, d = torch.randn(1, 8, 3, 4), torch.randn(1, 8, 3, 4)
+    affinity = _tokens(block.clinical_key(c)) @ _tokens(block.derm_query(d)).T      # N_clinical x N_derm
+    derm = (torch.softmax(affinity.T, -1) @ _tokens(block.clinical_value(c))).T.reshape(8, 3, 4) + d[0]
+    clinical = (torch.softmax(affinity, -1) @ _tokens(block.derm_value(d))).T.reshape(8, 3, 4) + c[0]
+    torch.testing.assert_close(block(c, d)[0], torch.cat([clinical, derm]), atol=1e-5, rtol=1e-5)
+    assert sum(p.numel() for p in block.parameters()) == 4 * (8 * 8 + 8)      # four 1x1 convs
 
 
 @pytest.mark.parametrize("block_cls, out_factor", [(BidirectionalFusion, 2), (ConcatFusion, 1)])
@@ -165,13 +180,18 @@ def test_fused_probabilities_are_per_task_distributions_weighted_by_branch():
         model.set_branch_weights(0.5, 0.5, 0.5)
 
 
-def test_paper_preset_sizes():
-    paper = sum(p.numel() for p in create_model(get_preset("paper")).parameters()) / 1e6
-    sff_cat = sum(p.numel() for p in create_model(get_preset("sff-cat")).parameters()) / 1e6
-    print(f"paper {paper:.2f} M, sff-cat {sff_cat:.2f} M")
-    assert 30.0 <= paper <= 33.06
-    assert abs(sff_cat - 58.49) / 58.49 <= 0.03
+def test_paper_presets_have_the_papers_parameter_counts():
+    """Table 9 of the paper (AFF rows): within 1 %, and CAT < AAB < BAB as there."""
+    counts = {name: sum(p.numel() for p in create_model(get_preset(name)).parameters()) / 1e6
+              for name in ("aff-cat", "aff-aab", "aff-bab", "sff-cat")}
+    print(counts)
+    for name, paper in {"aff-cat": 32.48, "aff-aab": 33.06, "aff-bab": 33.88}.items():
+        assert abs(counts[name] - paper) / paper <= 0.01, name
+    assert counts["aff-cat"] < counts["aff-aab"] < counts["aff-bab"]
+    assert abs(counts["sff-cat"] - 58.49) / 58.49 <= 0.03      # README: the paper's Swin-T counts 1.3 M more
+    assert get_preset("paper") == get_preset("aff-aab")
     assert get_preset("sff-cat").framework == "sff" and get_preset("paper").framework == "aff"
+    assert not get_preset("paper").attention_scale and get_preset("paper").key_ratio == 1
 
 
 def test_config_json_round_trip_and_errors(tmp_path):
@@ -189,3 +209,16 @@ def test_config_json_round_trip_and_errors(tmp_path):
         create_model(ModelConfig(**{**SMALL.to_dict(), "derm_encoder": "resnet_9000"}))
     with pytest.raises(ConfigError, match="unknown preset 'huge'"):
         get_preset("huge")
+
+
+@pytest.mark.parametrize("fusion, key_ratio, scale", [("aab", 1, False), ("bab", 1, False), ("bab", 8, True),
+                                                      ("cat", 8, True)])
+def test_every_fusion_block_exports_to_onnx_with_parity(fusion, key_ratio, scale, tmp_path):
+    """The paper's unscaled softmax (SDPA with scale=1) and co-attention survive the ONNX export."""
+    from edgederm.export.onnx_export import export_onnx, onnxruntime_session, run_onnx, run_torch
+    torch.manual_seed(0)
+    model = create_model(ModelConfig(**{**SMALL.to_dict(), "fusion": fusion, "fusion_stages": (-2, -1),
+                                        "key_ratio": key_ratio, "attention_scale": scale})).eval()
+    x = torch.randn(3, 3, 64, 64).numpy()
+    session = onnxruntime_session(export_onnx(model, tmp_path / "model.onnx"))
+    assert abs(run_onnx(session, x, x[::-1].copy()) - run_torch(model, x, x[::-1].copy())).max() < 1e-5

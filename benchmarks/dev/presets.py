@@ -12,11 +12,10 @@ import json
 from pathlib import Path
 
 from edgederm.models import PRESETS, create_model, get_preset
+from edgederm.models.config import PAPER_PARAMS_M
 from edgederm.models.summary import summarize
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
-# Parameter counts in the paper's ablation (millions; DESIGN.md section 2).
-PAPER_PARAMS_M = {"paper": 33.06, "aff-aab": 33.06, "aff-bab": 33.88, "aff-cat": 32.48, "sff-cat": 58.49}
 
 
 def main() -> None:

@@ -29,6 +29,7 @@ class ModelConfig:
     fusion: str = "aab"                 # aab: asymmetric attention; bab: bidirectional; cat: concatenation
     fusion_stages: tuple[int, ...] = (-2, -1)   # dermoscopy feature stages with a fusion block (negative from the end)
     key_ratio: int = 8                  # attention key/query channels = stage channels // key_ratio
+    attention_scale: bool = True        # softmax of key.query / sqrt(key channels); the paper's is unscaled
     img_size: int = 224
     drop_rate: float = 0.2              # dropout before each head
     normalization: str = "imagenet"     # key of NORMALIZATIONS: the convention the encoders were pretrained with
@@ -97,10 +98,12 @@ class ModelConfig:
 _SWIN_T = "swin_tiny_patch4_window7_224"
 _MOBILENET = "mobilenetv3_large_100"
 
-# The paper's rows keep heads on the last stage map: it reproduces the paper's parameter counts better
-# (AAB / BAB / CAT / SFF-CAT: -2.4 / -1.9 / +1.0 / -2.0 % against +1.3 / +1.7 / +4.9 / -2.0 % with
-# pre_logits, whose MobileNetV3 conv head adds 1.23 M), and it is the only one with CAT within 1 %.
-_PAPER = {"branch_features": "last_stage"}
+# The paper's rows as its parameter counts pin them down (README "Where EdgeDerm differs from the
+# paper"): heads on the last stage map (pre_logits adds MobileNetV3's 1.23 M conv head), C_k and C_q
+# as wide as the stage and an unscaled softmax (the paper's formula), and one fusion block, at the last
+# stage: AFF with AAB / CAT then counts 33.06 / 32.47 M against the paper's 33.06 / 32.48 M, where
+# blocks at the last two stages count 33.56 / 32.82 M (+1.5 / +1.0 %).
+_PAPER = {"branch_features": "last_stage", "fusion_stages": (-1,), "key_ratio": 1, "attention_scale": False}
 
 PRESETS: dict[str, ModelConfig] = {
     # The paper's AMMFM: MobileNetV3 on the clinical photo, Swin-T on the dermoscopy photo, AAB.
@@ -119,6 +122,15 @@ PRESETS: dict[str, ModelConfig] = {
     "tiny": ModelConfig(clinical_encoder="mobilenetv3_small_050", derm_encoder="resnet10t",
                         fusion="aab", img_size=128),
 }
+
+
+# Parameter counts the paper gives for its rows (millions; Tables 6 and 9).
+PAPER_PARAMS_M = {"paper": 33.06, "aff-aab": 33.06, "aff-bab": 33.88, "aff-cat": 32.48, "sff-cat": 58.49}
+
+
+def paper_params_m(cfg: ModelConfig) -> tuple[str, float] | None:
+    """(preset, the paper's count) when `cfg` is one of the paper's rows, else None."""
+    return next(((name, count) for name, count in PAPER_PARAMS_M.items() if PRESETS[name] == cfg), None)
 
 
 def get_preset(name: str) -> ModelConfig:

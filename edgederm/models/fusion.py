@@ -17,7 +17,7 @@ from edgederm.models.attention import AsymmetricFusion, BidirectionalFusion
 class ConcatFusion(nn.Module):
     """CAT baseline: concatenate channels, mix back with a 1x1 conv + BN + ReLU."""
 
-    def __init__(self, channels: int, key_channels: int = 0):
+    def __init__(self, channels: int, key_channels: int = 0, scale: bool = True):
         super().__init__()
         self.mix = nn.Sequential(nn.Conv2d(2 * channels, channels, 1, bias=False),
                                  nn.BatchNorm2d(channels), nn.ReLU(inplace=True))
@@ -46,10 +46,11 @@ class ClinicalProjection(nn.Module):
 
 
 class StageFusion(nn.Module):
-    def __init__(self, fusion: str, clinical_channels: int, derm_channels: int, key_ratio: int):
+    def __init__(self, fusion: str, clinical_channels: int, derm_channels: int, key_ratio: int,
+                 attention_scale: bool = True):
         super().__init__()
         self.align = ClinicalProjection(clinical_channels, derm_channels)
-        self.block = FUSION_BLOCKS[fusion](derm_channels, max(8, derm_channels // key_ratio))
+        self.block = FUSION_BLOCKS[fusion](derm_channels, max(8, derm_channels // key_ratio), attention_scale)
         self.out_channels = self.block.out_channels
 
     def forward(self, clinical: torch.Tensor, derm: torch.Tensor) -> torch.Tensor:

@@ -45,7 +45,8 @@ class MultiModalNet(nn.Module):
         self.clinical_stages = [match_stage(self.derm_encoder.reductions[s], self.clinical_encoder.reductions)
                                 for s in self.fusion_stages]
         self.fusions = nn.ModuleList(
-            StageFusion(cfg.fusion, self.clinical_encoder.channels[c], self.derm_encoder.channels[s], cfg.key_ratio)
+            StageFusion(cfg.fusion, self.clinical_encoder.channels[c], self.derm_encoder.channels[s], cfg.key_ratio,
+                        cfg.attention_scale)
             for s, c in zip(self.fusion_stages, self.clinical_stages))
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
         self.clinical_head = MultiTaskHead(self.clinical_encoder.pooled_channels, cfg.drop_rate)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from edgederm.models.config import paper_params_m
 from edgederm.models.multimodal import MultiModalNet
 
 COMPONENTS = {   # row name -> attribute of MultiModalNet
@@ -52,8 +53,11 @@ def summarize(model: MultiModalNet) -> dict:
              "gflops": counter.get_total_flops() / 1e9}
     branches = {"features": model.cfg.branch_features, "clinical_channels": model.clinical_encoder.pooled_channels,
                 "derm_channels": model.derm_encoder.pooled_channels}
+    paper = paper_params_m(model.cfg)
     return {"config": model.cfg.to_dict(), "framework": model.cfg.framework, "branch_features": branches,
-            "rows": rows, "total": total}
+            "rows": rows, "total": total,
+            "paper": None if paper is None else {"row": paper[0], "params_m": paper[1],
+                                                 "difference_percent": 100 * (total["params_m"] / paper[1] - 1)}}
 
 
 def format_summary(summary: dict) -> str:
@@ -62,4 +66,7 @@ def format_summary(summary: dict) -> str:
              f"{'component':<20} {'params (M)':>11} {'GFLOPs':>9}", "-" * 42]
     for row in summary["rows"] + [summary["total"]]:
         lines.append(f"{row['component']:<20} {row['params_m']:>11.2f} {row['gflops']:>9.2f}")
+    if summary.get("paper"):
+        p = summary["paper"]
+        lines.append(f"{'the paper (' + p['row'] + ')':<20} {p['params_m']:>11.2f}  ({p['difference_percent']:+.1f} %)")
     return "\n".join(lines)
