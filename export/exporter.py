@@ -340,10 +340,17 @@ def export_many(requests: list[ExportRequest], log: Callable[[str], None] = prin
     written = []
     with tempfile.TemporaryDirectory(prefix="edgederm-export-") as tmp:
         onnx_fp32 = export_onnx(model, Path(tmp) / "model.onnx")
-        parity_clinical, parity_derm = synthetic_inputs(preprocess, PARITY_CASES, first.seed)
+        # Real cases when the release is at hand (already preprocessed); freshly drawn synthetic ones otherwise.
+        if evaluation is not None:
+            parity_clinical, parity_derm = (a[:PARITY_CASES] for a in evaluation[:2])
+            parity_source = f"{first.eval_split} cases"
+        else:
+            parity_clinical, parity_derm = synthetic_inputs(preprocess, PARITY_CASES, first.seed)
+            parity_source = "synthetic cases"
         diff = float(np.abs(run_onnx(onnxruntime_session(onnx_fp32), parity_clinical, parity_derm)
                             - run_torch(model, parity_clinical, parity_derm)).max())
-        log(f"ONNX parity with PyTorch on {PARITY_CASES} synthetic cases: max |probability difference| {diff:.2e}")
+        log(f"ONNX parity with PyTorch on {len(parity_clinical)} {parity_source}: max |probability difference| "
+            f"{diff:.2e}")
         if diff > PARITY_TOLERANCE:
             raise ConfigError(f"{first.run}: ONNX export differs from PyTorch by {diff:.2e} (> {PARITY_TOLERANCE})")
         source["onnx_parity_max_abs_diff"] = diff

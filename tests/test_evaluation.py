@@ -47,6 +47,15 @@ def test_evaluate_command_writes_the_paper_tables(trained_run, synthetic_release
     assert report["tta"] and report["cases"] > 0
     md = (trained_run / "eval-test-tta" / "metrics.md").read_text()
     assert "| Weighted final (P_FI) |" in md and "| branch | DIAG BCC | DIAG NEV |" in md   # categories are columns
+    # the paper's Table 3 order of the accuracies, and its Table 4: a row per metric, an AVG column
+    assert "| branch | PN | BWV | VS | PIG | STR | DaG | RS | DIAG | AVG |" in md
+    final_md = report["branches"]["final"]
+    assert "| metric | DIAG MEL | PN ATP | STR IR | PIG IR | RS PRS | DaG IR | BWV PRS | VS IR | AVG |" in md
+    sensitivity = [s["sensitivity"] for s in final_md["melanoma"].values()]
+    sen_row = next(line for line in md.splitlines() if line.startswith("| SEN |"))
+    assert sen_row.rstrip(" |").endswith(f"{100 * sum(sensitivity) / len(sensitivity):.1f}")
+    auc_row = next(line for line in md.splitlines() if line.startswith("| AUC |"))
+    assert f"| {100 * final_md['auc']['DIAG MEL']:.1f} |" in auc_row
     assert result.output.strip().splitlines()[-1].startswith("AVG AUC ")
     final = report["branches"]["final"]
     assert f"AVG AUC {100 * final['avg_auc']:.1f}  AVG ACC {100 * final['avg_acc']:.1f}" in result.output

@@ -77,3 +77,36 @@ def test_sweep_refuses_a_changed_configuration_and_a_bad_grid(synthetic_release,
     assert not (tmp_path / "other").exists()                        # every error before any training
     missing = _sweep("--data", synthetic_release, "--grid", tmp_path / "nope.toml", "--out", out)
     assert missing.returncode == 1 and "nope.toml: grid file not found" in missing.stderr
+
+
+REPEATS = Path(__file__).resolve().parents[1] / "benchmarks" / "dev" / "repeat_runs.py"
+
+
+def _repeats(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPEATS), *map(str, args)], capture_output=True, text=True, timeout=900)
+
+
+def test_repeat_runs_train_one_run_per_seed_and_report_mean_and_std(synthetic_release, tmp_path):
+    import statistics
+    grid = tmp_path / "grid.toml"
+    grid.write_text(GRID)
+    out = tmp_path / "repeats"
+    first = _repeats("--data", synthetic_release, "--grid", grid, "--out", out, "--seeds", 2, "--only", "pre-logits")
+    assert first.returncode == 0, first.stderr[-2000:]
+    result = json.loads((out / "repeats.json").read_text())
+    (row,) = result["rows"]
+    assert row["seeds"] == [0, 1] and result["split"] == "test" and result["cases"] > 0
+    for seed in (0, 1):                                   # the grid's seed 7 replaced by each repeat's
+        assert json.loads((out / "runs" / f"pre-logits-seed{seed}" / "config.json").read_text())["train"]["seed"] == seed
+    aucs = row["values"]["avg_auc"]
+    assert len(aucs) == 2 and aucs[0] != aucs[1]          # two different trainings
+    assert row["stats"]["avg_auc"]["mean"] == statistics.fmean(aucs)
+    assert row["stats"]["avg_auc"]["std"] == statistics.stdev(aucs)
+    table = (out / "repeats.md").read_text()
+    mean, std = 100 * statistics.fmean(aucs), 100 * statistics.stdev(aucs)
+    assert f"| `pre-logits` | {mean:.1f}±{std:.1f} |" in table
+    assert "| configuration | PN | BWV | VS | PIG | STR | DaG | RS | DIAG |" in table
+    again = _repeats("--data", synthetic_release, "--grid", grid, "--out", out, "--seeds", 2, "--only", "pre-logits")
+    assert again.returncode == 0 and again.stdout.count("finished, scoring it again without training") == 2
+    bad = _repeats("--data", synthetic_release, "--grid", grid, "--out", out, "--seeds", 0)
+    assert bad.returncode == 1 and bad.stderr.strip() == "error: --seeds must be >= 1, got 0"

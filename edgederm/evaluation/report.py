@@ -20,6 +20,24 @@ def headline(final_metrics: dict, params_m: float) -> str:
     return f"AVG AUC {_pct(final_metrics['avg_auc'])}  AVG ACC {_pct(final_metrics['avg_acc'])}  params {params_m:.2f} M"
 
 
+# Table 3 of the paper lists the tasks' accuracies in this order (its AUC table follows labels.AUC_CATEGORIES).
+PAPER_ACCURACY_ORDER = ("PN", "BWV", "VS", "PIG", "STR", "DaG", "RS", "DIAG")
+MELANOMA_ROWS = (("AUC", None), ("PRE", "precision"), ("SEN", "sensitivity"), ("SPE", "specificity"))
+
+
+def melanoma_table(metrics: dict) -> list[str]:
+    """Table 4 of the paper: a column per melanoma-related category and their average, a row per metric
+    (AUC, then precision / sensitivity / specificity of the argmax decision)."""
+    names = list(metrics["melanoma"])
+    lines = ["| metric | " + " | ".join(names) + " | AVG |", "|---" * (len(names) + 2) + "|"]
+    for row, key in MELANOMA_ROWS:
+        values = [metrics["auc"][n] if key is None else metrics["melanoma"][n][key] for n in names]
+        defined = [v for v in values if v is not None]
+        mean = sum(defined) / len(defined) if defined else None
+        lines.append(f"| {row} | " + " | ".join(_pct(v) for v in values) + f" | {_pct(mean)} |")
+    return lines
+
+
 def markdown_report(report: dict) -> str:
     cats = [L.category_name(t, c) for t, c in L.AUC_CATEGORIES]
     out = [f"# Evaluation: {report['split']} split, {report['cases']} cases",
@@ -32,16 +50,14 @@ def markdown_report(report: dict) -> str:
     for key, title in ROWS:
         m = report["branches"][key]
         out.append(f"| {title} | " + " | ".join(_pct(m["auc"][c]) for c in cats) + f" | {_pct(m['avg_auc'])} |")
-    out += ["", "## Accuracy (%)", "", "| branch | " + " | ".join(L.TASK_KEYS) + " | AVG |",
-            "|---" * (len(L.TASK_KEYS) + 2) + "|"]
+    order = PAPER_ACCURACY_ORDER
+    out += ["", "## Accuracy (%), the paper's Table 3 order", "", "| branch | " + " | ".join(order) + " | AVG |",
+            "|---" * (len(order) + 2) + "|"]
     for key, title in ROWS:
         m = report["branches"][key]
-        out.append(f"| {title} | " + " | ".join(_pct(m["acc"][t]) for t in L.TASK_KEYS) + f" | {_pct(m['avg_acc'])} |")
-    out += ["", "## Melanoma-related categories, weighted final (%)", "",
-            "| category | precision | sensitivity | specificity |", "|---|---|---|---|"]
-    for name, scores in report["branches"]["final"]["melanoma"].items():
-        out.append(f"| {name} | {_pct(scores['precision'])} | {_pct(scores['sensitivity'])} | "
-                   f"{_pct(scores['specificity'])} |")
+        out.append(f"| {title} | " + " | ".join(_pct(m["acc"][t]) for t in order) + f" | {_pct(m['avg_acc'])} |")
+    out += ["", "## Melanoma-related categories, weighted final (%), the paper's Table 4 layout", ""]
+    out += melanoma_table(report["branches"]["final"])
     return "\n".join(out) + "\n"
 
 
