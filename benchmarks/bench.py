@@ -163,7 +163,8 @@ def bench_variant(variant: Variant, device: str, batch_sizes: list[int], warmup:
         manifest = predictor.manifest
         row.update(backend=predictor.backend, target=manifest["target"], precision=manifest["precision"],
                    size_mb=sum(f["bytes"] for f in manifest["files"].values()) / 1e6,
-                   weights_sha256=manifest["source"]["sha256"])    # which trained model the bundle holds
+                   weights_sha256=manifest["source"]["sha256"],    # which trained model the bundle holds
+                   _clinical=manifest.get("clinical"))             # its temperatures and thresholds, if fitted
         size = predictor.preprocess.size
         rng = np.random.default_rng(seed)
         row["latency"] = []
@@ -221,10 +222,13 @@ def apply_gate(rows: list[dict], reference: str | None, settings: GateSettings,
         elif ref is None or "_probabilities" not in row or "_probabilities" not in ref:
             row["verdict"] = "not gated"     # no reference or no --data: speed only
         else:
-            row["gate"] = judge(ref["_probabilities"], row["_probabilities"], labels, case_ids, settings)
+            # decisions read as the reference reads them on the device (its fitted reading, if any)
+            row["gate"] = judge(ref["_probabilities"], row["_probabilities"], labels, case_ids, settings,
+                                ref.get("_clinical"))
             row["verdict"] = row["gate"]["verdict"]
     for row in rows:
         row.pop("_probabilities", None)
+        row.pop("_clinical", None)
 
 
 def pool_round(row: dict, again: dict) -> None:

@@ -55,10 +55,13 @@ def gate_line(report: dict) -> str:
     flips = (f"; decision flips gated at {g['max_flip_rate']:g} % of cases (observed rate; its one-sided 95 % "
              "Clopper-Pearson bound is shown), and a significant loss of melanomas referred by the seven-point "
              "reading fails" if g["max_flip_rate"] is not None else "; decision flips reported, not gated")
+    readings = sorted({v["gate"]["seven_point_reading"] for v in report.get("variants", [])
+                       if v.get("gate") and "seven_point_reading" in v["gate"]})
+    reading = f" Seven-point reading: {'; '.join(readings)}." if readings else ""
     return (f"Gate against `{report['reference']}`: {g['method']}; margin {g['max_auc_drop']:g} AUC points; "
             f"{g['resamples']} resamples, seed {g['seed']}; a category with fewer than {g['min_positives']} "
             f"positives (or negatives) is not gated, one fails only when its drop is significant and over "
-            f"{2 * g['max_auc_drop']:g} points{flips}.")
+            f"{2 * g['max_auc_drop']:g} points{flips}.{reading}")
 
 
 def summary_rows(report: dict) -> list[dict]:

@@ -71,6 +71,7 @@ class Context:
     log: Callable[[str], None]
     workdir: Path                                                     # scratch space of this export pass
     accuracy_control: bool = False
+    clinical: dict | None = None                                      # the weights' fitted temperatures, thresholds
 
 
 def _versions() -> dict:
@@ -103,6 +104,9 @@ def _base_manifest(ctx: Context, target: Target, precision: str, graphs: list[st
         "branch_weights": {"clinical": weights[0], "derm": weights[1], "fusion": weights[2]},
         "model_config": ctx.model.cfg.to_dict(),
         "source": ctx.source,
+        # temperatures and melanoma operating points fitted on valid at training (edgederm.evaluation.clinical);
+        # None for weights trained before they existed: the device then reads the plain checklist
+        "clinical": ctx.clinical,
         "opset": OPSET,
         "versions": _versions(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -157,7 +161,7 @@ def openvino_bundle(ctx: Context, target: Target, precision: str, directory: Pat
             limit = valid.settings.max_flip_rate
             return openvino_export.quantize_for_agreement(
                 model.clone(), ctx.calib, transformer, valid.clinical, valid.dermoscopy,
-                lambda probs, cases: agreement(valid.reference[cases], probs), (limit or 100.0) / 100)
+                lambda probs, cases: agreement(valid.reference[cases], probs, valid.clinical_fit), (limit or 100.0) / 100)
 
         plain = openvino_export.quantize_int8(model.clone(), ctx.calib, transformer)
         int8, attempts, ranking = int8_gate.search_openvino(
@@ -329,7 +333,8 @@ def export_many(requests: list[ExportRequest], log: Callable[[str], None] = prin
         clinical, dermoscopy = load_arrays(cases, preprocess)
         valid = int8_gate.ValidSplit(clinical, dermoscopy, np.array([c.labels for c in cases]),
                                      [c.case_id for c in cases], run_torch(model, clinical, dermoscopy),
-                                     GateSettings(max_auc_drop=DEFAULT_INT8_MARGIN, seed=first.seed))
+                                     GateSettings(max_auc_drop=DEFAULT_INT8_MARGIN, seed=first.seed),
+                                     read_metadata(weights).get("clinical"))
     meta = read_metadata(weights)
     source = {"run": str(first.run), "weights": str(weights), "sha256": sha256_file(weights),
               "weights_of": meta.get("source"),
@@ -341,9 +346,10 @@ def export_many(requests: list[ExportRequest], log: Callable[[str], None] = prin
     with tempfile.TemporaryDirectory(prefix="edgederm-export-") as tmp:
         onnx_fp32 = export_onnx(model, Path(tmp) / "model.onnx")
         # Real cases when the release is at hand (already preprocessed); freshly drawn synthetic ones otherwise.
-        if evaluation is not None:
-            parity_clinical, parity_derm = (a[:PARITY_CASES] for a in evaluation[:2])
-            parity_source = f"{first.eval_split} cases"
+        if evaluation is not None or valid is not None:
+            arrays, parity_source = ((evaluation, f"{first.eval_split} cases") if evaluation is not None
+                                     else ((valid.clinical, valid.dermoscopy), "valid cases"))
+            parity_clinical, parity_derm = (a[:PARITY_CASES] for a in arrays[:2])
         else:
             parity_clinical, parity_derm = synthetic_inputs(preprocess, PARITY_CASES, first.seed)
             parity_source = "synthetic cases"
@@ -360,7 +366,7 @@ def export_many(requests: list[ExportRequest], log: Callable[[str], None] = prin
             settings = None if valid is None else replace(valid.settings, max_auc_drop=margin, max_flip_rate=flips)
             ctx = Context(model, preprocess, onnx_fp32, source, calib, evaluation,
                           None if valid is None else replace(valid, settings=settings),
-                          reference, first.eval_split, log, Path(tmp), req.accuracy_control)
+                          reference, first.eval_split, log, Path(tmp), req.accuracy_control, meta.get("clinical"))
             for precision, destination in destinations.items():
                 try:
                     with staged_bundle(destination, force=req.force) as directory:

@@ -61,6 +61,7 @@ class ValidSplit:
     case_ids: list[str]
     reference: np.ndarray
     settings: GateSettings
+    clinical_fit: dict | None = None   # the model's fitted reading: decisions judged as the device reads them
 
     def predictions(self, predict: Callable[[np.ndarray, np.ndarray], np.ndarray],
                     indices: np.ndarray | None = None) -> np.ndarray:
@@ -94,7 +95,8 @@ class Attempt:
 
 def judge_on_valid(valid: ValidSplit, attempt: Attempt, probabilities: np.ndarray,
                    log: Callable[[str], None]) -> Attempt:
-    attempt.result = judge(valid.reference, probabilities, valid.labels, valid.case_ids, valid.settings)
+    attempt.result = judge(valid.reference, probabilities, valid.labels, valid.case_ids, valid.settings,
+                           valid.clinical_fit)
     a, f = attempt.result["auc"], attempt.result["flips"]
     log(f"  {attempt.method}: valid AUC drop {a['drop_points']:.2f} points (upper bound {a['upper_bound_points']:.2f}, "
         f"margin {valid.settings.max_auc_drop:g}); flips {f['diagnosis']['rate_percent']:.1f} % of diagnoses, "

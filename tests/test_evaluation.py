@@ -56,6 +56,21 @@ def test_evaluate_command_writes_the_paper_tables(trained_run, synthetic_release
     assert sen_row.rstrip(" |").endswith(f"{100 * sum(sensitivity) / len(sensitivity):.1f}")
     auc_row = next(line for line in md.splitlines() if line.startswith("| AUC |"))
     assert f"| {100 * final_md['auc']['DIAG MEL']:.1f} |" in auc_row
+    # calibration and melanoma operating points: with TTA, fitted now on valid's TTA outputs
+    clinical = report["clinical"]
+    assert clinical["fitted"] == "now, on the valid split's 6-view TTA outputs"
+    assert set(clinical["calibration"]) == set(L.TASK_KEYS)
+    assert "## Calibration and melanoma decisions, weighted final" in md
+    mel = clinical["melanoma"]["melanoma_probability"]
+    assert mel["threshold"] == clinical["fit"]["melanoma_probability_threshold"]
+    assert (trained_run / "eval-test-tta" / "reliability.png").stat().st_size > 10_000
+    # without TTA: training's own fit, stored with the weights and in clinical.json
+    plain = CliRunner().invoke(app, ["evaluate", "--run", str(trained_run), "--data", str(synthetic_release),
+                                     "--split", "test", "--json"])
+    assert plain.exit_code == 0, plain.output
+    stored = json.loads((trained_run / "clinical.json").read_text())
+    plain_clinical = json.loads((trained_run / "eval-test" / "metrics.json").read_text())["clinical"]
+    assert plain_clinical["fitted"] == "at training, on the valid split" and plain_clinical["fit"] == stored
     assert result.output.strip().splitlines()[-1].startswith("AVG AUC ")
     final = report["branches"]["final"]
     assert f"AVG AUC {100 * final['avg_auc']:.1f}  AVG ACC {100 * final['avg_acc']:.1f}" in result.output

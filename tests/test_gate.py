@@ -198,3 +198,29 @@ def test_losing_referred_melanomas_fails_the_gate(cases):
     assert result["verdict"] == "fail" and any("fewer melanomas" in r for r in result["reasons"])
     same = judge(reference, reference.copy(), labels, ids, GateSettings(resamples=300))
     assert same["melanoma_sensitivity"]["loss_points"] == 0 and not same["melanoma_sensitivity"]["significant"]
+
+
+def test_a_fitted_model_is_judged_by_its_own_reading(cases):
+    """With the model's clinical fit, the seven-point decisions are the expected score at its threshold,
+    as the device reads them; a shift the checklist cannot see (no top class changes) is a flip there."""
+    from edgederm.evaluation.clinical import expected_seven_point_score
+    from edgederm.evaluation.gate import referral
+    labels, probs, ids = cases
+    fit = {"temperatures": {t: 1.0 for t in L.TASK_KEYS}, "target_sensitivity": 0.9,
+           "seven_point": {"reading": "expected", "threshold": float(np.median(expected_seven_point_score(probs)))}}
+    np.testing.assert_array_equal(referral(probs, fit) == "refer",
+                                  expected_seven_point_score(probs) >= fit["seven_point"]["threshold"])
+    # lower every criterion's probability a little, keeping each task's top class
+    variant = probs.copy()
+    for task, cls, _ in L.SEVEN_POINT_CRITERIA:
+        block = variant[:, L.TASK_SLICES[task]]
+        c = L.class_index(task, cls)
+        top = block.argmax(1) == c
+        move = np.where(top, 0.0, block[:, c] * 0.5)            # never demote a top class
+        block[:, c] -= move
+        block[:, (c + 1) % block.shape[1]] += move
+    plain = judge(probs, variant, labels, ids, GateSettings(resamples=200))
+    fitted = judge(probs, variant, labels, ids, GateSettings(resamples=200), fit)
+    assert plain["flips"]["seven_point"]["flips"] == 0 and plain["seven_point_reading"] == "checklist score >= 3"
+    assert fitted["flips"]["seven_point"]["flips"] > 0
+    assert fitted["seven_point_reading"].startswith("expected seven-point score >= ")

@@ -105,8 +105,11 @@ def test_keeping_openvino_blocks_in_float_is_exact(trained_run, synthetic_releas
 
 
 def test_openvino_search_keeps_blocks_in_float_and_records_it(trained_run, synthetic_release, tmp_path):
+    # Flips not gated: on the toy model's 8 valid cases the fitted seven-point reading (expected score at a
+    # threshold between clustered scores) flips 3 of 8 under any INT8 graph; the subject here is the search.
     [bundle] = export(ExportRequest(run=trained_run, target="openvino", precisions="int8", data=synthetic_release,
-                                    out=tmp_path, max_auc_drop=OPENVINO_MARGIN), log=lambda m: None)
+                                    out=tmp_path, max_auc_drop=OPENVINO_MARGIN, max_flip_rate=100),
+                      log=lambda m: None)
     manifest = read_manifest(bundle)
     attempts = manifest["int8_gate"]["attempts"]
     assert attempts[0]["method"] == "plain PTQ (NNCF)" and attempts[0]["verdict"] == "fail"

@@ -16,8 +16,9 @@ from edgederm import labels as L
 from edgederm.cli import app
 from edgederm.data.release import read_release
 from edgederm.errors import EdgeDermError
+from edgederm.evaluation.clinical import apply_temperatures
 from edgederm.runtime import load_bundle
-from edgederm.runtime.bundle import BundleError
+from edgederm.runtime.bundle import BundleError, read_manifest
 from tests.conftest import write_jpeg
 
 runner = CliRunner()
@@ -32,13 +33,18 @@ def pair(synthetic_release):
 def test_every_backend_gives_the_same_answer_through_one_api(bundles, pair, synthetic_release):
     reference = load_bundle(bundles["torch-fp32"])
     pairs = [(c.clinical, c.derm) for c in read_release(synthetic_release).split("test")]
-    expected = [reference.predict(*p).probabilities for p in pairs]
+    inputs = reference.prepare_pairs(pairs)
+    expected = reference.run_batched(*inputs)          # the graphs' own outputs, before temperature scaling
     for name in ("onnx-fp32", "openvino-fp32", "openvino-int8"):
         predictor = load_bundle(bundles[name])
-        got = [p.probabilities for p in predictor.predict_batch(pairs)]
-        diffs = np.array([[g[task][cls] - e[task][cls] for task in L.TASK_KEYS for cls in e[task]]
-                          for g, e in zip(got, expected)])
-        sums = np.array([[sum(g[task].values()) for task in L.TASK_KEYS] for g in got])
+        got = predictor.run_batched(*inputs)
+        diffs = got - expected
+        sums = np.stack([got[:, L.TASK_SLICES[t]].sum(1) for t in L.TASK_KEYS], 1)
+        # predict_batch is those outputs, temperature-scaled with the bundle's fit, for each pair
+        calibrated = apply_temperatures(got, predictor.clinical["temperatures"])
+        first = predictor.predict_batch(pairs[:2])
+        assert [first[1].probabilities["DIAG"][c] for c in L.TASKS[0].classes] == pytest.approx(
+            calibrated[1, L.TASK_SLICES["DIAG"]].tolist(), abs=1e-5)
         if "fp32" in name:
             assert np.abs(diffs).max() <= 1e-4 and np.abs(sums - 1).max() <= 1e-4, name
         else:
@@ -95,7 +101,8 @@ def test_diagnose_text_and_json(bundles, pair):
                                  "--clinical", str(pair[0]), "--derm", str(pair[1])])
     assert result.exit_code == 0, result.output
     assert "decision support, not a diagnosis" in result.output
-    assert "Seven-point score:" in result.output and "Diagnosis (model):" in result.output
+    assert "Seven-point checklist score:" in result.output and "Diagnosis (model):" in result.output
+    assert "the threshold that referred 90 % of the validation melanomas" in result.output
     result = runner.invoke(app, ["diagnose", "--bundle", str(bundles["onnx-fp32"]),
                                  "--clinical", str(pair[0]), "--derm", str(pair[1]), "--json"])
     data = json.loads(result.output)
@@ -103,7 +110,17 @@ def test_diagnose_text_and_json(bundles, pair):
     sp = data["seven_point"]
     tops = {t: v["top"] for t, v in data["tasks"].items()}
     assert sp["score"] == L.seven_point_score(tops)
-    assert sp["suspicious"] == (sp["score"] >= 3)
+    # the bundle carries training's fit: calibrated probabilities, the expected score at its threshold
+    fit = read_manifest(bundles["onnx-fp32"])["clinical"]
+    assert data["calibrated"] and sp["reading"] == "expected" and sp["threshold"] == fit["seven_point"]["threshold"]
+    assert sp["suspicious"] == (sp["expected_score"] >= fit["seven_point"]["threshold"])
+    expected = sum(pts * data["tasks"][t]["probabilities"][c] for t, c, pts in L.SEVEN_POINT_CRITERIA)
+    assert sp["expected_score"] == pytest.approx(expected)
+    predictor = load_bundle(bundles["onnx-fp32"])
+    raw = predictor.run(*predictor.prepare_pairs([pair]))
+    calibrated = apply_temperatures(raw, fit["temperatures"])[0, L.TASK_SLICES["DIAG"]]
+    assert [data["diagnosis"][c] for c in L.TASKS[0].classes] == pytest.approx(calibrated.tolist())
+    assert data["melanoma"]["refer"] == (data["diagnosis"]["MEL"] >= fit["melanoma_probability_threshold"])
     assert {(c["task"], c["class"]) for c in sp["contributions"]} == {
         (t, c) for t, c, _ in L.SEVEN_POINT_CRITERIA if tops[t] == c}
     assert "not a diagnosis" in data["disclaimer"]

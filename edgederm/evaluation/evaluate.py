@@ -9,6 +9,7 @@ from torch.utils.data import DataLoader
 from edgederm.data.release import read_release
 from edgederm.data.torch_dataset import PairDataset
 from edgederm.errors import ConfigError
+from edgederm.evaluation.clinical import clinical_report, fit_clinical
 from edgederm.evaluation.metrics import compute_metrics
 from edgederm.evaluation.predict import predict_branches, weighted_final
 from edgederm.models.io import load_model, read_metadata
@@ -38,9 +39,28 @@ def evaluate_run(run_dir: str | Path, data: str | Path, split: str = "test", che
     if tta_weights:        # searched on TTA outputs at training time (branch_weights_tta): the ones for TTA
         weights_used, searched_on = tta_weights, "6-view TTA"
     branch_probs["final"] = weighted_final(branch_probs, weights_used)
+    fit, fitted = _clinical_fit(model, weights, data, split, tta, weights_used, batch_size, device, progress)
     return {
         "run": str(run_dir), "weights": str(weights), "data": str(data), "split": split, "tta": tta,
         "cases": len(cases), "branch_weights": weights_used, "branch_weights_searched_on": searched_on,
         "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
         "branches": {b: compute_metrics(p, labels) for b, p in branch_probs.items()},
+        "clinical": {"fit": fit, "fitted": fitted, **clinical_report(fit, branch_probs["final"], labels)},
     }
+
+
+def _clinical_fit(model, weights: Path, data, split: str, tta: bool, branch_weights: list[float], batch_size: int,
+                  device, progress) -> tuple[dict, str]:
+    """The temperatures and thresholds to evaluate with, and where they come from: training's (fitted on the
+    single-view valid P_FI, stored with the weights), or fitted now on valid when the run has none (trained
+    before they existed) or when TTA outputs are evaluated (fitted on what they will be applied to)."""
+    stored = read_metadata(weights).get("clinical")
+    if stored and not tta:
+        return stored, "at training, on the valid split"
+    cases = read_release(data).split("valid")
+    if not cases:
+        raise ConfigError(f"{data}: the valid split is empty: temperatures and thresholds are fitted on it")
+    loader = DataLoader(PairDataset(cases, model.cfg.preprocess(), cache=False), batch_size=batch_size)
+    branch_probs, labels = predict_branches(model, loader, device, tta=tta, progress=progress)
+    fitted = f"now, on the valid split's {'6-view TTA' if tta else 'single-view'} outputs"
+    return fit_clinical(weighted_final(branch_probs, branch_weights), labels), fitted

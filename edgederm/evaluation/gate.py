@@ -50,6 +50,7 @@ import numpy as np
 
 from edgederm import labels as L
 from edgederm.errors import ConfigError
+from edgederm.evaluation.clinical import apply_temperatures, expected_seven_point_score
 from edgederm.evaluation.metrics import seven_point_scores
 
 METHOD = ("paired stratified percentile bootstrap (Efron & Tibshirani 1993, ch. 13), strata: diagnosis class; "
@@ -184,21 +185,31 @@ def _seven_point_reading(classes: np.ndarray) -> np.ndarray:
     return np.where(seven_point_scores(classes) >= L.SEVEN_POINT_THRESHOLD, "refer", "no referral")
 
 
+def referral(probs: np.ndarray, clinical: dict | None = None) -> np.ndarray:
+    """The seven-point reading a model's outputs give ("refer" / "no referral"): the checklist on each
+    criterion's top class, or, when the model carries its fitted `clinical` (edgederm.evaluation.clinical),
+    the expected score of its calibrated probabilities at its valid-chosen threshold."""
+    if not clinical or clinical.get("seven_point", {}).get("reading") != "expected":
+        return _seven_point_reading(_top_classes(probs))
+    score = expected_seven_point_score(apply_temperatures(probs, clinical["temperatures"]))
+    return np.where(score >= clinical["seven_point"]["threshold"], "refer", "no referral")
+
+
 def _top_classes(probs: np.ndarray) -> np.ndarray:
     return np.stack([probs[:, L.TASK_SLICES[t]].argmax(1) for t in L.TASK_KEYS], 1)
 
 
 def melanoma_sensitivity(reference: np.ndarray, variant: np.ndarray, labels: np.ndarray,
-                         counts: np.ndarray) -> dict:
-    """Share of melanomas the seven-point reading refers, reference and variant, and the paired loss
-    (points) with its bootstrap interval: the decision a clinic must not lose to quantization."""
+                         counts: np.ndarray, clinical: dict | None = None) -> dict:
+    """Share of melanomas the seven-point reading (`referral`) refers, reference and variant, and the paired
+    loss (points) with its bootstrap interval: the decision a clinic must not lose to quantization."""
     mel = labels[:, L.TASK_KEYS.index("DIAG")] == L.class_index("DIAG", "MEL")
     n = int(mel.sum())
     if n == 0:
         return {"melanomas": 0, "reference_percent": None, "variant_percent": None, "loss_points": None,
                 "ci_points": None, "significant": False}
-    ref = (_seven_point_reading(_top_classes(reference)) == "refer")[mel].astype(float)
-    var = (_seven_point_reading(_top_classes(variant)) == "refer")[mel].astype(float)
+    ref = (referral(reference, clinical) == "refer")[mel].astype(float)
+    var = (referral(variant, clinical) == "refer")[mel].astype(float)
     w = counts[:, mel]
     with np.errstate(invalid="ignore", divide="ignore"):
         loss = 100 * (w @ (ref - var)) / w.sum(1)
@@ -208,9 +219,10 @@ def melanoma_sensitivity(reference: np.ndarray, variant: np.ndarray, labels: np.
 
 
 def decision_flips(reference: np.ndarray, variant: np.ndarray, labels: np.ndarray, case_ids: list[str],
-                   counts: np.ndarray | None = None) -> dict:
-    """Cases whose top diagnosis, or whose seven-point reading (refer or not), differs between the two models.
-    `counts`: the bootstrap resamples for the intervals (default: 2000, seed 0, stratified by diagnosis)."""
+                   counts: np.ndarray | None = None, clinical: dict | None = None) -> dict:
+    """Cases whose top diagnosis, or whose seven-point reading (refer or not, `referral`), differs between the
+    two models. `counts`: the bootstrap resamples for the intervals (default: 2000, seed 0, stratified by
+    diagnosis)."""
     if counts is None:
         counts = bootstrap_counts(labels[:, L.TASK_KEYS.index("DIAG")], GateSettings.resamples, GateSettings.seed)
     diagnoses = np.array(L.TASKS[0].classes)
@@ -218,27 +230,29 @@ def decision_flips(reference: np.ndarray, variant: np.ndarray, labels: np.ndarra
     truth_diag = diagnoses[labels[:, L.TASK_KEYS.index("DIAG")]]
     return {"diagnosis": _flips(diagnoses[reference[:, diag].argmax(1)], diagnoses[variant[:, diag].argmax(1)],
                                 truth_diag, case_ids, counts),
-            "seven_point": _flips(_seven_point_reading(_top_classes(reference)),
-                                  _seven_point_reading(_top_classes(variant)), _seven_point_reading(labels),
-                                  case_ids, counts)}
+            "seven_point": _flips(referral(reference, clinical), referral(variant, clinical),
+                                  _seven_point_reading(labels), case_ids, counts)}
 
 
-def agreement(reference: np.ndarray, variant: np.ndarray) -> float:
-    """Share of cases whose top diagnosis and whose seven-point reading both match the reference's, the
-    lower of the two: 1 - the larger flip rate (the metric INT8 accuracy control keeps within the limit)."""
+def agreement(reference: np.ndarray, variant: np.ndarray, clinical: dict | None = None) -> float:
+    """Share of cases whose top diagnosis and whose seven-point reading (`referral`) both match the
+    reference's, the lower of the two: 1 - the larger flip rate (the metric INT8 accuracy control keeps
+    within the limit)."""
     diag = L.TASK_SLICES["DIAG"]
     same_diagnosis = (reference[:, diag].argmax(1) == variant[:, diag].argmax(1)).mean()
-    same_reading = (_seven_point_reading(_top_classes(reference)) == _seven_point_reading(_top_classes(variant))).mean()
+    same_reading = (referral(reference, clinical) == referral(variant, clinical)).mean()
     return float(min(same_diagnosis, same_reading))
 
 
 def judge(reference: np.ndarray, variant: np.ndarray, labels: np.ndarray, case_ids: list[str],
-          settings: GateSettings) -> dict:
-    """Everything the gate says about one variant: AUC comparison, decision flips, verdict and reasons."""
+          settings: GateSettings, clinical: dict | None = None) -> dict:
+    """Everything the gate says about one variant: AUC comparison, decision flips, verdict and reasons.
+    `clinical`: the reference's fitted temperatures and thresholds; the seven-point decisions are then read
+    as the device reads them (`referral`)."""
     auc = auc_comparison(reference, variant, labels, settings)
     counts = bootstrap_counts(labels[:, L.TASK_KEYS.index("DIAG")], settings.resamples, settings.seed)
-    flips = decision_flips(reference, variant, labels, case_ids, counts)
-    melanoma = melanoma_sensitivity(reference, variant, labels, counts)
+    flips = decision_flips(reference, variant, labels, case_ids, counts, clinical)
+    melanoma = melanoma_sensitivity(reference, variant, labels, counts, clinical)
     reasons = []
     if not auc["within_margin"]:
         reasons.append(f"averaged-AUC drop upper bound {auc['upper_bound_points']:.2f} > margin "
@@ -252,5 +266,8 @@ def judge(reference: np.ndarray, variant: np.ndarray, labels: np.ndarray, case_i
         if melanoma["significant"]:
             reasons.append(f"seven-point reading refers {melanoma['loss_points']:.1f} points fewer melanomas "
                            f"(95 % CI {melanoma['ci_points'][0]:.1f} to {melanoma['ci_points'][1]:.1f})")
-    return {"auc": auc, "flips": flips, "melanoma_sensitivity": melanoma, "verdict": "fail" if reasons else "pass",
-            "reasons": reasons}
+    reading = ("expected seven-point score >= {:.3g} (calibrated)".format(clinical["seven_point"]["threshold"])
+               if clinical and clinical.get("seven_point", {}).get("reading") == "expected"
+               else f"checklist score >= {L.SEVEN_POINT_THRESHOLD}")
+    return {"auc": auc, "flips": flips, "melanoma_sensitivity": melanoma, "seven_point_reading": reading,
+            "verdict": "fail" if reasons else "pass", "reasons": reasons}

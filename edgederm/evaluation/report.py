@@ -38,6 +38,62 @@ def melanoma_table(metrics: dict) -> list[str]:
     return lines
 
 
+READINGS = (("seven_point_argmax", "seven-point score from each criterion's top class, >= 3 (the checklist)"),
+            ("seven_point_expected", "expected seven-point score (points x probability), threshold from valid"),
+            ("melanoma_probability", "P(MEL), threshold from valid"))
+
+
+def clinical_section(clinical: dict) -> list[str]:
+    """Calibration per task and the melanoma operating points, of P_FI."""
+    target = 100 * clinical["target_sensitivity"]
+    lines = ["## Calibration and melanoma decisions, weighted final", "",
+             f"Temperatures and thresholds fitted {clinical['fitted']}; thresholds for {target:.0f} % melanoma "
+             "sensitivity there. ECE: expected calibration error, 15 bins (%).", "",
+             "| task | temperature | ECE | ECE calibrated |", "|---|---|---|---|"]
+    for task, c in clinical["calibration"].items():
+        lines.append(f"| {task} | {c['temperature']:.2f} | {_pct(c['ece'])} | {_pct(c['ece_calibrated'])} |")
+    first = next(iter(clinical["melanoma"].values()))
+    lines += ["", f"DIAG MEL on this split: {first['positives']} melanomas, {first['negatives']} other lesions.", "",
+              "| reading | threshold | sensitivity | specificity | referred |", "|---|---|---|---|---|"]
+    for key, title in READINGS:
+        op = clinical["melanoma"][key]
+        lines.append(f"| {title} | {op['threshold']:.3g} | {_pct(op['sensitivity'])} | {_pct(op['specificity'])} | "
+                     f"{op['referred_percent']:.1f} % |")
+    return lines
+
+
+def write_reliability_plot(clinical: dict, path: Path) -> Path | None:
+    """Reliability diagrams of the eight tasks, before and after temperature scaling; None without matplotlib."""
+    from importlib.util import find_spec
+    if find_spec("matplotlib") is None:
+        return None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(2, 4, figsize=(12, 6), sharex=True, sharey=True)
+    for ax, (task, c) in zip(axes.ravel(), clinical["calibration"].items()):
+        ax.plot([0, 1], [0, 1], color="0.7", lw=1)
+        for key, label, colour in (("reliability", f"raw, ECE {100 * c['ece']:.1f}", "tab:red"),
+                                   ("reliability_calibrated", f"T={c['temperature']:.2f}, ECE "
+                                    f"{100 * c['ece_calibrated']:.1f}", "tab:blue")):
+            bins = c[key]
+            ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "o-", ms=3, color=colour,
+                    label=label)
+        ax.set_title(task)
+        ax.legend(fontsize=7, loc="upper left")
+    for ax in axes[1]:
+        ax.set_xlabel("confidence")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("accuracy")
+    fig.suptitle("Reliability of P_FI per task (top class), before and after temperature scaling")
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".partial.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
 def markdown_report(report: dict) -> str:
     cats = [L.category_name(t, c) for t, c in L.AUC_CATEGORIES]
     out = [f"# Evaluation: {report['split']} split, {report['cases']} cases",
@@ -58,11 +114,16 @@ def markdown_report(report: dict) -> str:
         out.append(f"| {title} | " + " | ".join(_pct(m["acc"][t]) for t in order) + f" | {_pct(m['avg_acc'])} |")
     out += ["", "## Melanoma-related categories, weighted final (%), the paper's Table 4 layout", ""]
     out += melanoma_table(report["branches"]["final"])
+    if report.get("clinical"):
+        out += [""] + clinical_section(report["clinical"])
     return "\n".join(out) + "\n"
 
 
 def write_report(report: dict, out_dir: Path) -> tuple[Path, Path]:
+    """metrics.json and metrics.md, and reliability.png when matplotlib is installed."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    if report.get("clinical"):
+        write_reliability_plot(report["clinical"], out_dir / "reliability.png")
     json_path, md_path = out_dir / "metrics.json", out_dir / "metrics.md"
     for path, text in ((json_path, json.dumps(report, indent=2) + "\n"), (md_path, markdown_report(report))):
         tmp = path.with_name(path.name + ".partial")

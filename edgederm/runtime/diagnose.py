@@ -36,13 +36,19 @@ def format_text(prediction: Prediction, clinical: str, derm: str, bundle: str) -
         lines.append(f"  {task.title:<22} {cls:<4} {prob:.2f}   [{spread}]" + (f"   +{add}" if add else ""))
     sp = d["seven_point"]
     named = ", ".join(f"{c['task']} {c['class']} +{c['points']}" for c in sp["contributions"]) or "no criterion"
-    lines.append(f"Seven-point score: {sp['score']} ({named}): {sp['reading']}.")
+    lines.append(f"Seven-point checklist score: {sp['score']} ({named}); expected score {sp['expected_score']:.2f}.")
+    lines.append(f"Reading ({'calibrated, ' if d['calibrated'] else ''}{sp['rule']}): {sp['advice']}.")
+    if d["melanoma"]:
+        m = d["melanoma"]
+        lines.append(f"P(MEL) {m['probability']:.2f} against {m['threshold']:.2f}, the threshold for "
+                     f"{100 * m['target_sensitivity']:.0f} % melanoma sensitivity on validation: "
+                     f"{'refer' if m['refer'] else 'below it'}.")
     return "\n".join(lines)
 
 
 RESULT_COLUMNS = (["id", "clinical", "derm", "status", "error", "diagnosis", "diagnosis_probability"]
                   + [f"p_DIAG_{c}" for c in L.TASKS[0].classes]
-                  + [t.key for t in L.TASKS[1:]] + ["seven_point_score", "suspicious"])
+                  + [t.key for t in L.TASKS[1:]] + ["seven_point_score", "expected_score", "reading", "suspicious"])
 
 
 def _resolve(base: Path, value: str) -> Path:
@@ -101,7 +107,7 @@ def diagnose_pairs(predictor: Predictor, pairs_csv: Path, out_csv: Path, progres
                 raise EdgeDermError(job["error"])
             if isinstance(prepared, EdgeDermError):
                 raise prepared
-            prediction = Prediction.from_row(predictor.run(*prepared)[0])
+            prediction = Prediction.from_row(predictor.run(*prepared)[0], predictor.clinical)
         except EdgeDermError as e:
             failures.append(f"{pairs_csv}: line {job['line']} ({job['id']}): {e}")
             results.append({**result, "status": "error", "error": str(e)})
@@ -111,7 +117,8 @@ def diagnose_pairs(predictor: Predictor, pairs_csv: Path, out_csv: Path, progres
         results.append({**result, "status": "ok", "error": "", "diagnosis": top, "diagnosis_probability": f"{p:.4f}",
                         **{f"p_DIAG_{c}": f"{v:.4f}" for c, v in prediction.probabilities["DIAG"].items()},
                         **{t: prediction.top(t)[0] for t in L.TASK_KEYS[1:]},
-                        "seven_point_score": sp["score"], "suspicious": "yes" if sp["suspicious"] else "no"})
+                        "seven_point_score": sp["score"], "expected_score": f"{sp['expected_score']:.3f}",
+                        "reading": sp["reading"], "suspicious": "yes" if sp["suspicious"] else "no"})
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_csv.with_name(out_csv.name + ".partial")
     with open(tmp, "w", newline="", encoding="utf-8") as f:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgederm import labels as L
+from edgederm.evaluation.clinical import apply_temperatures
 
 DISCLAIMER = ("EdgeDerm is decision support, not a diagnosis: a clinician must examine the patient "
               "and decide on referral and treatment.")
@@ -14,12 +15,17 @@ DISCLAIMER = ("EdgeDerm is decision support, not a diagnosis: a clinician must e
 
 @dataclass
 class Prediction:
-    probabilities: dict[str, dict[str, float]]       # task -> class -> probability
+    probabilities: dict[str, dict[str, float]]       # task -> class -> probability (calibrated when fitted)
+    clinical: dict | None = None                     # the bundle's fitted temperatures and thresholds
 
     @classmethod
-    def from_row(cls, row: np.ndarray) -> "Prediction":
-        """One row of the concatenated N x 24 output."""
-        return cls({t.key: {c: float(p) for c, p in zip(t.classes, row[L.TASK_SLICES[t.key]])} for t in L.TASKS})
+    def from_row(cls, row: np.ndarray, clinical: dict | None = None) -> "Prediction":
+        """One row of the concatenated N x 24 output; with the bundle's `clinical` fit, each task's
+        probabilities are temperature-scaled (edgederm.evaluation.clinical) before anything is read."""
+        if clinical:
+            row = apply_temperatures(np.asarray(row, np.float64)[None], clinical["temperatures"])[0]
+        return cls({t.key: {c: float(p) for c, p in zip(t.classes, row[L.TASK_SLICES[t.key]])} for t in L.TASKS},
+                   clinical or None)
 
     def top(self, task: str) -> tuple[str, float]:
         probs = self.probabilities[task]
@@ -31,25 +37,56 @@ class Prediction:
         return {task: self.top(task)[0] for task in L.TASK_KEYS}
 
     @property
+    def expected_score(self) -> float:
+        """Sum over the criteria of points x probability of the criterion."""
+        return float(sum(points * self.probabilities[task][cls] for task, cls, points in L.SEVEN_POINT_CRITERIA))
+
+    @property
     def seven_point(self) -> dict:
+        """The checklist read from each criterion's top class, and the referral the bundle decides with: the
+        checklist's score >= 3, or, with a fitted bundle, the expected score at its valid-chosen threshold."""
         contributions = L.seven_point_contributions(self.top_classes)
         score = sum(points for _, _, points in contributions)
-        suspicious = score >= L.SEVEN_POINT_THRESHOLD
+        expected = self.clinical is not None and self.clinical.get("seven_point", {}).get("reading") == "expected"
+        if expected:
+            threshold = self.clinical["seven_point"]["threshold"]
+            target = 100 * self.clinical["target_sensitivity"]
+            suspicious = self.expected_score >= threshold
+            rule = (f"expected score {self.expected_score:.2f} (points x probability) against {threshold:.2f}, "
+                    f"the threshold that referred {target:.0f} % of the validation melanomas")
+        else:
+            threshold = L.SEVEN_POINT_THRESHOLD
+            suspicious = score >= threshold
+            rule = f"checklist score {score} against {threshold}"
         return {
             "score": score,
-            "threshold": L.SEVEN_POINT_THRESHOLD,
+            "expected_score": self.expected_score,
+            "reading": "expected" if expected else "checklist",
+            "threshold": threshold,
             "contributions": [{"task": t, "class": c, "points": p, "criterion": L.TASK_BY_KEY[t].title,
                                "probability": self.probabilities[t][c]} for t, c, p in contributions],
             "suspicious": suspicious,
-            "reading": ("suspicious for melanoma: refer to a dermatologist" if suspicious
-                        else "below the threshold of 3: not suspicious by the seven-point rule"),
+            "rule": rule,
+            "advice": ("suspicious for melanoma: refer to a dermatologist" if suspicious
+                       else "not suspicious by the seven-point reading"),
         }
+
+    @property
+    def melanoma(self) -> dict | None:
+        """P(MEL) at the bundle's valid-chosen operating point, when it has one."""
+        if not self.clinical or "melanoma_probability_threshold" not in self.clinical:
+            return None
+        p, threshold = self.probabilities["DIAG"]["MEL"], self.clinical["melanoma_probability_threshold"]
+        return {"probability": p, "threshold": threshold, "refer": p >= threshold,
+                "target_sensitivity": self.clinical["target_sensitivity"]}
 
     def to_dict(self) -> dict:
         return {
             "tasks": {t: {"top": self.top(t)[0], "probability": self.top(t)[1],
                           "probabilities": self.probabilities[t]} for t in L.TASK_KEYS},
             "diagnosis": self.probabilities["DIAG"],
+            "calibrated": self.clinical is not None,
             "seven_point": self.seven_point,
+            "melanoma": self.melanoma,
             "disclaimer": DISCLAIMER,
         }

@@ -38,6 +38,7 @@ class Predictor:
         self.preprocess = PreprocessConfig.from_dict(manifest["preprocess"])
         self.max_batch: int | None = None        # None: any batch size
         self.precision = manifest["precision"]
+        self.clinical: dict | None = manifest.get("clinical")    # temperatures and thresholds, when fitted
         self._pool: ThreadPoolExecutor | None = None     # made on first use, for decoding photos
 
     @property
@@ -96,4 +97,4 @@ class Predictor:
         if not pairs:
             return []
         clinical, dermoscopy = self.prepare_pairs(pairs)
-        return [Prediction.from_row(row) for row in self.run_batched(clinical, dermoscopy)]
+        return [Prediction.from_row(row, self.clinical) for row in self.run_batched(clinical, dermoscopy)]

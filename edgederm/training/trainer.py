@@ -32,6 +32,7 @@ import edgederm
 from edgederm.data.release import read_release
 from edgederm.data.torch_dataset import PairDataset
 from edgederm.errors import ConfigError
+from edgederm.evaluation.clinical import fit_clinical
 from edgederm.evaluation.metrics import compute_metrics
 from edgederm.evaluation.predict import predict_branches, weighted_final
 from edgederm.models import create_model
@@ -335,7 +336,12 @@ def _finish(run_dir: Path, model, swa_model, plain_train_set, valid_loader, cfg:
         record["tta"] = {"clinical": tta_weights[0], "derm": tta_weights[1], "fusion": tta_weights[2],
                          "valid_score": tta_score, "outputs": "6-view TTA"}
         extra["branch_weights_tta"] = list(tta_weights)
+    # Temperatures and melanoma operating points, on the valid P_FI the chosen weights give (what a bundle
+    # outputs): they travel with the weights to every bundle.
+    clinical = fit_clinical(weighted_final(branch_probs, weights), labels)
+    extra["clinical"] = clinical
     final.set_branch_weights(*weights)
     save_weights(final, run_dir / FINAL, extra=extra)
     (run_dir / "branch_weights.json").write_text(json.dumps(record, indent=2) + "\n")
+    (run_dir / "clinical.json").write_text(json.dumps(clinical, indent=2) + "\n")
     return run_dir / FINAL
