@@ -39,6 +39,7 @@ from edgederm.benchmarks.host import Tegrastats, host_facts
 from edgederm.data.inputs import load_arrays
 from edgederm.data.release import read_release
 from edgederm.errors import EdgeDermError
+from edgederm.evaluation.clinical import clinical_report
 from edgederm.evaluation.gate import GateSettings, judge
 from edgederm.evaluation.metrics import compute_metrics
 from edgederm.preprocess import DECODES, PreprocessConfig, header_size
@@ -226,6 +227,13 @@ def apply_gate(rows: list[dict], reference: str | None, settings: GateSettings,
             row["gate"] = judge(ref["_probabilities"], row["_probabilities"], labels, case_ids, settings,
                                 ref.get("_clinical"))
             row["verdict"] = row["gate"]["verdict"]
+    for row in rows:
+        # calibration and melanoma operating points of each variant, with the reference's fitted temperatures
+        # and thresholds (the ones its bundle carries): what a clinic gets from this variant
+        if ref is not None and ref.get("_clinical") and "_probabilities" in row:
+            report = clinical_report(ref["_clinical"], row["_probabilities"], labels)
+            row["clinical"] = {"ece_percent": {t: 100 * c["ece_calibrated"] for t, c in report["calibration"].items()},
+                               "melanoma": report["melanoma"]}
     for row in rows:
         row.pop("_probabilities", None)
         row.pop("_clinical", None)

@@ -118,6 +118,31 @@ def end_to_end_rows(report: dict) -> list[list[str]]:
     return rows
 
 
+def clinical_lines(report: dict) -> list[str]:
+    """Per variant: calibration error after the reference's temperatures, and DIAG MEL sensitivity /
+    specificity of the three readings at the reference's valid-chosen thresholds."""
+    rows = [v for v in report["variants"] if v.get("clinical")]
+    if not rows:
+        return []
+    readings = (("seven_point_argmax", "checklist >= 3"), ("seven_point_expected", "expected score"),
+                ("melanoma_probability", "P(MEL)"))
+    first = rows[0]["clinical"]["melanoma"]
+    lines = ["", "## Calibration and melanoma operating points", "",
+             "With the reference bundle's temperatures and thresholds (fitted on valid at training): mean expected "
+             f"calibration error over the 8 tasks, and sensitivity / specificity for DIAG MEL "
+             f"({first['seven_point_argmax']['positives']} melanomas) of each reading, expected score at "
+             f"{first['seven_point_expected']['threshold']:.3g}, P(MEL) at {first['melanoma_probability']['threshold']:.3g}.",
+             "", "| variant | mean ECE (%) | " + " | ".join(f"{title} sens / spec" for _, title in readings) + " |",
+             "|---|---|" + "---|" * len(readings)]
+    for v in rows:
+        c = v["clinical"]
+        ece = sum(c["ece_percent"].values()) / len(c["ece_percent"])
+        cells = [f"{_fmt(c['melanoma'][k]['sensitivity'], '.1f', 100)} / {_fmt(c['melanoma'][k]['specificity'], '.1f', 100)}"
+                 for k, _ in readings]
+        lines.append(f"| {v['name']} | {ece:.1f} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown(report: dict) -> str:
     lines = ["# EdgeDerm bench", "", f"Host: {host_line(report)}.",
              "Libraries: " + ", ".join(f"{k} {v}" for k, v in report["host"]["libraries"].items()) + ".", ""]
@@ -164,6 +189,7 @@ def markdown(report: dict) -> str:
                          f"{row['verdict']} |")
         failing = [(r["variant"], r["reasons"]) for r in summary_rows(report) if r.get("reasons")]
         lines += [""] + [f"- {name} fails: {'; '.join(reasons)}" for name, reasons in failing]
+        lines += clinical_lines(report)
     gated = report["data"] and report["reference"]
     lines += ["", f"Fastest variant {'that passes the gate' if gated else '(speed only: no accuracy gate without --data and --reference)'}: "
               f"**{report['fastest_passing'] or 'none'}**."]

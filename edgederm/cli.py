@@ -141,7 +141,7 @@ _TRAIN_MODEL_FLAGS = ("clinical_encoder", "derm_encoder", "fusion", "fusion_stag
 _TRAIN_RECIPE_FLAGS = ("epochs", "batch_size", "lr", "encoder_lr_scale", "weight_decay", "warmup_epochs", "swa_epochs",
                        "swa_lr", "validate_every", "augment", "class_weights", "seed", "workers", "amp",
                        "pretrained_clinical", "pretrained_derm", "optimizer", "schedule", "augment_policy",
-                       "label_smoothing", "branch_weights_tta")
+                       "label_smoothing", "branch_weights_tta", "melanoma_sensitivity")
 
 
 def _as_flags(values: dict) -> list[str]:
@@ -195,6 +195,9 @@ def train_command(
     augment_policy: Annotated[Optional[str], typer.Option(
         help="fusionm4net (default) or light; each limit can be changed in a config file's [train] table.")] = None,
     label_smoothing: Annotated[Optional[float], typer.Option(help="Cross-entropy label smoothing.")] = None,
+    melanoma_sensitivity: Annotated[Optional[float], typer.Option(
+        help="The valid melanoma sensitivity (0-1, default 0.9) at which the expected seven-point score's and "
+             "P(MEL)'s thresholds are chosen after training; they travel to every bundle.")] = None,
     branch_weights_tta: Annotated[Optional[bool], typer.Option(
         "--branch-weights-tta/--no-branch-weights-tta",
         help="Also search the branch weights on 6-view TTA outputs of valid, stored for evaluate --tta "

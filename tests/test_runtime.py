@@ -215,6 +215,15 @@ def test_bench_gate_reports_and_fastest_variant(bundles, synthetic_release, tmp_
     html = (report / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 2
     assert "| variant |" in (report / "report.md").read_text()
+    # with the reference bundle's fit: each variant's calibration and melanoma operating points
+    fit = read_manifest(bundles["onnx-fp32"])["clinical"]
+    torch_clinical = rows[bundles["torch-fp32"].name]["clinical"]
+    assert set(torch_clinical["ece_percent"]) == set(L.TASK_KEYS)
+    assert torch_clinical["melanoma"]["seven_point_expected"]["threshold"] == fit["seven_point"]["threshold"]
+    assert torch_clinical["melanoma"] == rows[bundles["onnx-fp32"].name]["clinical"]["melanoma"]  # same model
+    md = (report / "report.md").read_text()
+    assert "## Calibration and melanoma operating points" in md and "expected score sens / spec" in md
+    assert torch_gate["seven_point_reading"].startswith("expected seven-point score >= ")
 
 
 def test_bench_times_photos_end_to_end_and_gates_reduced_decoding(bundles, synthetic_release, tmp_path):

@@ -165,6 +165,8 @@ def test_scoring_valid_less_often_leaves_the_averaged_model_unchanged(trained_ru
     assert json.loads((run / "config.json").read_text())["train"]["validate_every"] == 2
     with pytest.raises(ConfigError, match="validate_every must be >= 1"):
         TrainConfig(validate_every=0)
+    with pytest.raises(ConfigError, match="melanoma_sensitivity must be > 0 and <= 1"):
+        TrainConfig(melanoma_sensitivity=1.5)
 
 
 def test_a_checkpoint_from_before_encoder_rates_is_a_one_line_error(trained_run, synthetic_release, tmp_path):

@@ -58,6 +58,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     class_weights: bool = False   # inverse-frequency weighted cross-entropy
     branch_weights_tta: bool = False   # also search W_C, W_D, W_FU on 6-view TTA outputs of valid, for evaluate --tta
+    melanoma_sensitivity: float = 0.90  # the valid melanoma sensitivity the seven-point and P(MEL) thresholds keep
     seed: int = 0
     pretrained_clinical: str = "auto"   # initial encoder weights: auto, none or a file (edgederm.models.pretrained)
     pretrained_derm: str = "auto"
@@ -82,6 +83,8 @@ class TrainConfig:
             problems.append(f"schedule {self.schedule!r} is not one of {', '.join(SCHEDULES)}")
         if not 0 <= self.label_smoothing < 1:
             problems.append("label_smoothing must be >= 0 and < 1")
+        if not 0 < self.melanoma_sensitivity <= 1:
+            problems.append("melanoma_sensitivity must be > 0 and <= 1")
         if self.validate_every < 1:
             problems.append("validate_every must be >= 1")
         if not 0 <= self.warmup_epochs < self.epochs:

@@ -338,7 +338,7 @@ def _finish(run_dir: Path, model, swa_model, plain_train_set, valid_loader, cfg:
         extra["branch_weights_tta"] = list(tta_weights)
     # Temperatures and melanoma operating points, on the valid P_FI the chosen weights give (what a bundle
     # outputs): they travel with the weights to every bundle.
-    clinical = fit_clinical(weighted_final(branch_probs, weights), labels)
+    clinical = fit_clinical(weighted_final(branch_probs, weights), labels, cfg.melanoma_sensitivity)
     extra["clinical"] = clinical
     final.set_branch_weights(*weights)
     save_weights(final, run_dir / FINAL, extra=extra)
