@@ -118,29 +118,37 @@ def end_to_end_rows(report: dict) -> list[list[str]]:
     return rows
 
 
-def clinical_lines(report: dict) -> list[str]:
+def clinical_table(report: dict) -> tuple[str, list[str], list[list[str]]] | None:
     """Per variant: calibration error after the reference's temperatures, and DIAG MEL sensitivity /
-    specificity of the three readings at the reference's valid-chosen thresholds."""
-    rows = [v for v in report["variants"] if v.get("clinical")]
-    if not rows:
-        return []
+    specificity of the three readings at the reference's valid-chosen thresholds: (intro, header, rows),
+    or None when the reference carries no fit."""
+    variants = [v for v in report["variants"] if v.get("clinical")]
+    if not variants:
+        return None
     readings = (("seven_point_argmax", "checklist >= 3"), ("seven_point_expected", "expected score"),
                 ("melanoma_probability", "P(MEL)"))
-    first = rows[0]["clinical"]["melanoma"]
-    lines = ["", "## Calibration and melanoma operating points", "",
-             "With the reference bundle's temperatures and thresholds (fitted on valid at training): mean expected "
+    first = variants[0]["clinical"]["melanoma"]
+    intro = ("With the reference bundle's temperatures and thresholds (fitted on valid at training): mean expected "
              f"calibration error over the 8 tasks, and sensitivity / specificity for DIAG MEL "
              f"({first['seven_point_argmax']['positives']} melanomas) of each reading, expected score at "
-             f"{first['seven_point_expected']['threshold']:.3g}, P(MEL) at {first['melanoma_probability']['threshold']:.3g}.",
-             "", "| variant | mean ECE (%) | " + " | ".join(f"{title} sens / spec" for _, title in readings) + " |",
-             "|---|---|" + "---|" * len(readings)]
-    for v in rows:
+             f"{first['seven_point_expected']['threshold']:.3g}, P(MEL) at {first['melanoma_probability']['threshold']:.3g}.")
+    header = ["variant", "mean ECE (%)"] + [f"{title} sens / spec" for _, title in readings]
+    rows = []
+    for v in variants:
         c = v["clinical"]
-        ece = sum(c["ece_percent"].values()) / len(c["ece_percent"])
-        cells = [f"{_fmt(c['melanoma'][k]['sensitivity'], '.1f', 100)} / {_fmt(c['melanoma'][k]['specificity'], '.1f', 100)}"
-                 for k, _ in readings]
-        lines.append(f"| {v['name']} | {ece:.1f} | " + " | ".join(cells) + " |")
-    return lines
+        rows.append([v["name"], f"{sum(c['ece_percent'].values()) / len(c['ece_percent']):.1f}"]
+                    + [f"{_fmt(c['melanoma'][k]['sensitivity'], '.1f', 100)} / "
+                       f"{_fmt(c['melanoma'][k]['specificity'], '.1f', 100)}" for k, _ in readings])
+    return intro, header, rows
+
+
+def clinical_lines(report: dict) -> list[str]:
+    table = clinical_table(report)
+    if table is None:
+        return []
+    intro, header, rows = table
+    return (["", "## Calibration and melanoma operating points", "", intro, "", "| " + " | ".join(header) + " |",
+             "|" + "---|" * len(header)] + ["| " + " | ".join(row) + " |" for row in rows])
 
 
 def markdown(report: dict) -> str:
@@ -301,6 +309,12 @@ def html_page(report: dict) -> str:
                     for r in report["variants"] if r["status"] == "ok" for lat in r["latency"]]
     parts.append("<h2>Latency</h2>" + _table(["variant", "batch", "mean ms", "p50", "p90", "p99", "per s",
                                                "peak RSS MiB", "MB"], latency_rows))
+    clinical = clinical_table(report)
+    if clinical:
+        intro, header, rows = clinical
+        parts.append("<h2>Calibration and melanoma operating points</h2>"
+                     f"<p class='note'>{e(intro)}</p>" + _table(header, [[e(c) for c in row] for row in rows],
+                                                                "clinical"))
     e2e = end_to_end_rows(report)
     if e2e:
         parts.append("<h2>End to end: photos to answer</h2>"

@@ -223,6 +223,7 @@ def test_bench_gate_reports_and_fastest_variant(bundles, synthetic_release, tmp_
     assert torch_clinical["melanoma"] == rows[bundles["onnx-fp32"].name]["clinical"]["melanoma"]  # same model
     md = (report / "report.md").read_text()
     assert "## Calibration and melanoma operating points" in md and "expected score sens / spec" in md
+    assert '<table id="clinical">' in (report / "report.html").read_text()
     assert torch_gate["seven_point_reading"].startswith("expected seven-point score >= ")
 
 
