@@ -222,3 +222,16 @@ def test_every_fusion_block_exports_to_onnx_with_parity(fusion, key_ratio, scale
     x = torch.randn(3, 3, 64, 64).numpy()
     session = onnxruntime_session(export_onnx(model, tmp_path / "model.onnx"))
     assert abs(run_onnx(session, x, x[::-1].copy()) - run_torch(model, x, x[::-1].copy())).max() < 1e-5
+
+
+def test_the_alternatives_the_readme_rejects_count_what_it_says():
+    """README "Where EdgeDerm differs from the paper": fusion at the last two stages, and BAB as two
+    independent AABs, would miss the paper's counts by the figures it quotes."""
+    def millions(cfg):
+        return sum(p.numel() for p in create_model(cfg).parameters()) / 1e6
+    two_stages = {name: millions(ModelConfig(**{**get_preset(name).to_dict(), "fusion_stages": (-2, -1)}))
+                  for name in ("aff-aab", "aff-cat")}
+    assert round(two_stages["aff-aab"], 2) == 33.56 and round(two_stages["aff-cat"], 2) == 32.82
+    one_aab = sum(p.numel() for p in AsymmetricAttentionBlock(768, 768).parameters()) / 1e6     # 3 C^2 + 3 C
+    two_aabs = millions(get_preset("aff-aab")) + one_aab + 768 * L.TOTAL_CLASSES / 1e6          # + wider fusion head
+    assert round(two_aabs, 2) == 34.85
