@@ -125,13 +125,14 @@ def clinical_table(report: dict) -> tuple[str, list[str], list[list[str]]] | Non
     variants = [v for v in report["variants"] if v.get("clinical")]
     if not variants:
         return None
-    readings = (("seven_point_argmax", "checklist >= 3"), ("seven_point_expected", "expected score"),
-                ("melanoma_probability", "P(MEL)"))
     first = variants[0]["clinical"]["melanoma"]
+    readings = [(k, title) for k, title in (("seven_point_argmax", "checklist >= 3"),
+                                            ("seven_point_expected", "expected score"),
+                                            ("melanoma_probability", "P(MEL)")) if k in first]
+    thresholds = "".join(f", {title} at {first[k]['threshold']:.3g}" for k, title in readings[1:])
     intro = ("With the reference bundle's temperatures and thresholds (fitted on valid at training): mean expected "
              f"calibration error over the 8 tasks, and sensitivity / specificity for DIAG MEL "
-             f"({first['seven_point_argmax']['positives']} melanomas) of each reading, expected score at "
-             f"{first['seven_point_expected']['threshold']:.3g}, P(MEL) at {first['melanoma_probability']['threshold']:.3g}.")
+             f"({first['seven_point_argmax']['positives']} melanomas) of each reading{thresholds}.")
     header = ["variant", "mean ECE (%)"] + [f"{title} sens / spec" for _, title in readings]
     rows = []
     for v in variants:

@@ -325,6 +325,7 @@ def export_many(requests: list[ExportRequest], log: Callable[[str], None] = prin
         log(f"calibration: {len(calib)} cases of the {first.calibration_split} split, stratified by diagnosis")
     evaluation = _arrays(release, first.eval_split, preprocess) if release and first.eval_split else None
     reference = compute_metrics(run_torch(model, *evaluation[:2]), evaluation[2]) if evaluation else None
+    meta = read_metadata(weights)
     valid = None
     if any("int8" in destinations for _, _, destinations in plans):
         cases = release.split("valid")
@@ -334,8 +335,7 @@ def export_many(requests: list[ExportRequest], log: Callable[[str], None] = prin
         valid = int8_gate.ValidSplit(clinical, dermoscopy, np.array([c.labels for c in cases]),
                                      [c.case_id for c in cases], run_torch(model, clinical, dermoscopy),
                                      GateSettings(max_auc_drop=DEFAULT_INT8_MARGIN, seed=first.seed),
-                                     read_metadata(weights).get("clinical"))
-    meta = read_metadata(weights)
+                                     meta.get("clinical"))
     source = {"run": str(first.run), "weights": str(weights), "sha256": sha256_file(weights),
               "weights_of": meta.get("source"),
               # where each encoder's training started: traces a deployed model to its ImageNet source

@@ -101,3 +101,16 @@ def test_fit_on_valid_then_report_on_another_split():
         (labels[test][:, L.TASK_KEYS.index("DIAG")] == L.class_index("DIAG", "MEL")).sum())
     with pytest.raises(ValueError, match="target sensitivity"):
         fit_clinical(probs[valid], labels[valid], target=0)
+
+
+def test_a_valid_split_without_melanoma_keeps_the_checklist():
+    """No melanoma to choose a threshold on: temperatures only, the checklist's rule, no P(MEL) point."""
+    probs, labels = _overconfident(200, 5, sharpen=2.0, seed=1)
+    full = np.concatenate([probs] + [_overconfident(200, t.num_classes, 2.0, 20 + i)[0]
+                                     for i, t in enumerate(L.TASKS[1:])], 1)
+    labels = np.stack([np.where(labels == L.class_index("DIAG", "MEL"), 0, labels)]
+                      + [np.zeros(200, int)] * (len(L.TASKS) - 1), 1)
+    fit = fit_clinical(full, labels)
+    assert fit["seven_point"] == {"reading": "checklist", "threshold": L.SEVEN_POINT_THRESHOLD}
+    assert fit["melanoma_probability_threshold"] is None and len(fit["temperatures"]) == len(L.TASK_KEYS)
+    assert set(clinical_report(fit, full, labels)["melanoma"]) == {"seven_point_argmax"}

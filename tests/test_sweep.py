@@ -28,8 +28,12 @@ model = { branch_features = "last_stage", fusion = "cat" }
 """
 
 
+def _script(script: Path, *args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(script), *map(str, args)], capture_output=True, text=True, timeout=900)
+
+
 def _sweep(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True, timeout=900)
+    return _script(SCRIPT, *args)
 
 
 def test_sweep_trains_ranks_on_valid_and_resumes(synthetic_release, tmp_path):
@@ -83,7 +87,7 @@ REPEATS = Path(__file__).resolve().parents[1] / "benchmarks" / "dev" / "repeat_r
 
 
 def _repeats(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPEATS), *map(str, args)], capture_output=True, text=True, timeout=900)
+    return _script(REPEATS, *args)
 
 
 def test_repeat_runs_train_one_run_per_seed_and_report_mean_and_std(synthetic_release, tmp_path):

@@ -73,6 +73,28 @@ def configuration(preset: str, base: dict, config: dict, grid: Path) -> tuple[Mo
     return resolve_config(preset, tables=tables, where=f"{grid} [[config]] {config['name']}")
 
 
+def resolve_grid(grid: Path, only: list[str] | None = None) -> tuple[str, list[tuple[dict, ModelConfig, TrainConfig]]]:
+    """(preset, [(configuration, model config, train config)]) of a grid, restricted to `only`; every error
+    is raised here, before any training."""
+    preset, base, configs = read_grid(grid)
+    if only:
+        missing = sorted(set(only) - {c["name"] for c in configs})
+        if missing:
+            raise ConfigError(f"{grid}: no configuration named {', '.join(missing)}")
+        configs = [c for c in configs if c["name"] in only]
+    return preset, [(c, *configuration(preset, base, c, grid)) for c in configs]
+
+
+def write_results(out: Path, stem: str, result: dict, markdown: str) -> None:
+    """OUT/STEM.json (written under a temporary name, then renamed) and OUT/STEM.md; prints the Markdown."""
+    tmp = out / f"{stem}.json.partial"
+    tmp.write_text(json.dumps(result, indent=1) + "\n")
+    tmp.replace(out / f"{stem}.json")
+    (out / f"{stem}.md").write_text(markdown)
+    print(markdown)
+    print(f"wrote {out / (stem + '.json')} and {out / (stem + '.md')}")
+
+
 def _same_config(run: Path, model_cfg: ModelConfig, train_cfg: TrainConfig) -> bool:
     saved = json.loads((run / "config.json").read_text())
     return saved["model"] == model_cfg.to_dict() and saved["train"] == train_cfg.to_dict()
@@ -138,13 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="resolve and print the configurations only")
     args = parser.parse_args(argv)
     try:
-        preset, base, configs = read_grid(args.grid)
-        if args.only:
-            missing = sorted(set(args.only) - {c["name"] for c in configs})
-            if missing:
-                raise ConfigError(f"{args.grid}: no configuration named {', '.join(missing)}")
-            configs = [c for c in configs if c["name"] in args.only]
-        resolved = [(c, *configuration(preset, base, c, args.grid)) for c in configs]   # every error before any training
+        preset, resolved = resolve_grid(args.grid, args.only)
         if args.dry_run:
             for config, model_cfg, train_cfg in resolved:
                 print(json.dumps({"name": config["name"], "model": model_cfg.to_dict(), "train": train_cfg.to_dict()}))
@@ -160,15 +176,10 @@ def main(argv: list[str] | None = None) -> int:
     rows.sort(key=lambda r: -r["valid"]["final"]["avg_auc"])
     result = {"grid": str(args.grid), "preset": preset, "data": str(args.data), "report_test": args.report_test,
               "rows": rows}
-    tmp = args.out / "sweep.json.partial"
-    tmp.write_text(json.dumps(result, indent=1) + "\n")
-    tmp.replace(args.out / "sweep.json")
     markdown = (f"Sweep of `{args.grid.name}` (preset `{preset}`) on `{args.data}`, sorted by P_FI's valid averaged "
                 f"AUC ({rows[0]['valid']['cases']} valid cases); minutes = training time.\n\n"
                 + table(rows, args.report_test) + "\n")
-    (args.out / "sweep.md").write_text(markdown)
-    print(markdown)
-    print(f"wrote {args.out / 'sweep.json'} and {args.out / 'sweep.md'}")
+    write_results(args.out, "sweep", result, markdown)
     return 0
 
 

@@ -20,7 +20,6 @@ CPU, the `tiny` preset with a few epochs shows the mechanics.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from dataclasses import replace
@@ -28,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from recipe_sweep import configuration, read_grid, run_one  # noqa: E402
+from recipe_sweep import resolve_grid, run_one, write_results  # noqa: E402
 
 from edgederm import labels as L  # noqa: E402
 from edgederm.errors import ConfigError, EdgeDermError  # noqa: E402
@@ -97,13 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.seeds < 1:
             raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
-        preset, base, configs = read_grid(args.grid)
-        if args.only:
-            missing = sorted(set(args.only) - {c["name"] for c in configs})
-            if missing:
-                raise ConfigError(f"{args.grid}: no configuration named {', '.join(missing)}")
-            configs = [c for c in configs if c["name"] in args.only]
-        resolved = [(c, *configuration(preset, base, c, args.grid)) for c in configs]   # every error first
+        preset, resolved = resolve_grid(args.grid, args.only)
         args.out.mkdir(parents=True, exist_ok=True)
         rows, cases = [], 0
         for config, model_cfg, train_cfg in resolved:
@@ -121,13 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     result = {"grid": str(args.grid), "preset": preset, "data": str(args.data), "seeds": args.seeds,
               "tta": args.tta, "split": "test", "cases": cases, "rows": rows}
-    tmp = args.out / "repeats.json.partial"
-    tmp.write_text(json.dumps(result, indent=1) + "\n")
-    tmp.replace(args.out / "repeats.json")
-    text = markdown(rows, args.grid, args.data, cases, args.tta)
-    (args.out / "repeats.md").write_text(text)
-    print(text)
-    print(f"wrote {args.out / 'repeats.json'} and {args.out / 'repeats.md'}")
+    write_results(args.out, "repeats", result, markdown(rows, args.grid, args.data, cases, args.tta))
     return 0
 
 

@@ -155,13 +155,17 @@ def fit_clinical(probs: np.ndarray, labels: np.ndarray, target: float = DEFAULT_
     temperatures = {task: fit_temperature(_task(probs, task), labels[:, t]) for t, task in enumerate(L.TASK_KEYS)}
     calibrated = apply_temperatures(probs, temperatures)
     melanoma = is_melanoma(labels)
-    return {"fitted_on": {"split": "valid", "cases": int(len(labels)), "melanomas": int(melanoma.sum())},
-            "temperatures": temperatures, "target_sensitivity": target,
-            "seven_point": {"reading": "expected",
-                            "threshold": threshold_for_sensitivity(expected_seven_point_score(calibrated), melanoma,
-                                                                   target)},
-            "melanoma_probability_threshold": threshold_for_sensitivity(melanoma_probability(calibrated), melanoma,
-                                                                        target)}
+    fit = {"fitted_on": {"split": "valid", "cases": int(len(labels)), "melanomas": int(melanoma.sum())},
+           "temperatures": temperatures, "target_sensitivity": target,
+           # no melanoma to choose a threshold on: the checklist's own rule, and no P(MEL) operating point
+           "seven_point": {"reading": "checklist", "threshold": L.SEVEN_POINT_THRESHOLD},
+           "melanoma_probability_threshold": None}
+    if melanoma.any():
+        fit["seven_point"] = {"reading": "expected", "threshold": threshold_for_sensitivity(
+            expected_seven_point_score(calibrated), melanoma, target)}
+        fit["melanoma_probability_threshold"] = threshold_for_sensitivity(melanoma_probability(calibrated),
+                                                                          melanoma, target)
+    return fit
 
 
 def clinical_report(fit: dict, probs: np.ndarray, labels: np.ndarray) -> dict:
@@ -174,15 +178,12 @@ def clinical_report(fit: dict, probs: np.ndarray, labels: np.ndarray) -> dict:
         calibration[task] = {"temperature": fit["temperatures"][task], "ece": before, "ece_calibrated": after,
                              "reliability": bins_before, "reliability_calibrated": bins_after}
     melanoma = is_melanoma(labels)
-    return {
-        "calibration": calibration,
-        "target_sensitivity": fit["target_sensitivity"],
-        "melanoma": {
-            "seven_point_argmax": operating_point(argmax_seven_point_score(calibrated), melanoma,
-                                                  L.SEVEN_POINT_THRESHOLD),
-            "seven_point_expected": operating_point(expected_seven_point_score(calibrated), melanoma,
-                                                    fit["seven_point"]["threshold"]),
-            "melanoma_probability": operating_point(melanoma_probability(calibrated), melanoma,
-                                                    fit["melanoma_probability_threshold"]),
-        },
-    }
+    points = {"seven_point_argmax": operating_point(argmax_seven_point_score(calibrated), melanoma,
+                                                    L.SEVEN_POINT_THRESHOLD)}
+    if fit["seven_point"]["reading"] == "expected":          # fits without a melanoma on valid have neither
+        points["seven_point_expected"] = operating_point(expected_seven_point_score(calibrated), melanoma,
+                                                         fit["seven_point"]["threshold"])
+    if fit.get("melanoma_probability_threshold") is not None:
+        points["melanoma_probability"] = operating_point(melanoma_probability(calibrated), melanoma,
+                                                         fit["melanoma_probability_threshold"])
+    return {"calibration": calibration, "target_sensitivity": fit["target_sensitivity"], "melanoma": points}

@@ -56,6 +56,8 @@ def clinical_section(clinical: dict) -> list[str]:
     lines += ["", f"DIAG MEL on this split: {first['positives']} melanomas, {first['negatives']} other lesions.", "",
               "| reading | threshold | sensitivity | specificity | referred |", "|---|---|---|---|---|"]
     for key, title in READINGS:
+        if key not in clinical["melanoma"]:          # no threshold: valid had no melanoma to choose it on
+            continue
         op = clinical["melanoma"][key]
         lines.append(f"| {title} | {op['threshold']:.3g} | {_pct(op['sensitivity'])} | {_pct(op['specificity'])} | "
                      f"{op['referred_percent']:.1f} % |")

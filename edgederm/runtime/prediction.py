@@ -74,7 +74,7 @@ class Prediction:
     @property
     def melanoma(self) -> dict | None:
         """P(MEL) at the bundle's valid-chosen operating point, when it has one."""
-        if not self.clinical or "melanoma_probability_threshold" not in self.clinical:
+        if not self.clinical or self.clinical.get("melanoma_probability_threshold") is None:
             return None
         p, threshold = self.probabilities["DIAG"]["MEL"], self.clinical["melanoma_probability_threshold"]
         return {"probability": p, "threshold": threshold, "refer": p >= threshold,
