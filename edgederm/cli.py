@@ -437,7 +437,8 @@ def quickstart_command(
         typer.echo(json.dumps(result, indent=2))
     else:
         typer.echo("\n" + "\n".join(summary_lines(result)))
-        typer.echo(f"done in {result['minutes']:.1f} min; report: {result['report_paths']['html']}")
+        split = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in result["stage_seconds"].items())
+        typer.echo(f"done in {result['minutes']:.1f} min ({split}); report: {result['report_paths']['html']}")
     broken = [r["name"] for r in result["variants"] if r["status"] not in ("ok", "refused")]
     if broken:
         typer.echo(f"error: a stage broke: {', '.join(broken)} could not be benchmarked", err=True)

@@ -15,6 +15,7 @@ from edgederm.export.engine import INSTALL_HINT, BuildPlan, trtexec_command
 from edgederm.export.exporter import ExportRequest, export
 from edgederm.export.formats import parse_request
 from edgederm.export.onnx_export import onnxruntime_session
+from edgederm.runtime import load_bundle
 from edgederm.runtime.bundle import BundleError, read_manifest
 
 runner = CliRunner()
@@ -189,3 +190,30 @@ def test_engine_build_with_tensorrt(bundles, tmp_path):
     manifest = read_manifest(copy)
     assert manifest["engine"]["file"] == "model.engine" and "tensorrt" in manifest["engine"]
     assert "trtexec --onnx=" in result.output
+
+
+def test_targets_exported_side_by_side_equal_one_at_a_time(bundles, trained_run, synthetic_release, tmp_path):
+    """export_many runs the targets concurrently (CONCURRENT_TARGETS); every graph must be the one a
+    single-target export writes (the `bundles` fixture exports one target at a time)."""
+    from edgederm.export.exporter import CONCURRENT_TARGETS, export_many
+    assert CONCURRENT_TARGETS >= 2
+    requests = [ExportRequest(run=trained_run, target=target, precisions=precisions, data=synthetic_release,
+                              out=tmp_path, max_auc_drop=50.0 if "int8" in precisions else None,
+                              max_flip_rate=100.0 if "int8" in precisions else None)
+                for target, precisions in (("onnx", "fp32"), ("openvino", "int8"), ("jetson", "int8"))]
+    written = export_many(requests, log=lambda m: None)
+    assert [p.name for p in written] == ["tiny-onnx-fp32", "tiny-openvino-int8", "tiny-jetson-int8"]   # plan order
+    inputs = np.random.default_rng(0).standard_normal((2, 4, 3, 64, 64)).astype(np.float32)
+    for path in written:
+        alone_path = bundles[path.name.split("-", 1)[1]]
+        alone, together = read_manifest(alone_path), read_manifest(path)
+        # OpenVINO numbers the nodes it creates from a process-wide counter, so model.xml differs in names
+        # between any two exports in one process; weights and every other file are byte for byte the same,
+        # and the outputs too.
+        same = {name for name in alone["files"] if name != "model.xml"}
+        assert {n: together["files"][n] for n in same} == {n: alone["files"][n] for n in same}, path.name
+        if "int8_gate" in alone:
+            assert together["int8_gate"]["chosen"] == alone["int8_gate"]["chosen"]
+        outputs = [load_bundle(p, backend="onnxruntime" if "jetson" in p.name else None).run(*inputs)
+                   for p in (alone_path, path)]
+        assert np.array_equal(*outputs), path.name

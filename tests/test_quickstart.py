@@ -42,6 +42,11 @@ def test_quickstart_ends_green_with_an_int8_variant_passing_and_reuses_finished_
     assert reduced["decode"] == "reduced" and "gate" in reduced        # its verdict on reduced decoding
     assert (out / "report" / "report.html").is_file() and (out / "runs" / "tiny" / "eval-test" / "metrics.md").is_file()
     assert "report: " in first.output and "fastest variant that passes: tiny-" in first.output
+    # where the time went, stage by stage, adding up to the total the README quotes
+    stages = report["stage_seconds"]
+    assert list(stages) == ["synthetic release", "training", "evaluation", "export", "bench"]
+    assert abs(sum(stages.values()) - 60 * report["minutes"]) < 1.0
+    assert "(synthetic release " in first.output
     weights = out / "runs" / "tiny" / "model.safetensors"
     stamp = weights.stat().st_mtime_ns
     # Second run: every step reused; with a margin no variant can meet, the gate fails them all, and

@@ -80,7 +80,9 @@ def quickstart_block(report: dict) -> str:
                      + f"{r['verdict']} |")
     lines += ["", f"Fastest variant that passes: **{report['fastest_passing'] or 'none'}**."
               + (f" The quickstart took {report['minutes']:.1f} min, install not included." if "minutes" in report
-                 else "")]
+                 else "")
+              + (" By stage: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in report["stage_seconds"].items())
+                 + "." if "stage_seconds" in report else "")]
     return "\n".join(lines)
 
 
