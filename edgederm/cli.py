@@ -358,6 +358,41 @@ def diagnose_command(
         typer.echo(format_text(prediction, str(clinical), str(derm), predictor.name))
 
 
+@app.command("serve")
+@_one_line_errors
+def serve_command(
+    bundle: Annotated[Path, typer.Option(help="An exported bundle folder: the model that answers.")],
+    host: Annotated[str, typer.Option(help="Address to listen on. 127.0.0.1: this machine only, no code; "
+                                           "0.0.0.0 or a LAN address: tablets on the clinic network too, "
+                                           "behind an access code.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    data_dir: Annotated[Path, typer.Option(help="Where the cases are kept (SQLite + photo copies).")] = Path(
+        "edgederm-clinic"),
+    max_upload_mb: Annotated[float, typer.Option(help="Largest upload (both photos together), MB.")] = 25.0,
+    device: Annotated[str, typer.Option(help="OpenVINO device: CPU, GPU, NPU or AUTO.")] = "CPU",
+    backend: Annotated[Optional[str], typer.Option(help="Override the bundle's backend (e.g. onnxruntime "
+                                                        "for a jetson bundle's graphs).")] = None,
+    reset_access_code: Annotated[bool, typer.Option(help="Make and print a new access code (LAN only); "
+                                                         "the old one stops working.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the start-up facts as one JSON line.")] = False,
+):
+    """The clinic app: an offline web page for two photos, the result, and the day's cases (CSV).
+
+    On 127.0.0.1 (default) only this machine can open it and no code is asked. With --host 0.0.0.0 (or a LAN
+    address) tablets on the clinic's network can too: an access code is then required, printed once at first start."""
+    from edgederm.serve.server import access_note, build_clinic, serve
+    clinic, new_code = build_clinic(bundle, data_dir, host=host, max_upload_mb=max_upload_mb, device=device,
+                                    backend=backend, reset_access_code=reset_access_code)
+    if as_json:
+        typer.echo(json.dumps({"url": f"http://{host}:{port}/", "bundle": clinic.bundle.name,
+                               "precision": clinic.bundle.precision, "bundle_sha256": clinic.bundle.sha256,
+                               "data_dir": str(data_dir), "access_code_required": clinic.access is not None,
+                               "new_access_code": new_code}))
+    elif (note := access_note(clinic, new_code)) is not None:
+        typer.echo(note)
+    serve(clinic, host, port, log=(lambda m: None) if as_json else typer.echo)
+
+
 @app.command("bench")
 @_one_line_errors
 def bench_command(

@@ -114,6 +114,19 @@ SEVEN_POINT_CRITERIA: tuple[tuple[str, str, int], ...] = (
 )
 SEVEN_POINT_THRESHOLD = 3  # a score of 3 or more is suspicious for melanoma
 
+# Words for the class abbreviations, for people reading a result (the clinic app's page).
+DIAGNOSIS_NAMES: dict[str, str] = {
+    "BCC": "basal cell carcinoma", "NEV": "nevus", "MEL": "melanoma",
+    "MISC": "other (dermatofibroma, lentigo, melanosis, vascular, miscellaneous)", "SK": "seborrheic keratosis",
+}
+CRITERION_CLASS_NAMES: dict[str, str] = {
+    "ABS": "absent", "TYP": "typical", "ATP": "atypical", "REG": "regular", "IR": "irregular", "PRS": "present",
+}
+
+
+def class_name(task: str, cls: str) -> str:
+    return DIAGNOSIS_NAMES[cls] if task == "DIAG" else CRITERION_CLASS_NAMES[cls]
+
 
 def category_name(task: str, cls: str) -> str:
     return f"{task} {cls}"

@@ -51,6 +51,16 @@ RESULT_COLUMNS = (["id", "clinical", "derm", "status", "error", "diagnosis", "di
                   + [t.key for t in L.TASKS[1:]] + ["seven_point_score", "expected_score", "reading", "suspicious"])
 
 
+def result_fields(prediction: dict) -> dict:
+    """The prediction columns of RESULT_COLUMNS, from `Prediction.to_dict()` (also what the clinic app stores)."""
+    tasks, sp = prediction["tasks"], prediction["seven_point"]
+    return {"diagnosis": tasks["DIAG"]["top"], "diagnosis_probability": f"{tasks['DIAG']['probability']:.4f}",
+            **{f"p_DIAG_{c}": f"{v:.4f}" for c, v in tasks["DIAG"]["probabilities"].items()},
+            **{t: tasks[t]["top"] for t in L.TASK_KEYS[1:]},
+            "seven_point_score": sp["score"], "expected_score": f"{sp['expected_score']:.3f}",
+            "reading": sp["reading"], "suspicious": "yes" if sp["suspicious"] else "no"}
+
+
 def _resolve(base: Path, value: str) -> Path:
     path = Path(value.strip())
     return path if path.is_absolute() else base / path
@@ -112,13 +122,7 @@ def diagnose_pairs(predictor: Predictor, pairs_csv: Path, out_csv: Path, progres
             failures.append(f"{pairs_csv}: line {job['line']} ({job['id']}): {e}")
             results.append({**result, "status": "error", "error": str(e)})
             continue
-        top, p = prediction.top("DIAG")
-        sp = prediction.seven_point
-        results.append({**result, "status": "ok", "error": "", "diagnosis": top, "diagnosis_probability": f"{p:.4f}",
-                        **{f"p_DIAG_{c}": f"{v:.4f}" for c, v in prediction.probabilities["DIAG"].items()},
-                        **{t: prediction.top(t)[0] for t in L.TASK_KEYS[1:]},
-                        "seven_point_score": sp["score"], "expected_score": f"{sp['expected_score']:.3f}",
-                        "reading": sp["reading"], "suspicious": "yes" if sp["suspicious"] else "no"})
+        results.append({**result, "status": "ok", "error": "", **result_fields(prediction.to_dict())})
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_csv.with_name(out_csv.name + ".partial")
     with open(tmp, "w", newline="", encoding="utf-8") as f:
