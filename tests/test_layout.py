@@ -11,7 +11,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 MAX_TRACKED_BYTES = 5 * 1024 * 1024
 
-# Everything `diagnose`, `bench` on a bundle and `engine build` import.
+# Everything `diagnose`, `bench` on a bundle, `engine build` and `serve` import.
 DEVICE_MODULES = (
     "edgederm", "edgederm.cli", "edgederm.errors", "edgederm.labels", "edgederm.preprocess",
     "edgederm.checksums", "edgederm.staging", "edgederm.data.release", "edgederm.data.inputs",
@@ -19,6 +19,8 @@ DEVICE_MODULES = (
     "edgederm.runtime.predictor", "edgederm.runtime.prediction", "edgederm.runtime.diagnose",
     "edgederm.runtime.onnxruntime_backend", "edgederm.runtime.tensorrt_backend", "edgederm.export.engine",
     "edgederm.benchmarks.bench", "edgederm.benchmarks.host", "edgederm.benchmarks.report", "edgederm.benchmarks.photos",
+    "edgederm.serve.app", "edgederm.serve.store", "edgederm.serve.access", "edgederm.serve.server",
+    "edgederm.serve.process",
 )
 HEAVY = ("torch", "timm", "nncf", "sklearn", "matplotlib", "openvino", "onnx")
 

@@ -53,10 +53,14 @@ function renderResult(kase) {
     const t = p.tasks[task.key];
     const row = criteria.insertRow();
     cell(row, task.title);
-    cell(row, className(task.key, t.top));
-    cell(row, percent(t.probability), "num");
+    const finding = cell(row, className(task.key, t.top));
     const add = points.get(`${task.key} ${t.top}`);
-    cell(row, add ? `+${add}` : "0", "num");
+    if (add) {
+      const strong = document.createElement("strong");
+      strong.textContent = ` +${add}`;
+      finding.appendChild(strong);
+    }
+    cell(row, percent(t.probability), "num");
   }
   const diagnosis = $("diagnosis").tBodies[0];
   diagnosis.replaceChildren();
@@ -88,8 +92,7 @@ async function loadCases() {
     cell(row, kase.created.slice(11, 16));
     cell(row, kase.visit_id || `case ${kase.id}`);
     cell(row, className("DIAG", kase.prediction.tasks.DIAG.top));
-    cell(row, String(sp.score), "num");
-    cell(row, sp.suspicious ? "refer" : "not suspicious", sp.suspicious ? "refer" : "");
+    cell(row, `${sp.score}: ${sp.suspicious ? "refer" : "not suspicious"}`, sp.suspicious ? "refer" : "");
     const open = document.createElement("button");
     open.type = "button";
     open.className = "link";
