@@ -170,7 +170,11 @@ def decode_image(data: bytes, source: str, min_side: int | None = None) -> np.nd
     if _looks_truncated(data):
         raise ImageError(f"{source}: truncated image (the file ends before the image data does)")
     reduction = jpeg_reduction(data, min_side)
-    img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), _REDUCED_FLAGS[reduction] if reduction > 1 else _DECODE_FLAGS)
+    try:
+        img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8),
+                           _REDUCED_FLAGS[reduction] if reduction > 1 else _DECODE_FLAGS)
+    except cv2.error as e:     # e.g. a BMP header claiming more pixels than OpenCV allows
+        raise ImageError(f"{source}: cannot be decoded ({str(e).strip().splitlines()[-1][:120]})") from None
     if img is None:
         raise ImageError(f"{source}: not a readable image (corrupt, or a format OpenCV cannot decode)")
     if img.ndim == 2 or img.shape[2] == 1:

@@ -18,17 +18,30 @@ added to the bundle's manifest. No torch, numpy only through tensorrt itself.
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 from edgederm.errors import EdgeDermError
 from edgederm.runtime.bundle import read_manifest, write_manifest
-from edgederm.runtime.device import INSTALL_HINT, device_facts
+from edgederm.runtime.device import INSTALL_HINT, device_facts, missing_facts
 
 ENGINE_FILE = "model.engine"
 TIMING_CACHE = "timing.cache"
 ONNX_FOR = {"int8": "model.int8.onnx", "fp16": "model.fp16.onnx"}
+JETPACK_TRTEXEC = "/usr/src/tensorrt/bin/trtexec"     # JetPack installs trtexec here, not on PATH
+
+
+def trtexec_path() -> str:
+    return shutil.which("trtexec") or JETPACK_TRTEXEC
+
+
+def batch_profiles(max_batch: int) -> list[tuple[int, int, int]]:
+    """(min, opt, max) batch of each optimisation profile: batch 1 on its own (a clinic diagnoses one pair
+    at a time, and kernels tuned for a larger batch are slower there), and 2..max_batch tuned for max_batch
+    (`bench --batch 4,8`, `diagnose --pairs`). The runtime picks the profile by batch size."""
+    return [(1, 1, 1)] + ([(2, max_batch, max_batch)] if max_batch > 1 else [])
 
 
 class EngineError(EdgeDermError):
@@ -59,36 +72,66 @@ class BuildPlan:
 
 def trtexec_command(plan: BuildPlan, onnx: Path, engine: Path, cache: Path, workspace_mb: int,
                     shapes: dict[str, tuple[list[int], list[int], list[int]]]) -> str:
-    """The trtexec line that builds the same engine by hand."""
+    """The trtexec line that builds an engine from the same graph by hand, with one profile for `shapes`
+    (min, opt, max per input). trtexec is not on PATH on a Jetson: JetPack puts it in /usr/src/tensorrt/bin."""
     def fmt(i: int) -> str:
         return ",".join(f"{name}:{'x'.join(map(str, s[i]))}" for name, s in shapes.items())
-    parts = ["trtexec", f"--onnx={onnx}", f"--saveEngine={engine}", f"--timingCacheFile={cache}",
+    parts = [trtexec_path(), f"--onnx={onnx}", f"--saveEngine={engine}", f"--timingCacheFile={cache}",
              f"--workspace={workspace_mb}" if plan.major < 10 else f"--memPoolSize=workspace:{workspace_mb}M",
              f"--minShapes={fmt(0)}", f"--optShapes={fmt(1)}", f"--maxShapes={fmt(2)}"]
     parts += ["--" + flag.lower() for flag in plan.builder_flags]
     return " ".join(parts)
 
 
+def _timing_cache(trt, config, cache_path: Path, log):
+    """The builder config's timing cache: the bundle's, when TensorRT accepts it; a new one when it is from
+    another GPU or TensorRT version (set_timing_cache returns False for those, and the build would then
+    have no cache to save)."""
+    if cache_path.is_file():
+        cache = config.create_timing_cache(cache_path.read_bytes())
+        if cache is not None and config.set_timing_cache(cache, False):
+            return cache
+        log(f"{cache_path.name} is from another GPU or TensorRT version: starting a new one")
+    cache = config.create_timing_cache(b"")
+    if cache is None or not config.set_timing_cache(cache, False):
+        raise EngineError(f"{cache_path.parent}: TensorRT refused a new, empty timing cache")
+    return cache
+
+
+def _write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
 def build_engine(bundle: str | Path, precision: str | None = None, workspace_mb: int = 1024,
-                 max_batch: int = 8, log=print) -> Path:
+                 max_batch: int = 8, log=print, trt=None, facts: dict | None = None) -> Path:
+    """`trt` and `facts` are for tests: a fake tensorrt module and this device's facts."""
     bundle = Path(bundle)
     manifest = read_manifest(bundle)
     if manifest.get("target") != "jetson":
         raise EngineError(f"{bundle}: a {manifest.get('target')} bundle; engines are built from jetson bundles "
                           "(`edgederm export --target jetson`)")
+    if max_batch < 1:
+        raise EngineError(f"--max-batch must be at least 1, got {max_batch}")
     precision = precision or manifest["precision"]
     onnx_path = bundle / ONNX_FOR.get(precision, "")
     if precision not in ONNX_FOR or not onnx_path.is_file():
         raise EngineError(f"{bundle}: has no {precision} graph (it holds {', '.join(manifest['graphs'])})")
-    try:
-        import tensorrt as trt
-    except ImportError:
-        raise EngineError(INSTALL_HINT) from None
+    if trt is None:
+        try:
+            import tensorrt as trt
+        except ImportError:
+            raise EngineError(INSTALL_HINT) from None
+    facts = device_facts(trt.__version__) if facts is None else facts
+    unreadable = missing_facts(facts)
+    if unreadable:     # the runtime could never check such an engine against its device
+        raise EngineError(f"{bundle}: cannot read this device's {', '.join(unreadable)} (CUDA driver API); "
+                          "an engine built here could not be checked where it runs")
 
     plan = BuildPlan.for_version(trt.__version__, precision)
     size = manifest["preprocess"]["size"]
-    shapes = {i["name"]: ([1, 3, size, size], [1, 3, size, size], [max_batch, 3, size, size])
-              for i in manifest["inputs"]}
+    profiles = batch_profiles(max_batch)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH) if plan.explicit_batch_flag else 0
@@ -101,13 +144,14 @@ def build_engine(bundle: str | Path, precision: str | None = None, workspace_mb:
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
     for flag in plan.builder_flags:
         config.set_flag(getattr(trt.BuilderFlag, flag))
-    profile = builder.create_optimization_profile()
-    for name, (low, opt, high) in shapes.items():
-        profile.set_shape(name, low, opt, high)
-    config.add_optimization_profile(profile)
+    for low, opt, high in profiles:
+        profile = builder.create_optimization_profile()
+        for i in manifest["inputs"]:
+            profile.set_shape(i["name"], [low, 3, size, size], [opt, 3, size, size], [high, 3, size, size])
+        if config.add_optimization_profile(profile) < 0:
+            raise EngineError(f"{bundle}: TensorRT refused the optimisation profile for batch {low}-{high}")
     cache_path = bundle / TIMING_CACHE
-    cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
-    config.set_timing_cache(cache, False)
+    _timing_cache(trt, config, cache_path, log)
 
     log(f"building a {precision} engine with TensorRT {trt.__version__} (this takes minutes on a Jetson)")
     serialized = builder.build_serialized_network(network, config)
@@ -115,15 +159,23 @@ def build_engine(bundle: str | Path, precision: str | None = None, workspace_mb:
         raise EngineError(f"{bundle}: TensorRT could not build the engine (see its log above); "
                           f"try a larger --workspace-mb than {workspace_mb}")
     engine_path = bundle / ENGINE_FILE
-    for path, data in ((engine_path, bytes(serialized)), (cache_path, bytes(config.get_timing_cache().serialize()))):
-        tmp = path.with_name(path.name + ".partial")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+    _write(engine_path, bytes(serialized))
+    timing = config.get_timing_cache()
+    if timing is not None:
+        _write(cache_path, bytes(timing.serialize()))
     manifest.pop("files", None)
     manifest["engine"] = {"file": ENGINE_FILE, "precision": precision, "onnx": onnx_path.name,
                           "workspace_mb": workspace_mb, "max_batch": max_batch,
-                          "built": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                          **device_facts(trt.__version__)}
+                          "profiles": [[low, high] for low, _, high in profiles],
+                          "built": datetime.now(timezone.utc).isoformat(timespec="seconds"), **facts}
+    if precision != manifest["precision"]:
+        # the engine runs the other graph: the bundle's accuracy figures are the exported graph's, not its own
+        manifest["engine"]["metrics"] = None
+        manifest["engine"]["note"] = (f"built from {onnx_path.name}; the manifest's metrics are those of the "
+                                      f"{manifest['precision']} graph")
     write_manifest(bundle, manifest)
-    log("equivalent: " + trtexec_command(plan, onnx_path, engine_path, cache_path, workspace_mb, shapes))
+    shapes = {i["name"]: ([1, 3, size, size], [1, 3, size, size], [max_batch, 3, size, size])
+              for i in manifest["inputs"]}
+    log("by hand, with one profile for batch 1 to " + str(max_batch) + ": "
+        + trtexec_command(plan, onnx_path, engine_path, cache_path, workspace_mb, shapes))
     return engine_path

@@ -239,15 +239,17 @@ JetPack release in the manifest, and prints the trtexec line below.
 ## By hand
 
 1. Check the files: `sha256sum {graph}` must equal its `sha256` in manifest.json.
-2. Build (TensorRT 8.5-10.x, as shipped by JetPack 5.1-7.2):
+2. Build (JetPack 6.1 / 6.2: TensorRT 10.3; JetPack 6.0: TensorRT 8.6; trtexec is in
+   /usr/src/tensorrt/bin on a Jetson):
 
-       trtexec --onnx={graph} --saveEngine=model.engine --timingCacheFile=timing.cache \\
-         --memPoolSize=workspace:1024M {flags} \\
+       /usr/src/tensorrt/bin/trtexec --onnx={graph} --saveEngine=model.engine \\
+         --timingCacheFile=timing.cache --memPoolSize=workspace:1024M {flags} \\
          --minShapes={shapes.format(1, 1)} --optShapes={shapes.format(1, 1)} \\
          --maxShapes={shapes.format(8, 8)}
 
-   On TensorRT 8.5 use `--workspace=1024` instead of `--memPoolSize`. On TensorRT 11
+   On TensorRT 8.6 use `--workspace=1024` instead of `--memPoolSize`. On TensorRT 11
    drop `{flags}`: networks are strongly typed and take their precision from the graph.
+   `edgederm engine build` also adds a second optimisation profile tuned for batch 8.
 3. Inputs: `clinical` and `dermoscopy`, float32 N x 3 x {size} x {size}, RGB, resized to
    {size} x {size} ({manifest['preprocess']['resize']}), scaled to [0, 1], normalised with mean
    {list(manifest['preprocess']['mean'])} and std {list(manifest['preprocess']['std'])}.

@@ -95,7 +95,7 @@ def test_qdq_graph_is_what_tensorrt_explicit_quantization_needs(bundles):
     assert fp16.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT     # float32 io
     assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in fp16.graph.initializer)
     readme = (bundles["jetson-int8"] / "README.md").read_text()
-    assert "trtexec --onnx=model.int8.onnx" in readme and "edgederm engine build" in readme
+    assert "/usr/src/tensorrt/bin/trtexec --onnx=model.int8.onnx" in readme and "edgederm engine build" in readme
 
 
 def test_a_changed_byte_is_refused(bundles, tmp_path):
@@ -189,7 +189,7 @@ def test_engine_build_with_tensorrt(bundles, tmp_path):
     assert result.exit_code == 0, result.output
     manifest = read_manifest(copy)
     assert manifest["engine"]["file"] == "model.engine" and "tensorrt" in manifest["engine"]
-    assert "trtexec --onnx=" in result.output
+    assert "trtexec --onnx=" in result.output and manifest["engine"]["profiles"] == [[1, 1], [2, 8]]
 
 
 def test_targets_exported_side_by_side_equal_one_at_a_time(bundles, trained_run, synthetic_release, tmp_path):

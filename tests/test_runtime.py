@@ -80,7 +80,7 @@ def test_tensorrt_bundle_without_engine_says_how_to_build_it(bundles):
 
 def test_engine_built_elsewhere_is_refused_with_the_fix():
     from edgederm.runtime.tensorrt_backend import engine_mismatch
-    recorded = {"tensorrt": "10.3.0", "gpu": "Orin", "compute_capability": "8.7", "l4t": "36.4.0"}
+    recorded = {"tensorrt": "10.3.0", "gpu": "Orin", "compute_capability": "8.7", "sm_count": 16, "l4t": "36.4.0"}
     assert engine_mismatch(recorded, dict(recorded)) == []
     assert engine_mismatch(recorded, {**recorded, "tensorrt": "8.6.2"}) == ["tensorrt 10.3.0 (here 8.6.2)"]
 

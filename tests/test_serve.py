@@ -25,6 +25,7 @@ from edgederm.serve.server import build_clinic
 from edgederm.serve.store import SCHEMA_VERSION, BundleIdentity, CaseStore, Photo, StoreError
 
 BUNDLE = BundleIdentity("tiny-onnx-fp32", "fp32", "0" * 64)
+LOCAL = "http://127.0.0.1:8000"          # the Host a browser on this machine sends
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,7 @@ def photos(synthetic_release) -> list[tuple[Path, Path]]:
 @pytest.fixture
 def client(bundles, tmp_path):
     clinic, _ = build_clinic(bundles["onnx-fp32"], tmp_path / "clinic")
-    with TestClient(create_app(clinic)) as c:
+    with TestClient(create_app(clinic), base_url=LOCAL) as c:
         c.clinic = clinic
         yield c
     clinic.store.close()
@@ -113,7 +114,7 @@ def test_a_case_gives_the_same_answer_as_diagnose_and_lands_in_the_csv(client, p
     assert case["prediction"]["disclaimer"].startswith("EdgeDerm is decision support")
     assert client.post("/api/cases", files=_files(clinical2, derm2)).status_code == 201
     listed = client.get("/api/cases").json()
-    assert [c["visit_id"] for c in listed] == ["", "V-17"]
+    assert listed["day"] == case["day"] and [c["visit_id"] for c in listed["cases"]] == ["", "V-17"]
     assert client.get(f"/api/cases/{case['id']}").json() == case
     photo = client.get(f"/api/cases/{case['id']}/photo/derm")
     assert photo.status_code == 200 and photo.content == derm.read_bytes() and photo.headers["content-type"] == "image/jpeg"
@@ -147,7 +148,7 @@ def test_bad_photos_are_a_clear_4xx(client, photos, make, status, message):
     response = client.post("/api/cases", files=_files(make(clinical.read_bytes()), derm))
     assert response.status_code == status, response.text
     assert message in response.json()["detail"] and "Traceback" not in response.text
-    assert client.get("/api/cases").json() == []              # nothing stored
+    assert client.get("/api/cases").json()["cases"] == []              # nothing stored
 
 
 def test_16_bit_and_rgba_photos_are_taken(client, photos):
@@ -166,12 +167,19 @@ def test_requests_that_are_not_a_case(client, photos, bundles, tmp_path):
     assert client.post("/api/cases", data={"visit_id": "x"}).status_code == 415
     long_visit = client.post("/api/cases", files=_files(clinical, derm), data={"visit_id": "v" * 65})
     assert long_visit.status_code == 422 and "at most 64" in long_visit.json()["detail"]
-    assert client.get("/api/cases?day=../../etc").status_code == 400
-    assert client.get("/api/cases/1/photo/..%2f..%2fcases.sqlite3").status_code == 404
-    assert client.get("/static/../cases.sqlite3").status_code == 404
+    for day in ("../../etc", "2026-01-01\n", "２０２６-01-01", "2026-13-01"):
+        assert client.get("/api/cases", params={"day": day}).status_code == 400, day
+        assert client.get("/api/cases.csv", params={"day": day}).status_code == 400, day
+    assert client.get("/api/cases", params={"day": "2000-01-01"}).json() == {"day": "2000-01-01", "cases": []}
+    assert client.post("/api/cases", files=_files(clinical, derm)).status_code == 201
+    assert client.get("/api/cases/1/photo/passwd").status_code == 404           # only clinical / derm
+    assert client.get("/static/%2e%2e/cases.sqlite3").status_code == 404
     assert client.get("/api/cases/12345").status_code == 404
+    broken = client.post("/api/cases", content=b"--x\r\nContent-Disposition: form-data; name=\"clinical\"\r\n",
+                         headers={"content-type": "multipart/form-data; boundary=x"})
+    assert broken.status_code in (400, 422) and "Traceback" not in broken.text
     small, _ = build_clinic(bundles["onnx-fp32"], tmp_path / "small", max_upload_mb=0.01)
-    with TestClient(create_app(small)) as capped:
+    with TestClient(create_app(small), base_url=LOCAL) as capped:
         response = capped.post("/api/cases", files=_files(clinical, derm))
         assert response.status_code == 413 and "0.01 MB limit" in response.json()["detail"]
 
@@ -210,15 +218,15 @@ def test_lan_access_needs_the_code_printed_once(bundles, tmp_path, photos):
     clinic.store.close()
     clinic, again = build_clinic(bundles["onnx-fp32"], data, host="0.0.0.0")
     assert again is None                                                     # printed once
-    with TestClient(create_app(clinic)) as c:
+    with TestClient(create_app(clinic), base_url="http://192.168.1.20:8000") as c:
         assert c.get("/api/info").status_code == 401
         page = c.get("/", follow_redirects=False)
         assert page.status_code == 303 and page.headers["location"] == "/login"
         assert c.get("/login").status_code == 200 and c.get("/static/app.css").status_code == 200
         assert c.post("/login", data={"code": "0000-0000-0000"}).status_code == 401
-        c.cookies.set(COOKIE, "1.2.forged")
-        assert c.get("/api/info").status_code == 401
-        c.cookies.clear()
+        for forged in ("1.2.forged", "1.2.\xe4", "x"):    # a non-ASCII cookie once made compare_digest raise
+            response = c.get("/api/info", headers={"cookie": f"{COOKIE}={forged}".encode("latin-1")})
+            assert response.status_code == 401 and "content-security-policy" in response.headers
         ok = c.post("/login", data={"code": code}, follow_redirects=False)
         assert ok.status_code == 303 and COOKIE in ok.cookies
         assert "httponly" in ok.headers["set-cookie"].lower() and "samesite=strict" in ok.headers["set-cookie"].lower()
@@ -255,7 +263,7 @@ from fastapi.testclient import TestClient
 from edgederm.serve.app import create_app
 from edgederm.serve.server import build_clinic
 clinic, _ = build_clinic({str(bundles['onnx-fp32'])!r}, {str(tmp_path / 'clinic')!r})
-c = TestClient(create_app(clinic))
+c = TestClient(create_app(clinic), base_url="http://127.0.0.1:8000")
 files = {{"clinical": ("c.jpg", open({str(clinical)!r}, "rb").read()), "derm": ("d.jpg", open({str(derm)!r}, "rb").read())}}
 r = c.post("/api/cases", files=files)
 assert r.status_code == 201, r.text
@@ -264,3 +272,43 @@ print(r.json()["prediction"]["seven_point"]["score"])
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().isdigit()
+
+
+def test_other_sites_and_other_host_names_are_refused(client, photos):
+    """A page on another site may post a form to 127.0.0.1, and a DNS-rebinding page may read from it under
+    its own host name: the app answers neither."""
+    clinical, derm = photos[0]
+    foreign = client.post("/api/cases", files=_files(clinical, derm), headers={"origin": "https://evil.example"})
+    assert foreign.status_code == 403
+    assert client.post("/api/cases", files=_files(clinical, derm),
+                       headers={"sec-fetch-site": "cross-site"}).status_code == 403
+    assert client.post("/api/cases", files=_files(clinical, derm), headers={"origin": LOCAL}).status_code == 201
+    assert client.get("/api/cases", headers={"host": "rebound.example:8000"}).status_code == 421
+    assert client.get("/api/cases", headers={"host": "localhost:8000"}).status_code == 200
+    assert len(client.get("/api/cases").json()["cases"]) == 1
+
+
+def test_only_formats_sized_from_the_header_are_taken(client, photos):
+    """A few bytes of BMP can claim 50000 x 50000 pixels; the app takes JPEG and PNG, whose size is read
+    from the header before any decoding."""
+    clinical, derm = photos[0]
+    bmp = b"BM" + b"\x00" * 16 + (50000).to_bytes(4, "little") * 2 + b"\x01\x00\x18\x00" + b"\x00" * 30
+    response = client.post("/api/cases", files=_files(bmp, derm))
+    assert response.status_code == 422 and "not a JPEG or PNG photo" in response.json()["detail"]
+
+
+def test_a_store_that_cannot_write_is_503_not_the_photos_fault(client, photos, monkeypatch):
+    def full(*args, **kwargs):
+        raise StoreError("cases.sqlite3: cannot record the case (database or disk is full)")
+    monkeypatch.setattr(client.clinic.store, "add", full)
+    clinical, derm = photos[0]
+    response = client.post("/api/cases", files=_files(clinical, derm))
+    assert response.status_code == 503 and "nothing was stored" in response.json()["detail"]
+
+
+def test_the_csv_never_hands_a_spreadsheet_a_formula(client, photos):
+    clinical, derm = photos[0]
+    files = _files(clinical, derm, names=("=HYPERLINK(1).jpg", "d.jpg"))
+    assert client.post("/api/cases", files=files, data={"visit_id": "=cmd|' /C calc'!A0"}).status_code == 201
+    row = next(csv.DictReader(io.StringIO(client.get("/api/cases.csv").text)))
+    assert row["id"].startswith("'=") and row["clinical"].startswith("'=")

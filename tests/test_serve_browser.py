@@ -49,7 +49,7 @@ def test_a_clinic_day_in_the_browser(bundles, synthetic_release, tmp_path):
             page.locator("#submit").focus()
             page.keyboard.press("Enter")
             expect(page.locator("#result")).to_be_visible(timeout=30_000)
-            stored = json_get(f"{url}api/cases")
+            stored = json_get(f"{url}api/cases")["cases"]
             assert len(stored) == 1 and stored[0]["visit_id"] == "V-2026-001"
             score = stored[0]["prediction"]["seven_point"]["score"]
             expect(page.locator("#score")).to_contain_text(f"Seven-point checklist score {score} ")

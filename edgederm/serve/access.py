@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import json
 import os
 import secrets
@@ -31,7 +32,14 @@ _SCRYPT = {"n": 2 ** 14, "r": 8, "p": 1}
 
 
 def is_loopback(host: str) -> bool:
-    return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
+    """True for a loopback address (127.0.0.0/8, ::1) or 'localhost'; a host name that merely starts with
+    "127." is not one."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _hash(code: str, salt: bytes) -> str:
@@ -75,21 +83,26 @@ class AccessCode:
         return cls(path, salt, record["hash"], key), code
 
     # --- codes ----------------------------------------------------------------
-    def wait_seconds(self, client: str) -> int:
-        """Seconds this client must wait before trying again (0: may try now)."""
+    def try_code(self, code: str, client: str) -> tuple[bool, int]:
+        """(accepted, seconds to wait before trying again). The attempt is counted before the code is checked,
+        so parallel guesses cannot all slip under the limit; a right code takes its count back. Runs scrypt
+        (tens of ms): call it off the event loop."""
+        now = time.monotonic()
         with self._lock:
-            recent = [t for t in self._failures.get(client, []) if time.monotonic() - t < WAIT_SECONDS]
-            self._failures[client] = recent
-            if len(recent) < FAILURES_BEFORE_WAIT:
-                return 0
-            return max(1, int(WAIT_SECONDS - (time.monotonic() - recent[-FAILURES_BEFORE_WAIT])))
-
-    def check(self, code: str, client: str) -> bool:
+            for address in [a for a, times in self._failures.items() if now - times[-1] >= WAIT_SECONDS]:
+                del self._failures[address]                     # forget addresses that stopped trying
+            recent = [t for t in self._failures.get(client, []) if now - t < WAIT_SECONDS]
+            if len(recent) >= FAILURES_BEFORE_WAIT:
+                self._failures[client] = recent
+                return False, max(1, int(WAIT_SECONDS - (now - recent[-FAILURES_BEFORE_WAIT])))
+            self._failures[client] = recent + [now]
         ok = hmac.compare_digest(_hash(_normalise(code), self._salt), self._hash)
-        if not ok:
+        if ok:
             with self._lock:
-                self._failures.setdefault(client, []).append(time.monotonic())
-        return ok
+                times = self._failures.get(client, [])
+                if now in times:
+                    times.remove(now)
+        return ok, 0
 
     # --- sessions -------------------------------------------------------------
     def new_session(self) -> str:
@@ -98,8 +111,11 @@ class AccessCode:
         return f"{issued}.{nonce}.{self._sign(issued, nonce)}"
 
     def valid_session(self, cookie: str | None) -> bool:
+        """Never raises: any cookie that is not one this key signed in the last SESSION_HOURS is False."""
+        if not cookie or not cookie.isascii():          # compare_digest raises on non-ASCII str
+            return False
         try:
-            issued, nonce, signature = (cookie or "").split(".")
+            issued, nonce, signature = cookie.split(".")
             age = time.time() - int(issued)
         except ValueError:
             return False

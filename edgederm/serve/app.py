@@ -23,8 +23,10 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import os
 import re
 import threading
+from datetime import date
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -42,13 +44,14 @@ from edgederm.errors import EdgeDermError
 from edgederm.preprocess import decode_image, preprocess_image
 from edgederm.runtime import DISCLAIMER, Prediction, Predictor
 from edgederm.runtime.diagnose import RESULT_COLUMNS, result_fields
-from edgederm.serve.access import COOKIE, SESSION_HOURS, AccessCode
-from edgederm.serve.store import BundleIdentity, CaseStore, Photo, today
+from edgederm.serve.access import COOKIE, SESSION_HOURS, AccessCode, is_loopback
+from edgederm.serve.store import BundleIdentity, CaseStore, Photo, StoreError, today
 
 STATIC = files("edgederm.serve") / "static"
 VISIT_ID_MAX = 64
 NAME_MAX = 120
-_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+LOOPBACK_NAMES = {"127.0.0.1", "localhost", "::1"}
 # The page needs nothing but its own files; blob: lets it preview the photos chosen on this device.
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' blob:; object-src 'none'; base-uri 'none'; "
@@ -58,8 +61,7 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
     "Cache-Control": "no-store",
 }
-_SUFFIXES = ((b"\xff\xd8", ".jpg", "image/jpeg"), (b"\x89PNG", ".png", "image/png"), (b"BM", ".bmp", "image/bmp"),
-             (b"II*\x00", ".tif", "image/tiff"), (b"MM\x00*", ".tif", "image/tiff"))
+_SUFFIXES = ((b"\xff\xd8", ".jpg", "image/jpeg"), (b"\x89PNG", ".png", "image/png"))
 log = logging.getLogger("edgederm.serve")
 
 
@@ -69,9 +71,13 @@ def bundle_identity(predictor: Predictor) -> BundleIdentity:
 
 
 def _kind(data: bytes) -> tuple[str, str]:
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return ".webp", "image/webp"
     return next(((s, t) for magic, s, t in _SUFFIXES if data.startswith(magic)), (".img", "application/octet-stream"))
+
+
+# What the app takes: the formats whose pixel count edgederm.preprocess reads from the header before decoding
+# (a few bytes of BMP, TIFF or WebP can claim gigapixels). Phones and dermatoscopes save JPEG; browsers
+# hand over camera photos as JPEG.
+TAKEN = {".jpg", ".png"}
 
 
 @dataclass
@@ -88,17 +94,25 @@ class Upload:
 class Clinic:
     """The app's state: one predictor (model calls serialised), the case store, the access code."""
 
-    def __init__(self, predictor: Predictor, store: CaseStore, access: AccessCode | None, max_upload_mb: float):
-        self.predictor, self.store, self.access = predictor, store, access
+    def __init__(self, predictor: Predictor, store: CaseStore, access: AccessCode | None, max_upload_mb: float,
+                 host: str = "127.0.0.1"):
+        self.predictor, self.store, self.access, self.host = predictor, store, access, host
         self.max_upload_bytes = int(max_upload_mb * 1024 * 1024)
         self.bundle = bundle_identity(predictor)
         self._model_lock = threading.Lock()
+        # decoded photos are the app's big allocations (up to 150 MP x 3 bytes each): a few at a time
+        self._decoding = threading.BoundedSemaphore(max(2, os.cpu_count() or 2))
 
     def diagnose(self, visit_id: str, clinical: Upload, derm: Upload) -> dict:
         """Decode, predict and store one case; EdgeDermError for a photo the model cannot take."""
+        for upload in (clinical, derm):
+            if _kind(upload.data)[0] not in TAKEN:
+                raise EdgeDermError(f"{upload.source}: not a JPEG or PNG photo (the formats the app takes)")
         cfg = self.predictor.preprocess
-        inputs = [preprocess_image(decode_image(u.data, u.source, cfg.min_decoded_side), cfg, u.source)
-                  for u in (clinical, derm)]
+        inputs = []
+        for u in (clinical, derm):
+            with self._decoding:
+                inputs.append(preprocess_image(decode_image(u.data, u.source, cfg.min_decoded_side), cfg, u.source))
         with self._model_lock:
             row = self.predictor.run(inputs[0][None], inputs[1][None])[0]
         prediction = Prediction.from_row(row, self.predictor.clinical).to_dict()
@@ -122,9 +136,17 @@ class Clinic:
 def _day(day: str | None) -> str:
     if day is None:
         return today()
-    if not _DAY.match(day):
-        raise HTTPException(400, f"day must be YYYY-MM-DD, got {day[:20]!r}")
-    return day
+    try:
+        if _DAY.fullmatch(day):
+            return date.fromisoformat(day).isoformat()
+    except ValueError:
+        pass
+    raise HTTPException(400, f"day must be a date, YYYY-MM-DD, got {day[:20]!r}")
+
+
+def _csv_text(value: str) -> str:
+    """A cell a spreadsheet will not run as a formula (visit ids and file names come from users)."""
+    return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
 
 
 async def _capped_body(request: Request, limit: int) -> bytes:
@@ -189,19 +211,35 @@ def create_app(clinic: Clinic) -> FastAPI:
     app = FastAPI(title="EdgeDerm clinic", docs_url=None, redoc_url=None, openapi_url=None)
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
+    local = is_loopback(clinic.host)
+
+    def refusal(request: Request):
+        """Why this request may not proceed, as a response; None when it may."""
+        hostname = (request.url.hostname or "").strip("[]")
+        if local and hostname not in LOOPBACK_NAMES:
+            # DNS rebinding: a web page whose name resolves to 127.0.0.1 would otherwise read the cases
+            return JSONResponse({"detail": f"unknown host {hostname[:60]!r}: open http://127.0.0.1:{request.url.port}/"},
+                                421)
+        if request.method not in ("GET", "HEAD"):
+            origin = request.headers.get("origin")
+            same = origin is None or origin == f"{request.url.scheme}://{request.url.netloc}"
+            if not same or request.headers.get("sec-fetch-site") == "cross-site":
+                # another site's page posting into the clinic's store (browsers post forms cross-site freely)
+                return JSONResponse({"detail": "requests from other sites are refused"}, 403)
         open_paths = request.url.path.startswith("/static/") or request.url.path == "/login"
         if clinic.access is not None and not open_paths and not clinic.access.valid_session(
                 request.cookies.get(COOKIE)):
-            response = (JSONResponse({"detail": "access code needed: open the page and enter it"}, 401)
-                        if request.url.path.startswith("/api/") else RedirectResponse("/login", 303))
-        else:
-            try:
-                response = await call_next(request)
-            except Exception:        # never a traceback to the browser; the server log has it
-                log.exception("request failed: %s %s", request.method, request.url.path)
-                response = JSONResponse({"detail": "internal error: see the server's log"}, 500)
+            return (JSONResponse({"detail": "access code needed: open the page and enter it"}, 401)
+                    if request.url.path.startswith("/api/") else RedirectResponse("/login", 303))
+        return None
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        try:
+            response = refusal(request) or await call_next(request)
+        except Exception:        # never a traceback to the browser; the server log has it
+            log.exception("request failed: %s %s", request.method, request.url.path)
+            response = JSONResponse({"detail": "internal error: see the server's log"}, 500)
         response.headers.update(SECURITY_HEADERS)
         return response
 
@@ -217,12 +255,15 @@ def create_app(clinic: Clinic) -> FastAPI:
     async def login(request: Request):
         if clinic.access is None:
             return RedirectResponse("/", 303)
+        try:
+            form = await request.form(max_files=0, max_fields=1, max_part_size=256)
+        except MultiPartException:
+            return HTMLResponse(_login_page("Enter the access code."), 400)
         client = request.client.host if request.client else "?"
-        wait = clinic.access.wait_seconds(client)
+        ok, wait = await run_in_threadpool(clinic.access.try_code, str(form.get("code") or ""), client)
         if wait:
             return HTMLResponse(_login_page(f"Too many wrong codes: wait {wait} s and try again."), 429)
-        form = await request.form(max_files=0, max_fields=1, max_part_size=256)
-        if not clinic.access.check(str(form.get("code") or ""), client):
+        if not ok:
             return HTMLResponse(_login_page("Wrong access code."), 401)
         response = RedirectResponse("/", 303)
         response.set_cookie(COOKIE, clinic.access.new_session(), max_age=SESSION_HOURS * 3600, httponly=True,
@@ -238,12 +279,17 @@ def create_app(clinic: Clinic) -> FastAPI:
         visit_id, clinical, derm = await _read_case_form(request, clinic.max_upload_bytes)
         try:
             return await run_in_threadpool(clinic.diagnose, visit_id, clinical, derm)
-        except EdgeDermError as e:       # a photo the model cannot take; the store's own errors too
+        except StoreError as e:          # the device's fault (disk full, folder gone), not the photos'
+            log.error("%s", e)
+            raise HTTPException(503, f"the case could not be saved ({e}); nothing was stored") from None
+        except EdgeDermError as e:       # a photo the model cannot take
             raise HTTPException(422, str(e)) from None
 
     @app.get("/api/cases")
     def cases(day: str | None = None):
-        return [c.to_dict() for c in clinic.store.on_day(_day(day))]
+        """{"day": the day listed (today unless asked), "cases": newest first}."""
+        day = _day(day)
+        return {"day": day, "cases": [c.to_dict() for c in clinic.store.on_day(day)]}
 
     @app.get("/api/cases.csv")
     def cases_csv(day: str | None = None):
@@ -252,8 +298,8 @@ def create_app(clinic: Clinic) -> FastAPI:
         writer = csv.DictWriter(out, fieldnames=RESULT_COLUMNS, restval="", lineterminator="\n")
         writer.writeheader()
         for case in reversed(clinic.store.on_day(day)):         # oldest first, as the day went
-            writer.writerow({"id": case.visit_id or f"case{case.id}", "clinical": case.clinical_name,
-                             "derm": case.derm_name, "status": "ok", "error": "",
+            writer.writerow({"id": _csv_text(case.visit_id) or f"case{case.id}", "clinical": _csv_text(case.clinical_name),
+                             "derm": _csv_text(case.derm_name), "status": "ok", "error": "",
                              **result_fields(case.prediction)})
         return Response(out.getvalue(), media_type="text/csv; charset=utf-8",
                         headers={"Content-Disposition": f'attachment; filename="edgederm-cases-{day}.csv"'})

@@ -26,7 +26,7 @@ def build_clinic(bundle: Path, data_dir: Path, host: str = "127.0.0.1", max_uplo
     access, new_code = None, None
     if not is_loopback(host):
         access, new_code = AccessCode.load_or_create(data_dir, reset=reset_access_code)
-    return Clinic(predictor, store, access, max_upload_mb), new_code
+    return Clinic(predictor, store, access, max_upload_mb, host=host), new_code
 
 
 def access_note(clinic: Clinic, new_code: str | None) -> str | None:

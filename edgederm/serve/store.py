@@ -32,7 +32,7 @@ DATABASE = "cases.sqlite3"
 PHOTOS = "photos"
 
 _SCHEMA = """
-CREATE TABLE cases (
+CREATE TABLE IF NOT EXISTS cases (
     id              INTEGER PRIMARY KEY AUTOINCREMENT,
     created         TEXT NOT NULL,      -- UTC, ISO 8601
     day             TEXT NOT NULL,      -- the clinic's local date, YYYY-MM-DD: what "today's cases" lists
@@ -46,7 +46,7 @@ CREATE TABLE cases (
     bundle_sha256   TEXT NOT NULL,      -- sha256 of the bundle's manifest.json (which lists every file's)
     prediction      TEXT NOT NULL       -- JSON: edgederm.runtime.Prediction.to_dict()
 );
-CREATE INDEX cases_by_day ON cases(day, id);
+CREATE INDEX IF NOT EXISTS cases_by_day ON cases(day, id);
 """
 
 
@@ -104,20 +104,27 @@ class CaseStore:
     def __init__(self, data_dir: Path):
         self.root = Path(data_dir)
         self.photos = self.root / PHOTOS
+        database = self.root / DATABASE
         try:
-            self.photos.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.root / DATABASE, check_same_thread=False, isolation_level=None)
+            # patients' photos: owner-only folders (an existing folder keeps its mode)
+            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.photos.mkdir(mode=0o700, exist_ok=True)
+            for leftover in self.photos.glob("*/.*.partial"):    # photos a killed server was writing
+                leftover.unlink(missing_ok=True)
+            self._db = sqlite3.connect(database, check_same_thread=False, isolation_level=None)
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:       # refused before anything (even the journal mode) changes
+                self._db.close()
+                raise StoreError(f"{database}: case store schema version {version} is newer than this "
+                                 f"EdgeDerm's ({SCHEMA_VERSION}); use the EdgeDerm that wrote it, or another "
+                                 "--data-dir")
+            self._db.execute("PRAGMA busy_timeout = 5000")
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
-            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version == 0:     # a new store: tables and version in one transaction
+                self._db.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
         except (OSError, sqlite3.Error) as e:
-            raise StoreError(f"{self.root / DATABASE}: cannot open the case store ({e})") from None
-        if version > SCHEMA_VERSION:
-            self._db.close()
-            raise StoreError(f"{self.root / DATABASE}: case store schema version {version} is newer than this "
-                             f"EdgeDerm's ({SCHEMA_VERSION}); use the EdgeDerm that wrote it, or another --data-dir")
-        if version == 0:     # a new store: tables and version in one transaction
-            self._db.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
+            raise StoreError(f"{database}: cannot open the case store ({e})") from None
         self._lock = threading.Lock()
 
     def _transaction(self):
@@ -143,8 +150,10 @@ class CaseStore:
         sha = hashlib.sha256(photo.data).hexdigest()
         path = self.photo_path(sha, photo.suffix)
         if path.is_file() and path.stat().st_size == len(photo.data):
+            # another request may have just renamed it in without its folder synced yet: sync before the row
+            _fsync_dir(path.parent)
             return sha
-        path.parent.mkdir(exist_ok=True)
+        path.parent.mkdir(mode=0o700, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.partial")
         with open(tmp, "wb") as f:
             f.write(photo.data)

@@ -22,9 +22,22 @@ function className(task, cls) {
 }
 
 function showError(message) {
-  $("error").textContent = message;
-  $("error").hidden = !message;
+  const box = $("error");
+  box.textContent = "";
+  box.hidden = !message;
+  // filled after it is shown, so screen readers announce the alert
+  if (message) setTimeout(() => { box.textContent = message; }, 0);
 }
+
+function toLogin(response) {
+  if (response.status === 401) {
+    window.location.assign("/login");
+    return true;
+  }
+  return false;
+}
+
+const localTime = (iso) => new Date(iso).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
 
 async function json(response) {
   try {
@@ -74,7 +87,8 @@ function renderResult(kase) {
     bar.style.width = `${(6 * prob).toFixed(2)}rem`;   // 6 rem = 100 %
     td.prepend(bar);
   }
-  $("made-by").textContent = `Case ${kase.id}${kase.visit_id ? ` (visit ${kase.visit_id})` : ""}, ${kase.created}; `
+  $("made-by").textContent = `Case ${kase.id}${kase.visit_id ? ` (visit ${kase.visit_id})` : ""}, `
+    + `${kase.day} ${localTime(kase.created)}; `
     + `photos ${kase.clinical.name} and ${kase.derm.name}; model ${kase.bundle.name} (${kase.bundle.precision}, `
     + `sha256 ${kase.bundle.sha256.slice(0, 12)}…). ${p.disclaimer}`;
   $("result").hidden = false;
@@ -82,14 +96,21 @@ function renderResult(kase) {
 }
 
 async function loadCases() {
-  const response = await fetch(`/api/cases?day=${info.today}`);
-  const cases = response.ok ? await response.json() : [];
+  // no day asked: the server's today, so a page left open overnight lists the new day
+  const response = await fetch("/api/cases");
+  if (toLogin(response)) return;
+  if (!response.ok) {
+    showError(`Could not list today's cases (the server answered ${response.status}).`);
+    return;
+  }
+  const { day, cases } = await response.json();
+  $("cases-title").textContent = `Today's cases (${day})`;
   const body = $("cases").tBodies[0];
   body.replaceChildren();
   for (const kase of cases) {
     const sp = kase.prediction.seven_point;
     const row = body.insertRow();
-    cell(row, kase.created.slice(11, 16));
+    cell(row, localTime(kase.created));
     cell(row, kase.visit_id || `case ${kase.id}`);
     cell(row, className("DIAG", kase.prediction.tasks.DIAG.top));
     cell(row, `${sp.score}: ${sp.suspicious ? "refer" : "not suspicious"}`, sp.suspicious ? "refer" : "");
@@ -128,6 +149,7 @@ async function submitCase(event) {
   $("status").textContent = "Analysing…";
   try {
     const response = await fetch("/api/cases", { method: "POST", body: new FormData(form) });
+    if (toLogin(response)) return;
     const body = await json(response);
     if (!response.ok) {
       showError(body.detail || `The server answered ${response.status}.`);
@@ -149,6 +171,7 @@ async function submitCase(event) {
 
 async function start() {
   const response = await fetch("/api/info");
+  if (toLogin(response)) return;
   if (!response.ok) {
     showError("EdgeDerm did not answer: is `edgederm serve` still running?");
     return;
@@ -157,8 +180,7 @@ async function start() {
   const b = info.bundle;
   $("bundle").textContent = `Model: ${b.name} (${b.precision}, ${b.backend}), sha256 ${b.sha256.slice(0, 12)}…`;
   $("disclaimer").textContent = info.disclaimer;
-  $("csv").href = `/api/cases.csv?day=${info.today}`;
-  $("cases-title").textContent = `Today's cases (${info.today})`;
+  $("csv").href = "/api/cases.csv";          // the server's today when clicked
   preview($("clinical"), $("clinical-preview"));
   preview($("derm"), $("derm-preview"));
   $("case-form").addEventListener("submit", submitCase);
