@@ -27,7 +27,7 @@ from edgederm.data.synth import sample_labels
 from edgederm.errors import ConfigError
 from edgederm.evaluation.gate import DEFAULT_MAX_FLIP_RATE, GateSettings, agreement
 from edgederm.evaluation.metrics import compute_metrics
-from edgederm.export import int8_gate, openvino_export, tensorrt_export
+from edgederm.export import int8_gate, jetson_check, openvino_export, tensorrt_export
 from edgederm.export.formats import Target, parse_request
 from edgederm.export.onnx_export import OPSET, export_onnx, onnxruntime_session, run_onnx, run_torch
 from edgederm.models.io import load_model, read_metadata, save_weights
@@ -206,6 +206,13 @@ def jetson_bundle(ctx: Context, target: Target, precision: str, directory: Path)
         manifest["quantization"] = {"tool": tensorrt_export.QDQ_QUANTIZER, "ops": tensorrt_export.QUANTIZED_OPS,
                                     "method": attempts[-1].method, "kept_in_float": attempts[-1].kept_in_float}
         manifest["int8_gate"] = int8_gate.record(attempts, valid, ranking)
+    # What TensorRT 10.3 needs, checked statically (no TensorRT here). Recorded, and logged, but not yet a
+    # refusal: the INT8 graph's Q/DQ form still fails it (issue #16); the FP16 graph passes.
+    problems = {graph: jetson_check.check_graph(directory / graph) for graph in graphs}
+    for graph, found in problems.items():
+        if found:
+            ctx.log(f"jetson {precision}: {graph}: {len(found)} TensorRT 10.3 form problem(s), first: {found[0]}")
+    manifest["tensorrt_check"] = {"rules": "TensorRT 10.3 (export/jetson_check.py)", "problems": problems}
     scored = directory / graphs[0]
     session = onnxruntime_session(scored)
     manifest["metrics"] = _score(ctx, f"jetson {precision} ({scored.name} in onnxruntime, CPU)",

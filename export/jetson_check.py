@@ -1,0 +1,149 @@
+"""What TensorRT 10.3 (JetPack 6.1 / 6.2) needs of a Jetson bundle's graphs, checked here, without TensorRT.
+
+No machine EdgeDerm is developed on has TensorRT, so the graphs are read
+statically against the rules of TensorRT's ONNX parser (onnx-tensorrt's
+operator table) and its explicit-quantization guide:
+
+- opset: 17 at most for the operators used (TensorRT 10.3 reads opsets up to
+  20; EdgeDerm exports 17);
+- every operator one the parser imports (SUPPORTED_OPS);
+- Q/DQ: int8, symmetric (zero points 0, the parser refuses others), every
+  QuantizeLinear feeding DequantizeLinear nodes only, and every
+  DequantizeLinear feeding exactly one consumer (a dedicated pair: a shared DQ
+  output makes TensorRT choose one fusion and leave the other consumer in a
+  slower form, and TensorRT 8.x rejected some shared patterns);
+- weights: a float initializer through its own QuantizeLinear ->
+  DequantizeLinear pair, per-channel along the output channels (axis 0) for
+  Conv (the form onnxruntime's `AddQDQPairToWeight` writes and TensorRT 8.x
+  required; an int8 initializer feeding a lone DequantizeLinear was refused);
+- FP16 graph: LayerNormalization and Softmax computed in float32 (in FP16
+  their sums overflow or lose the small probabilities), with float32 inputs
+  and outputs.
+
+`check_graph` returns the problems; `export` runs it on every Jetson graph it
+writes and records them in the manifest (`tensorrt_check`). The FP16 graph
+passes. The INT8 graph from onnxruntime's quantizer does not yet: its weights
+are int8 initializers into a lone DequantizeLinear, and some DequantizeLinear
+outputs feed a Conv and an Add / AveragePool / Shape at once (issue #16: the
+rewrite, then the check becomes a refusal).
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+MAX_OPSET = 17
+# onnx-tensorrt's operator table for TensorRT 8.5 (docs/operators.md, "Y" rows) plus the operators TensorRT
+# 8.6 / 10.x added that EdgeDerm's graphs use (LayerNormalization, GroupNormalization). Restricted to what
+# an image classifier exports: a graph with anything else is worth a look before a Jetson gets it.
+SUPPORTED_OPS = frozenset("""
+Abs Add And ArgMax ArgMin AveragePool BatchNormalization Cast Ceil Clip Concat Constant ConstantOfShape Conv
+ConvTranspose Cos CumSum DepthToSpace DequantizeLinear Div Dropout Einsum Elu Equal Erf Exp Expand Flatten Floor
+Gather GatherElements GatherND Gemm GlobalAveragePool GlobalMaxPool Greater GreaterOrEqual GroupNormalization
+HardSigmoid HardSwish Identity InstanceNormalization LayerNormalization LeakyRelu Less LessOrEqual Log LogSoftmax
+LpNormalization MatMul Max MaxPool Mean Min Mod Mul Neg Not Or Pad Pow PRelu QuantizeLinear Range Reciprocal
+ReduceL1 ReduceL2 ReduceMax ReduceMean ReduceMin ReduceProd ReduceSum ReduceSumSquare Relu Reshape Resize Round
+Selu Shape Sigmoid Sign Sin Size Slice Softmax Softplus Softsign SpaceToDepth Split Sqrt Squeeze Sub Sum Tanh
+Tile TopK Transpose Trilu Unsqueeze Where
+""".split())
+FLOAT32_IN_FP16 = ("LayerNormalization", "Softmax")
+
+
+def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+    out = defaultdict(list)
+    for node in graph.node:
+        for name in node.input:
+            out[name].append(node)
+    return out
+
+
+def _common(model: onnx.ModelProto) -> list[str]:
+    problems = []
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if opset is None or opset > MAX_OPSET:
+        problems.append(f"opset {opset} (TensorRT 10.3 graphs from EdgeDerm use at most {MAX_OPSET})")
+    foreign = sorted({f"{n.domain}::{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type
+                      for n in model.graph.node if n.domain not in ("", "ai.onnx") or n.op_type not in SUPPORTED_OPS})
+    if foreign:
+        problems.append(f"operators TensorRT's ONNX parser does not import: {', '.join(foreign)}")
+    return problems
+
+
+def check_qdq(model: onnx.ModelProto) -> list[str]:
+    """Problems of an INT8 Q/DQ graph for TensorRT's explicit quantization (empty: none)."""
+    graph = model.graph
+    problems = _common(model)
+    inits = {t.name: t for t in graph.initializer}
+    consumers = _consumers(graph)
+    quantize = [n for n in graph.node if n.op_type == "QuantizeLinear"]
+    dequantize = [n for n in graph.node if n.op_type == "DequantizeLinear"]
+    if not quantize or not dequantize:
+        return problems + ["no QuantizeLinear / DequantizeLinear nodes: not an INT8 Q/DQ graph"]
+    for node in quantize + dequantize:
+        if len(node.input) < 3 or node.input[2] not in inits:
+            problems.append(f"{node.name}: no int8 zero point (TensorRT needs an explicit, zero zero point)")
+            continue
+        zero = numpy_helper.to_array(inits[node.input[2]])
+        if zero.dtype != np.int8:
+            problems.append(f"{node.name}: {zero.dtype} zero point (TensorRT takes int8 only)")
+        elif zero.any():
+            problems.append(f"{node.name}: non-zero zero point (TensorRT takes symmetric quantization only)")
+    for node in quantize:
+        users = consumers[node.output[0]]
+        if any(u.op_type != "DequantizeLinear" for u in users):
+            problems.append(f"{node.name}: QuantizeLinear feeds {sorted({u.op_type for u in users})}, "
+                            "not DequantizeLinear only")
+        if node.input[0] in inits:          # a weight's pair: per-channel on the output channels of a Conv
+            weight = numpy_helper.to_array(inits[node.input[0]])
+            if weight.dtype != np.float32:
+                problems.append(f"{node.name}: weight {node.input[0]} is {weight.dtype}, not float32 behind Q/DQ")
+            conv = [c for d in users for c in consumers[d.output[0]] if c.op_type == "Conv"]
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+            scale = numpy_helper.to_array(inits[node.input[1]]) if node.input[1] in inits else None
+            if conv and weight.ndim == 4 and weight.shape[0] > 1 and (
+                    axis != 0 or scale is None or scale.size != weight.shape[0]):
+                problems.append(f"{node.name}: Conv weight {node.input[0]} not quantized per output channel "
+                                f"(axis {axis}, {0 if scale is None else scale.size} scale(s))")
+    for node in dequantize:
+        if node.input[0] in inits:
+            problems.append(f"{node.name}: {numpy_helper.to_array(inits[node.input[0]]).dtype} initializer "
+                            "into a lone DequantizeLinear; weights need their own QuantizeLinear -> "
+                            "DequantizeLinear pair")
+        users = consumers[node.output[0]]
+        if len(users) != 1:
+            problems.append(f"{node.name}: DequantizeLinear output shared by {len(users)} nodes "
+                            f"({', '.join(sorted(u.op_type for u in users))}); each consumer needs its own pair")
+    return problems
+
+
+def check_fp16(model: onnx.ModelProto) -> list[str]:
+    """Problems of the FP16-typed graph (TensorRT 11 builds it as typed; 8.6-10 with the FP16 flag)."""
+    graph = model.graph
+    problems = _common(model)
+    float32 = onnx.TensorProto.FLOAT
+    for value in list(graph.input) + list(graph.output):
+        if value.type.tensor_type.elem_type != float32:
+            problems.append(f"{value.name}: graph input/output is not float32")
+    if not any(t.data_type == onnx.TensorProto.FLOAT16 for t in graph.initializer):
+        problems.append("no float16 weights: not an FP16 graph")
+    typed = {v.name: v.type.tensor_type.elem_type for v in list(graph.value_info) + list(graph.input)}
+    producers = {o: n for n in graph.node for o in n.output}
+    for node in graph.node:
+        if node.op_type not in FLOAT32_IN_FP16:
+            continue
+        source = producers.get(node.input[0])
+        from_cast = source is not None and source.op_type == "Cast" and any(
+            a.name == "to" and a.i == float32 for a in source.attribute)
+        if not from_cast and typed.get(node.input[0]) != float32:
+            problems.append(f"{node.name}: {node.op_type} computes in float16; keep it in float32")
+    return problems
+
+
+def check_graph(path: Path) -> list[str]:
+    """The problems of a Jetson bundle graph (`model.int8.onnx` or `model.fp16.onnx`), each naming the node."""
+    model = onnx.load(str(path))
+    return check_qdq(model) if ".int8." in path.name else check_fp16(model)
