@@ -353,13 +353,13 @@ def export_many(requests: list[ExportRequest], log: Callable[[str], None] = prin
               "initial_weights": meta.get("initial_weights"), "reference_metrics": None if reference is None else {
                   "split": first.eval_split, "avg_auc": reference["avg_auc"], "avg_acc": reference["avg_acc"]}}
 
-    def bundles_of(req: ExportRequest, target: Target, destinations: dict[str, Path], tmp: Path) -> list[Path]:
+    def bundles_of(req: ExportRequest, target: Target, destinations: dict[str, Path], workdir: Path) -> list[Path]:
         margin = DEFAULT_INT8_MARGIN if req.max_auc_drop is None else req.max_auc_drop
         flips = DEFAULT_MAX_FLIP_RATE if req.max_flip_rate is None else req.max_flip_rate
         settings = None if valid is None else replace(valid.settings, max_auc_drop=margin, max_flip_rate=flips)
         ctx = Context(model, preprocess, onnx_fp32, source, calib, evaluation,
                       None if valid is None else replace(valid, settings=settings),
-                      reference, first.eval_split, log, tmp / target.name, req.accuracy_control, meta.get("clinical"))
+                      reference, first.eval_split, log, workdir, req.accuracy_control, meta.get("clinical"))
         ctx.workdir.mkdir()
         done = []
         for precision, destination in destinations.items():
@@ -399,8 +399,8 @@ def export_many(requests: list[ExportRequest], log: Callable[[str], None] = prin
         # as one after the other (each inference is single-stream; nothing is shared but read-only inputs).
         pool = ThreadPoolExecutor(max_workers=CONCURRENT_TARGETS, thread_name_prefix="export")
         try:
-            jobs = [pool.submit(bundles_of, req, target, destinations, Path(tmp))
-                    for req, target, destinations in plans]
+            jobs = [pool.submit(bundles_of, req, target, destinations, Path(tmp) / f"{i}-{target.name}")
+                    for i, (req, target, destinations) in enumerate(plans)]
             written = [path for job in jobs for path in job.result()]
         finally:
             # On an error or Ctrl-C, targets not yet started never start; a running one finishes its
