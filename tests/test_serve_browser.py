@@ -81,7 +81,9 @@ def test_a_clinic_day_in_the_browser(bundles, synthetic_release, tmp_path):
             page.reload()
             expect(page.locator("#cases tbody tr")).to_have_count(1)
             expect(page.locator("#cases tbody tr")).to_contain_text("V-2026-001")
-            page.locator("#cases tbody button").click()
+            page.locator("#cases tbody button").focus()          # keyboard: the row's Show button, Enter
+            page.keyboard.press("Enter")
+            expect(page.locator("#result")).to_be_focused()
             expect(page.locator("#score")).to_contain_text(f"score {score} ")
             browser.close()
     finally:
