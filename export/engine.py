@@ -83,7 +83,7 @@ def trtexec_command(plan: BuildPlan, onnx: Path, engine: Path, cache: Path, work
     return " ".join(parts)
 
 
-def _timing_cache(trt, config, cache_path: Path, log):
+def _timing_cache(config, cache_path: Path, log):
     """The builder config's timing cache: the bundle's, when TensorRT accepts it; a new one when it is from
     another GPU or TensorRT version (set_timing_cache returns False for those, and the build would then
     have no cache to save)."""
@@ -151,7 +151,7 @@ def build_engine(bundle: str | Path, precision: str | None = None, workspace_mb:
         if config.add_optimization_profile(profile) < 0:
             raise EngineError(f"{bundle}: TensorRT refused the optimisation profile for batch {low}-{high}")
     cache_path = bundle / TIMING_CACHE
-    _timing_cache(trt, config, cache_path, log)
+    _timing_cache(config, cache_path, log)
 
     log(f"building a {precision} engine with TensorRT {trt.__version__} (this takes minutes on a Jetson)")
     serialized = builder.build_serialized_network(network, config)

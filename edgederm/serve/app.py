@@ -319,8 +319,7 @@ def create_app(clinic: Clinic) -> FastAPI:
         if found is None:
             raise HTTPException(404, f"no {which} photo for case {case_id}")
         path, suffix = found
-        media = next((t for _, s, t in _SUFFIXES if s == suffix), "image/webp" if suffix == ".webp" else
-                     "application/octet-stream")
+        media = next((t for _, s, t in _SUFFIXES if s == suffix), "application/octet-stream")
         return FileResponse(str(path), media_type=media)
 
     return app

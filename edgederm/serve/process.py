@@ -6,6 +6,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -24,15 +25,18 @@ class ServerProcess:
         self.bundle, self.data_dir, self.port, self.timeout = Path(bundle), Path(data_dir), port or free_port(), timeout
         self.url = f"http://127.0.0.1:{self.port}/"
         self.process: subprocess.Popen | None = None
+        self.output = None       # the server's stdout and stderr: a file, since a pipe nobody reads fills and blocks it
 
     def start(self) -> "ServerProcess":
+        self.output = tempfile.TemporaryFile(mode="w+")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "edgederm", "serve", "--bundle", str(self.bundle), "--port", str(self.port),
-             "--data-dir", str(self.data_dir)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             "--data-dir", str(self.data_dir)], stdout=self.output, stderr=subprocess.STDOUT, text=True)
         deadline = time.monotonic() + self.timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"edgederm serve exited {self.process.returncode}: {self.process.stdout.read()}")
+                self.output.seek(0)
+                raise RuntimeError(f"edgederm serve exited {self.process.returncode}: {self.output.read()}")
             try:
                 with urllib.request.urlopen(self.url + "api/info", timeout=2) as response:
                     if response.status == 200:
@@ -61,3 +65,5 @@ class ServerProcess:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+        if self.output is not None:
+            self.output.close()
