@@ -26,8 +26,8 @@ import logging
 import os
 import re
 import threading
-from datetime import date
 from dataclasses import dataclass
+from datetime import date
 from importlib.resources import files
 from pathlib import Path
 
