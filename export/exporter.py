@@ -206,13 +206,14 @@ def jetson_bundle(ctx: Context, target: Target, precision: str, directory: Path)
         manifest["quantization"] = {"tool": tensorrt_export.QDQ_QUANTIZER, "ops": tensorrt_export.QUANTIZED_OPS,
                                     "method": attempts[-1].method, "kept_in_float": attempts[-1].kept_in_float}
         manifest["int8_gate"] = int8_gate.record(attempts, valid, ranking)
-    # What TensorRT 10.3 needs, checked statically (no TensorRT here). Recorded, and logged, but not yet a
-    # refusal: the INT8 graph's Q/DQ form still fails it (issue #16); the FP16 graph passes.
-    problems = {graph: jetson_check.check_graph(directory / graph) for graph in graphs}
-    for graph, found in problems.items():
+    # What TensorRT 10.3 needs, checked statically (no TensorRT here): a graph that fails it is a bug in
+    # this exporter, and a Jetson would find it only after copying and building; nothing is written.
+    for graph in graphs:
+        found = jetson_check.check_graph(directory / graph)
         if found:
-            ctx.log(f"jetson {precision}: {graph}: {len(found)} TensorRT 10.3 form problem(s), first: {found[0]}")
-    manifest["tensorrt_check"] = {"rules": "TensorRT 10.3 (export/jetson_check.py)", "problems": problems}
+            raise jetson_check.GraphFormError(f"jetson {precision}: {graph}: {len(found)} problem(s) for TensorRT "
+                                              f"10.3, first: {found[0]}; no bundle written")
+    manifest["tensorrt_check"] = {"rules": "TensorRT 10.3 (export/jetson_check.py)", "passed": graphs}
     scored = directory / graphs[0]
     session = onnxruntime_session(scored)
     manifest["metrics"] = _score(ctx, f"jetson {precision} ({scored.name} in onnxruntime, CPU)",

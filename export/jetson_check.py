@@ -21,11 +21,10 @@ operator table) and its explicit-quantization guide:
   and outputs.
 
 `check_graph` returns the problems; `export` runs it on every Jetson graph it
-writes and records them in the manifest (`tensorrt_check`). The FP16 graph
-passes. The INT8 graph from onnxruntime's quantizer does not yet: its weights
-are int8 initializers into a lone DequantizeLinear, and some DequantizeLinear
-outputs feed a Conv and an Add / AveragePool / Shape at once (issue #16: the
-rewrite, then the check becomes a refusal).
+writes and refuses the bundle when there is any (`GraphFormError`). The INT8
+graph passes after `tensorrt_export.tensorrt_form`, which rewrites
+onnxruntime's Q/DQ output (int8 weight initializers, shared DequantizeLinear
+outputs) without changing what it computes.
 """
 from __future__ import annotations
 
@@ -35,6 +34,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx import numpy_helper
+
+from edgederm.errors import EdgeDermError
 
 MAX_OPSET = 17
 # onnx-tensorrt's operator table for TensorRT 8.5 (docs/operators.md, "Y" rows) plus the operators TensorRT
@@ -51,6 +52,10 @@ Selu Shape Sigmoid Sign Sin Size Slice Softmax Softplus Softsign SpaceToDepth Sp
 Tile TopK Transpose Trilu Unsqueeze Where
 """.split())
 FLOAT32_IN_FP16 = ("LayerNormalization", "Softmax")
+
+
+class GraphFormError(EdgeDermError):
+    """A Jetson graph that TensorRT 10.3 would not take as it is."""
 
 
 def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:

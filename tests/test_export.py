@@ -72,22 +72,28 @@ def test_qdq_graph_is_what_tensorrt_explicit_quantization_needs(bundles):
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     qdq = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
     assert len(qdq) > 20
-    weight_dq = 0
+    weights = 0
     for node in qdq:
         zero_point = inits[node.input[2]]
         assert zero_point.dtype == np.int8, node.name          # signed int8
         assert not zero_point.any(), node.name                  # symmetric: zero points 0
-        if node.op_type == "DequantizeLinear" and node.input[0] in inits:   # a weight
-            weight_dq += 1
-            conv_weight = inits[node.input[0]]
-            if conv_weight.ndim == 4 and conv_weight.shape[0] > 1:
-                assert inits[node.input[1]].size == conv_weight.shape[0], node.name   # per-channel scales
-    assert weight_dq > 0
-    # Q/DQ sit where TensorRT fuses them: every pair feeds a Conv, MatMul or Gemm.
+        if node.op_type == "QuantizeLinear" and node.input[0] in inits:     # a weight, float behind its own pair
+            weights += 1
+            weight = inits[node.input[0]]
+            assert weight.dtype == np.float32, node.name
+            if weight.ndim == 4 and weight.shape[0] > 1:
+                assert inits[node.input[1]].size == weight.shape[0], node.name   # per-channel scales
+    assert weights > 0
+    # Q/DQ sit where TensorRT fuses them: every quantized tensor feeds a Conv, MatMul or Gemm (its
+    # other readers, an Add or a pooling, get their own DequantizeLinear of the same int8 tensor).
     quantized_inputs = {i for n in model.graph.node if n.op_type in ("Conv", "MatMul", "Gemm") for i in n.input}
+    dequantized = {}
     for node in qdq:
         if node.op_type == "DequantizeLinear":
-            assert node.output[0] in quantized_inputs, node.name
+            dequantized.setdefault(node.input[0], []).append(node.output[0])
+    for node in qdq:
+        if node.op_type == "QuantizeLinear":
+            assert set(dequantized[node.output[0]]) & quantized_inputs, node.name
     x = np.zeros((2, 3, 64, 64), np.float32)
     outs = onnxruntime_session(path).run(None, {"clinical": x, "dermoscopy": x})
     assert outs[0].shape == (2, 5)
@@ -219,14 +225,23 @@ def test_targets_exported_side_by_side_equal_one_at_a_time(bundles, trained_run,
         assert np.array_equal(*outputs), path.name
 
 
-def test_jetson_graphs_are_checked_and_the_manifest_says_what_tensorrt_would_refuse(bundles):
+def test_every_jetson_graph_passes_the_tensorrt_check(bundles):
     from edgederm.export.jetson_check import check_graph
-    assert check_graph(bundles["jetson-int8"] / "model.fp16.onnx") == []
-    int8 = check_graph(bundles["jetson-int8"] / "model.int8.onnx")
-    # the known gap of onnxruntime's Q/DQ form (issue #16): recorded until the rewrite lands
-    assert int8 and all("lone DequantizeLinear" in p or "shared by" in p for p in int8), int8[:3]
-    recorded = read_manifest(bundles["jetson-int8"])["tensorrt_check"]["problems"]
-    assert recorded == {"model.int8.onnx": int8, "model.fp16.onnx": []}
+    for graph in ("model.int8.onnx", "model.fp16.onnx"):
+        assert check_graph(bundles["jetson-int8"] / graph) == [], graph
+    recorded = read_manifest(bundles["jetson-int8"])["tensorrt_check"]
+    assert recorded["passed"] == ["model.int8.onnx", "model.fp16.onnx"]
+
+
+def test_a_jetson_graph_tensorrt_would_refuse_is_not_written(trained_run, synthetic_release, tmp_path, monkeypatch):
+    from edgederm.export import tensorrt_export
+    from edgederm.export.jetson_check import GraphFormError
+    monkeypatch.setattr(tensorrt_export, "tensorrt_form", lambda model: model)     # onnxruntime's form as it is
+    with pytest.raises(GraphFormError, match=r"jetson int8: model.int8.onnx: \d+ problem\(s\) for TensorRT 10.3, "
+                                             r"first: .*(lone DequantizeLinear|shared by).*; no bundle written"):
+        export(ExportRequest(run=trained_run, target="jetson", precisions="int8", data=synthetic_release,
+                             out=tmp_path, max_auc_drop=100, max_flip_rate=None), log=lambda m: None)
+    assert list(tmp_path.iterdir()) == []
 
 
 def _qdq_model(weight_form: str = "pair", shared: bool = False, zero: int = 0, extra_op: str | None = None):
@@ -264,6 +279,29 @@ def test_the_tensorrt_check_names_what_tensorrt_refuses():
     assert any("shared by 2 nodes" in p for p in check_qdq(_qdq_model(shared=True)))
     assert any("non-zero zero point" in p for p in check_qdq(_qdq_model(zero=3)))
     assert any("does not import: NonZero" in p for p in check_qdq(_qdq_model(extra_op="NonZero")))
+
+
+def test_the_tensorrt_form_fixes_weights_and_shared_outputs_and_computes_the_same(tmp_path):
+    from onnx import TensorProto, helper
+
+    from edgederm.export.jetson_check import check_qdq
+    from edgederm.export.tensorrt_export import tensorrt_form
+    model = _qdq_model(weight_form="int8", shared=True)
+    # a third reader of the shared activation: its Shape, as the Swin and MobileNet graphs have
+    model.graph.node.append(helper.make_node("Shape", ["xd"], ["shape"], name="shape"))
+    model.graph.output.append(helper.make_tensor_value_info("shape", TensorProto.INT64, None))
+    before = check_qdq(model)
+    assert any("lone DequantizeLinear" in p for p in before) and any("shared by 3 nodes" in p for p in before)
+    onnx.save(model, str(tmp_path / "before.onnx"))
+    fixed = tensorrt_form(model)
+    assert check_qdq(fixed) == []
+    initializers = {t.name for t in fixed.graph.initializer}
+    assert not any(n.input[0] in initializers for n in fixed.graph.node if n.op_type == "DequantizeLinear")
+    onnx.save(fixed, str(tmp_path / "after.onnx"))
+    x = {"x": np.random.default_rng(1).standard_normal((1, 3, 8, 8)).astype(np.float32)}
+    outputs = [onnxruntime_session(tmp_path / name).run(None, x) for name in ("before.onnx", "after.onnx")]
+    for a, b in zip(*outputs):
+        assert np.array_equal(a, b)
 
 
 def test_the_fp16_graph_keeps_softmax_and_layernorm_in_float32(tmp_path):
