@@ -8,8 +8,9 @@ bundle carries ONNX graphs and the engine is built where it will run:
 TensorRT 8.5-10.x: a Q/DQ network needs BuilderFlag.INT8 (plus FP16 so the
 layers left in float may run in half precision); FP16 is a builder flag.
 TensorRT 11: every network is strongly typed and those flags are gone;
-precision comes from the graph (Q/DQ nodes, or the FP16-typed ONNX). The
-version decides, read from the installed `tensorrt`.
+precision comes from the graph (Q/DQ nodes, or the FP16-typed ONNX), so an
+INT8 engine is built from `model.int8.fp16.onnx`, the Q/DQ graph typed FP16
+outside Q/DQ. The version decides, read from the installed `tensorrt`.
 
 The engine, the timing cache (reused by the next build) and the device facts
 (TensorRT version, GPU name and compute capability, L4T/JetPack release) are
@@ -30,6 +31,7 @@ from edgederm.runtime.device import INSTALL_HINT, device_facts, missing_facts
 ENGINE_FILE = "model.engine"
 TIMING_CACHE = "timing.cache"
 ONNX_FOR = {"int8": "model.int8.onnx", "fp16": "model.fp16.onnx"}
+INT8_FP16_ONNX = "model.int8.fp16.onnx"    # INT8 for TensorRT 11: typed FP16 outside Q/DQ (exporter.jetson_bundle)
 JETPACK_TRTEXEC = "/usr/src/tensorrt/bin/trtexec"     # JetPack installs trtexec here, not on PATH
 
 
@@ -130,6 +132,13 @@ def build_engine(bundle: str | Path, precision: str | None = None, workspace_mb:
                           "an engine built here could not be checked where it runs")
 
     plan = BuildPlan.for_version(trt.__version__, precision)
+    if precision == "int8" and plan.major >= 11:
+        # strongly typed: the FP32-typed INT8 graph would run every layer outside Q/DQ in FP32
+        if INT8_FP16_ONNX in manifest["graphs"]:
+            onnx_path = bundle / INT8_FP16_ONNX
+        else:
+            log(f"{bundle}: no {INT8_FP16_ONNX} (it failed the gate at export, or the bundle is older): TensorRT "
+                f"{trt.__version__} runs the layers outside Q/DQ in FP32")
     size = manifest["preprocess"]["size"]
     profiles = batch_profiles(max_batch)
     logger = trt.Logger(trt.Logger.WARNING)
@@ -173,6 +182,9 @@ def build_engine(bundle: str | Path, precision: str | None = None, workspace_mb:
         manifest["engine"]["metrics"] = None
         manifest["engine"]["note"] = (f"built from {onnx_path.name}; the manifest's metrics are those of the "
                                       f"{manifest['precision']} graph")
+    elif onnx_path.name == INT8_FP16_ONNX:
+        manifest["engine"]["note"] = (f"built from {INT8_FP16_ONNX} (TensorRT 11); its gate on valid is the "
+                                      "manifest's int8_fp16, its metrics those of model.int8.onnx")
     write_manifest(bundle, manifest)
     shapes = {i["name"]: ([1, 3, size, size], [1, 3, size, size], [max_batch, 3, size, size])
               for i in manifest["inputs"]}

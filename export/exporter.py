@@ -206,6 +206,17 @@ def jetson_bundle(ctx: Context, target: Target, precision: str, directory: Path)
         manifest["quantization"] = {"tool": tensorrt_export.QDQ_QUANTIZER, "ops": tensorrt_export.QUANTIZED_OPS,
                                     "method": attempts[-1].method, "kept_in_float": attempts[-1].kept_in_float}
         manifest["int8_gate"] = int8_gate.record(attempts, valid, ranking)
+        # What TensorRT 11 builds (engine.py): the same Q/DQ typed FP16 outside it. FP16 rounding moves some
+        # values across a quantization step, so it is gated like any INT8 graph, and left out when it fails.
+        typed = tensorrt_export.convert_int8_fp16(graph, directory / "model.int8.fp16.onnx")
+        attempt = int8_gate.judge_on_valid(valid, int8_gate.Attempt("FP16-typed INT8 graph, for TensorRT 11"),
+                                           valid.predictions(predictor(typed)), ctx.log)
+        if attempt.passed:
+            graphs.append(typed.name)
+        else:
+            typed.unlink()
+        manifest["int8_fp16"] = {"graph": typed.name if attempt.passed else None, "for": "TensorRT 11 (strongly typed)",
+                                 "valid": attempt.describe()}
     # What TensorRT 10.3 needs, checked statically (no TensorRT here): a graph that fails it is a bug in
     # this exporter, and a Jetson would find it only after copying and building; nothing is written.
     for graph in graphs:

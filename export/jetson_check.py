@@ -38,6 +38,7 @@ from onnx import numpy_helper
 from edgederm.errors import EdgeDermError
 
 MAX_OPSET = 17
+INT8_FP16_MAX_OPSET = 19     # the FP16-typed INT8 graph, for TensorRT 11 (float16 scales need opset 19)
 # onnx-tensorrt's operator table for TensorRT 8.5 (docs/operators.md, "Y" rows) plus the operators TensorRT
 # 8.6 / 10.x added that EdgeDerm's graphs use (LayerNormalization, GroupNormalization). Restricted to what
 # an image classifier exports: a graph with anything else is worth a look before a Jetson gets it.
@@ -66,11 +67,11 @@ def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
     return out
 
 
-def _common(model: onnx.ModelProto) -> list[str]:
+def _common(model: onnx.ModelProto, max_opset: int = MAX_OPSET) -> list[str]:
     problems = []
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
-    if opset is None or opset > MAX_OPSET:
-        problems.append(f"opset {opset} (TensorRT 10.3 graphs from EdgeDerm use at most {MAX_OPSET})")
+    if opset is None or opset > max_opset:
+        problems.append(f"opset {opset} (this graph's TensorRT reads EdgeDerm's at most at {max_opset})")
     foreign = sorted({f"{n.domain}::{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type
                       for n in model.graph.node if n.domain not in ("", "ai.onnx") or n.op_type not in SUPPORTED_OPS})
     if foreign:
@@ -78,10 +79,13 @@ def _common(model: onnx.ModelProto) -> list[str]:
     return problems
 
 
-def check_qdq(model: onnx.ModelProto) -> list[str]:
-    """Problems of an INT8 Q/DQ graph for TensorRT's explicit quantization (empty: none)."""
+def check_qdq(model: onnx.ModelProto, fp16: bool = False) -> list[str]:
+    """Problems of an INT8 Q/DQ graph for TensorRT's explicit quantization (empty: none). `fp16`: the
+    FP16-typed INT8 graph for TensorRT 11 (opset 19, float16 weights and scales, LayerNorm and Softmax
+    in float32)."""
     graph = model.graph
-    problems = _common(model)
+    problems = _common(model, INT8_FP16_MAX_OPSET if fp16 else MAX_OPSET)
+    weight_type = np.float16 if fp16 else np.float32
     inits = {t.name: t for t in graph.initializer}
     consumers = _consumers(graph)
     quantize = [n for n in graph.node if n.op_type == "QuantizeLinear"]
@@ -104,8 +108,9 @@ def check_qdq(model: onnx.ModelProto) -> list[str]:
                             "not DequantizeLinear only")
         if node.input[0] in inits:          # a weight's pair: per-channel on the output channels of a Conv
             weight = numpy_helper.to_array(inits[node.input[0]])
-            if weight.dtype != np.float32:
-                problems.append(f"{node.name}: weight {node.input[0]} is {weight.dtype}, not float32 behind Q/DQ")
+            if weight.dtype != weight_type:
+                problems.append(f"{node.name}: weight {node.input[0]} is {weight.dtype}, not "
+                                f"{np.dtype(weight_type).name} behind Q/DQ")
             conv = [c for d in users for c in consumers[d.output[0]] if c.op_type == "Conv"]
             axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
             scale = numpy_helper.to_array(inits[node.input[1]]) if node.input[1] in inits else None
@@ -122,6 +127,8 @@ def check_qdq(model: onnx.ModelProto) -> list[str]:
         if len(users) != 1:
             problems.append(f"{node.name}: DequantizeLinear output shared by {len(users)} nodes "
                             f"({', '.join(sorted(u.op_type for u in users))}); each consumer needs its own pair")
+    if fp16:
+        problems += _float32_islands(model)
     return problems
 
 
@@ -135,6 +142,13 @@ def check_fp16(model: onnx.ModelProto) -> list[str]:
             problems.append(f"{value.name}: graph input/output is not float32")
     if not any(t.data_type == onnx.TensorProto.FLOAT16 for t in graph.initializer):
         problems.append("no float16 weights: not an FP16 graph")
+    return problems + _float32_islands(model)
+
+
+def _float32_islands(model: onnx.ModelProto) -> list[str]:
+    """LayerNormalization and Softmax inside an FP16-typed graph must compute in float32."""
+    graph, problems = model.graph, []
+    float32 = onnx.TensorProto.FLOAT
     typed = {v.name: v.type.tensor_type.elem_type for v in list(graph.value_info) + list(graph.input)}
     producers = {o: n for n in graph.node for o in n.output}
     for node in graph.node:
@@ -149,6 +163,9 @@ def check_fp16(model: onnx.ModelProto) -> list[str]:
 
 
 def check_graph(path: Path) -> list[str]:
-    """The problems of a Jetson bundle graph (`model.int8.onnx` or `model.fp16.onnx`), each naming the node."""
+    """The problems of a Jetson bundle graph (`model.int8.onnx`, `model.fp16.onnx` or the TensorRT 11
+    `model.int8.fp16.onnx`), each naming the node."""
     model = onnx.load(str(path))
-    return check_qdq(model) if ".int8." in path.name else check_fp16(model)
+    if ".int8." in path.name:
+        return check_qdq(model, fp16=path.name.endswith(".fp16.onnx"))
+    return check_fp16(model)

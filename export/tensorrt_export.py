@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper, numpy_helper, version_converter
 from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
@@ -29,6 +29,8 @@ from edgederm.calibration.selection import CalibrationSet
 
 QDQ_QUANTIZER = "onnxruntime.quantization.quantize_static (QDQ, symmetric int8, per-channel weights, MinMax)"
 QUANTIZED_OPS = ["Conv", "MatMul", "Gemm"]
+# DequantizeLinear takes float16 scales (and so gives float16 outputs) from opset 19 on.
+INT8_FP16_OPSET = 19
 # Computed in float32 inside the FP16 graph: in FP16, LayerNorm's variance sums and Softmax's exponentials
 # overflow or lose the small probabilities (export/jetson_check.py checks it).
 FLOAT32_OPS = ["LayerNormalization", "Softmax"]
@@ -175,4 +177,19 @@ def convert_fp16(fp32_onnx: Path, out: Path) -> Path:
     _topological_sort(model.graph)
     onnx.save(model, str(out))
     onnx.checker.check_model(onnx.load(str(out)), full_check=True)
+    return out
+
+
+def convert_int8_fp16(int8_onnx: Path, out: Path) -> Path:
+    """The INT8 Q/DQ graph with everything outside Q/DQ in FP16, for TensorRT 11: its networks are strongly
+    typed, so the FP32-typed INT8 graph would run every layer it does not quantize in FP32. Scales become
+    float16 too, which DequantizeLinear takes from opset 19 on (onnx's version converter moves the graph
+    there); LayerNorm and Softmax stay in float32 as in the FP16 graph; inputs and outputs stay float32.
+    Rounding in FP16 moves some values across a quantization step, so this is a graph of its own: the
+    export gates it on valid before the bundle carries it."""
+    model = version_converter.convert_version(onnx.load(str(int8_onnx)), INT8_FP16_OPSET)
+    model = convert_float_to_float16(model, keep_io_types=True, op_block_list=DEFAULT_OP_BLOCK_LIST + FLOAT32_OPS)
+    _topological_sort(model.graph)
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(out))
     return out

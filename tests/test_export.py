@@ -227,10 +227,19 @@ def test_targets_exported_side_by_side_equal_one_at_a_time(bundles, trained_run,
 
 def test_every_jetson_graph_passes_the_tensorrt_check(bundles):
     from edgederm.export.jetson_check import check_graph
-    for graph in ("model.int8.onnx", "model.fp16.onnx"):
+    graphs = ["model.int8.onnx", "model.fp16.onnx", "model.int8.fp16.onnx"]
+    for graph in graphs:
         assert check_graph(bundles["jetson-int8"] / graph) == [], graph
-    recorded = read_manifest(bundles["jetson-int8"])["tensorrt_check"]
-    assert recorded["passed"] == ["model.int8.onnx", "model.fp16.onnx"]
+    manifest = read_manifest(bundles["jetson-int8"])
+    assert manifest["tensorrt_check"]["passed"] == manifest["graphs"] == graphs
+    # the TensorRT 11 graph: opset 19, float16 weights and scales behind Q/DQ, float32 inputs and outputs
+    typed = onnx.load(str(bundles["jetson-int8"] / "model.int8.fp16.onnx"))
+    assert typed.opset_import[0].version == 19
+    inits = {t.name: t for t in typed.graph.initializer}
+    scales = [inits[n.input[1]] for n in typed.graph.node if n.op_type == "DequantizeLinear"]
+    assert scales and all(t.data_type == onnx.TensorProto.FLOAT16 for t in scales)
+    assert typed.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert manifest["int8_fp16"]["valid"]["verdict"] == "pass"
 
 
 def test_a_jetson_graph_tensorrt_would_refuse_is_not_written(trained_run, synthetic_release, tmp_path, monkeypatch):

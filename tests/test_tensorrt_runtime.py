@@ -17,7 +17,7 @@ import pytest
 from edgederm import labels as L
 from edgederm.errors import EdgeDermError
 from edgederm.export.engine import EngineError, batch_profiles, build_engine
-from edgederm.runtime.bundle import read_manifest
+from edgederm.runtime.bundle import read_manifest, write_manifest
 from edgederm.runtime.cuda import CudaError
 from edgederm.runtime.device import engine_mismatch
 from edgederm.runtime.tensorrt_backend import TensorRTPredictor
@@ -228,9 +228,10 @@ def test_an_engine_from_another_orin_or_with_unreadable_facts_is_refused(engine_
 class FakeBuilderTrt(SimpleNamespace):
     """What build_engine asks of tensorrt, recording what it was asked."""
 
-    def __init__(self, cache_accepted: bool = True, build_ok: bool = True):
-        super().__init__(__version__="10.3.0", log=[])
+    def __init__(self, cache_accepted: bool = True, build_ok: bool = True, version: str = "10.3.0"):
+        super().__init__(__version__=version, log=[])
         self.cache_accepted, self.build_ok, self.profiles, self.cache_sets = cache_accepted, build_ok, [], []
+        self.parsed = []
         outer = self
         class Logger:
             WARNING = 2
@@ -286,7 +287,8 @@ class FakeBuilderTrt(SimpleNamespace):
             create_network=lambda flags: "network", create_builder_config=Config,
             create_optimization_profile=Profile,
             build_serialized_network=lambda network, config: b"ENGINE" if outer.build_ok else None)
-        self.OnnxParser = lambda network, logger: SimpleNamespace(parse_from_file=lambda path: True, num_errors=0)
+        self.OnnxParser = lambda network, logger: SimpleNamespace(
+            parse_from_file=lambda path: outer.parsed.append(path) is None, num_errors=0)
 
 
 def test_a_timing_cache_from_another_gpu_starts_a_new_one(bundles, tmp_path):
@@ -327,7 +329,53 @@ def test_an_fp16_engine_of_an_int8_bundle_runs_as_fp16(bundles, tmp_path):
     assert predictor.precision == "fp16"                           # what bench reports
 
 
+def test_tensorrt_11_builds_int8_from_the_graph_typed_fp16_outside_qdq(bundles, tmp_path):
+    copy = shutil.copytree(bundles["jetson-int8"], tmp_path / "jetson")
+    assert read_manifest(copy)["int8_fp16"]["graph"] == "model.int8.fp16.onnx"
+    trt = FakeBuilderTrt(version="11.4.0")
+    build_engine(copy, trt=trt, facts={**FACTS, "tensorrt": "11.4.0"}, log=lambda m: None)
+    assert trt.parsed == [str(copy / "model.int8.fp16.onnx")]
+    engine = read_manifest(copy)["engine"]
+    assert engine["onnx"] == "model.int8.fp16.onnx" and "int8_fp16" in engine["note"]
+    trt = FakeBuilderTrt()                                   # TensorRT 10.3 takes INT8 + FP16 flags instead
+    build_engine(copy, trt=trt, facts=FACTS, log=lambda m: None)
+    assert trt.parsed == [str(copy / "model.int8.onnx")] and read_manifest(copy)["engine"]["onnx"] == "model.int8.onnx"
+    # a bundle without the typed graph (it failed its gate) still builds on 11, and says what that costs
+    manifest = read_manifest(copy)
+    manifest["graphs"].remove("model.int8.fp16.onnx")
+    (copy / "model.int8.fp16.onnx").unlink()
+    write_manifest(copy, manifest)
+    trt, lines = FakeBuilderTrt(version="11.4.0"), []
+    build_engine(copy, trt=trt, facts={**FACTS, "tensorrt": "11.4.0"}, log=lines.append)
+    assert trt.parsed == [str(copy / "model.int8.onnx")]
+    assert any("runs the layers outside Q/DQ in FP32" in line for line in lines)
+
+
 def test_batch_profiles():
     assert batch_profiles(1) == [(1, 1, 1)]
     assert batch_profiles(8) == [(1, 1, 1), (2, 8, 8)]
     assert json.dumps(batch_profiles(4))
+
+
+def test_bench_times_an_engine_through_buffers_allocated_once(engine_bundle, monkeypatch):
+    """`edgederm bench`'s TensorRT row: the bundle's engine loaded as the device would (checksums, facts),
+    timed at two batch sizes on the predictor's one stream, with no allocation inside the timed calls."""
+    import sys
+
+    from edgederm.benchmarks.bench import run_bench
+    from edgederm.evaluation.gate import GateSettings
+    from edgederm.runtime import tensorrt_backend
+    bundle, manifest = engine_bundle
+    write_manifest(bundle, manifest)             # the engine is now one of the bundle's checked files
+    cuda = FakeCuda()
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_trt(manifest["preprocess"]["size"], cuda))
+    monkeypatch.setattr(tensorrt_backend, "CudaRuntime", lambda: cuda)
+    monkeypatch.setattr(tensorrt_backend, "device_facts", lambda version: FACTS)
+    result = run_bench([str(bundle)], reference=None, data=None, split="test", batch_sizes=[1, 4], warmup=2,
+                       runs=5, gate=GateSettings())
+    row = result["variants"][0]
+    assert row["status"] == "ok", row.get("error")
+    assert (row["backend"], row["precision"]) == ("tensorrt", "int8")
+    assert [(t["batch"], t["runs"]) for t in row["latency"]] == [(1, 5), (4, 5)]
+    assert cuda.calls.count("malloc") == 2 + len(L.TASKS)                     # allocated once, at load
+    assert cuda.calls.count("synchronize") >= 2 * (2 + 5)                      # one stream sync per call
