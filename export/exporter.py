@@ -242,6 +242,8 @@ def _jetson_readme(manifest: dict, name: str) -> str:
     graph = manifest["graphs"][0]
     shapes = ",".join(f"{i['name']}:{{}}x3x{size}x{size}" for i in manifest["inputs"])
     flags = "--int8 --fp16" if manifest["precision"] == "int8" else "--fp16"
+    typed = ("; build from `model.int8.fp16.onnx` there (the INT8 graph typed FP16 outside Q/DQ)"
+             if "model.int8.fp16.onnx" in manifest["graphs"] else "")
     return f"""# {name}: EdgeDerm bundle for NVIDIA Jetson (TensorRT)
 
 Graphs: {', '.join(manifest['graphs'])}. The engine is built on the Jetson itself:
@@ -267,7 +269,7 @@ JetPack release in the manifest, and prints the trtexec line below.
          --maxShapes={shapes.format(8, 8)}
 
    On TensorRT 8.6 use `--workspace=1024` instead of `--memPoolSize`. On TensorRT 11
-   drop `{flags}`: networks are strongly typed and take their precision from the graph.
+   drop `{flags}`: networks are strongly typed and take their precision from the graph{typed}.
    `edgederm engine build` also adds a second optimisation profile tuned for batch 8.
 3. Inputs: `clinical` and `dermoscopy`, float32 N x 3 x {size} x {size}, RGB, resized to
    {size} x {size} ({manifest['preprocess']['resize']}), scaled to [0, 1], normalised with mean

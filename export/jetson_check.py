@@ -18,7 +18,9 @@ operator table) and its explicit-quantization guide:
   required; an int8 initializer feeding a lone DequantizeLinear was refused);
 - FP16 graph: LayerNormalization and Softmax computed in float32 (in FP16
   their sums overflow or lose the small probabilities), with float32 inputs
-  and outputs.
+  and outputs;
+- the TensorRT 11 INT8 graph (`model.int8.fp16.onnx`): the Q/DQ rules with
+  float16 weights, opset 19 at most, and the FP16 graph's float32 islands.
 
 `check_graph` returns the problems; `export` runs it on every Jetson graph it
 writes and refuses the bundle when there is any (`GraphFormError`). The INT8
