@@ -91,7 +91,9 @@ def presets_block(rows: list[dict]) -> str:
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         paper = "-" if r["paper_params_m"] is None else f"{r['paper_params_m']:.2f}"
-        lines.append(f"| `{r['preset']}` | {r['clinical_encoder']} / {r['derm_encoder']} | {r['fusion'].upper()} | "
+        encoders = (f"{r['derm_encoder']}, shared" if r.get("shared_encoder")
+                    else f"{r['clinical_encoder']} / {r['derm_encoder']}")
+        lines.append(f"| `{r['preset']}` | {encoders} | {r['fusion'].upper()} | "
                      f"{r['img_size']} | {r['params_m']:.2f} | {r['gflops']:.2f} | {paper} |")
     return "\n".join(lines)
 

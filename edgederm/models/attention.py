@@ -31,6 +31,17 @@ position dermoscopy values, and both refined maps are kept:
 Four 1x1 convs (4 Ch^2 at Ck = Ch) against AAB's three: the paper's counts
 put BAB 0.82 M above AAB at Swin-T's 768-channel stage, which fits 4 Ch^2
 (+0.59 M) and not two independent AABs (6 Ch^2, +1.77 M).
+
+Shared cross-attention (SCA), of the single-shared network (Tang & Lasser,
+arXiv 2403.19203; `ssn` preset): one set of key, query and value weights
+serves every fused stage and both directions. The seed gives no shapes
+(../shared/seeds/METHODS.md: "NOT FOUND"); EdgeDerm's reading: each stage's
+two maps are projected to one common width W (a 1x1 conv + BN + ReLU per
+stage and modality, the narrowest fused stage's channels), then
+
+    D' = softmax(q(D) k(C)^T / sqrt(Ck)) v(C) + D,   C' = softmax(q(C) k(D)^T / sqrt(Ck)) v(D) + C
+
+and the stage's fused map is concat(C', D') (2 W channels).
 """
 from __future__ import annotations
 
@@ -91,3 +102,40 @@ class BidirectionalFusion(nn.Module):
         clinical_refined = F.scaled_dot_product_attention(k, q, tokens(self.derm_value(derm)), scale=self.scale)
         spatial = lambda x: x.transpose(1, 2).reshape(b, c, h, w)           # noqa: E731
         return torch.cat([spatial(clinical_refined) + clinical, spatial(derm_refined) + derm], dim=1)
+
+
+class SharedCrossAttention(nn.Module):
+    """SCA: one key / query / value set for every fused stage and both directions (module docstring)."""
+
+    def __init__(self, clinical_channels: list[int], derm_channels: list[int], key_ratio: int, scale: bool = True):
+        super().__init__()
+        width = min(derm_channels)
+        project = lambda c: nn.Sequential(nn.Conv2d(c, width, 1, bias=False), nn.BatchNorm2d(width),  # noqa: E731
+                                          nn.ReLU(inplace=True))
+        self.clinical_in = nn.ModuleList(project(c) for c in clinical_channels)
+        self.derm_in = nn.ModuleList(project(c) for c in derm_channels)
+        key_channels = max(8, width // key_ratio)
+        self.key = nn.Conv2d(width, key_channels, 1)
+        self.query = nn.Conv2d(width, key_channels, 1)
+        self.value = nn.Conv2d(width, width, 1)
+        self.out_channels = [2 * width] * len(derm_channels)
+        self.scale = None if scale else 1.0
+
+    def _attend(self, target: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+        """`target` refined with `source`'s values where `target`'s queries meet `source`'s keys."""
+        b, c, h, w = target.shape
+        tokens = lambda x: x.flatten(2).transpose(1, 2)                   # noqa: E731
+        refined = F.scaled_dot_product_attention(tokens(self.query(target)), tokens(self.key(source)),
+                                                 tokens(self.value(source)), scale=self.scale)
+        return refined.transpose(1, 2).reshape(b, c, h, w) + target
+
+    def forward(self, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
+        """[(clinical map, dermoscopy map)] per fused stage -> the fused maps."""
+        fused = []
+        for clinical_in, derm_in, (clinical, derm) in zip(self.clinical_in, self.derm_in, pairs):
+            d = derm_in(derm)
+            c = clinical_in(clinical)
+            if tuple(c.shape[-2:]) != tuple(d.shape[-2:]):
+                c = F.interpolate(c, size=d.shape[-2:], mode="bilinear", align_corners=False)
+            fused.append(torch.cat([self._attend(c, d), self._attend(d, c)], dim=1))
+        return fused

@@ -13,7 +13,7 @@ from pathlib import Path
 from edgederm.errors import ConfigError
 from edgederm.preprocess import CROPS, IMAGENET_MEAN, IMAGENET_STD, PreprocessConfig
 
-FUSIONS = ("aab", "bab", "cat")
+FUSIONS = ("aab", "bab", "cat", "sca")   # sca: SSN's cross-attention, one set of weights for every stage
 # What P_C and P_D read (edgederm.models.encoders): the encoder's pre-logits representation (conv head
 # included), or its last stage map average-pooled (the head pruned; EdgeDerm before 0.2).
 BRANCH_FEATURES = ("pre_logits", "last_stage")
@@ -35,6 +35,7 @@ class ModelConfig:
     normalization: str = "imagenet"     # key of NORMALIZATIONS: the convention the encoders were pretrained with
     branch_features: str = "pre_logits"  # key of BRANCH_FEATURES: what the single-modality heads read
     crop: str = "none"                  # key of preprocess.CROPS, at training and on the device (in the manifest)
+    shared_encoder: bool = False        # SSN: one encoder (derm_encoder) whose weights both photos go through
 
     @property
     def framework(self) -> str:
@@ -44,6 +45,9 @@ class ModelConfig:
     def __post_init__(self):
         if self.fusion not in FUSIONS:
             raise ConfigError(f"model config: fusion {self.fusion!r} is not one of {', '.join(FUSIONS)}")
+        if self.shared_encoder and self.clinical_encoder != self.derm_encoder:
+            raise ConfigError(f"model config: shared_encoder needs one encoder for both photos, got "
+                              f"{self.clinical_encoder!r} and {self.derm_encoder!r}")
         if not self.fusion_stages:
             raise ConfigError("model config: fusion_stages is empty; give at least one stage")
         if len(set(self.fusion_stages)) != len(self.fusion_stages):
@@ -118,6 +122,12 @@ PRESETS: dict[str, ModelConfig] = {
     # release's valid split: README "Branch features"); 7.84 M parameters in all.
     "edge": ModelConfig(clinical_encoder="tf_efficientnet_lite0", derm_encoder="tf_efficientnet_lite1",
                         fusion="aab", normalization="inception"),
+    # The single-shared network (Tang & Lasser, arXiv 2403.19203): one Swin-T for both photos (LayerNorm:
+    # sharing mixes no BatchNorm statistics), its cross-attention shared by the last two stages.
+    "ssn": ModelConfig(clinical_encoder=_SWIN_T, derm_encoder=_SWIN_T, shared_encoder=True, fusion="sca"),
+    # The same on the tiny preset's dermoscopy encoder, at its size: CPU-trainable.
+    "ssn-tiny": ModelConfig(clinical_encoder="resnet10t", derm_encoder="resnet10t", shared_encoder=True,
+                            fusion="sca", img_size=128),
     # Small enough that an epoch over 600 synthetic cases runs in under a minute on 2 CPU cores.
     "tiny": ModelConfig(clinical_encoder="mobilenetv3_small_050", derm_encoder="resnet10t",
                         fusion="aab", img_size=128),

@@ -7,6 +7,11 @@
     pooled fused maps of all fusion stages, concatenated          -> head P_FU
     test time: P_FI = W_C P_C + W_D P_D + W_FU P_FU
 
+The single-shared network (`ssn` preset, arXiv 2403.19203) is the same net with
+`shared_encoder`: one encoder runs on both photos (stacked on the batch axis,
+one pass), its heads stay per modality, and the fusion is `sca`, one
+cross-attention for every stage (edgederm.models.attention).
+
 The fusion branch runs beside the encoders rather than feeding refined maps
 back into the dermoscopy encoder: P_C and P_D stay true single-modality
 branches (so the weighted average mixes three different views), and any timm
@@ -21,6 +26,7 @@ from torch import nn
 
 from edgederm.errors import ConfigError
 from edgederm.models.config import ModelConfig
+from edgederm.models.attention import SharedCrossAttention
 from edgederm.models.encoders import FeatureEncoder
 from edgederm.models.fusion import StageFusion, match_stage
 from edgederm.models.heads import BRANCHES, MultiTaskHead, fused_probabilities
@@ -30,7 +36,8 @@ class MultiModalNet(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        self.clinical_encoder = FeatureEncoder(cfg.clinical_encoder, cfg.img_size, cfg.branch_features)
+        if not cfg.shared_encoder:     # shared: `clinical_encoder` below is the dermoscopy encoder itself
+            self.clinical_encoder = FeatureEncoder(cfg.clinical_encoder, cfg.img_size, cfg.branch_features)
         self.derm_encoder = FeatureEncoder(cfg.derm_encoder, cfg.img_size, cfg.branch_features)
         n_stages = len(self.derm_encoder.channels)
         stages = []
@@ -44,23 +51,45 @@ class MultiModalNet(nn.Module):
         self.fusion_stages = sorted(stages)
         self.clinical_stages = [match_stage(self.derm_encoder.reductions[s], self.clinical_encoder.reductions)
                                 for s in self.fusion_stages]
-        self.fusions = nn.ModuleList(
-            StageFusion(cfg.fusion, self.clinical_encoder.channels[c], self.derm_encoder.channels[s], cfg.key_ratio,
-                        cfg.attention_scale)
-            for s, c in zip(self.fusion_stages, self.clinical_stages))
+        clinical_channels = [self.clinical_encoder.channels[c] for c in self.clinical_stages]
+        derm_channels = [self.derm_encoder.channels[s] for s in self.fusion_stages]
+        if cfg.fusion == "sca":        # one module for every stage
+            self.fusions = SharedCrossAttention(clinical_channels, derm_channels, cfg.key_ratio, cfg.attention_scale)
+            fused_channels = sum(self.fusions.out_channels)
+        else:
+            self.fusions = nn.ModuleList(StageFusion(cfg.fusion, c, d, cfg.key_ratio, cfg.attention_scale)
+                                         for c, d in zip(clinical_channels, derm_channels))
+            fused_channels = sum(f.out_channels for f in self.fusions)
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
         self.clinical_head = MultiTaskHead(self.clinical_encoder.pooled_channels, cfg.drop_rate)
         self.derm_head = MultiTaskHead(self.derm_encoder.pooled_channels, cfg.drop_rate)
-        self.fusion_head = MultiTaskHead(sum(f.out_channels for f in self.fusions), cfg.drop_rate)
+        self.fusion_head = MultiTaskHead(fused_channels, cfg.drop_rate)
         # W_C, W_D, W_FU: equal until the branch-weight search sets them; saved with the weights.
         self.register_buffer("branch_weights", torch.full((len(BRANCHES),), 1.0 / len(BRANCHES)))
 
+    @property
+    def clinical_encoder(self) -> FeatureEncoder:
+        # A property, so a shared encoder is registered (and saved) once; nn.Module stores a separate
+        # clinical encoder in _modules, where this finds it.
+        return self.derm_encoder if self.cfg.shared_encoder else self._modules["clinical_encoder"]
+
+    def encoders(self) -> list[FeatureEncoder]:
+        """The distinct encoders (one when shared)."""
+        return [self.derm_encoder] if self.cfg.shared_encoder else [self.clinical_encoder, self.derm_encoder]
+
     def forward(self, clinical: torch.Tensor, derm: torch.Tensor) -> dict[str, torch.Tensor]:
         """Logits of each branch, {"clinical", "derm", "fusion"} -> B x TOTAL_CLASSES."""
-        c_feats, c_pooled = self.clinical_encoder(clinical)
-        d_feats, d_pooled = self.derm_encoder(derm)
-        fused = [fusion(c_feats[c], d_feats[s])
-                 for fusion, s, c in zip(self.fusions, self.fusion_stages, self.clinical_stages)]
+        if self.cfg.shared_encoder:    # both photos in one pass; BatchNorm sees both (a CNN's price for sharing)
+            feats, pooled = self.derm_encoder(torch.cat([clinical, derm]))
+            n = clinical.shape[0]
+            c_feats, d_feats = [f[:n] for f in feats], [f[n:] for f in feats]
+            c_pooled, d_pooled = pooled[:n], pooled[n:]
+        else:
+            c_feats, c_pooled = self.clinical_encoder(clinical)
+            d_feats, d_pooled = self.derm_encoder(derm)
+        pairs = [(c_feats[c], d_feats[s]) for s, c in zip(self.fusion_stages, self.clinical_stages)]
+        fused = (self.fusions(pairs) if isinstance(self.fusions, SharedCrossAttention)
+                 else [fusion(c, d) for fusion, (c, d) in zip(self.fusions, pairs)])
         return {
             "clinical": self.clinical_head(c_pooled),
             "derm": self.derm_head(d_pooled),

@@ -414,6 +414,12 @@ def initialize(model, clinical: str | Path | None, derm: str | Path | None,
     """Initial weights of both encoders of a MultiModalNet; returns {"clinical": record, "derm": record}."""
     records = {}
     for branch, encoder, spec in (("clinical", model.clinical_encoder, clinical), ("derm", model.derm_encoder, derm)):
+        if branch == "clinical" and model.cfg.shared_encoder:
+            # one encoder: the dermoscopy weights are what it starts from
+            records[branch] = {"spec": "shared", "encoder": encoder.name, "source": "shared with the dermoscopy encoder"}
+            if log:
+                log("clinical encoder: shared with the dermoscopy encoder")
+            continue
         records[branch] = initialize_encoder(encoder, spec, model.cfg.normalization, f"--pretrained-{branch}")
         if log:
             log(f"{'dermoscopy' if branch == 'derm' else branch} encoder {encoder.name}: {describe(records[branch])}")

@@ -45,6 +45,9 @@ def summarize(model: MultiModalNet) -> dict:
     root = type(model).__name__
     rows = []
     for name, attr in COMPONENTS.items():
+        if attr == "clinical_encoder" and model.cfg.shared_encoder:   # counted once, in the dermoscopy row
+            rows.append({"component": "clinical encoder (shared)", "params_m": 0.0, "gflops": 0.0})
+            continue
         module = getattr(model, attr)
         flops = _module_flops(by_module, f"{root}.{attr}")
         rows.append({"component": name, "params_m": sum(p.numel() for p in module.parameters()) / 1e6,

@@ -1,4 +1,5 @@
-"""L = L_clinical + L_derm + L_fusion, each the sum of the eight tasks' cross-entropies."""
+"""L = w_C L_clinical + w_D L_derm + w_FU L_fusion, each the sum of the eight tasks' cross-entropies.
+The weights are 1 but for the single-shared network's biased loss (TrainConfig.loss_weight_*)."""
 from __future__ import annotations
 
 import torch
@@ -20,11 +21,14 @@ def class_weights_from_counts(labels: torch.Tensor) -> list[torch.Tensor]:
 
 
 def multitask_loss(branch_logits: dict[str, torch.Tensor], targets: torch.Tensor,
-                   class_weights: list[torch.Tensor] | None = None, label_smoothing: float = 0.0) -> torch.Tensor:
+                   class_weights: list[torch.Tensor] | None = None, label_smoothing: float = 0.0,
+                   branch_weights: dict[str, float] | None = None) -> torch.Tensor:
     total = 0.0
-    for logits in branch_logits.values():
+    for branch, logits in branch_logits.items():
+        branch_total = 0.0
         for t, task_logits in enumerate(split_tasks(logits).values()):
             weight = class_weights[t].to(task_logits.device) if class_weights is not None else None
-            total = total + F.cross_entropy(task_logits.float(), targets[:, t], weight=weight,
-                                            label_smoothing=label_smoothing)
+            branch_total = branch_total + F.cross_entropy(task_logits.float(), targets[:, t], weight=weight,
+                                                          label_smoothing=label_smoothing)
+        total = total + (1.0 if branch_weights is None else branch_weights[branch]) * branch_total
     return total

@@ -56,6 +56,10 @@ class TrainConfig:
     brightness_limit: float | None = None
     contrast_limit: float | None = None
     label_smoothing: float = 0.0
+    # per-branch loss weights: the single-shared network's "biased loss" weights dermoscopy above clinical
+    loss_weight_clinical: float = 1.0
+    loss_weight_derm: float = 1.0
+    loss_weight_fusion: float = 1.0
     class_weights: bool = False   # inverse-frequency weighted cross-entropy
     branch_weights_tta: bool = False   # also search W_C, W_D, W_FU on 6-view TTA outputs of valid, for evaluate --tta
     melanoma_sensitivity: float = 0.90  # the valid melanoma sensitivity the seven-point and P(MEL) thresholds keep
@@ -87,6 +91,8 @@ class TrainConfig:
             problems.append("melanoma_sensitivity must be > 0 and <= 1")
         if self.validate_every < 1:
             problems.append("validate_every must be >= 1")
+        if min(self.loss_weight_clinical, self.loss_weight_derm, self.loss_weight_fusion) < 0:
+            problems.append("loss weights must be >= 0")
         if not 0 <= self.warmup_epochs < self.epochs:
             problems.append("warmup_epochs must be >= 0 and < epochs")
         try:
@@ -141,6 +147,15 @@ RECIPES: dict[str, TrainConfig] = {
     "tiny": TrainConfig(epochs=16, batch_size=24, lr=2e-3, weight_decay=1e-4, warmup_epochs=1,
                         swa_epochs=4, swa_lr=2e-4, validate_every=8, amp=False, pretrained_clinical="none", pretrained_derm="none",
                         source="tiny: CPU smoke recipe; Adam 2e-3 (random init), cosine, SWA last 4 of 16"),
+    # The single-shared network's paper gives neither its recipe nor its loss weights (seeds/METHODS.md:
+    # NOT FOUND). The paper recipe, with the biased loss as METHODS.md's assumption: clinical 0.5.
+    "ssn": TrainConfig(loss_weight_clinical=0.5,
+                       source="ssn: the paper recipe; biased loss 0.5 clinical + 1 dermoscopy + 1 fusion "
+                              "(an assumption: arXiv 2403.19203 gives no weights)"),
+    "ssn-tiny": TrainConfig(epochs=16, batch_size=24, lr=2e-3, weight_decay=1e-4, warmup_epochs=1, swa_epochs=4,
+                            swa_lr=2e-4, validate_every=8, amp=False, pretrained_clinical="none",
+                            pretrained_derm="none", loss_weight_clinical=0.5,
+                            source="ssn-tiny: the tiny recipe with the ssn biased loss (clinical 0.5)"),
     "edge": TrainConfig(epochs=30, batch_size=24, lr=1e-3, encoder_lr_scale=0.1, weight_decay=1e-4, warmup_epochs=2,
                         swa_epochs=5, swa_lr=1e-4,
                         source="edge: fine-tuning ImageNet encoders; Adam 1e-3 (encoders 1e-4), 2 warm-up epochs, "

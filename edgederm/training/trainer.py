@@ -202,7 +202,7 @@ def _train(data: Path, run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, 
     model = model.to(device)
     if on_cuda and cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    encoder_params = [*model.clinical_encoder.parameters(), *model.derm_encoder.parameters()]
+    encoder_params = [p for encoder in model.encoders() for p in encoder.parameters()]
     in_encoders = {id(p) for p in encoder_params}
     optimizer = make_optimizer(cfg, [
         {"params": [p for p in model.parameters() if id(p) not in in_encoders], "lr": cfg.lr},
@@ -214,6 +214,8 @@ def _train(data: Path, run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, 
     if cfg.class_weights:
         class_weights = class_weights_from_counts(torch.tensor([c.labels for c in train_cases]))
 
+    loss_weights = {"clinical": cfg.loss_weight_clinical, "derm": cfg.loss_weight_derm,
+                    "fusion": cfg.loss_weight_fusion}
     start_epoch, best_score = 0, float("-inf")
     if resume:
         last_epoch, best_score = load_checkpoint(run_dir, model, optimizer, scheduler, swa_model)
@@ -259,7 +261,8 @@ def _train(data: Path, run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, 
                 clinical = clinical.contiguous(memory_format=torch.channels_last)
                 derm = derm.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                loss = multitask_loss(net(clinical, derm), targets, class_weights, cfg.label_smoothing)
+                loss = multitask_loss(net(clinical, derm), targets, class_weights, cfg.label_smoothing,
+                                      loss_weights)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
