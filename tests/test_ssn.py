@@ -17,8 +17,7 @@ from edgederm.models.config import ModelConfig, get_preset
 from edgederm.models.io import load_model
 from edgederm.training.loss import multitask_loss
 from edgederm.training.recipe import recipe_for, resolve_config
-
-from conftest import FAST_TRAINING
+from tests.conftest import FAST_TRAINING
 
 runner = CliRunner()
 

@@ -25,8 +25,8 @@ import torch
 from torch import nn
 
 from edgederm.errors import ConfigError
-from edgederm.models.config import ModelConfig
 from edgederm.models.attention import SharedCrossAttention
+from edgederm.models.config import ModelConfig
 from edgederm.models.encoders import FeatureEncoder
 from edgederm.models.fusion import StageFusion, match_stage
 from edgederm.models.heads import BRANCHES, MultiTaskHead, fused_probabilities
