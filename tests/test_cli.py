@@ -73,7 +73,7 @@ def test_model_summary_shows_the_papers_count_beside_a_paper_row():
 def test_model_summary_bad_preset_is_one_line():
     result = runner.invoke(app, ["model", "summary", "--preset", "huge"])
     assert result.exit_code == 1
-    assert result.output.strip() == "error: unknown preset 'huge' (choose from paper, sff-cat, aff-cat, aff-bab, aff-aab, edge, tiny)"
+    assert result.output.strip() == "error: unknown preset 'huge' (choose from paper, sff-cat, aff-cat, aff-bab, aff-aab, edge, ssn, ssn-tiny, tiny)"
 
 
 def test_data_check_does_not_import_torch(synthetic_release):
