@@ -222,8 +222,9 @@ def jetson_bundle(ctx: Context, target: Target, precision: str, directory: Path)
     for graph in graphs:
         found = jetson_check.check_graph(directory / graph)
         if found:
+            version = "11" if graph == "model.int8.fp16.onnx" else "10.3"
             raise jetson_check.GraphFormError(f"jetson {precision}: {graph}: {len(found)} problem(s) for TensorRT "
-                                              f"10.3, first: {found[0]}; no bundle written")
+                                              f"{version}, first: {found[0]}; no bundle written")
     manifest["tensorrt_check"] = {"rules": "TensorRT 10.3 (export/jetson_check.py)", "passed": graphs}
     scored = directory / graphs[0]
     session = onnxruntime_session(scored)

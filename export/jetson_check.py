@@ -58,7 +58,7 @@ FLOAT32_IN_FP16 = ("LayerNormalization", "Softmax")
 
 
 class GraphFormError(EdgeDermError):
-    """A Jetson graph that TensorRT 10.3 would not take as it is."""
+    """A Jetson graph that its TensorRT (10.3, or 11 for model.int8.fp16.onnx) would not take as it is."""
 
 
 def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
@@ -73,7 +73,7 @@ def _common(model: onnx.ModelProto, max_opset: int = MAX_OPSET) -> list[str]:
     problems = []
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     if opset is None or opset > max_opset:
-        problems.append(f"opset {opset} (this graph's TensorRT reads EdgeDerm's at most at {max_opset})")
+        problems.append(f"opset {opset}; EdgeDerm keeps this graph at opset {max_opset} or below")
     foreign = sorted({f"{n.domain}::{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type
                       for n in model.graph.node if n.domain not in ("", "ai.onnx") or n.op_type not in SUPPORTED_OPS})
     if foreign:
