@@ -124,6 +124,32 @@ CRITERION_CLASS_NAMES: dict[str, str] = {
 }
 
 
+# Patient metadata a clinic knows at no cost: meta.csv's `sex`, `location` and `elevation` columns, with
+# the values the real release uses. Never `management` or `level_of_diagnostic_difficulty`: both are
+# clinicians' judgements made knowing the case, and give the answer away. One-hot in this order: 14 values.
+METADATA_FIELDS: dict[str, tuple[str, ...]] = {
+    "sex": ("female", "male"),
+    "location": ("abdomen", "acral", "back", "buttocks", "chest", "genital areas", "head neck", "lower limbs",
+                 "upper limbs"),
+    "elevation": ("flat", "palpable", "nodular"),
+}
+METADATA_SIZE = sum(len(values) for values in METADATA_FIELDS.values())
+
+
+def encode_metadata(values: Mapping[str, str]) -> list[float]:
+    """One-hot vector (METADATA_SIZE) of a case's metadata; a missing or unknown value is a LabelError
+    that lists the allowed values. Matching ignores case and surrounding spaces."""
+    vector: list[float] = []
+    for field, allowed in METADATA_FIELDS.items():
+        raw = values.get(field)
+        value = raw.strip().lower() if isinstance(raw, str) else ""
+        if value not in allowed:
+            said = "missing" if not value else f"unknown value {raw!r}"
+            raise LabelError(f"{field}: {said} (allowed: {', '.join(allowed)})")
+        vector += [1.0 if value == v else 0.0 for v in allowed]
+    return vector
+
+
 def class_name(task: str, cls: str) -> str:
     return DIAGNOSIS_NAMES[cls] if task == "DIAG" else CRITERION_CLASS_NAMES[cls]
 

@@ -88,3 +88,38 @@ def test_seven_point_score_matches_real_rows():
     named = L.seven_point_contributions({"PN": "ATP", "STR": "ABS", "PIG": "REG", "RS": "ABS", "DaG": "ABS",
                                          "BWV": "ABS", "VS": "ABS"})
     assert named == [("PN", "ATP", 2)]
+
+
+def test_metadata_is_one_hot_and_unknown_or_missing_values_list_the_allowed_ones():
+    vector = L.encode_metadata({"sex": " Male ", "location": "head neck", "elevation": "nodular"})
+    assert len(vector) == L.METADATA_SIZE == 14 and sum(vector) == 3
+    assert vector[1] == 1.0                                                   # sex: female, male
+    assert vector[2 + L.METADATA_FIELDS["location"].index("head neck")] == 1.0
+    assert vector[-1] == 1.0                                                  # elevation: ..., nodular
+    with pytest.raises(LabelError, match=r"^location: unknown value 'elbow' \(allowed: abdomen, acral, back, "):
+        L.encode_metadata({"sex": "female", "location": "elbow", "elevation": "flat"})
+    with pytest.raises(LabelError, match=r"^elevation: missing \(allowed: flat, palpable, nodular\)$"):
+        L.encode_metadata({"sex": "female", "location": "back", "elevation": " "})
+
+
+def test_the_reader_keeps_the_metadata_and_never_refuses_a_release_for_it(tmp_path):
+    root = tmp_path / "release"
+    rows = []
+    for i, (sex, location) in enumerate((("female", "back"), ("", "elbow"))):
+        write_jpeg(root / "images" / "a" / f"c{i}.jpg")
+        write_jpeg(root / "images" / "a" / f"d{i}.jpg")
+        rows.append({"case_num": str(i + 1), "diagnosis": "melanoma", "seven_point_score": "0",
+                     "pigment_network": "absent", "streaks": "absent", "pigmentation": "absent",
+                     "regression_structures": "absent", "dots_and_globules": "absent",
+                     "blue_whitish_veil": "absent", "vascular_structures": "absent",
+                     "level_of_diagnostic_difficulty": "low", "elevation": "flat", "location": location, "sex": sex,
+                     "management": "excision", "clinic": f"a/c{i}.jpg", "derm": f"a/d{i}.jpg", "case_id": "",
+                     "notes": ""})
+    write_meta(root, rows)
+    write_indexes(root, {"train": [0], "valid": [1], "test": []})
+    cases = list(read_release(root).cases.values())
+    assert [c.metadata for c in cases] == [{"sex": "female", "location": "back", "elevation": "flat"},
+                                           {"sex": "", "location": "elbow", "elevation": "flat"}]
+    assert L.encode_metadata(cases[0].metadata)
+    with pytest.raises(LabelError, match="sex: missing"):
+        L.encode_metadata(cases[1].metadata)

@@ -95,3 +95,22 @@ def test_each_criterion_shows_more_in_dermoscopy_than_in_clinical(task, cls, raw
     clinical_diff, derm_diff = (np.abs(p.astype(float) - a.astype(float)) for p, a in zip(present, absent))
     assert derm_diff.max() >= 40                              # plainly visible in dermoscopy
     assert 0 < clinical_diff.mean() < derm_diff.mean() / 4    # present but much weaker in the clinical photo
+
+
+def test_metadata_follows_the_documented_p_value_given_diagnosis(synthetic_release):
+    from edgederm.data.synth import METADATA_GIVEN_DIAGNOSIS, _meta_row
+    for case in read_release(synthetic_release).cases.values():   # every written value is one the schema takes
+        assert len(L.encode_metadata(case.metadata)) == L.METADATA_SIZE
+    rng = np.random.default_rng(0)
+    shares = {}
+    for diagnosis in ("BCC", "MEL"):
+        classes = {t.key: t.classes[0] for t in L.TASKS} | {"DIAG": diagnosis}
+        locations = [_meta_row(i, classes, _raw(classes), "a.jpg", "b.jpg", rng)["location"] for i in range(3000)]
+        shares[diagnosis] = locations.count("head neck") / len(locations)
+        expected = METADATA_GIVEN_DIAGNOSIS["location"][diagnosis][L.METADATA_FIELDS["location"].index("head neck")]
+        assert abs(shares[diagnosis] - expected) < 0.03, (diagnosis, shares[diagnosis], expected)
+    assert shares["BCC"] > 3 * shares["MEL"]
+
+
+def _raw(classes):
+    return {t.key: next(r for r, c in t.raw_strings.items() if c == classes[t.key]) for t in L.TASKS}

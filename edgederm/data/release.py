@@ -47,6 +47,9 @@ class Case:
     clinical: Path
     derm: Path
     labels: tuple[int, ...]    # class index per task, in labels.TASKS order
+    # meta.csv's sex / location / elevation as written (labels.METADATA_FIELDS); checked where a model uses
+    # them (labels.encode_metadata), so an image-only model reads a release whatever they hold
+    metadata: dict[str, str] = field(default_factory=dict)
 
     @property
     def case_id(self) -> str:
@@ -201,7 +204,7 @@ def _parse_case(row: int, line: int, record: dict[str, str], meta_path: Path,
     if not ok:
         return None
     return Case(row=row, case_num=record["case_num"].strip(), clinical=paths[0], derm=paths[1],
-                labels=tuple(labels))
+                labels=tuple(labels), metadata={f: (record.get(f) or "").strip() for f in L.METADATA_FIELDS})
 
 
 def scan_release(root: str | Path, verify_images: bool = False,

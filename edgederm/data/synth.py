@@ -10,7 +10,9 @@ within the class (weights approximate the real release; only the grouped class
 matters to the model, the raw string only picks a drawing variant). The
 seven-point score column is computed from the drawn criteria, as in the real
 file. Splits are stratified by diagnosis in the real release's 413/203/395
-proportions. Everything is a function of the seed: each case draws its
+proportions. Patient metadata (sex, location, elevation) is drawn from
+METADATA_GIVEN_DIAGNOSIS, after everything else, so it changes no label,
+split or pixel. Everything is a function of the seed: each case draws its
 pictures from its own generator, so the worker count does not change a pixel.
 """
 from __future__ import annotations
@@ -61,11 +63,21 @@ RAW_WEIGHTS: dict[str, dict[str, dict[str, float]]] = {
            "IR": {"dotted": 53, "linear irregular": 18}},
 }
 
-_OTHER_COLUMNS = {
-    "elevation": ("flat", "palpable", "nodular"),
-    "location": ("abdomen", "acral", "back", "buttocks", "chest", "genital areas", "head neck",
-                 "lower limbs", "upper limbs"),
-    "sex": ("female", "male"),
+# P(value | diagnosis) of the patient metadata, in labels.METADATA_FIELDS order. Invented for the synthetic
+# release, shaped by common dermatology priors (basal cell carcinoma on the head and neck and often
+# nodular; seborrheic keratosis raised, on the trunk; melanoma and nevi mostly flat or palpable, on the
+# back and limbs), NOT the real release's frequencies: metadata carries some signal here, never the answer.
+METADATA_GIVEN_DIAGNOSIS: dict[str, dict[str, tuple[float, ...]]] = {
+    "sex": {"BCC": (0.45, 0.55), "NEV": (0.55, 0.45), "MEL": (0.45, 0.55), "MISC": (0.55, 0.45), "SK": (0.5, 0.5)},
+    #           abdomen acral back  buttocks chest genital head-neck lower upper
+    "location": {"BCC": (0.05, 0.01, 0.15, 0.01, 0.10, 0.01, 0.45, 0.07, 0.15),
+                 "NEV": (0.12, 0.04, 0.30, 0.03, 0.12, 0.02, 0.07, 0.18, 0.12),
+                 "MEL": (0.08, 0.05, 0.30, 0.02, 0.10, 0.01, 0.10, 0.22, 0.12),
+                 "MISC": (0.08, 0.04, 0.15, 0.03, 0.10, 0.03, 0.12, 0.30, 0.15),
+                 "SK": (0.10, 0.01, 0.30, 0.02, 0.22, 0.01, 0.16, 0.08, 0.10)},
+    #            flat  palpable nodular
+    "elevation": {"BCC": (0.20, 0.40, 0.40), "NEV": (0.40, 0.45, 0.15), "MEL": (0.45, 0.40, 0.15),
+                  "MISC": (0.35, 0.45, 0.20), "SK": (0.15, 0.65, 0.20)},
 }
 _MANAGEMENT = ("excision", "clinical follow up", "no further examination")
 _DIFFICULTY = ("low", "medium", "high")
@@ -144,8 +156,8 @@ def _meta_row(row: int, classes: dict[str, str], raw: dict[str, str], clinic: st
     for task in L.TASKS:
         record[task.column] = raw[task.key]
     record["level_of_diagnostic_difficulty"] = _DIFFICULTY[min(2, int(rng.integers(0, 2)) + (score >= 3))]
-    for column, values in _OTHER_COLUMNS.items():
-        record[column] = values[int(rng.integers(len(values)))]
+    for column, values in L.METADATA_FIELDS.items():
+        record[column] = _pick(rng, dict(zip(values, METADATA_GIVEN_DIAGNOSIS[column][diagnosis])))
     record["management"] = "excision" if diagnosis in ("MEL", "BCC") else _MANAGEMENT[int(rng.integers(3))]
     return record
 

@@ -1,0 +1,85 @@
+"""The presets side by side, trained and measured on this machine: parameters,
+GFLOPs, batch-1 latency in OpenVINO FP32 and INT8, and the averaged AUC on the
+synthetic release's test split (600 cases, seed 0: the quickstart's release).
+
+Each CPU-sized preset trains with its own recipe; its OpenVINO INT8 export is
+gated on valid as `edgederm export` gates it (a refusal is a row, not a crash);
+then every bundle is benched on test against the preset's PyTorch FP32 model.
+
+    python benchmarks/dev/preset_table.py [--workdir DIR] [--presets tiny,ssn-tiny] [--runs 50]
+
+--workdir may be a quickstart folder: its synth/, runs/tiny and exports/ are
+reused. Writes benchmarks/results/preset-table.json; the README's table is
+generated from it by readme_figures.py.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from workdir import ensure_bundles, synthetic_release
+
+from edgederm.benchmarks.bench import run_bench
+from edgederm.evaluation.gate import GateSettings
+from edgederm.export.int8_gate import NoPassingInt8
+from edgederm.models import create_model
+from edgederm.models.summary import summarize
+from edgederm.training.recipe import resolve_config
+from edgederm.training.trainer import train
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+
+
+def measure(preset: str, work: Path, data: Path, runs: int) -> dict:
+    run = work / "runs" / preset
+    model_cfg, train_cfg = resolve_config(preset)
+    total = summarize(create_model(model_cfg))["total"]
+    row = {"preset": preset, "params_m": total["params_m"], "gflops": total["gflops"], "img_size": model_cfg.img_size,
+           "epochs": train_cfg.epochs}
+    if not (run / "model.safetensors").exists():
+        start = time.perf_counter()
+        train(data, run, model_cfg, train_cfg, resume=(run / "config.json").exists(), progress=False)
+        row["training_minutes"] = (time.perf_counter() - start) / 60
+    bundles = ensure_bundles(run, data, work / "exports", {"torch": "fp32", "openvino": "fp32"})
+    try:
+        bundles.update(ensure_bundles(run, data, work / "exports", {"openvino": "int8"}))
+    except NoPassingInt8 as e:
+        row["int8_refused"] = str(e)
+    names = [bundles[k] for k in ("torch-fp32", "openvino-fp32", "openvino-int8") if k in bundles]
+    bench = run_bench([str(p) for p in names], reference=str(names[0]), data=data, split="test", batch_sizes=[1],
+                      warmup=5, runs=runs, gate=GateSettings())
+    for r in bench["variants"]:
+        key = r["name"].removeprefix(f"{preset}-")
+        row[key] = {"auc": 100 * r["accuracy"]["avg_auc"], "ms": r["latency"][0]["mean_ms"], "verdict": r["verdict"]}
+    row["cpu"] = bench["host"]["cpu"]
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", type=Path, default=None, help="Keep (or reuse) the release, runs and bundles here.")
+    parser.add_argument("--presets", default="tiny,ssn-tiny")
+    parser.add_argument("--runs", type=int, default=50, help="Timed runs per bundle.")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = args.workdir or Path(tmp)
+        data = synthetic_release(work, cases=600)
+        rows = []
+        for preset in args.presets.split(","):
+            rows.append(measure(preset, work, data, args.runs))
+            r = rows[-1]
+            int8 = r.get("openvino-int8")
+            print(f"{preset:<10} {r['params_m']:6.2f} M {r['gflops']:5.2f} GFLOPs  test AUC {r['torch-fp32']['auc']:.2f}  "
+                  f"OpenVINO FP32 {r['openvino-fp32']['ms']:.2f} ms  INT8 "
+                  + (f"{int8['ms']:.2f} ms ({int8['verdict']})" if int8 else "refused"))
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "preset-table.json").write_text(json.dumps(
+        {"release": "synthetic, 600 cases, seed 0; test split", "rows": rows}, indent=1) + "\n")
+    print(f"wrote {RESULTS / 'preset-table.json'}")
+
+
+if __name__ == "__main__":
+    main()
