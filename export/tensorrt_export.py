@@ -104,17 +104,19 @@ def tensorrt_form(model: onnx.ModelProto) -> onnx.ModelProto:
         if node.op_type != "DequantizeLinear":
             ordered.append(node)
             continue
-        weight = inits.get(node.input[0])
-        if weight is not None and weight.data_type == onnx.TensorProto.INT8:
-            ordered.append(_weight_quantizer(node, weight, inits, graph))
-            replaced.add(weight.name)
-        ordered.append(node)
         users = readers[node.output[0]]
         source = producers.get(node.input[0])
         if source is not None and source.op_type == "QuantizeLinear":
             for user, slot in [u for u in users if u[0].op_type == "Shape"]:
                 user.input[slot] = source.input[0]
                 users.remove((user, slot))
+        if not users and node.output[0] not in graph_outputs:     # it only fed Shapes
+            continue
+        weight = inits.get(node.input[0])
+        if weight is not None and weight.data_type == onnx.TensorProto.INT8:
+            ordered.append(_weight_quantizer(node, weight, inits, graph))
+            replaced.add(weight.name)
+        ordered.append(node)
         kept = 0 if node.output[0] in graph_outputs else 1     # a graph output counts as a reader
         for copy_index, (user, slot) in enumerate(users[kept:], start=1):
             copy = onnx.NodeProto()

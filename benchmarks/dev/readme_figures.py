@@ -10,6 +10,8 @@ Blocks:
 - include:PATH: a result file a benchmark script wrote (its own title left out, its headings
   demoted below the README's), e.g. `<!-- figures:include:benchmarks/results/paper-latency-batch1.md -->`.
 - presets: parameters and GFLOPs per preset (benchmarks/results/presets.json, from presets.py).
+- preset-table: the CPU-sized presets trained and measured side by side (benchmarks/results/preset-table.json,
+  from preset_table.py): test AUC, OpenVINO FP32 / INT8 batch-1 latency, the INT8 verdict.
 - quickstart: the headline of `edgederm quickstart` (benchmarks/results/quickstart.json, the bench
   report it wrote, latency samples dropped): per variant averaged AUC, the gate's AUC drop with its
   95 % interval and upper bound, decision flips, latency and verdict.
@@ -109,8 +111,22 @@ def include_block(relative: str) -> str:
     return "\n".join("#### " + line.lstrip("#").strip() if line.startswith("#") else line for line in lines).strip()
 
 
+def preset_table_block(table: dict) -> str:
+    lines = [f"{table['release']}; {table['rows'][0]['cpu']}, batch 1, each preset's own recipe.", "",
+             "| preset | params (M) | GFLOPs | px | epochs | test AUC (PyTorch FP32) | OpenVINO FP32 ms | "
+             "OpenVINO INT8 ms | INT8 test AUC | INT8 verdict |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in table["rows"]:
+        int8 = r.get("openvino-int8")
+        tail = (f"{int8['ms']:.2f} | {int8['auc']:.2f} | {int8['verdict']}" if int8
+                else "- | - | refused on valid at export")
+        lines.append(f"| `{r['preset']}` | {r['params_m']:.2f} | {r['gflops']:.2f} | {r['img_size']} | {r['epochs']} | "
+                     f"{r['torch-fp32']['auc']:.2f} | {r['openvino-fp32']['ms']:.2f} | {tail} |")
+    return "\n".join(lines)
+
+
 BLOCKS = {"quickstart": lambda: quickstart_block(json.loads(QUICKSTART.read_text())),
-          "presets": lambda: presets_block(json.loads(PRESETS.read_text()))}
+          "presets": lambda: presets_block(json.loads(PRESETS.read_text())),
+          "preset-table": lambda: preset_table_block(json.loads((RESULTS / "preset-table.json").read_text()))}
 BLOCK = re.compile(r"(<!-- figures:([\w:./-]+) -->\n).*?(<!-- /figures:\2 -->)", re.S)
 
 
