@@ -14,7 +14,7 @@ from edgederm.errors import ConfigError
 from edgederm.models import create_model
 from edgederm.models.attention import SharedCrossAttention
 from edgederm.models.config import ModelConfig, get_preset
-from edgederm.models.io import load_model
+from edgederm.models.io import load_model, save_weights
 from edgederm.training.loss import multitask_loss
 from edgederm.training.recipe import recipe_for, resolve_config
 from tests.conftest import FAST_TRAINING
@@ -41,7 +41,6 @@ def test_one_encoder_is_registered_saved_and_run_once(tmp_path):
     logits = model(x, torch.randn(3, 3, 64, 64))
     assert calls == [6]                                    # both photos, one pass
     assert {k: v.shape for k, v in logits.items()} == {b: (3, L.TOTAL_CLASSES) for b in ("clinical", "derm", "fusion")}
-    from edgederm.models.io import save_weights
     save_weights(model, tmp_path / "m.safetensors")
     again = load_model(tmp_path / "m.safetensors").eval()
     y = torch.randn(3, 3, 64, 64)
@@ -51,8 +50,9 @@ def test_one_encoder_is_registered_saved_and_run_once(tmp_path):
 def test_the_cross_attention_is_one_module_for_every_stage():
     model = create_model(_small())
     assert isinstance(model.fusions, SharedCrossAttention) and len(model.fusion_stages) == 2
-    keys = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m is model.fusions.key]
-    assert len(keys) == 1
+    attention = [m for name, m in model.fusions.named_modules()
+                 if isinstance(m, torch.nn.Conv2d) and not name.startswith(("clinical_in", "derm_in"))]
+    assert len(attention) == 3            # key, query, value: one set for both stages (and both directions)
     # the same weights serve both directions: swapping the photos swaps the halves of each fused map
     c, d = torch.randn(2, 32, 4, 4), torch.randn(2, 32, 4, 4)
     fusion = SharedCrossAttention([32], [32], 8).eval()
