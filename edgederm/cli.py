@@ -462,12 +462,14 @@ def quickstart_command(
 
     Exits 0 when every stage completed and the gate ran, whatever its verdicts (they are printed);
     1 when a stage broke, or with --strict when a variant fails the gate."""
+    import time
+    started = time.perf_counter()      # before the imports below (torch, OpenVINO, ...): the user waits for them too
     from edgederm.benchmarks.report import summary_lines
     from edgederm.quickstart import QuickstartOptions, quickstart
     result = quickstart(QuickstartOptions(out=out, cases=cases, epochs=epochs, img_size=img_size,
                                           batch_size=batch_size, runs=runs, max_auc_drop=max_auc_drop,
                                           max_flip_rate=max_flip_rate, seed=seed, workers=workers),
-                        log=lambda m: typer.echo(m, err=as_json))
+                        log=lambda m: typer.echo(m, err=as_json), started=started)
     if as_json:
         typer.echo(json.dumps(result, indent=2))
     else:
