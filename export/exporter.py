@@ -28,6 +28,7 @@ from edgederm.errors import ConfigError
 from edgederm.evaluation.gate import DEFAULT_MAX_FLIP_RATE, GateSettings, agreement
 from edgederm.evaluation.metrics import compute_metrics
 from edgederm.export import int8_gate, jetson_check, openvino_export, tensorrt_export
+from edgederm.export.engine import INT8_FP16_ONNX
 from edgederm.export.formats import Target, parse_request
 from edgederm.export.onnx_export import OPSET, export_onnx, onnxruntime_session, run_onnx, run_torch
 from edgederm.models.io import load_model, read_metadata, save_weights
@@ -208,7 +209,7 @@ def jetson_bundle(ctx: Context, target: Target, precision: str, directory: Path)
         manifest["int8_gate"] = int8_gate.record(attempts, valid, ranking)
         # What TensorRT 11 builds (engine.py): the same Q/DQ typed FP16 outside it. FP16 rounding moves some
         # values across a quantization step, so it is gated like any INT8 graph, and left out when it fails.
-        typed = tensorrt_export.convert_int8_fp16(graph, directory / "model.int8.fp16.onnx")
+        typed = tensorrt_export.convert_int8_fp16(graph, directory / INT8_FP16_ONNX)
         attempt = int8_gate.judge_on_valid(valid, int8_gate.Attempt("FP16-typed INT8 graph, for TensorRT 11"),
                                            valid.predictions(predictor(typed)), ctx.log)
         if attempt.passed:
@@ -222,7 +223,7 @@ def jetson_bundle(ctx: Context, target: Target, precision: str, directory: Path)
     for graph in graphs:
         found = jetson_check.check_graph(directory / graph)
         if found:
-            version = "11" if graph == "model.int8.fp16.onnx" else "10.3"
+            version = "11" if graph == INT8_FP16_ONNX else "10.3"
             raise jetson_check.GraphFormError(f"jetson {precision}: {graph}: {len(found)} problem(s) for TensorRT "
                                               f"{version}, first: {found[0]}; no bundle written")
     manifest["tensorrt_check"] = {"rules": "TensorRT 10.3 (export/jetson_check.py)", "passed": graphs}
@@ -244,7 +245,7 @@ def _jetson_readme(manifest: dict, name: str) -> str:
     shapes = ",".join(f"{i['name']}:{{}}x3x{size}x{size}" for i in manifest["inputs"])
     flags = "--int8 --fp16" if manifest["precision"] == "int8" else "--fp16"
     typed = ("; build from `model.int8.fp16.onnx` there (the INT8 graph typed FP16 outside Q/DQ)"
-             if "model.int8.fp16.onnx" in manifest["graphs"] else "")
+             if INT8_FP16_ONNX in manifest["graphs"] else "")
     return f"""# {name}: EdgeDerm bundle for NVIDIA Jetson (TensorRT)
 
 Graphs: {', '.join(manifest['graphs'])}. The engine is built on the Jetson itself:
