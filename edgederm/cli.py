@@ -17,6 +17,9 @@ import typer
 
 from edgederm.errors import EdgeDermError
 from edgederm.evaluation.gate import DEFAULT_MAX_FLIP_RATE
+from edgederm.models.config import PRESETS
+
+PRESET_NAMES = ", ".join(PRESETS)
 
 app = typer.Typer(help="EdgeDerm: offline skin-lesion triage from paired clinical and dermoscopy photos.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -112,7 +115,7 @@ _PRETRAINED_HELP = ("Initial weights of the {} encoder: auto (installed offline 
 @model_app.command("summary")
 @_one_line_errors
 def model_summary(
-    preset: Annotated[str, typer.Option(help="Preset name: paper, sff-cat, aff-cat, aff-bab, aff-aab, edge, tiny.")] = "paper",
+    preset: Annotated[str, typer.Option(help=f"Preset name: {PRESET_NAMES}.")] = "paper",
     config: Annotated[Optional[Path], typer.Option(help="A model config JSON file (overrides --preset).")] = None,
     pretrained_clinical: Annotated[str, typer.Option(help=_PRETRAINED_HELP.format("clinical"))] = "none",
     pretrained_derm: Annotated[str, typer.Option(help=_PRETRAINED_HELP.format("dermoscopy"))] = "none",
@@ -163,7 +166,7 @@ def _as_flags(values: dict) -> list[str]:
 def train_command(
     data: Annotated[Path, typer.Option(help="A release_v0 folder: trains on `train`, selects on `valid`.")],
     out: Annotated[Path, typer.Option(help="Run folder to create (or to continue with --resume).")],
-    preset: Annotated[str, typer.Option(help="Model + recipe: paper, sff-cat, aff-cat, aff-bab, aff-aab, edge, tiny.")] = "paper",
+    preset: Annotated[str, typer.Option(help=f"Model + recipe: {PRESET_NAMES}.")] = "paper",
     config: Annotated[Optional[Path], typer.Option(help="JSON or TOML file with `model` / `train` tables.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in OUT from its last checkpoint.")] = False,
     nproc: Annotated[int, typer.Option(help="Processes (one per GPU) launched through torchrun.")] = 1,
@@ -232,8 +235,9 @@ def train_command(
     final = train(data, out, model_cfg, train_cfg, resume=resume, progress=not quiet)
     if final.is_file():
         weights = json.loads((out / "branch_weights.json").read_text())
-        typer.echo(f"final weights: {final}  (W_C {weights['clinical']:.2f}, W_D {weights['derm']:.2f}, "
-                   f"W_FU {weights['fusion']:.2f}; validation averaged AUC {100 * weights['valid_score']:.1f})")
+        names = {"clinical": "W_C", "derm": "W_D", "fusion": "W_FU"}
+        shown = ", ".join(f"{names[b]} {weights[b]:.2f}" for b in names if b in weights)
+        typer.echo(f"final weights: {final}  ({shown}; validation averaged AUC {100 * weights['valid_score']:.1f})")
 
 
 @app.command("evaluate")
@@ -258,8 +262,13 @@ def evaluate_command(
         typer.echo(json.dumps(report, indent=2))
     else:
         for key, name in (("clinical", "clinical"), ("derm", "dermoscopy"), ("fusion", "fusion"), ("final", "final")):
-            m = report["branches"][key]
-            typer.echo(f"{name:<11} AUC {100 * m['avg_auc']:.1f}  ACC {100 * m['avg_acc']:.1f}")
+            if key in report["branches"]:
+                m = report["branches"][key]
+                typer.echo(f"{name:<11} AUC {100 * m['avg_auc']:.1f}  ACC {100 * m['avg_acc']:.1f}")
+        if report.get("location"):
+            loc = report["location"]
+            typer.echo(f"{'location':<11} AUC {100 * loc['avg_auc']:.1f}  ACC {100 * loc['acc']:.1f}  "
+                       "(auxiliary task, not in the averaged AUC)")
         typer.echo(f"wrote {json_path} and {md_path}")
         typer.echo(headline(report["branches"]["final"], report["params_m"]))
 

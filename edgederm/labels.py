@@ -86,6 +86,7 @@ TASKS: tuple[Task, ...] = (
 TASK_KEYS: tuple[str, ...] = tuple(t.key for t in TASKS)
 TASK_BY_KEY: dict[str, Task] = {t.key: t for t in TASKS}
 NUM_CLASSES: tuple[int, ...] = tuple(t.num_classes for t in TASKS)
+NUM_TASKS = len(TASKS)
 TOTAL_CLASSES: int = sum(NUM_CLASSES)  # width of a head's concatenated logits (24)
 
 # Where each task's logits sit in a head's concatenated output.
@@ -148,6 +149,18 @@ def encode_metadata(values: Mapping[str, str]) -> list[float]:
             raise LabelError(f"{field}: {said} (allowed: {', '.join(allowed)})")
         vector += [1.0 if value == v else 0.0 for v in allowed]
     return vector
+
+
+def metadata_index(values: Mapping[str, str], field: str) -> int:
+    """The class index of one metadata field (the clinical-only model's body-location task); a missing or
+    unknown value is a LabelError listing the allowed values."""
+    allowed = METADATA_FIELDS[field]
+    raw = values.get(field)
+    value = raw.strip().lower() if isinstance(raw, str) else ""
+    if value not in allowed:
+        said = "missing" if not value else f"unknown value {raw!r}"
+        raise LabelError(f"{field}: {said} (allowed: {', '.join(allowed)})")
+    return allowed.index(value)
 
 
 def class_name(task: str, cls: str) -> str:

@@ -4,6 +4,10 @@ Images go through `edgederm.preprocess` (the runtimes' code): read, resize,
 then for training an augmentation of the resized uint8 image, then normalise.
 Resized images are cached in memory (600 synthetic cases at 224 px: ~180 MB),
 because decoding 768 x 512 JPEGs each epoch dominates a CPU epoch otherwise.
+
+An item is (one tensor per model input, in `inputs` order, targets): targets
+are the eight task labels, followed by the body-location index when
+`location` is asked for (the clinical-only model's auxiliary task).
 """
 from __future__ import annotations
 
@@ -11,28 +15,45 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from edgederm import labels as L
 from edgederm.augment import AugmentConfig, augment_image
+from edgederm.data.inputs import IMAGE_INPUTS, case_photo
 from edgederm.data.release import Case
+from edgederm.errors import ConfigError, LabelError
 from edgederm.preprocess import PreprocessConfig, normalize, read_input_image, resize_image
 
 
 class PairDataset(Dataset):
     def __init__(self, cases: list[Case], preprocess: PreprocessConfig,
-                 augment: AugmentConfig | None = None, cache: bool = True):
+                 augment: AugmentConfig | None = None, cache: bool = True,
+                 inputs: tuple[str, ...] = IMAGE_INPUTS, location: bool = False):
         self.cases = cases
         self.preprocess = preprocess
         self.augment = augment
-        self.cache: dict[tuple[int, int], np.ndarray] | None = {} if cache else None
+        self.inputs = inputs
+        self.cache: dict[tuple[int, str], np.ndarray] | None = {} if cache else None
+        self.targets = [list(c.labels) for c in cases]
+        if location:     # checked now: a case without a known location is an error before the first epoch
+            for case, row in zip(cases, self.targets):
+                try:
+                    row.append(L.metadata_index(case.metadata, "location"))
+                except LabelError as e:
+                    raise ConfigError(f"case {case.case_id}: {e} (the clinical-only model learns body location "
+                                      "from meta.csv's `location` column)") from None
+
+    @classmethod
+    def for_model(cls, cases: list[Case], cfg, augment: AugmentConfig | None = None, cache: bool = True):
+        """The dataset a network with ModelConfig `cfg` trains and is evaluated on."""
+        return cls(cases, cfg.preprocess(), augment, cache, cfg.inputs, cfg.learns_location)
 
     def __len__(self) -> int:
         return len(self.cases)
 
-    def _resized(self, index: int, modality: int) -> np.ndarray:
-        key = (index, modality)
+    def _resized(self, index: int, name: str) -> np.ndarray:
+        key = (index, name)
         if self.cache is not None and key in self.cache:
             return self.cache[key]
-        case = self.cases[index]
-        img = resize_image(read_input_image(case.derm if modality else case.clinical, self.preprocess),
+        img = resize_image(read_input_image(case_photo(self.cases[index], name), self.preprocess),
                            self.preprocess.size, self.preprocess.resize, self.preprocess.crop)
         if self.cache is not None:
             self.cache[key] = img
@@ -40,11 +61,11 @@ class PairDataset(Dataset):
 
     def __getitem__(self, index: int):
         out = []
-        for modality in (0, 1):
-            img = self._resized(index, modality)
+        for name in self.inputs:
+            img = self._resized(index, name)
             if self.augment is not None:
                 # Drawn from torch's generator so torch.manual_seed / DataLoader worker seeding make it repeatable.
                 rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, ())))
                 img = augment_image(img, rng, self.augment)
             out.append(torch.from_numpy(normalize(img, self.preprocess.mean, self.preprocess.std)))
-        return out[0], out[1], torch.tensor(self.cases[index].labels, dtype=torch.long)
+        return (*out, torch.tensor(self.targets[index], dtype=torch.long))

@@ -10,7 +10,7 @@ from edgederm.data.release import read_release
 from edgederm.data.torch_dataset import PairDataset
 from edgederm.errors import ConfigError
 from edgederm.evaluation.clinical import clinical_report, fit_clinical
-from edgederm.evaluation.metrics import compute_metrics
+from edgederm.evaluation.metrics import compute_metrics, location_metrics
 from edgederm.evaluation.predict import predict_branches, weighted_final
 from edgederm.models.io import load_model, read_metadata
 
@@ -31,9 +31,9 @@ def evaluate_run(run_dir: str | Path, data: str | Path, split: str = "test", che
     cases = read_release(data).split(split)
     if not cases:
         raise ConfigError(f"{data}: the {split} split is empty")
-    loader = DataLoader(PairDataset(cases, model.cfg.preprocess(), cache=False),
-                        batch_size=batch_size)
-    branch_probs, labels = predict_branches(model, loader, device, tta=tta, progress=progress)
+    loader = DataLoader(PairDataset.for_model(cases, model.cfg, cache=False), batch_size=batch_size)
+    location: dict = {}
+    branch_probs, labels = predict_branches(model, loader, device, tta=tta, progress=progress, location=location)
     weights_used, searched_on = model.branch_weights.tolist(), "single view"
     tta_weights = read_metadata(weights).get("branch_weights_tta") if tta else None
     if tta_weights:        # searched on TTA outputs at training time (branch_weights_tta): the ones for TTA
@@ -46,6 +46,7 @@ def evaluate_run(run_dir: str | Path, data: str | Path, split: str = "test", che
         "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
         "branches": {b: compute_metrics(p, labels) for b, p in branch_probs.items()},
         "clinical": {"fit": fit, "fitted": fitted, **clinical_report(fit, branch_probs["final"], labels)},
+        "location": location_metrics(location["probabilities"], location["labels"]) if location else None,
     }
 
 
@@ -60,7 +61,7 @@ def _clinical_fit(model, weights: Path, data, split: str, tta: bool, branch_weig
     cases = read_release(data).split("valid")
     if not cases:
         raise ConfigError(f"{data}: the valid split is empty: temperatures and thresholds are fitted on it")
-    loader = DataLoader(PairDataset(cases, model.cfg.preprocess(), cache=False), batch_size=batch_size)
+    loader = DataLoader(PairDataset.for_model(cases, model.cfg, cache=False), batch_size=batch_size)
     branch_probs, labels = predict_branches(model, loader, device, tta=tta, progress=progress)
     fitted = f"now, on the valid split's {'6-view TTA' if tta else 'single-view'} outputs"
     return fit_clinical(weighted_final(branch_probs, branch_weights), labels), fitted

@@ -96,3 +96,15 @@ def compute_metrics(probs: np.ndarray, labels: np.ndarray) -> dict:
         "avg_acc": float(np.mean(list(accs.values()))),
         "melanoma": melanoma_category_scores(probs, labels),
     }
+
+
+def location_metrics(probs: np.ndarray, labels: np.ndarray) -> dict:
+    """The clinical-only network's auxiliary body-location task (N x 9 probabilities, N indices): accuracy
+    and one-vs-rest AUC per location. Reported beside the eight tasks, never in the averaged AUC."""
+    names = L.METADATA_FIELDS["location"]
+    auc = {name: roc_auc(labels == i, probs[:, i]) if 0 < (labels == i).sum() < len(labels) else None
+           for i, name in enumerate(names)}
+    defined = [v for v in auc.values() if v is not None]
+    return {"cases": int(len(labels)), "acc": float(np.mean(probs.argmax(1) == labels)), "auc": auc,
+            "avg_auc": float(np.mean(defined)) if defined else None,
+            "note": "auxiliary task: not part of the 17-category averaged AUC"}

@@ -7,7 +7,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from edgederm.models.heads import BRANCHES, task_softmax
+from edgederm import labels as L
+from edgederm.models.heads import task_softmax
 
 TTA_VIEWS = (
     lambda x: x,
@@ -21,25 +22,41 @@ TTA_VIEWS = (
 
 @torch.no_grad()
 def predict_branches(model: torch.nn.Module, loader, device: torch.device | str = "cpu",
-                     tta: bool = False, progress=None) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """({branch: N x 24 probabilities}, N x 8 labels). The model is put in eval mode."""
+                     tta: bool = False, progress=None,
+                     location: dict | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """({branch: N x 24 probabilities}, N x 8 labels), branches in the model's order. The model is put in
+    eval mode. For a model with the body-location task, pass a dict as `location`: it receives
+    "probabilities" (N x 9) and "labels" (N)."""
     model.eval()
     views = TTA_VIEWS if tta else TTA_VIEWS[:1]
-    outputs: dict[str, list[np.ndarray]] = {b: [] for b in BRANCHES}
+    outputs: dict[str, list[np.ndarray]] = {b: [] for b in model.branches}
+    located: list[np.ndarray] = []
     targets = []
-    for clinical, derm, labels in (progress(loader) if progress else loader):
-        clinical, derm = clinical.to(device), derm.to(device)
-        summed = {b: 0.0 for b in BRANCHES}
+    for *inputs, labels in (progress(loader) if progress else loader):
+        inputs = [x.to(device) for x in inputs]
+        summed = {b: 0.0 for b in model.branches}
+        where = 0.0
         for view in views:
-            logits = model(view(clinical), view(derm))
-            for b in BRANCHES:
+            logits = model(*(view(x) for x in inputs))
+            for b in model.branches:
                 summed[b] = summed[b] + task_softmax(logits[b].float())
-        for b in BRANCHES:
+            if "location" in logits:
+                where = where + logits["location"].float().softmax(dim=1)
+        for b in model.branches:
             outputs[b].append((summed[b] / len(views)).cpu().numpy())
+        if "location" in logits:
+            located.append((where / len(views)).cpu().numpy())
         targets.append(labels.numpy())
-    return {b: np.concatenate(v) for b, v in outputs.items()}, np.concatenate(targets)
+    targets = np.concatenate(targets)
+    if location is not None and located:
+        location.update(probabilities=np.concatenate(located), labels=targets[:, L.NUM_TASKS])
+    return {b: np.concatenate(v) for b, v in outputs.items()}, targets[:, :L.NUM_TASKS]
 
 
 def weighted_final(branch_probs: dict[str, np.ndarray], weights) -> np.ndarray:
-    """P_FI = W_C P_C + W_D P_D + W_FU P_FU, weights in BRANCHES order."""
-    return sum(float(w) * branch_probs[b] for w, b in zip(weights, BRANCHES))
+    """P_FI = W_C P_C + W_D P_D + W_FU P_FU: `weights` in the order of the branches in `branch_probs`
+    (a "final" entry already there is not a branch)."""
+    branches = [b for b in branch_probs if b != "final"]
+    if len(branches) != len(weights):
+        raise ValueError(f"{len(weights)} branch weights for {len(branches)} branches ({', '.join(branches)})")
+    return sum(float(w) * branch_probs[b] for w, b in zip(weights, branches))

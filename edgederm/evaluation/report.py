@@ -100,25 +100,38 @@ def markdown_report(report: dict) -> str:
     cats = [L.category_name(t, c) for t, c in L.AUC_CATEGORIES]
     out = [f"# Evaluation: {report['split']} split, {report['cases']} cases",
            "", f"Weights: `{report['weights']}`; TTA: {'6 views' if report['tta'] else 'off'}; "
-           f"branch weights W_C {report['branch_weights'][0]:.2f}, W_D {report['branch_weights'][1]:.2f}, "
-           f"W_FU {report['branch_weights'][2]:.2f}; {report['params_m']:.2f} M parameters.",
+           f"{_branch_weights(report)}; {report['params_m']:.2f} M parameters.",
            "", f"**{headline(report['branches']['final'], report['params_m'])}**",
            "", "## AUC (%), one-vs-rest", "",
            "| branch | " + " | ".join(cats) + " | AVG |", "|---" * (len(cats) + 2) + "|"]
-    for key, title in ROWS:
+    rows = [(key, title) for key, title in ROWS if key in report["branches"]]
+    for key, title in rows:
         m = report["branches"][key]
         out.append(f"| {title} | " + " | ".join(_pct(m["auc"][c]) for c in cats) + f" | {_pct(m['avg_auc'])} |")
     order = PAPER_ACCURACY_ORDER
     out += ["", "## Accuracy (%), the paper's Table 3 order", "", "| branch | " + " | ".join(order) + " | AVG |",
             "|---" * (len(order) + 2) + "|"]
-    for key, title in ROWS:
+    for key, title in rows:
         m = report["branches"][key]
         out.append(f"| {title} | " + " | ".join(_pct(m["acc"][t]) for t in order) + f" | {_pct(m['avg_acc'])} |")
     out += ["", "## Melanoma-related categories, weighted final (%), the paper's Table 4 layout", ""]
     out += melanoma_table(report["branches"]["final"])
+    if report.get("location"):
+        loc = report["location"]
+        names = list(loc["auc"])
+        out += ["", "## Body location (auxiliary task, not in the averaged AUC), AUC (%) one-vs-rest", "",
+                "| " + " | ".join(names) + " | AVG | ACC |", "|---" * (len(names) + 2) + "|",
+                "| " + " | ".join(_pct(loc["auc"][n]) for n in names) + f" | {_pct(loc['avg_auc'])} | {_pct(loc['acc'])} |"]
     if report.get("clinical"):
         out += [""] + clinical_section(report["clinical"])
     return "\n".join(out) + "\n"
+
+
+def _branch_weights(report: dict) -> str:
+    weights = report["branch_weights"]
+    if len(weights) == 1:
+        return "one branch (P_FI = P_C)"
+    return f"branch weights W_C {weights[0]:.2f}, W_D {weights[1]:.2f}, W_FU {weights[2]:.2f}"
 
 
 def write_report(report: dict, out_dir: Path) -> tuple[Path, Path]:

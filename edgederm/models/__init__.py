@@ -1,13 +1,29 @@
-"""The model family: configs and presets, encoders, fusion blocks, heads, the network."""
-from edgederm.models.config import PRESETS, ModelConfig, get_preset
-from edgederm.models.heads import BRANCHES, fused_probabilities, split_tasks, task_softmax
-from edgederm.models.multimodal import MultiModalNet
+"""The model family: configs and presets, encoders, fusion blocks, heads, the networks.
+
+Names are imported on first use (PEP 562), so `edgederm.models.config` (presets, no torch) can be read on
+a device that has no torch installed, and the CLI starts without loading torch and timm."""
+from __future__ import annotations
+
+import importlib
+
+_WHERE = {
+    "ClinicalOnlyNet": "clinical_only", "PRESETS": "config", "ModelConfig": "config", "get_preset": "config",
+    "BRANCHES": "heads", "BranchNet": "heads", "fused_probabilities": "heads", "split_tasks": "heads",
+    "task_softmax": "heads", "MultiModalNet": "multimodal",
+}
+NETWORKS = {"two-encoder": "MultiModalNet", "clinical-only": "ClinicalOnlyNet"}   # ModelConfig.architecture -> class
 
 
-def create_model(cfg: ModelConfig) -> MultiModalNet:
-    """Build the network with random weights (`edgederm.models.pretrained.initialize` loads ImageNet ones)."""
-    return MultiModalNet(cfg)
+def create_model(cfg):
+    """Build the network of a ModelConfig with random weights (`edgederm.models.pretrained.initialize` loads
+    ImageNet ones)."""
+    return __getattr__(NETWORKS[cfg.architecture])(cfg)
 
 
-__all__ = ["BRANCHES", "PRESETS", "ModelConfig", "MultiModalNet", "create_model", "fused_probabilities",
-           "get_preset", "split_tasks", "task_softmax"]
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"edgederm.models.{_WHERE[name]}"), name)
+    raise AttributeError(f"module 'edgederm.models' has no attribute {name!r}")
+
+
+__all__ = [*_WHERE, "NETWORKS", "create_model"]

@@ -13,6 +13,11 @@ from pathlib import Path
 from edgederm.errors import ConfigError
 from edgederm.preprocess import CROPS, IMAGENET_MEAN, IMAGENET_STD, PreprocessConfig
 
+# Which network: the two-photo family of the paper (and its single-shared variant), or the clinical-photo-only
+# multi-task model after DermImitFormer (arXiv 2307.08308; edgederm.models.clinical_only).
+ARCHITECTURES = ("two-encoder", "clinical-only")
+# The model inputs an architecture takes, in order: the exported graphs' input names, the manifests' "inputs".
+ARCHITECTURE_INPUTS = {"two-encoder": ("clinical", "dermoscopy"), "clinical-only": ("clinical",)}
 FUSIONS = ("aab", "bab", "cat", "sca")   # sca: SSN's cross-attention, one set of weights for every stage
 # What P_C and P_D read (edgederm.models.encoders): the encoder's pre-logits representation (conv head
 # included), or its last stage map average-pooled (the head pruned; EdgeDerm before 0.2).
@@ -36,13 +41,33 @@ class ModelConfig:
     branch_features: str = "pre_logits"  # key of BRANCH_FEATURES: what the single-modality heads read
     crop: str = "none"                  # key of preprocess.CROPS, at training and on the device (in the manifest)
     shared_encoder: bool = False        # SSN: one encoder (derm_encoder) whose weights both photos go through
+    architecture: str = "two-encoder"   # key of ARCHITECTURES
+    selected_patches: int = 12          # clinical-only: the K most informative patches the lesion selection keeps
 
     @property
     def framework(self) -> str:
         """SFF when both modalities use the same (heavy) encoder, AFF otherwise."""
         return "sff" if self.clinical_encoder == self.derm_encoder else "aff"
 
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """The network's inputs, in the order its forward and every exported graph take them."""
+        return ARCHITECTURE_INPUTS[self.architecture]
+
+    @property
+    def learns_location(self) -> bool:
+        """Whether the network has the auxiliary body-location task (clinical-only)."""
+        return self.architecture == "clinical-only"
+
     def __post_init__(self):
+        if self.architecture not in ARCHITECTURES:
+            raise ConfigError(f"model config: architecture {self.architecture!r} is not one of "
+                              f"{', '.join(ARCHITECTURES)}")
+        if self.architecture == "clinical-only" and (self.shared_encoder or self.clinical_encoder != self.derm_encoder):
+            raise ConfigError("model config: a clinical-only model has one encoder: set derm_encoder to the "
+                              f"clinical encoder ({self.clinical_encoder!r}) and shared_encoder to false")
+        if self.selected_patches < 1:
+            raise ConfigError("model config: selected_patches must be >= 1")
         if self.fusion not in FUSIONS:
             raise ConfigError(f"model config: fusion {self.fusion!r} is not one of {', '.join(FUSIONS)}")
         if self.shared_encoder and self.clinical_encoder != self.derm_encoder:
@@ -128,6 +153,17 @@ PRESETS: dict[str, ModelConfig] = {
     # The same on the tiny preset's dermoscopy encoder, at its size: CPU-trainable.
     "ssn-tiny": ModelConfig(clinical_encoder="resnet10t", derm_encoder="resnet10t", shared_encoder=True,
                             fusion="sca", img_size=128),
+    # Clinical photo only (no dermatoscope), after DermImitFormer (arXiv 2307.08308): multi-task heads with
+    # lesion selection and task-token interaction (edgederm.models.clinical_only). Edge-sized: the edge
+    # preset's ImageNet EfficientNet-Lite0 instead of the paper's ViT-B/16.
+    "clinical-only": ModelConfig(clinical_encoder="tf_efficientnet_lite0", derm_encoder="tf_efficientnet_lite0",
+                                 architecture="clinical-only", normalization="inception"),
+    # The paper's backbone, ViT-B/16 (~86 M): for GPUs.
+    "clinical-only-paper": ModelConfig(clinical_encoder="vit_base_patch16_224", derm_encoder="vit_base_patch16_224",
+                                       architecture="clinical-only"),
+    # CPU-trainable in minutes, for the quickstart-sized release and the tests.
+    "clinical-only-tiny": ModelConfig(clinical_encoder="mobilenetv3_small_050", derm_encoder="mobilenetv3_small_050",
+                                      architecture="clinical-only", img_size=128),
     # Small enough that an epoch over 600 synthetic cases runs in under a minute on 2 CPU cores.
     "tiny": ModelConfig(clinical_encoder="mobilenetv3_small_050", derm_encoder="resnet10t",
                         fusion="aab", img_size=128),

@@ -10,10 +10,10 @@ from safetensors.torch import load_file, safe_open, save_file
 
 from edgederm.errors import ConfigError
 from edgederm.models.config import ModelConfig
-from edgederm.models.multimodal import MultiModalNet
+from edgederm.models import BranchNet, create_model
 
 
-def save_weights(model: MultiModalNet, path: str | Path, extra: dict | None = None) -> None:
+def save_weights(model: BranchNet, path: str | Path, extra: dict | None = None) -> None:
     """Write weights + config atomically (temporary name, then rename)."""
     path = Path(path)
     tmp = path.with_name(path.name + ".partial")
@@ -36,13 +36,13 @@ def read_metadata(path: str | Path) -> dict:
     return {k: json.loads(v) for k, v in raw.items()}
 
 
-def load_model(path: str | Path, map_location: str = "cpu") -> MultiModalNet:
+def load_model(path: str | Path, map_location: str = "cpu") -> BranchNet:
     """Rebuild the network from a weights file written by `save_weights`."""
     path = Path(path)
     meta = read_metadata(path)
     if "model_config" not in meta:
         raise ConfigError(f"{path}: no model config in the file's metadata (not written by EdgeDerm)")
-    model = MultiModalNet(ModelConfig.from_dict(meta["model_config"]))
+    model = create_model(ModelConfig.from_dict(meta["model_config"]))
     state = renamed_from_features_only(load_file(str(path), device=map_location), model.state_dict(), path)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:

@@ -29,13 +29,12 @@ from edgederm.models.attention import SharedCrossAttention
 from edgederm.models.config import ModelConfig
 from edgederm.models.encoders import FeatureEncoder
 from edgederm.models.fusion import StageFusion, match_stage
-from edgederm.models.heads import BRANCHES, MultiTaskHead, fused_probabilities
+from edgederm.models.heads import BranchNet, MultiTaskHead
 
 
-class MultiModalNet(nn.Module):
+class MultiModalNet(BranchNet):
     def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.cfg = cfg
+        super().__init__(cfg)
         if not cfg.shared_encoder:     # shared: `clinical_encoder` below is the dermoscopy encoder itself
             self.clinical_encoder = FeatureEncoder(cfg.clinical_encoder, cfg.img_size, cfg.branch_features)
         self.derm_encoder = FeatureEncoder(cfg.derm_encoder, cfg.img_size, cfg.branch_features)
@@ -64,8 +63,6 @@ class MultiModalNet(nn.Module):
         self.clinical_head = MultiTaskHead(self.clinical_encoder.pooled_channels, cfg.drop_rate)
         self.derm_head = MultiTaskHead(self.derm_encoder.pooled_channels, cfg.drop_rate)
         self.fusion_head = MultiTaskHead(fused_channels, cfg.drop_rate)
-        # W_C, W_D, W_FU: equal until the branch-weight search sets them; saved with the weights.
-        self.register_buffer("branch_weights", torch.full((len(BRANCHES),), 1.0 / len(BRANCHES)))
 
     @property
     def clinical_encoder(self) -> FeatureEncoder:
@@ -95,13 +92,3 @@ class MultiModalNet(nn.Module):
             "derm": self.derm_head(d_pooled),
             "fusion": self.fusion_head(torch.cat([self.pool(f) for f in fused], dim=1)),
         }
-
-    def fused_probabilities(self, clinical: torch.Tensor, derm: torch.Tensor) -> torch.Tensor:
-        """P_FI, per-task probabilities concatenated (B x TOTAL_CLASSES): what exports output."""
-        return fused_probabilities(self(clinical, derm), self.branch_weights)
-
-    def set_branch_weights(self, w_clinical: float, w_derm: float, w_fusion: float) -> None:
-        weights = torch.tensor([w_clinical, w_derm, w_fusion], dtype=self.branch_weights.dtype)
-        if (weights < 0).any() or abs(float(weights.sum()) - 1.0) > 1e-6:
-            raise ConfigError(f"branch weights must be non-negative and sum to 1, got {weights.tolist()}")
-        self.branch_weights.copy_(weights)

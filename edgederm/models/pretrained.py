@@ -411,9 +411,13 @@ def initialize_encoder(encoder: FeatureEncoder, spec: str | Path | None, normali
 
 def initialize(model, clinical: str | Path | None, derm: str | Path | None,
                log: Callable[[str], None] | None = print) -> dict:
-    """Initial weights of both encoders of a MultiModalNet; returns {"clinical": record, "derm": record}."""
+    """Initial weights of a network's encoders; returns {"clinical": record, "derm": record} (no "derm" for a
+    clinical-only network, whose `derm` spec is unused)."""
     records = {}
-    for branch, encoder, spec in (("clinical", model.clinical_encoder, clinical), ("derm", model.derm_encoder, derm)):
+    encoders = [("clinical", model.clinical_encoder, clinical)]
+    if "dermoscopy" in model.input_names:
+        encoders.append(("derm", model.derm_encoder, derm))
+    for branch, encoder, spec in encoders:
         if branch == "clinical" and model.cfg.shared_encoder:
             # one encoder: the dermoscopy weights are what it starts from
             records[branch] = {"spec": "shared", "encoder": encoder.name, "source": "shared with the dermoscopy encoder"}

@@ -10,15 +10,20 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from edgederm.models.config import paper_params_m
-from edgederm.models.multimodal import MultiModalNet
+from edgederm.models.heads import BranchNet
 
-COMPONENTS = {   # row name -> attribute of MultiModalNet
+COMPONENTS = {   # row name -> attribute of the network (a row whose attribute it lacks is left out)
     "clinical encoder": "clinical_encoder",
     "dermoscopy encoder": "derm_encoder",
     "fusion blocks": "fusions",
     "clinical head": "clinical_head",
     "dermoscopy head": "derm_head",
     "fusion head": "fusion_head",
+    # clinical-only (edgederm.models.clinical_only)
+    "global token": "global_token",
+    "lesion selection": "selection",
+    "cross-interaction": "interaction",
+    "task classifiers": "classifiers",
 }
 
 
@@ -31,7 +36,7 @@ def _module_flops(by_module: dict, name: str) -> int:
                if key.startswith(prefix) and "." not in key[len(prefix):])
 
 
-def summarize(model: MultiModalNet) -> dict:
+def summarize(model: BranchNet) -> dict:
     """{"rows": [{"component", "params_m", "gflops"}...], "total": {...}, "config": {...}}"""
     size = model.cfg.img_size
     x = torch.zeros(1, 3, size, size)
@@ -39,12 +44,14 @@ def summarize(model: MultiModalNet) -> dict:
     model.eval()
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter:
-        model(x, x)
+        model(*(x for _ in model.input_names))
     model.train(was_training)
     by_module = counter.get_flop_counts()
     root = type(model).__name__
     rows = []
     for name, attr in COMPONENTS.items():
+        if not hasattr(model, attr):
+            continue
         if attr == "clinical_encoder" and model.cfg.shared_encoder:   # counted once, in the dermoscopy row
             rows.append({"component": "clinical encoder (shared)", "params_m": 0.0, "gflops": 0.0})
             continue
@@ -55,7 +62,7 @@ def summarize(model: MultiModalNet) -> dict:
     total = {"component": "total", "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
              "gflops": counter.get_total_flops() / 1e9}
     branches = {"features": model.cfg.branch_features, "clinical_channels": model.clinical_encoder.pooled_channels,
-                "derm_channels": model.derm_encoder.pooled_channels}
+                "derm_channels": model.derm_encoder.pooled_channels if "dermoscopy" in model.input_names else None}
     paper = paper_params_m(model.cfg)
     return {"config": model.cfg.to_dict(), "framework": model.cfg.framework, "branch_features": branches,
             "rows": rows, "total": total,
@@ -65,7 +72,10 @@ def summarize(model: MultiModalNet) -> dict:
 
 def format_summary(summary: dict) -> str:
     b = summary["branch_features"]
-    lines = [f"heads P_C / P_D read {b['features']} features: {b['clinical_channels']} / {b['derm_channels']} channels",
+    heads = (f"heads P_C / P_D read {b['features']} features: {b['clinical_channels']} / {b['derm_channels']} channels"
+             if b["derm_channels"] is not None else
+             f"the task classifiers read the clinical encoder's {b['features']} features ({b['clinical_channels']} channels)")
+    lines = [heads,
              f"{'component':<20} {'params (M)':>11} {'GFLOPs':>9}", "-" * 42]
     for row in summary["rows"] + [summary["total"]]:
         lines.append(f"{row['component']:<20} {row['params_m']:>11.2f} {row['gflops']:>9.2f}")

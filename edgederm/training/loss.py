@@ -1,5 +1,6 @@
 """L = w_C L_clinical + w_D L_derm + w_FU L_fusion, each the sum of the eight tasks' cross-entropies.
-The weights are 1 but for the single-shared network's biased loss (TrainConfig.loss_weight_*)."""
+The weights are 1 but for the single-shared network's biased loss (TrainConfig.loss_weight_*).
+The clinical-only network adds w_LOC L_location, its auxiliary body-location task."""
 from __future__ import annotations
 
 import torch
@@ -20,15 +21,25 @@ def class_weights_from_counts(labels: torch.Tensor) -> list[torch.Tensor]:
     return weights
 
 
+AUXILIARY = ("location",)    # outputs that are tasks of their own, not branches of the eight tasks
+
+
 def multitask_loss(branch_logits: dict[str, torch.Tensor], targets: torch.Tensor,
                    class_weights: list[torch.Tensor] | None = None, label_smoothing: float = 0.0,
-                   branch_weights: dict[str, float] | None = None) -> torch.Tensor:
+                   branch_weights: dict[str, float] | None = None, location_weight: float = 1.0) -> torch.Tensor:
+    """`branch_logits`: a network's forward. `targets`: N x 8 task labels, plus the body-location index
+    as a ninth column when the network outputs "location"."""
     total = 0.0
     for branch, logits in branch_logits.items():
+        if branch in AUXILIARY:
+            continue
         branch_total = 0.0
         for t, task_logits in enumerate(split_tasks(logits).values()):
             weight = class_weights[t].to(task_logits.device) if class_weights is not None else None
             branch_total = branch_total + F.cross_entropy(task_logits.float(), targets[:, t], weight=weight,
                                                           label_smoothing=label_smoothing)
         total = total + (1.0 if branch_weights is None else branch_weights[branch]) * branch_total
+    if "location" in branch_logits:
+        total = total + location_weight * F.cross_entropy(branch_logits["location"].float(), targets[:, L.NUM_TASKS],
+                                                          label_smoothing=label_smoothing)
     return total

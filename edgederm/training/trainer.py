@@ -103,7 +103,7 @@ def _weights_digest(model: torch.nn.Module) -> str:
 
 @torch.no_grad()
 def update_bn(model: torch.nn.Module, loader, device) -> None:
-    """torch.optim.swa_utils.update_bn for a two-input model: recompute BatchNorm
+    """torch.optim.swa_utils.update_bn for a model of several inputs: recompute BatchNorm
     running statistics of the averaged weights with one pass over training data."""
     norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     if not norms:
@@ -114,8 +114,8 @@ def update_bn(model: torch.nn.Module, loader, device) -> None:
         m.momentum = None     # cumulative average over the pass
     was_training = model.training
     model.train()
-    for clinical, derm, _ in loader:
-        model(clinical.to(device), derm.to(device))
+    for *inputs, _ in loader:
+        model(*(x.to(device) for x in inputs))
     for m in norms:
         m.momentum = momenta[m]
     model.train(was_training)
@@ -189,9 +189,9 @@ def _train(data: Path, run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, 
         tqdm.write(f"global batch {cfg.batch_size} = {dist.world_size} processes x {per_process}")
     if not valid_cases:
         raise ConfigError(f"{data}: the valid split is empty; it is needed for model selection and branch weights")
-    train_set = PairDataset(train_cases, preprocess, cfg.augmentation())
-    plain_train_set = PairDataset(train_cases, preprocess)
-    valid_set = PairDataset(valid_cases, preprocess)
+    train_set = PairDataset.for_model(train_cases, model_cfg, cfg.augmentation())
+    plain_train_set = PairDataset.for_model(train_cases, model_cfg)
+    valid_set = PairDataset.for_model(valid_cases, model_cfg)
 
     torch.manual_seed(cfg.seed)
     model = create_model(model_cfg)
@@ -214,8 +214,8 @@ def _train(data: Path, run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, 
     if cfg.class_weights:
         class_weights = class_weights_from_counts(torch.tensor([c.labels for c in train_cases]))
 
-    loss_weights = {"clinical": cfg.loss_weight_clinical, "derm": cfg.loss_weight_derm,
-                    "fusion": cfg.loss_weight_fusion}
+    # per branch; a network's branches other than the two-photo ones weigh 1
+    loss_weights = {b: getattr(cfg, f"loss_weight_{b}", 1.0) for b in model.branches}
     start_epoch, best_score = 0, float("-inf")
     if resume:
         last_epoch, best_score = load_checkpoint(run_dir, model, optimizer, scheduler, swa_model)
@@ -255,14 +255,14 @@ def _train(data: Path, run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, 
         started, total_loss, n_batches, n_samples = time.perf_counter(), 0.0, 0, 0
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", dynamic_ncols=True,
                    disable=not (progress and dist.main))
-        for clinical, derm, targets in bar:
-            clinical, derm, targets = (t.to(device, non_blocking=True) for t in (clinical, derm, targets))
+        for *inputs, targets in bar:
+            inputs = [x.to(device, non_blocking=True) for x in inputs]
+            targets = targets.to(device, non_blocking=True)
             if on_cuda and cfg.channels_last:
-                clinical = clinical.contiguous(memory_format=torch.channels_last)
-                derm = derm.contiguous(memory_format=torch.channels_last)
+                inputs = [x.contiguous(memory_format=torch.channels_last) for x in inputs]
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                loss = multitask_loss(net(clinical, derm), targets, class_weights, cfg.label_smoothing,
-                                      loss_weights)
+                loss = multitask_loss(net(*inputs), targets, class_weights, cfg.label_smoothing,
+                                      loss_weights, cfg.loss_weight_location)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -330,13 +330,13 @@ def _finish(run_dir: Path, model, swa_model, plain_train_set, valid_loader, cfg:
     # run; with branch_weights_tta also on 6-view TTA outputs, stored beside them for `evaluate --tta`.
     branch_probs, labels = predict_branches(final, valid_loader, device)
     weights, score = search_branch_weights(branch_probs, labels)
-    record = {"clinical": weights[0], "derm": weights[1], "fusion": weights[2], "metric": METRIC,
+    record = {**dict(zip(final.branches, weights)), "metric": METRIC,
               "valid_score": score, "grid_step": 0.05, "weights_of": source, "outputs": "single view"}
     extra = {"source": source, "branch_weights": list(weights), "initial_weights": initial_weights}
     if cfg.branch_weights_tta:
         tta_probs, _ = predict_branches(final, valid_loader, device, tta=True)
         tta_weights, tta_score = search_branch_weights(tta_probs, labels)
-        record["tta"] = {"clinical": tta_weights[0], "derm": tta_weights[1], "fusion": tta_weights[2],
+        record["tta"] = {**dict(zip(final.branches, tta_weights)),
                          "valid_score": tta_score, "outputs": "6-view TTA"}
         extra["branch_weights_tta"] = list(tta_weights)
     # Temperatures and melanoma operating points, on the valid P_FI the chosen weights give (what a bundle
