@@ -92,14 +92,15 @@ def photo_set(label: str, pairs: list[tuple[Path, Path]]) -> PhotoSet:
 
 
 def time_end_to_end(predictor, pairs: list[tuple[Path, Path]], runs: int, warmup: int = 1) -> dict:
-    """Per pair at batch 1: decode and preprocess both photos, then the model call; pairs cycled."""
+    """Per case at batch 1: decode and preprocess the photos the bundle takes (of each (clinical, dermoscopy)
+    pair: both, or the clinical one for a clinical-only bundle), then the model call; pairs cycled."""
     prepare_ms, infer_ms = [], []
     for i in range(warmup + runs):
-        clinical_path, derm_path = pairs[i % len(pairs)]
+        photos = dict(zip(("clinical", "dermoscopy"), pairs[i % len(pairs)]))
         start = time.perf_counter()
-        clinical, dermoscopy = predictor.prepare_pairs([(clinical_path, derm_path)])
+        inputs = predictor.prepare_cases([tuple(photos[name] for name in predictor.input_names)])
         prepared = time.perf_counter()
-        predictor.run(clinical, dermoscopy)
+        predictor.run(*inputs)
         done = time.perf_counter()
         if i >= warmup:
             prepare_ms.append((prepared - start) * 1000.0)
@@ -150,7 +151,7 @@ def latency_summary(times_ms: list[float], batch: int) -> dict:
 
 
 def bench_variant(variant: Variant, device: str, batch_sizes: list[int], warmup: int, runs: int,
-                  evaluation: tuple[np.ndarray, np.ndarray, np.ndarray] | None, seed: int = 0,
+                  evaluation: tuple[tuple[np.ndarray, ...], np.ndarray] | None, seed: int = 0,
                   photo_sets: list[PhotoSet] = (), e2e_runs: int = 10) -> dict:
     row: dict = {"name": variant.name, "bundle": str(variant.path), "status": "ok"}
     try:
@@ -171,19 +172,19 @@ def bench_variant(variant: Variant, device: str, batch_sizes: list[int], warmup:
         row["latency"] = []
         for batch in batch_sizes:
             predictor.check_batch(batch)
-            if evaluation is not None and len(evaluation[0]) >= batch:
-                clinical, dermoscopy = evaluation[0][:batch], evaluation[1][:batch]
+            if evaluation is not None and len(evaluation[1]) >= batch:
+                inputs = tuple(x[:batch] for x in evaluation[0])
             else:
-                clinical, dermoscopy = (rng.standard_normal((batch, 3, size, size), dtype=np.float32) for _ in range(2))
-            row["latency"].append(latency_summary(time_runs(lambda: predictor.run(clinical, dermoscopy), warmup, runs),
-                                                  batch))
+                inputs = tuple(rng.standard_normal((batch, 3, size, size), dtype=np.float32)
+                               for _ in predictor.input_names)
+            row["latency"].append(latency_summary(time_runs(lambda: predictor.run(*inputs), warmup, runs), batch))
         row["decode"] = predictor.preprocess.decode
         if photo_sets:
             row["end_to_end"] = [{"photos": label, **time_end_to_end(predictor, pairs, e2e_runs)}
                                  for label, pairs in photo_sets]
         if evaluation is not None:
-            probabilities = predictor.run_batched(evaluation[0], evaluation[1])
-            metrics = compute_metrics(probabilities, evaluation[2])
+            probabilities = predictor.run_batched(*evaluation[0])
+            metrics = compute_metrics(probabilities, evaluation[1])
             row["accuracy"] = {k: metrics[k] for k in ("cases", "avg_auc", "avg_acc", "auc", "acc")}
             row["_probabilities"] = probabilities      # for the gate; not written to the report
         row["peak_rss_mib"] = _status_mib("VmHWM")
@@ -248,13 +249,16 @@ def pool_round(row: dict, again: dict) -> None:
                       for first, later in zip(row["latency"], again["latency"])]
 
 
-def _preprocessing(variant: Variant) -> PreprocessConfig | None:
-    """A variant's preprocessing, from its unverified manifest (verification happens when it loads)."""
+def _inputs_of(variant: Variant) -> tuple[PreprocessConfig, tuple[str, ...]] | None:
+    """A variant's preprocessing and input names, from its unverified manifest (verification happens when it
+    loads)."""
     try:
-        cfg = PreprocessConfig.from_dict(read_manifest(variant.path, verify=False)["preprocess"])
+        manifest = read_manifest(variant.path, verify=False)
+        cfg = PreprocessConfig.from_dict(manifest["preprocess"])
+        names = tuple(i["name"] for i in manifest["inputs"])
     except (EdgeDermError, KeyError):
         return None
-    return replace(cfg, decode=variant.decode) if variant.decode else cfg
+    return (replace(cfg, decode=variant.decode) if variant.decode else cfg), names
 
 
 def run_bench(bundles: list[str], reference: str | None, data: Path | None, split: str, batch_sizes: list[int],
@@ -270,9 +274,10 @@ def run_bench(bundles: list[str], reference: str | None, data: Path | None, spli
     if gate.resamples < 100:
         raise EdgeDermError(f"the gate needs at least 100 bootstrap resamples, got {gate.resamples}")
     photo_sets = [photo_set(folder.name, photo_pairs(folder)) for folder in photos]
-    # each variant's preprocessing (as JSON), read once from its manifest: groups the evaluation arrays
-    keys = {v: (json.dumps(cfg.to_dict(), sort_keys=True) if (cfg := _preprocessing(v)) else None) for v in variants}
-    evaluations: dict[str, tuple] = {}    # preprocessing (JSON) -> (clinical, dermoscopy, labels)
+    # each variant's preprocessing and inputs (as JSON), read once from its manifest: groups the evaluation arrays
+    keys = {v: (json.dumps({**found[0].to_dict(), "inputs": found[1]}, sort_keys=True)
+                if (found := _inputs_of(v)) else None) for v in variants}
+    evaluations: dict[str, tuple] = {}    # preprocessing and inputs (JSON) -> (the inputs' arrays, labels)
     case_ids = None
     if data is not None:
         release = read_release(data)
@@ -280,13 +285,14 @@ def run_bench(bundles: list[str], reference: str | None, data: Path | None, spli
         if not cases:
             raise EdgeDermError(f"{data}: the {split} split is empty")
         settings = set(keys.values()) - {None}
-        if len({json.dumps({**json.loads(s), "decode": None}) for s in settings}) > 1:
+        if len({json.dumps({**json.loads(s), "decode": None, "inputs": None}) for s in settings}) > 1:
             raise EdgeDermError("the bundles preprocess differently (size, resize rule or normalisation); "
                                 "bench them separately")
         labels = np.array([c.labels for c in cases])
         for setting in settings:
-            clinical, dermoscopy = load_arrays(cases, PreprocessConfig.from_dict(json.loads(setting)))
-            evaluations[setting] = (clinical, dermoscopy, labels)
+            found = json.loads(setting)
+            names = tuple(found.pop("inputs"))
+            evaluations[setting] = (load_arrays(cases, PreprocessConfig.from_dict(found), names), labels)
         case_ids = [c.case_id for c in cases]
         photo_sets.insert(0, photo_set(f"{split} split", [(c.clinical, c.derm) for c in cases[:20]]))
 
@@ -303,7 +309,7 @@ def run_bench(bundles: list[str], reference: str | None, data: Path | None, spli
                 if row["status"] == "ok":
                     pool_round(row, bench_variant(variant, device, batch_sizes, warmup, runs, None))
     reference_name = Variant.parse(reference).name if reference else None
-    labels = next(iter(evaluations.values()))[2] if evaluations else None
+    labels = next(iter(evaluations.values()))[1] if evaluations else None
     apply_gate(rows, reference_name, gate, labels, case_ids)
     passing = [r for r in rows if r["verdict"] in ("pass", "reference", "not gated")]
     fastest = min(passing, key=lambda r: r["latency"][0]["mean_ms"])["name"] if passing else None

@@ -8,13 +8,11 @@ from onnxruntime.quantization import CalibrationDataReader
 
 from edgederm.calibration.selection import CalibrationSet
 
-INPUT_NAMES = ("clinical", "dermoscopy")   # the exported models' input names
-
 
 def batches(calib: CalibrationSet, batch_size: int = 1) -> Iterator[dict[str, np.ndarray]]:
+    """Input dicts named as the exported graph's inputs (the calibration set's `names`)."""
     for start in range(0, len(calib), batch_size):
-        yield {INPUT_NAMES[0]: calib.clinical[start:start + batch_size],
-               INPUT_NAMES[1]: calib.dermoscopy[start:start + batch_size]}
+        yield {name: x[start:start + batch_size] for name, x in zip(calib.names, calib.inputs)}
 
 
 def nncf_dataset(calib: CalibrationSet):

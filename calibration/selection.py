@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgederm import labels as L
-from edgederm.data.inputs import load_arrays
+from edgederm.data.inputs import IMAGE_INPUTS, load_arrays
 from edgederm.data.release import Case, Release
 from edgederm.errors import ConfigError
 from edgederm.preprocess import PreprocessConfig
@@ -22,8 +22,8 @@ DEFAULT_CASES = 300
 
 @dataclass
 class CalibrationSet:
-    clinical: np.ndarray         # N x 3 x S x S float32, exactly what the runtimes feed
-    dermoscopy: np.ndarray
+    inputs: tuple[np.ndarray, ...]   # one N x 3 x S x S float32 array per model input: what the runtimes feed
+    names: tuple[str, ...]           # the model's input names, in the order of `inputs`
     case_ids: list[str]
     split: str
     seed: int
@@ -66,7 +66,7 @@ def choose_cases(release: Release, split: str = "train", count: int | None = Non
 
 
 def build_calibration_set(release: Release, preprocess: PreprocessConfig, split: str = "train",
-                          count: int | None = None, seed: int = 0) -> CalibrationSet:
+                          count: int | None = None, seed: int = 0,
+                          names: tuple[str, ...] = IMAGE_INPUTS) -> CalibrationSet:
     cases = choose_cases(release, split, count, seed)
-    clinical, dermoscopy = load_arrays(cases, preprocess)
-    return CalibrationSet(clinical, dermoscopy, [c.case_id for c in cases], split, seed)
+    return CalibrationSet(load_arrays(cases, preprocess, names), names, [c.case_id for c in cases], split, seed)

@@ -334,19 +334,31 @@ def engine_build_command(
 def diagnose_command(
     bundle: Annotated[Path, typer.Option(help="An exported bundle folder.")],
     clinical: Annotated[Optional[Path], typer.Option(help="The clinical photo.")] = None,
-    derm: Annotated[Optional[Path], typer.Option(help="The dermoscopy photo.")] = None,
-    pairs: Annotated[Optional[Path], typer.Option(help="CSV with columns clinical, derm and optional id.")] = None,
+    derm: Annotated[Optional[Path], typer.Option(help="The dermoscopy photo (not for a clinical-only bundle).")] = None,
+    pairs: Annotated[Optional[Path], typer.Option(help="CSV with a column per photo the bundle takes (clinical, "
+                                                       "derm) and optional id.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Results CSV for --pairs.")] = None,
     device: Annotated[str, typer.Option(help="OpenVINO device: CPU, GPU, NPU or AUTO.")] = "CPU",
     backend: Annotated[Optional[str], typer.Option(help="Override the bundle's backend (e.g. onnxruntime "
                                                         "for a jetson bundle's graphs).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON for machines.")] = False,
 ):
-    """Offline decision support: the eight tasks, the seven-point score and its reading."""
+    """Offline decision support: the eight tasks, the seven-point score and its reading.
+
+    A two-photo bundle takes --clinical and --derm; a clinical-only bundle --clinical alone."""
     from edgederm.runtime import load_bundle
-    from edgederm.runtime.diagnose import diagnose_pairs, format_text
-    if pairs is None and (clinical is None or derm is None):
-        raise typer.BadParameter("give --clinical and --derm, or --pairs CSV")
+    from edgederm.runtime.bundle import read_manifest
+    from edgederm.runtime.diagnose import diagnose_pairs, format_text, photo_fields
+    # which photos the bundle takes, from its manifest, before any model is loaded
+    needed = photo_fields(tuple(i["name"] for i in read_manifest(bundle, verify=False)["inputs"]))
+    given = {"clinical": clinical, "derm": derm}
+    if pairs is None:
+        missing = [f"--{f}" for f in needed if given[f] is None]
+        extra = [f"--{f}" for f, v in given.items() if v is not None and f not in needed]
+        if missing or extra:
+            what = " and ".join(f"--{f}" for f in needed)
+            raise typer.BadParameter(f"{bundle.name} takes {what} (or --pairs CSV)"
+                                     + (f"; {', '.join(extra)} is not one of its inputs" if extra else ""))
     if pairs is not None and out is None:
         raise typer.BadParameter("--pairs needs --out for the results CSV")
     predictor = load_bundle(bundle, device=device, backend=backend)
@@ -359,12 +371,12 @@ def diagnose_command(
         if failures:
             raise typer.Exit(code=1)
         return
-    prediction = predictor.predict(clinical, derm)
+    prediction = predictor.predict(*(given[f] for f in needed))
     if as_json:
-        typer.echo(json.dumps({"clinical": str(clinical), "derm": str(derm), "bundle": str(bundle),
+        typer.echo(json.dumps({"clinical": str(clinical), "derm": None if derm is None else str(derm), "bundle": str(bundle),
                                "backend": predictor.backend, **prediction.to_dict()}, indent=2))
     else:
-        typer.echo(format_text(prediction, str(clinical), str(derm), predictor.name))
+        typer.echo(format_text(prediction, str(clinical), None if derm is None else str(derm), predictor.name))
 
 
 @app.command("serve")

@@ -18,7 +18,6 @@ from typing import Callable
 import numpy as np
 
 from edgederm import labels as L
-from edgederm.calibration.adapters import INPUT_NAMES
 from edgederm.calibration.selection import CalibrationSet, build_calibration_set
 from edgederm.data.inputs import load_arrays
 from edgederm.data.release import Release, read_release
@@ -31,8 +30,8 @@ from edgederm.export import int8_gate, jetson_check, openvino_export, tensorrt_e
 from edgederm.export.engine import INT8_FP16_ONNX
 from edgederm.export.formats import Target, parse_request
 from edgederm.export.onnx_export import OPSET, export_onnx, onnxruntime_session, run_onnx, run_torch
+from edgederm.models.heads import BranchNet
 from edgederm.models.io import load_model, read_metadata, save_weights
-from edgederm.models.multimodal import MultiModalNet
 from edgederm.preprocess import PreprocessConfig, preprocess_image
 from edgederm.runtime.bundle import BundleError, sha256_file, staged_bundle, write_manifest
 
@@ -62,12 +61,12 @@ class ExportRequest:
 @dataclass
 class Context:
     """What every format function needs, computed once."""
-    model: MultiModalNet
+    model: BranchNet
     preprocess: PreprocessConfig
     onnx_fp32: Path
     source: dict
     calib: CalibrationSet | None
-    evaluation: tuple[np.ndarray, np.ndarray, np.ndarray] | None     # clinical, dermoscopy, labels
+    evaluation: tuple[tuple[np.ndarray, ...], np.ndarray] | None     # (the model's inputs, labels)
     valid: int8_gate.ValidSplit | None                                # for the INT8 gate
     reference: dict | None                                            # FP32 PyTorch metrics
     eval_split: str
@@ -100,11 +99,11 @@ def _base_manifest(ctx: Context, target: Target, precision: str, graphs: list[st
     weights = ctx.model.branch_weights.tolist()
     return {
         "target": target.name, "backend": target.backend, "precision": precision, "graphs": graphs,
-        "inputs": [{"name": n, "shape": ["batch", 3, size, size], "dtype": "float32"} for n in INPUT_NAMES],
+        "inputs": [{"name": n, "shape": ["batch", 3, size, size], "dtype": "float32"} for n in ctx.model.input_names],
         "outputs": [{"name": t.key, "shape": ["batch", t.num_classes], "dtype": "float32"} for t in L.TASKS],
         "preprocess": ctx.preprocess.to_dict(),
         "labels": _labels_schema(),
-        "branch_weights": {"clinical": weights[0], "derm": weights[1], "fusion": weights[2]},
+        "branch_weights": dict(zip(ctx.model.branches, weights)),
         "model_config": ctx.model.cfg.to_dict(),
         "source": ctx.source,
         # temperatures and melanoma operating points fitted on valid at training (edgederm.evaluation.clinical);
@@ -116,12 +115,12 @@ def _base_manifest(ctx: Context, target: Target, precision: str, graphs: list[st
     }
 
 
-def _score(ctx: Context, name: str, predict: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> dict | None:
-    """Metrics of one variant on the evaluation split, with the drop from the FP32 reference."""
+def _score(ctx: Context, name: str, predict: Callable[..., np.ndarray]) -> dict | None:
+    """Metrics of one variant (`predict(*inputs)`) on the evaluation split, with the drop from the FP32 reference."""
     if ctx.evaluation is None:
         return None
-    clinical, dermoscopy, labels = ctx.evaluation
-    m = compute_metrics(predict(clinical, dermoscopy), labels)
+    inputs, labels = ctx.evaluation
+    m = compute_metrics(predict(*inputs), labels)
     drop = 100 * (ctx.reference["avg_auc"] - m["avg_auc"])
     ctx.log(f"{name}: {ctx.eval_split} averaged AUC {100 * m['avg_auc']:.2f} "
             f"({-drop:+.2f} points vs PyTorch FP32 {100 * ctx.reference['avg_auc']:.2f})")
@@ -135,7 +134,7 @@ def _score(ctx: Context, name: str, predict: Callable[[np.ndarray, np.ndarray], 
 def torch_bundle(ctx: Context, target: Target, precision: str, directory: Path) -> None:
     save_weights(ctx.model, directory / "model.safetensors")
     manifest = _base_manifest(ctx, target, precision, ["model.safetensors"])
-    manifest["metrics"] = _score(ctx, "torch fp32", lambda c, d: run_torch(ctx.model, c, d))
+    manifest["metrics"] = _score(ctx, "torch fp32", lambda *x: run_torch(ctx.model, *x))
     write_manifest(directory, manifest)
 
 
@@ -143,7 +142,7 @@ def onnx_bundle(ctx: Context, target: Target, precision: str, directory: Path) -
     (directory / "model.onnx").write_bytes(ctx.onnx_fp32.read_bytes())
     session = onnxruntime_session(directory / "model.onnx")
     manifest = _base_manifest(ctx, target, precision, ["model.onnx"])
-    manifest["metrics"] = _score(ctx, "onnx fp32", lambda c, d: run_onnx(session, c, d))
+    manifest["metrics"] = _score(ctx, "onnx fp32", lambda *x: run_onnx(session, *x))
     write_manifest(directory, manifest)
 
 
@@ -158,12 +157,12 @@ def openvino_bundle(ctx: Context, target: Target, precision: str, directory: Pat
 
         def predictor(int8):
             compiled = openvino_export.compile_cpu(int8, "int8")
-            return lambda c, d: openvino_export.run_openvino(compiled, c, d)
+            return lambda *x: openvino_export.run_openvino(compiled, *x)
 
         def accuracy_control():
             limit = valid.settings.max_flip_rate
             return openvino_export.quantize_for_agreement(
-                model.clone(), ctx.calib, transformer, valid.clinical, valid.dermoscopy,
+                model.clone(), ctx.calib, transformer, valid.inputs,
                 lambda probs, cases: agreement(valid.reference[cases], probs, valid.clinical_fit), (limit or 100.0) / 100)
 
         plain = openvino_export.quantize_int8(model.clone(), ctx.calib, transformer)
@@ -180,7 +179,7 @@ def openvino_bundle(ctx: Context, target: Target, precision: str, directory: Pat
     openvino_export.save_ir(model, directory / "model.xml", fp16=precision == "fp16")
     compiled = openvino_export.compile_cpu(directory / "model.xml", precision)
     manifest["metrics"] = _score(ctx, f"openvino {precision}",
-                                 lambda c, d: openvino_export.run_openvino(compiled, c, d))
+                                 lambda *x: openvino_export.run_openvino(compiled, *x))
     write_manifest(directory, manifest)
 
 
@@ -196,7 +195,7 @@ def jetson_bundle(ctx: Context, target: Target, precision: str, directory: Path)
 
         def predictor(graph: Path):
             session = onnxruntime_session(graph)
-            return lambda c, d: run_onnx(session, c, d)
+            return lambda *x: run_onnx(session, *x)
 
         quantizer = tensorrt_export.QdqQuantizer(ctx.onnx_fp32, ctx.calib, ctx.workdir / "qdq")
         graph, attempts, ranking = int8_gate.search_jetson(quantizer, out, predictor, valid, ctx.log)
@@ -230,7 +229,7 @@ def jetson_bundle(ctx: Context, target: Target, precision: str, directory: Path)
     scored = directory / graphs[0]
     session = onnxruntime_session(scored)
     manifest["metrics"] = _score(ctx, f"jetson {precision} ({scored.name} in onnxruntime, CPU)",
-                                 lambda c, d: run_onnx(session, c, d))
+                                 lambda *x: run_onnx(session, *x))
     manifest["engine"] = None
     (directory / "README.md").write_text(_jetson_readme(manifest, directory.name))
     write_manifest(directory, manifest)
@@ -243,6 +242,7 @@ def _jetson_readme(manifest: dict, name: str) -> str:
     size = manifest["preprocess"]["size"]
     graph = manifest["graphs"][0]
     shapes = ",".join(f"{i['name']}:{{}}x3x{size}x{size}" for i in manifest["inputs"])
+    inputs = " and ".join(f"`{i['name']}`" for i in manifest["inputs"])
     flags = "--int8 --fp16" if manifest["precision"] == "int8" else "--fp16"
     typed = ("; build from `model.int8.fp16.onnx` there (the INT8 graph typed FP16 outside Q/DQ)"
              if INT8_FP16_ONNX in manifest["graphs"] else "")
@@ -273,7 +273,7 @@ JetPack release in the manifest, and prints the trtexec line below.
    On TensorRT 8.6 use `--workspace=1024` instead of `--memPoolSize`. On TensorRT 11
    drop `{flags}`: networks are strongly typed and take their precision from the graph{typed}.
    `edgederm engine build` also adds a second optimisation profile tuned for batch 8.
-3. Inputs: `clinical` and `dermoscopy`, float32 N x 3 x {size} x {size}, RGB, resized to
+3. Inputs: {inputs}, float32 N x 3 x {size} x {size}, RGB, resized to
    {size} x {size} ({manifest['preprocess']['resize']}), scaled to [0, 1], normalised with mean
    {list(manifest['preprocess']['mean'])} and std {list(manifest['preprocess']['std'])}.
    Outputs: one per task ({', '.join(L.TASK_KEYS)}), probabilities in the class order of
@@ -290,20 +290,21 @@ def _check_destinations(req: ExportRequest, target: Target, precisions: list[str
     return destinations
 
 
-def _arrays(release: Release, split: str, preprocess: PreprocessConfig):
+def _arrays(release: Release, split: str, preprocess: PreprocessConfig, names: tuple[str, ...]):
     cases = release.split(split)
     if not cases:
         raise ConfigError(f"{release.root}: the {split} split is empty")
-    clinical, dermoscopy = load_arrays(cases, preprocess)
-    return clinical, dermoscopy, np.array([c.labels for c in cases])
+    return load_arrays(cases, preprocess, names), np.array([c.labels for c in cases])
 
 
-def synthetic_inputs(preprocess: PreprocessConfig, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """`count` freshly drawn synthetic pairs, preprocessed: parity inputs that need no --data."""
+def synthetic_inputs(preprocess: PreprocessConfig, count: int, seed: int,
+                     names: tuple[str, ...] = ("clinical", "dermoscopy")) -> tuple[np.ndarray, ...]:
+    """`count` freshly drawn synthetic cases, preprocessed, one array per input in `names`: parity inputs
+    that need no --data."""
     rng = np.random.default_rng(seed)
     pairs = [render_case(*sample_labels(rng), np.random.default_rng([seed, i])) for i in range(count)]
-    return (np.stack([preprocess_image(clinical, preprocess) for clinical, _ in pairs]),
-            np.stack([preprocess_image(derm, preprocess) for _, derm in pairs]))
+    photo = {"clinical": 0, "dermoscopy": 1}
+    return tuple(np.stack([preprocess_image(pair[photo[name]], preprocess) for pair in pairs]) for name in names)
 
 
 def export(req: ExportRequest, log: Callable[[str], None] = print) -> list[Path]:
@@ -348,19 +349,20 @@ def export_many(requests: list[ExportRequest], log: Callable[[str], None] = prin
     calib = None
     if any(p in target.calibrated for _, target, destinations in plans for p in destinations):
         calib = build_calibration_set(release, preprocess, first.calibration_split, first.calibration_cases,
-                                      first.seed)
+                                      first.seed, model.input_names)
         log(f"calibration: {len(calib)} cases of the {first.calibration_split} split, stratified by diagnosis")
-    evaluation = _arrays(release, first.eval_split, preprocess) if release and first.eval_split else None
-    reference = compute_metrics(run_torch(model, *evaluation[:2]), evaluation[2]) if evaluation else None
+    evaluation = (_arrays(release, first.eval_split, preprocess, model.input_names)
+                  if release and first.eval_split else None)
+    reference = compute_metrics(run_torch(model, *evaluation[0]), evaluation[1]) if evaluation else None
     meta = read_metadata(weights)
     valid = None
     if any("int8" in destinations for _, _, destinations in plans):
         cases = release.split("valid")
         if not cases:
             raise ConfigError(f"{release.root}: the valid split is empty: the INT8 gate needs it")
-        clinical, dermoscopy = load_arrays(cases, preprocess)
-        valid = int8_gate.ValidSplit(clinical, dermoscopy, np.array([c.labels for c in cases]),
-                                     [c.case_id for c in cases], run_torch(model, clinical, dermoscopy),
+        inputs = load_arrays(cases, preprocess, model.input_names)
+        valid = int8_gate.ValidSplit(inputs, np.array([c.labels for c in cases]),
+                                     [c.case_id for c in cases], run_torch(model, *inputs),
                                      GateSettings(max_auc_drop=DEFAULT_INT8_MARGIN, seed=first.seed),
                                      meta.get("clinical"))
     source = {"run": str(first.run), "weights": str(weights), "sha256": sha256_file(weights),
@@ -395,15 +397,14 @@ def export_many(requests: list[ExportRequest], log: Callable[[str], None] = prin
         onnx_fp32 = export_onnx(model, Path(tmp) / "model.onnx")
         # Real cases when the release is at hand (already preprocessed); freshly drawn synthetic ones otherwise.
         if evaluation is not None or valid is not None:
-            arrays, parity_source = ((evaluation, f"{first.eval_split} cases") if evaluation is not None
-                                     else ((valid.clinical, valid.dermoscopy), "valid cases"))
-            parity_clinical, parity_derm = (a[:PARITY_CASES] for a in arrays[:2])
+            arrays, parity_source = ((evaluation[0], f"{first.eval_split} cases") if evaluation is not None
+                                     else (valid.inputs, "valid cases"))
+            parity = tuple(a[:PARITY_CASES] for a in arrays)
         else:
-            parity_clinical, parity_derm = synthetic_inputs(preprocess, PARITY_CASES, first.seed)
+            parity = synthetic_inputs(preprocess, PARITY_CASES, first.seed, model.input_names)
             parity_source = "synthetic cases"
-        diff = float(np.abs(run_onnx(onnxruntime_session(onnx_fp32), parity_clinical, parity_derm)
-                            - run_torch(model, parity_clinical, parity_derm)).max())
-        log(f"ONNX parity with PyTorch on {len(parity_clinical)} {parity_source}: max |probability difference| "
+        diff = float(np.abs(run_onnx(onnxruntime_session(onnx_fp32), *parity) - run_torch(model, *parity)).max())
+        log(f"ONNX parity with PyTorch on {len(parity[0])} {parity_source}: max |probability difference| "
             f"{diff:.2e}")
         if diff > PARITY_TOLERANCE:
             raise ConfigError(f"{first.run}: ONNX export differs from PyTorch by {diff:.2e} (> {PARITY_TOLERANCE})")

@@ -61,19 +61,18 @@ class NoPassingInt8(ConfigError):
 @dataclass
 class ValidSplit:
     """The valid split as the gate needs it, with the FP32 reference's probabilities on it."""
-    clinical: np.ndarray
-    dermoscopy: np.ndarray
+    inputs: tuple[np.ndarray, ...]     # one array per model input, in the model's order
     labels: np.ndarray
     case_ids: list[str]
     reference: np.ndarray
     settings: GateSettings
     clinical_fit: dict | None = None   # the model's fitted reading: decisions judged as the device reads them
 
-    def predictions(self, predict: Callable[[np.ndarray, np.ndarray], np.ndarray],
-                    indices: np.ndarray | None = None) -> np.ndarray:
+    def predictions(self, predict: Callable[..., np.ndarray], indices: np.ndarray | None = None) -> np.ndarray:
+        """`predict(*inputs)` on every valid case, or on `indices`."""
         if indices is None:
-            return predict(self.clinical, self.dermoscopy)
-        return predict(self.clinical[indices], self.dermoscopy[indices])
+            return predict(*self.inputs)
+        return predict(*(x[indices] for x in self.inputs))
 
 
 @dataclass

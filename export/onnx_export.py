@@ -1,4 +1,5 @@
-"""PyTorch -> ONNX: two named inputs, the fused per-task probabilities P_FI as
+"""PyTorch -> ONNX: the network's named inputs (`ModelConfig.inputs`: clinical and
+dermoscopy, or clinical alone), the fused per-task probabilities P_FI as
 outputs (one per task, named by task key), dynamic batch, opset 17 (LayerNorm
 as one node, which TensorRT and OpenVINO both fuse).
 
@@ -17,9 +18,7 @@ import onnxruntime as ort
 import torch
 
 from edgederm import labels as L
-from edgederm.calibration.adapters import INPUT_NAMES
-from edgederm.models.heads import split_tasks
-from edgederm.models.multimodal import MultiModalNet
+from edgederm.models.heads import BranchNet, split_tasks
 
 OPSET = 17
 OUTPUT_NAMES = L.TASK_KEYS
@@ -28,23 +27,24 @@ OUTPUT_NAMES = L.TASK_KEYS
 class FusedProbabilities(torch.nn.Module):
     """What every exported model computes: P_FI per task."""
 
-    def __init__(self, model: MultiModalNet):
+    def __init__(self, model: BranchNet):
         super().__init__()
         self.model = model
 
-    def forward(self, clinical: torch.Tensor, dermoscopy: torch.Tensor):
-        return tuple(split_tasks(self.model.fused_probabilities(clinical, dermoscopy)).values())
+    def forward(self, *inputs: torch.Tensor):
+        return tuple(split_tasks(self.model.fused_probabilities(*inputs)).values())
 
 
-def export_onnx(model: MultiModalNet, path: Path, opset: int = OPSET) -> Path:
+def export_onnx(model: BranchNet, path: Path, opset: int = OPSET) -> Path:
     wrapper = FusedProbabilities(model).eval()
     size = model.cfg.img_size
-    example = (torch.zeros(2, 3, size, size), torch.zeros(2, 3, size, size))
-    dynamic = {name: {0: "batch"} for name in (*INPUT_NAMES, *OUTPUT_NAMES)}
+    names = model.input_names
+    example = tuple(torch.zeros(2, 3, size, size) for _ in names)
+    dynamic = {name: {0: "batch"} for name in (*names, *OUTPUT_NAMES)}
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")   # tracer warnings about shape checks that are constant per model
         torch.onnx.export(wrapper, example, str(path), dynamo=False, opset_version=opset,
-                          input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES),
+                          input_names=list(names), output_names=list(OUTPUT_NAMES),
                           dynamic_axes=dynamic, do_constant_folding=True)
     onnx.checker.check_model(onnx.load(str(path)), full_check=True)
     return path
@@ -56,20 +56,20 @@ def onnxruntime_session(path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def run_onnx(session: ort.InferenceSession, clinical: np.ndarray, dermoscopy: np.ndarray,
-             batch_size: int = 16) -> np.ndarray:
-    """N x 24 probabilities (task outputs concatenated in schema order)."""
+def run_onnx(session: ort.InferenceSession, *inputs: np.ndarray, batch_size: int = 16) -> np.ndarray:
+    """N x 24 probabilities (task outputs concatenated in schema order); `inputs` in the graph's input order."""
+    names = [i.name for i in session.get_inputs()]
     out = []
-    for start in range(0, len(clinical), batch_size):
-        feeds = {INPUT_NAMES[0]: clinical[start:start + batch_size], INPUT_NAMES[1]: dermoscopy[start:start + batch_size]}
+    for start in range(0, len(inputs[0]), batch_size):
+        feeds = {name: x[start:start + batch_size] for name, x in zip(names, inputs, strict=True)}
         out.append(np.concatenate(session.run(list(OUTPUT_NAMES), feeds), axis=1))
     return np.concatenate(out)
 
 
 @torch.no_grad()
-def run_torch(model: MultiModalNet, clinical: np.ndarray, dermoscopy: np.ndarray, batch_size: int = 16) -> np.ndarray:
+def run_torch(model: BranchNet, *inputs: np.ndarray, batch_size: int = 16) -> np.ndarray:
+    """N x 24 probabilities; `inputs` in the model's input order."""
     model.eval()
-    out = [model.fused_probabilities(torch.from_numpy(clinical[i:i + batch_size]),
-                                     torch.from_numpy(dermoscopy[i:i + batch_size])).numpy()
-           for i in range(0, len(clinical), batch_size)]
+    out = [model.fused_probabilities(*(torch.from_numpy(x[i:i + batch_size]) for x in inputs)).numpy()
+           for i in range(0, len(inputs[0]), batch_size)]
     return np.concatenate(out)

@@ -25,7 +25,7 @@ import numpy as np
 import openvino as ov
 
 from edgederm import labels as L
-from edgederm.calibration.adapters import INPUT_NAMES, nncf_dataset
+from edgederm.calibration.adapters import nncf_dataset
 from edgederm.calibration.selection import CalibrationSet
 
 F32_CONFIG = {"INFERENCE_PRECISION_HINT": "f32"}
@@ -46,15 +46,14 @@ def compile_cpu(model: ov.Model | Path, precision: str = "fp32") -> ov.CompiledM
     return ov.Core().compile_model(model if isinstance(model, ov.Model) else str(model), "CPU", config)
 
 
-def run_openvino(compiled: ov.CompiledModel, clinical: np.ndarray, dermoscopy: np.ndarray,
-                 batch_size: int = 16) -> np.ndarray:
-    """N x 24 probabilities (task outputs concatenated in schema order)."""
+def run_openvino(compiled: ov.CompiledModel, *inputs: np.ndarray, batch_size: int = 16) -> np.ndarray:
+    """N x 24 probabilities (task outputs concatenated in schema order); `inputs` in the model's input order."""
+    names = [i.get_any_name() for i in compiled.inputs]
     outputs = [compiled.output(name) for name in L.TASK_KEYS]
     request = compiled.create_infer_request()
     out = []
-    for start in range(0, len(clinical), batch_size):
-        result = request.infer({INPUT_NAMES[0]: clinical[start:start + batch_size],
-                                INPUT_NAMES[1]: dermoscopy[start:start + batch_size]})
+    for start in range(0, len(inputs[0]), batch_size):
+        result = request.infer({name: x[start:start + batch_size] for name, x in zip(names, inputs, strict=True)})
         out.append(np.concatenate([result[o] for o in outputs], axis=1))
     return np.concatenate(out)
 
@@ -95,8 +94,8 @@ def quantize_int8(model: ov.Model, calib: CalibrationSet, transformer: bool, **n
     return nncf.quantize(model, nncf_dataset(calib), **arguments)
 
 
-def quantize_for_agreement(model: ov.Model, calib: CalibrationSet, transformer: bool, clinical: np.ndarray,
-                           dermoscopy: np.ndarray, agreement: Callable[[np.ndarray, list[int]], float],
+def quantize_for_agreement(model: ov.Model, calib: CalibrationSet, transformer: bool, inputs: tuple[np.ndarray, ...],
+                           agreement: Callable[[np.ndarray, list[int]], float],
                            max_disagreement: float) -> ov.Model:
     """NNCF accuracy control with agreement as its metric: `agreement(probs, indices)` is the share of the
     given valid cases whose decisions match the FP32 model's (1.0 for FP32 itself); NNCF returns
@@ -104,14 +103,14 @@ def quantize_for_agreement(model: ov.Model, calib: CalibrationSet, transformer: 
     case's probabilities go back with the metric, so NNCF ranks its quantizers by how far they move the
     outputs (its normalised squared error) rather than by a handful of flips."""
     import nncf
-    items = [(clinical[i:i + 1], dermoscopy[i:i + 1], i) for i in range(len(clinical))]
-    validation_set = nncf.Dataset(items, lambda item: {INPUT_NAMES[0]: item[0], INPUT_NAMES[1]: item[1]})
+    items = [(tuple(x[i:i + 1] for x in inputs), i) for i in range(len(inputs[0]))]
+    validation_set = nncf.Dataset(items, lambda item: dict(zip(calib.names, item[0])))
 
     def validate(compiled: ov.CompiledModel, data) -> tuple[float, list[list[np.ndarray]]]:
         data = list(data)
-        probs = run_openvino(compiled, np.concatenate([d[0] for d in data]), np.concatenate([d[1] for d in data]))
+        probs = run_openvino(compiled, *(np.concatenate([d[0][k] for d in data]) for k in range(len(calib.names))))
         # per case, the model's outputs as NNCF collects them itself (one array per task, in output order)
-        return agreement(probs, [d[2] for d in data]), [[row[None, L.TASK_SLICES[k]] for k in L.TASK_KEYS]
+        return agreement(probs, [d[1] for d in data]), [[row[None, L.TASK_SLICES[k]] for k in L.TASK_KEYS]
                                                          for row in probs]
 
     return nncf.quantize_with_accuracy_control(

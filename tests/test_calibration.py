@@ -32,7 +32,7 @@ def test_every_quantizer_is_fed_the_runtime_preprocessing(synthetic_release):
     cfg = PreprocessConfig(size=64)
     calib = build_calibration_set(release, cfg, count=5)
     first = next(c for c in release.split("train") if c.case_id == calib.case_ids[0])
-    assert (calib.clinical[0] == load_input(first.clinical, cfg)).all()
+    assert (calib.inputs[0][0] == load_input(first.clinical, cfg)).all()
     reader = OrtCalibrationReader(calib)
     items = list(iter(reader.get_next, None))
     assert len(items) == 5 and set(items[0]) == {"clinical", "dermoscopy"}

@@ -153,7 +153,7 @@ def test_a_graph_that_changes_decisions_is_refused_whatever_its_auc(trained_run,
     diag = reference[:, :5]                            # DIAG comes first: swap case 0's top two diagnoses
     top, second = np.argsort(diag[0])[::-1][:2]
     diag[0, [top, second]] = diag[0, [second, top]]
-    valid = int8_gate.ValidSplit(clinical, dermoscopy, np.array([c.labels for c in cases]),
+    valid = int8_gate.ValidSplit((clinical, dermoscopy), np.array([c.labels for c in cases]),
                                  [c.case_id for c in cases], reference, GateSettings(max_auc_drop=100.0))
     graph, attempts, ranking = int8_gate.search_jetson(
         QdqQuantizer(onnx_fp32, calib, tmp_path / "q"), tmp_path / "int8.onnx",
@@ -206,7 +206,7 @@ def test_a_graph_is_chosen_on_valid_only_within_half_the_flip_limit():
         return variant
 
     def attempt(count, settings=GateSettings(resamples=200)):
-        valid = int8_gate.ValidSplit(np.zeros((n, 1)), np.zeros((n, 1)), labels, [f"c{i}" for i in range(n)],
+        valid = int8_gate.ValidSplit((np.zeros((n, 1)), np.zeros((n, 1))), labels, [f"c{i}" for i in range(n)],
                                      reference, settings)
         return int8_gate.judge_on_valid(valid, int8_gate.Attempt("test"), flipped(count), lambda m: None)
     three = attempt(3)

@@ -99,7 +99,7 @@ def build_methods(run: Path, data: Path, work: Path, accuracy_control: bool, log
     release = read_release(data)
     calib = build_calibration_set(release, preprocess)
     vc, vd, vl, vid = _arrays(release, "valid", preprocess)
-    valid = int8_gate.ValidSplit(vc, vd, vl, vid, run_torch(model, vc, vd), GateSettings())
+    valid = int8_gate.ValidSplit((vc, vd), vl, vid, run_torch(model, vc, vd), GateSettings())
     onnx_fp32 = export_onnx(model, work / "model.onnx")
     fp32 = openvino_export.convert(onnx_fp32)
     transformer = openvino_export.has_attention(model)          # the exporter's rule
@@ -192,7 +192,7 @@ def score(methods: list[Method], context: dict) -> list[dict]:
         row = {"method": m.name, "runtime": m.runtime, "kept_in_float": m.kept_in_float, "minutes": m.minutes,
                "note": m.note}
         if m.predict is not None:
-            on_valid = judge(valid.reference, m.predict(valid.clinical, valid.dermoscopy), valid.labels,
+            on_valid = judge(valid.reference, m.predict(*valid.inputs), valid.labels,
                              valid.case_ids, valid.settings)
             on_test = judge(reference, m.predict(tc, td), tl, tid, GateSettings())
             ms = float(np.median(m.times_ms))

@@ -1,7 +1,9 @@
-"""`edgederm diagnose`: one pair as text or JSON, or a day's pairs from a CSV.
+"""`edgederm diagnose`: one case as text or JSON, or a day's cases from a CSV.
 
-A CSV of pairs has columns `clinical` and `derm` (paths, relative to the CSV's
-folder unless absolute) and optionally `id`. Each row is predicted on its own:
+A case is the photos the bundle takes (manifest "inputs"): the clinical and
+the dermoscopy photo, or the clinical photo alone for a clinical-only bundle.
+A CSV of cases has a column per photo, `clinical` and `derm` (paths, relative
+to the CSV's folder unless absolute), and optionally `id`. Each row is predicted on its own:
 an unreadable image fails its row, with the reason, and the batch goes on.
 While one pair is inferred, the next pair's photos are already being decoded
 (decoding a phone photo takes longer than the model). The results file is
@@ -21,9 +23,18 @@ from edgederm.runtime.prediction import DISCLAIMER, Prediction
 from edgederm.runtime.predictor import Predictor
 
 
-def format_text(prediction: Prediction, clinical: str, derm: str, bundle: str) -> str:
+# model input -> its command-line option (--clinical, --derm) and CSV column
+PHOTO_FIELDS = {"clinical": "clinical", "dermoscopy": "derm"}
+
+
+def photo_fields(input_names: tuple[str, ...]) -> list[str]:
+    """The options / CSV columns a bundle with these inputs needs, in input order."""
+    return [PHOTO_FIELDS[name] for name in input_names]
+
+
+def format_text(prediction: Prediction, clinical: str, derm: str | None, bundle: str) -> str:
     d = prediction.to_dict()
-    lines = [DISCLAIMER, f"clinical: {clinical}", f"dermoscopy: {derm}", f"bundle: {bundle}", ""]
+    lines = [DISCLAIMER, f"clinical: {clinical}"] + ([f"dermoscopy: {derm}"] if derm else []) + [f"bundle: {bundle}", ""]
     top, p = prediction.top("DIAG")
     others = ", ".join(f"{c} {v:.2f}" for c, v in d["diagnosis"].items())
     lines.append(f"Diagnosis (model): {top} {p:.2f}   [{others}]")
@@ -67,13 +78,13 @@ def _resolve(base: Path, value: str) -> Path:
 
 
 def _prepared_ahead(predictor: Predictor, pairs: list) -> Iterator:
-    """For each pair (or None), its model inputs or the EdgeDermError that preparing it raised; the next
-    pair is prepared on a background thread while the caller runs the model on this one."""
+    """For each case (or None), its model inputs or the EdgeDermError that preparing it raised; the next
+    case is prepared on a background thread while the caller runs the model on this one."""
     def prepare(pair):
         if pair is None:
             return None
         try:
-            return predictor.prepare_pairs([pair])
+            return predictor.prepare_cases([pair])
         except EdgeDermError as e:
             return e
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgederm-ahead") as ahead:
@@ -95,17 +106,19 @@ def diagnose_pairs(predictor: Predictor, pairs_csv: Path, out_csv: Path, progres
         raise EdgeDermError(f"{pairs_csv}: file not found") from None
     except (UnicodeDecodeError, csv.Error) as e:
         raise EdgeDermError(f"{pairs_csv}: not a readable CSV file ({e})") from None
-    missing = [c for c in ("clinical", "derm") if c not in header]
+    needed = photo_fields(predictor.input_names)
+    missing = [c for c in needed if c not in header]
     if missing:
-        raise EdgeDermError(f"{pairs_csv}: missing column(s) {', '.join(missing)} (need clinical, derm; optional id)")
+        raise EdgeDermError(f"{pairs_csv}: missing column(s) {', '.join(missing)} "
+                            f"(this bundle needs {', '.join(needed)}; optional id)")
     base = pairs_csv.parent
     jobs = []
     for line, row in enumerate(rows, start=2):
         row = {k.strip(): (v or "") for k, v in row.items() if k}
         case_id = row.get("id", "").strip() or f"line{line}"
-        empty = [c for c in ("clinical", "derm") if not row[c].strip()]
-        pair = None if empty else (_resolve(base, row["clinical"]), _resolve(base, row["derm"]))
-        jobs.append({"line": line, "id": case_id, "clinical": row["clinical"], "derm": row["derm"], "pair": pair,
+        empty = [c for c in needed if not row[c].strip()]
+        pair = None if empty else tuple(_resolve(base, row[c]) for c in needed)
+        jobs.append({"line": line, "id": case_id, "clinical": row["clinical"], "derm": row.get("derm", ""), "pair": pair,
                      "error": f"empty {' and '.join(empty)} cell" if empty else None})
     results, failures = [], []
     inputs = _prepared_ahead(predictor, [job["pair"] for job in jobs])

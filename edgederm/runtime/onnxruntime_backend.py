@@ -25,6 +25,6 @@ class OnnxRuntimePredictor(Predictor):
         self.session = ort.InferenceSession(str(bundle / graph), options, providers=self.providers)
         self.graph = graph
 
-    def _forward(self, clinical: np.ndarray, dermoscopy: np.ndarray) -> np.ndarray:
-        outputs = self.session.run(list(L.TASK_KEYS), {"clinical": clinical, "dermoscopy": dermoscopy})
+    def _forward(self, *inputs: np.ndarray) -> np.ndarray:
+        outputs = self.session.run(list(L.TASK_KEYS), dict(zip(self.input_names, inputs)))
         return np.concatenate(outputs, axis=1)

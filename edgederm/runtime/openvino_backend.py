@@ -43,12 +43,12 @@ class OpenVinoPredictor(Predictor):
         if batch not in self._requests:
             model = self.model.clone()
             size = self.preprocess.size
-            model.reshape({name: [batch, 3, size, size] for name in ("clinical", "dermoscopy")})
+            model.reshape({name: [batch, 3, size, size] for name in self.input_names})
             compiled = self.core.compile_model(model, self.device, self.config)
             self._requests[batch] = (compiled.create_infer_request(), [compiled.output(n) for n in L.TASK_KEYS])
         return self._requests[batch]
 
-    def _forward(self, clinical: np.ndarray, dermoscopy: np.ndarray) -> np.ndarray:
-        request, outputs = self._request(len(clinical))
-        result = request.infer({"clinical": clinical, "dermoscopy": dermoscopy})
+    def _forward(self, *inputs: np.ndarray) -> np.ndarray:
+        request, outputs = self._request(len(inputs[0]))
+        result = request.infer(dict(zip(self.input_names, inputs)))
         return np.concatenate([result[o] for o in outputs], axis=1)

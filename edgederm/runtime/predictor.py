@@ -5,9 +5,14 @@
     predictions = predictor.predict_batch([(c1, d1), (c2, d2)])
     probabilities = predictor.run(clinical, dermoscopy)            # preprocessed N x 3 x S x S arrays
 
+A bundle says which photos it takes (manifest "inputs", in order): a
+two-photo model takes the clinical and the dermoscopy photo, a clinical-only
+model the clinical photo alone (`predictor.predict("clinic.jpg")`). Every
+call takes one photo (or array) per input, in that order.
+
 Preprocessing comes from the bundle manifest and the shared module
 `edgederm.preprocess`, the same code training and calibration used. The photos
-of a pair (and of a batch) are decoded and preprocessed on two threads: OpenCV
+of a case (and of a batch) are decoded and preprocessed on two threads: OpenCV
 releases the GIL while it decodes and resizes, so on a 2-core device the two
 photos cost about as much as the larger one.
 """
@@ -36,6 +41,7 @@ class Predictor:
         self.bundle = bundle
         self.manifest = manifest
         self.preprocess = PreprocessConfig.from_dict(manifest["preprocess"])
+        self.input_names: tuple[str, ...] = tuple(i["name"] for i in manifest["inputs"])
         self.max_batch: int | None = None        # None: any batch size
         self.precision = manifest["precision"]
         self.clinical: dict | None = manifest.get("clinical")    # temperatures and thresholds, when fitted
@@ -46,7 +52,7 @@ class Predictor:
         return f"{self.bundle.name} ({self.backend})"
 
     # --- backends implement this -------------------------------------------
-    def _forward(self, clinical: np.ndarray, dermoscopy: np.ndarray) -> np.ndarray:
+    def _forward(self, *inputs: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
     # --- the shared API ------------------------------------------------------
@@ -57,22 +63,30 @@ class Predictor:
             raise BundleRunError(f"{self.bundle}: batch size {n} is larger than this engine takes "
                                 f"({self.max_batch}); rebuild it with `edgederm engine build --max-batch {n}`")
 
-    def run(self, clinical: np.ndarray, dermoscopy: np.ndarray) -> np.ndarray:
-        """Preprocessed inputs (N x 3 x S x S float32) -> N x 24 probabilities, in one call."""
-        self.check_batch(len(clinical))
-        if len(dermoscopy) != len(clinical):
-            raise BundleRunError(f"{self.bundle}: {len(clinical)} clinical but {len(dermoscopy)} dermoscopy inputs")
+    def _check_count(self, given: int, what: str) -> None:
+        if given != len(self.input_names):
+            raise BundleRunError(f"{self.bundle}: this bundle takes {len(self.input_names)} {what} "
+                                 f"({', '.join(self.input_names)}), got {given}")
+
+    def run(self, *inputs: np.ndarray) -> np.ndarray:
+        """Preprocessed inputs (N x 3 x S x S float32 each, in `input_names` order) -> N x 24 probabilities,
+        in one call."""
+        self._check_count(len(inputs), "inputs")
+        self.check_batch(len(inputs[0]))
         size = self.preprocess.size
-        for array, name in ((clinical, "clinical"), (dermoscopy, "dermoscopy")):
+        for array, name in zip(inputs, self.input_names):
+            if len(array) != len(inputs[0]):
+                raise BundleRunError(f"{self.bundle}: {len(inputs[0])} {self.input_names[0]} but {len(array)} "
+                                     f"{name} inputs")
             if array.shape[1:] != (3, size, size):
                 raise BundleRunError(f"{self.bundle}: {name} input has shape {tuple(array.shape)}, "
                                     f"expected N x 3 x {size} x {size}")
-        return self._forward(np.ascontiguousarray(clinical, np.float32), np.ascontiguousarray(dermoscopy, np.float32))
+        return self._forward(*(np.ascontiguousarray(x, np.float32) for x in inputs))
 
-    def run_batched(self, clinical: np.ndarray, dermoscopy: np.ndarray, batch_size: int = 16) -> np.ndarray:
+    def run_batched(self, *inputs: np.ndarray, batch_size: int = 16) -> np.ndarray:
         batch_size = min(batch_size, self.max_batch or batch_size)
-        return np.concatenate([self.run(clinical[i:i + batch_size], dermoscopy[i:i + batch_size])
-                               for i in range(0, len(clinical), batch_size)])
+        return np.concatenate([self.run(*(x[i:i + batch_size] for x in inputs))
+                               for i in range(0, len(inputs[0]), batch_size)])
 
     def prepare(self, image: Image) -> np.ndarray:
         if isinstance(image, (str, Path)):
@@ -82,19 +96,24 @@ class Predictor:
                                  "use edgederm.preprocess.read_image to read files")
         return preprocess_image(image, self.preprocess)
 
-    def prepare_pairs(self, pairs: list[tuple[Image, Image]]) -> tuple[np.ndarray, np.ndarray]:
-        """Model inputs of the pairs (N x 3 x S x S each), the photos prepared two at a time."""
+    def prepare_cases(self, cases: list[tuple[Image, ...]]) -> tuple[np.ndarray, ...]:
+        """Model inputs of the cases (one N x 3 x S x S array per input), each case one photo per input in
+        `input_names` order; the photos are prepared two at a time."""
+        for case in cases:
+            self._check_count(len(case), "photos per case")
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="edgederm-decode")
-        images = [image for pair in pairs for image in pair]
-        prepared = list(self._pool.map(self.prepare, images))     # the first error is raised here, in order
-        return np.stack(prepared[0::2]), np.stack(prepared[1::2])
+        k = len(self.input_names)
+        prepared = list(self._pool.map(self.prepare, [image for case in cases for image in case]))  # first error first
+        return tuple(np.stack(prepared[i::k]) for i in range(k))
 
-    def predict(self, clinical_image: Image, dermoscopy_image: Image) -> Prediction:
-        return self.predict_batch([(clinical_image, dermoscopy_image)])[0]
+    prepare_pairs = prepare_cases       # the two-photo name
 
-    def predict_batch(self, pairs: list[tuple[Image, Image]]) -> list[Prediction]:
-        if not pairs:
+    def predict(self, *photos: Image) -> Prediction:
+        """One case: a photo (path or RGB uint8 array) per input, in `input_names` order."""
+        return self.predict_batch([photos])[0]
+
+    def predict_batch(self, cases: list[tuple[Image, ...]]) -> list[Prediction]:
+        if not cases:
             return []
-        clinical, dermoscopy = self.prepare_pairs(pairs)
-        return [Prediction.from_row(row, self.clinical) for row in self.run_batched(clinical, dermoscopy)]
+        return [Prediction.from_row(row, self.clinical) for row in self.run_batched(*self.prepare_cases(cases))]

@@ -134,10 +134,10 @@ class TensorRTPredictor(Predictor):
                 return context
         raise BundleRunError(f"{self.bundle}: no optimisation profile of the engine takes batch {n}")
 
-    def _forward(self, clinical: np.ndarray, dermoscopy: np.ndarray) -> np.ndarray:
-        n, cuda, stream = len(clinical), self.cuda, self.stream
+    def _forward(self, *inputs: np.ndarray) -> np.ndarray:
+        n, cuda, stream = len(inputs[0]), self.cuda, self.stream
         context = self._context_for(n)
-        for name, array in zip(self.input_names, (clinical, dermoscopy)):
+        for name, array in zip(self.input_names, inputs):
             pinned, host, device = self.buffers[name]
             pinned[:n] = array
             cuda.copy_async(device, host, array.nbytes, HOST_TO_DEVICE, stream)
@@ -150,10 +150,6 @@ class TensorRTPredictor(Predictor):
             cuda.copy_async(host, device, pinned[:n].nbytes, DEVICE_TO_HOST, stream)
         cuda.synchronize(stream)
         return np.concatenate([self.buffers[task][0][:n] for task in L.TASK_KEYS], axis=1)   # copies, not views
-
-    @property
-    def input_names(self) -> list[str]:
-        return [i["name"] for i in self.manifest["inputs"]]
 
     def close(self) -> None:
         """Free the buffers and the stream (also on a failed load); safe to call twice."""

@@ -19,8 +19,7 @@ class TorchPredictor(Predictor):
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model = load_model(bundle / "model.safetensors").to(self.device).eval()
 
-    def _forward(self, clinical: np.ndarray, dermoscopy: np.ndarray) -> np.ndarray:
+    def _forward(self, *inputs: np.ndarray) -> np.ndarray:
         with self.torch.no_grad():
-            out = self.model.fused_probabilities(self.torch.from_numpy(clinical).to(self.device),
-                                                 self.torch.from_numpy(dermoscopy).to(self.device))
+            out = self.model.fused_probabilities(*(self.torch.from_numpy(x).to(self.device) for x in inputs))
         return out.cpu().numpy()

@@ -7,6 +7,7 @@ from typing import Callable
 
 from edgederm.errors import EdgeDermError
 from edgederm.runtime import load_bundle
+from edgederm.runtime.bundle import read_manifest
 from edgederm.serve.access import AccessCode, is_loopback
 from edgederm.serve.app import Clinic, create_app
 from edgederm.serve.store import CaseStore
@@ -21,6 +22,11 @@ def build_clinic(bundle: Path, data_dir: Path, host: str = "127.0.0.1", max_uplo
         raise EdgeDermError(f"--max-upload-mb must be positive, got {max_upload_mb:g}")
     if reset_access_code and is_loopback(host):
         raise EdgeDermError("--reset-access-code applies with --host beyond this machine (127.0.0.1 needs no code)")
+    inputs = [i["name"] for i in read_manifest(bundle, verify=False)["inputs"]]
+    if inputs != ["clinical", "dermoscopy"]:
+        # the page asks for both photos, and the case store keeps both
+        raise EdgeDermError(f"{bundle}: the clinic app takes two-photo bundles; this one takes {', '.join(inputs)} "
+                            "(use `edgederm diagnose` for it)")
     predictor = load_bundle(bundle, device=device, backend=backend)
     store = CaseStore(data_dir)
     access, new_code = None, None
