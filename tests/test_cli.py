@@ -73,7 +73,9 @@ def test_model_summary_shows_the_papers_count_beside_a_paper_row():
 def test_model_summary_bad_preset_is_one_line():
     result = runner.invoke(app, ["model", "summary", "--preset", "huge"])
     assert result.exit_code == 1
-    assert result.output.strip() == "error: unknown preset 'huge' (choose from paper, sff-cat, aff-cat, aff-bab, aff-aab, edge, ssn, ssn-tiny, tiny)"
+    from edgederm.models.config import PRESETS
+    assert result.output.strip() == f"error: unknown preset 'huge' (choose from {', '.join(PRESETS)})"
+    assert "clinical-only" in PRESETS and "tiny" in PRESETS
 
 
 def test_data_check_does_not_import_torch(synthetic_release):
