@@ -36,7 +36,7 @@ from typing import Callable
 import numpy as np
 
 from edgederm.benchmarks.host import Tegrastats, host_facts
-from edgederm.data.inputs import load_arrays
+from edgederm.data.inputs import IMAGE_INPUTS, load_arrays
 from edgederm.data.release import read_release
 from edgederm.errors import EdgeDermError
 from edgederm.evaluation.clinical import clinical_report
@@ -96,7 +96,7 @@ def time_end_to_end(predictor, pairs: list[tuple[Path, Path]], runs: int, warmup
     pair: both, or the clinical one for a clinical-only bundle), then the model call; pairs cycled."""
     prepare_ms, infer_ms = [], []
     for i in range(warmup + runs):
-        photos = dict(zip(("clinical", "dermoscopy"), pairs[i % len(pairs)]))
+        photos = dict(zip(IMAGE_INPUTS, pairs[i % len(pairs)]))
         start = time.perf_counter()
         inputs = predictor.prepare_cases([tuple(photos[name] for name in predictor.input_names)])
         prepared = time.perf_counter()

@@ -142,18 +142,14 @@ def encode_metadata(values: Mapping[str, str]) -> list[float]:
     that lists the allowed values. Matching ignores case and surrounding spaces."""
     vector: list[float] = []
     for field, allowed in METADATA_FIELDS.items():
-        raw = values.get(field)
-        value = raw.strip().lower() if isinstance(raw, str) else ""
-        if value not in allowed:
-            said = "missing" if not value else f"unknown value {raw!r}"
-            raise LabelError(f"{field}: {said} (allowed: {', '.join(allowed)})")
-        vector += [1.0 if value == v else 0.0 for v in allowed]
+        index = metadata_index(values, field)
+        vector += [1.0 if i == index else 0.0 for i in range(len(allowed))]
     return vector
 
 
 def metadata_index(values: Mapping[str, str], field: str) -> int:
     """The class index of one metadata field (the clinical-only model's body-location task); a missing or
-    unknown value is a LabelError listing the allowed values."""
+    unknown value is a LabelError listing the allowed values. Matching ignores case and surrounding spaces."""
     allowed = METADATA_FIELDS[field]
     raw = values.get(field)
     value = raw.strip().lower() if isinstance(raw, str) else ""

@@ -19,7 +19,7 @@ import numpy as np
 
 from edgederm import labels as L
 from edgederm.calibration.selection import CalibrationSet, build_calibration_set
-from edgederm.data.inputs import load_arrays
+from edgederm.data.inputs import IMAGE_INPUTS, load_arrays
 from edgederm.data.release import Release, read_release
 from edgederm.data.render import render_case
 from edgederm.data.synth import sample_labels
@@ -298,13 +298,13 @@ def _arrays(release: Release, split: str, preprocess: PreprocessConfig, names: t
 
 
 def synthetic_inputs(preprocess: PreprocessConfig, count: int, seed: int,
-                     names: tuple[str, ...] = ("clinical", "dermoscopy")) -> tuple[np.ndarray, ...]:
+                     names: tuple[str, ...] = IMAGE_INPUTS) -> tuple[np.ndarray, ...]:
     """`count` freshly drawn synthetic cases, preprocessed, one array per input in `names`: parity inputs
     that need no --data."""
     rng = np.random.default_rng(seed)
     pairs = [render_case(*sample_labels(rng), np.random.default_rng([seed, i])) for i in range(count)]
-    photo = {"clinical": 0, "dermoscopy": 1}
-    return tuple(np.stack([preprocess_image(pair[photo[name]], preprocess) for pair in pairs]) for name in names)
+    return tuple(np.stack([preprocess_image(pair[IMAGE_INPUTS.index(name)], preprocess) for pair in pairs])
+                 for name in names)
 
 
 def export(req: ExportRequest, log: Callable[[str], None] = print) -> list[Path]:
