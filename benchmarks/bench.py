@@ -36,7 +36,7 @@ from typing import Callable
 import numpy as np
 
 from edgederm.benchmarks.host import Tegrastats, host_facts
-from edgederm.data.inputs import IMAGE_INPUTS, load_arrays
+from edgederm.data.inputs import IMAGE_INPUTS, METADATA_INPUT, load_arrays, random_metadata
 from edgederm.data.release import read_release
 from edgederm.errors import EdgeDermError
 from edgederm.evaluation.clinical import clinical_report
@@ -46,6 +46,8 @@ from edgederm.preprocess import DECODES, PreprocessConfig, header_size
 from edgederm.runtime import load_bundle
 from edgederm.runtime.bundle import read_manifest
 
+# the patient end-to-end timing gives a metadata input: any valid values (encoding costs microseconds)
+EXAMPLE_METADATA = {"sex": "female", "location": "back", "elevation": "flat"}
 
 @dataclass(frozen=True)
 class Variant:
@@ -93,10 +95,11 @@ def photo_set(label: str, pairs: list[tuple[Path, Path]]) -> PhotoSet:
 
 def time_end_to_end(predictor, pairs: list[tuple[Path, Path]], runs: int, warmup: int = 1) -> dict:
     """Per case at batch 1: decode and preprocess the photos the bundle takes (of each (clinical, dermoscopy)
-    pair: both, or the clinical one for a clinical-only bundle), then the model call; pairs cycled."""
+    pair: both, or the clinical one for a clinical-only bundle; a metadata input gets EXAMPLE_METADATA), then
+    the model call; pairs cycled."""
     prepare_ms, infer_ms = [], []
     for i in range(warmup + runs):
-        photos = dict(zip(IMAGE_INPUTS, pairs[i % len(pairs)]))
+        photos = {**dict(zip(IMAGE_INPUTS, pairs[i % len(pairs)])), METADATA_INPUT: EXAMPLE_METADATA}
         start = time.perf_counter()
         inputs = predictor.prepare_cases([tuple(photos[name] for name in predictor.input_names)])
         prepared = time.perf_counter()
@@ -167,7 +170,6 @@ def bench_variant(variant: Variant, device: str, batch_sizes: list[int], warmup:
                    size_mb=sum(f["bytes"] for f in manifest["files"].values()) / 1e6,
                    weights_sha256=manifest["source"]["sha256"],    # which trained model the bundle holds
                    _clinical=manifest.get("clinical"))             # its temperatures and thresholds, if fitted
-        size = predictor.preprocess.size
         rng = np.random.default_rng(seed)
         row["latency"] = []
         for batch in batch_sizes:
@@ -175,8 +177,9 @@ def bench_variant(variant: Variant, device: str, batch_sizes: list[int], warmup:
             if evaluation is not None and len(evaluation[1]) >= batch:
                 inputs = tuple(x[:batch] for x in evaluation[0])
             else:
-                inputs = tuple(rng.standard_normal((batch, 3, size, size), dtype=np.float32)
-                               for _ in predictor.input_names)
+                inputs = tuple(random_metadata(rng, batch) if name == METADATA_INPUT
+                               else rng.standard_normal((batch, *predictor.input_shapes[name]), dtype=np.float32)
+                               for name in predictor.input_names)
             row["latency"].append(latency_summary(time_runs(lambda: predictor.run(*inputs), warmup, runs), batch))
         row["decode"] = predictor.preprocess.decode
         if photo_sets:

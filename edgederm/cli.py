@@ -15,7 +15,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from edgederm.errors import EdgeDermError
+from edgederm import labels as L
+from edgederm.errors import EdgeDermError, LabelError
 from edgederm.evaluation.gate import DEFAULT_MAX_FLIP_RATE
 from edgederm.models.config import PRESETS
 
@@ -71,7 +72,6 @@ def data_check(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON report instead of tables.")] = False,
 ):
     """Print per-split, per-class counts and every problem found; exit 1 on any problem."""
-    from edgederm import labels as L
     from edgederm.data.release import SPLITS, scan_release
     result = scan_release(release, verify_images=images, progress=None if as_json else _progress("decoding", "image"))
     rel = result.release
@@ -235,7 +235,7 @@ def train_command(
     final = train(data, out, model_cfg, train_cfg, resume=resume, progress=not quiet)
     if final.is_file():
         weights = json.loads((out / "branch_weights.json").read_text())
-        names = {"clinical": "W_C", "derm": "W_D", "fusion": "W_FU"}
+        names = {"clinical": "W_C", "derm": "W_D", "image": "W_I", "metadata": "W_M", "fusion": "W_FU"}
         shown = ", ".join(f"{names[b]} {weights[b]:.2f}" for b in names if b in weights)
         typer.echo(f"final weights: {final}  ({shown}; validation averaged AUC {100 * weights['valid_score']:.1f})")
 
@@ -261,7 +261,8 @@ def evaluate_command(
     if as_json:
         typer.echo(json.dumps(report, indent=2))
     else:
-        for key, name in (("clinical", "clinical"), ("derm", "dermoscopy"), ("fusion", "fusion"), ("final", "final")):
+        for key, name in (("clinical", "clinical"), ("derm", "dermoscopy"), ("image", "image"), ("metadata", "metadata"),
+                          ("fusion", "fusion"), ("final", "final")):
             if key in report["branches"]:
                 m = report["branches"][key]
                 typer.echo(f"{name:<11} AUC {100 * m['avg_auc']:.1f}  ACC {100 * m['avg_acc']:.1f}")
@@ -335,8 +336,15 @@ def diagnose_command(
     bundle: Annotated[Path, typer.Option(help="An exported bundle folder.")],
     clinical: Annotated[Optional[Path], typer.Option(help="The clinical photo.")] = None,
     derm: Annotated[Optional[Path], typer.Option(help="The dermoscopy photo (not for a clinical-only bundle).")] = None,
+    sex: Annotated[Optional[str], typer.Option(help=f"The patient's sex, for a bundle that takes metadata "
+                                                    f"({', '.join(L.METADATA_FIELDS['sex'])}).")] = None,
+    location: Annotated[Optional[str], typer.Option(help=f"The lesion's body location, for a bundle that takes "
+                                                         f"metadata ({', '.join(L.METADATA_FIELDS['location'])}).")] = None,
+    elevation: Annotated[Optional[str], typer.Option(help=f"The lesion's elevation, for a bundle that takes metadata "
+                                                          f"({', '.join(L.METADATA_FIELDS['elevation'])}).")] = None,
     pairs: Annotated[Optional[Path], typer.Option(help="CSV with a column per photo the bundle takes (clinical, "
-                                                       "derm) and optional id.")] = None,
+                                                       "derm), per metadata field when it takes them (sex, "
+                                                       "location, elevation) and optional id.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Results CSV for --pairs.")] = None,
     device: Annotated[str, typer.Option(help="OpenVINO device: CPU, GPU, NPU or AUTO.")] = "CPU",
     backend: Annotated[Optional[str], typer.Option(help="Override the bundle's backend (e.g. onnxruntime "
@@ -345,20 +353,30 @@ def diagnose_command(
 ):
     """Offline decision support: the eight tasks, the seven-point score and its reading.
 
-    A two-photo bundle takes --clinical and --derm; a clinical-only bundle --clinical alone."""
+    A two-photo bundle takes --clinical and --derm; a clinical-only bundle --clinical alone; a bundle with
+    patient metadata (jif-mmfa) also --sex, --location and --elevation."""
     from edgederm.runtime import load_bundle
     from edgederm.runtime.bundle import read_manifest
-    from edgederm.runtime.diagnose import diagnose_pairs, format_text, photo_fields
-    # which photos the bundle takes, from its manifest, before any model is loaded
-    needed = photo_fields(tuple(i["name"] for i in read_manifest(bundle, verify=False)["inputs"]))
-    given = {"clinical": clinical, "derm": derm}
+    from edgederm.runtime.diagnose import case_items, diagnose_pairs, format_text, input_fields
+    # what the bundle takes, from its manifest, before any model is loaded
+    input_names = tuple(i["name"] for i in read_manifest(bundle, verify=False)["inputs"])
+    needed = input_fields(input_names)
+    given = {"clinical": clinical, "derm": derm, "sex": sex, "location": location, "elevation": elevation}
+    metadata = {f: given[f] for f in L.METADATA_FIELDS if f in needed}
     if pairs is None:
         missing = [f"--{f}" for f in needed if given[f] is None]
         extra = [f"--{f}" for f, v in given.items() if v is not None and f not in needed]
         if missing or extra:
             what = " and ".join(f"--{f}" for f in needed)
+            allowed = "; ".join(f"--{f}: {', '.join(L.METADATA_FIELDS[f])}" for f in metadata if given[f] is None)
             raise typer.BadParameter(f"{bundle.name} takes {what} (or --pairs CSV)"
-                                     + (f"; {', '.join(extra)} is not one of its inputs" if extra else ""))
+                                     + (f"; {', '.join(extra)} is not one of its inputs" if extra else "")
+                                     + (f" (allowed {allowed})" if allowed else ""))
+        for f in metadata:      # an unknown value fails now, before the model loads
+            try:
+                L.metadata_index(metadata, f)
+            except LabelError as e:
+                raise typer.BadParameter(f"--{e}") from None
     if pairs is not None and out is None:
         raise typer.BadParameter("--pairs needs --out for the results CSV")
     predictor = load_bundle(bundle, device=device, backend=backend)
@@ -371,12 +389,13 @@ def diagnose_command(
         if failures:
             raise typer.Exit(code=1)
         return
-    prediction = predictor.predict(*(given[f] for f in needed))
+    prediction = predictor.predict(*case_items(input_names, given))
     if as_json:
-        typer.echo(json.dumps({"clinical": str(clinical), "derm": None if derm is None else str(derm), "bundle": str(bundle),
+        typer.echo(json.dumps({"clinical": str(clinical), "derm": None if derm is None else str(derm),
+                               "metadata": metadata or None, "bundle": str(bundle),
                                "backend": predictor.backend, **prediction.to_dict()}, indent=2))
     else:
-        typer.echo(format_text(prediction, str(clinical), None if derm is None else str(derm), predictor.name))
+        typer.echo(format_text(prediction, str(clinical), None if derm is None else str(derm), predictor.name, metadata))
 
 
 @app.command("serve")

@@ -139,7 +139,6 @@ def build_engine(bundle: str | Path, precision: str | None = None, workspace_mb:
         else:
             log(f"{bundle}: no {INT8_FP16_ONNX} (it failed the gate at export, or the bundle is older): TensorRT "
                 f"{trt.__version__} runs the layers outside Q/DQ in FP32")
-    size = manifest["preprocess"]["size"]
     profiles = batch_profiles(max_batch)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -156,7 +155,8 @@ def build_engine(bundle: str | Path, precision: str | None = None, workspace_mb:
     for low, opt, high in profiles:
         profile = builder.create_optimization_profile()
         for i in manifest["inputs"]:
-            profile.set_shape(i["name"], [low, 3, size, size], [opt, 3, size, size], [high, 3, size, size])
+            shape = i["shape"][1:]      # the manifest's: 3 x S x S for a photo, 14 for the metadata
+            profile.set_shape(i["name"], [low, *shape], [opt, *shape], [high, *shape])
         if config.add_optimization_profile(profile) < 0:
             raise EngineError(f"{bundle}: TensorRT refused the optimisation profile for batch {low}-{high}")
     cache_path = bundle / TIMING_CACHE
@@ -186,7 +186,7 @@ def build_engine(bundle: str | Path, precision: str | None = None, workspace_mb:
         manifest["engine"]["note"] = (f"built from {INT8_FP16_ONNX} (TensorRT 11); its gate on valid is the "
                                       "manifest's int8_fp16, its metrics those of model.int8.onnx")
     write_manifest(bundle, manifest)
-    shapes = {i["name"]: ([1, 3, size, size], [1, 3, size, size], [max_batch, 3, size, size])
+    shapes = {i["name"]: ([1, *i["shape"][1:]], [1, *i["shape"][1:]], [max_batch, *i["shape"][1:]])
               for i in manifest["inputs"]}
     log("by hand, with one profile for batch 1 to " + str(max_batch) + ": "
         + trtexec_command(plan, onnx_path, engine_path, cache_path, workspace_mb, shapes))

@@ -19,7 +19,7 @@ import numpy as np
 
 from edgederm import labels as L
 from edgederm.calibration.selection import CalibrationSet, build_calibration_set
-from edgederm.data.inputs import IMAGE_INPUTS, load_arrays
+from edgederm.data.inputs import IMAGE_INPUTS, METADATA_INPUT, input_shape, load_arrays, random_metadata
 from edgederm.data.release import Release, read_release
 from edgederm.data.render import render_case
 from edgederm.data.synth import sample_labels
@@ -99,7 +99,7 @@ def _base_manifest(ctx: Context, target: Target, precision: str, graphs: list[st
     weights = ctx.model.branch_weights.tolist()
     return {
         "target": target.name, "backend": target.backend, "precision": precision, "graphs": graphs,
-        "inputs": [{"name": n, "shape": ["batch", 3, size, size], "dtype": "float32"} for n in ctx.model.input_names],
+        "inputs": [{"name": n, "shape": ["batch", *input_shape(n, size)], "dtype": "float32"} for n in ctx.model.input_names],
         "outputs": [{"name": t.key, "shape": ["batch", t.num_classes], "dtype": "float32"} for t in L.TASKS],
         "preprocess": ctx.preprocess.to_dict(),
         "labels": _labels_schema(),
@@ -241,8 +241,13 @@ FORMAT_FUNCTIONS = {"torch": torch_bundle, "onnx": onnx_bundle, "openvino": open
 def _jetson_readme(manifest: dict, name: str) -> str:
     size = manifest["preprocess"]["size"]
     graph = manifest["graphs"][0]
-    shapes = ",".join(f"{i['name']}:{{}}x3x{size}x{size}" for i in manifest["inputs"])
-    inputs = " and ".join(f"`{i['name']}`" for i in manifest["inputs"])
+    # trtexec's shape lists, batch left as {0} for str.format: "clinical:{0}x3x224x224,..."
+    shapes = ",".join(f"{i['name']}:{{0}}x" + "x".join(str(d) for d in i["shape"][1:]) for i in manifest["inputs"])
+    photos = [i["name"] for i in manifest["inputs"] if i["name"] != METADATA_INPUT]
+    inputs = " and ".join(f"`{name}`" for name in photos)
+    metadata = (f" `{METADATA_INPUT}`: float32 N x {L.METADATA_SIZE}, one-hot, in this order: "
+                + "; ".join(f"{field} ({', '.join(values)})" for field, values in L.METADATA_FIELDS.items()) + "."
+                if any(i["name"] == METADATA_INPUT for i in manifest["inputs"]) else "")
     flags = "--int8 --fp16" if manifest["precision"] == "int8" else "--fp16"
     typed = ("; build from `model.int8.fp16.onnx` there (the INT8 graph typed FP16 outside Q/DQ)"
              if INT8_FP16_ONNX in manifest["graphs"] else "")
@@ -277,7 +282,7 @@ JetPack release in the manifest, and prints the trtexec line below.
    {size} x {size} ({manifest['preprocess']['resize']}), scaled to [0, 1], normalised with mean
    {list(manifest['preprocess']['mean'])} and std {list(manifest['preprocess']['std'])}.
    Outputs: one per task ({', '.join(L.TASK_KEYS)}), probabilities in the class order of
-   manifest.json `labels`.
+   manifest.json `labels`.{metadata}
 """
 
 
@@ -303,7 +308,8 @@ def synthetic_inputs(preprocess: PreprocessConfig, count: int, seed: int,
     that need no --data."""
     rng = np.random.default_rng(seed)
     pairs = [render_case(*sample_labels(rng), np.random.default_rng([seed, i])) for i in range(count)]
-    return tuple(np.stack([preprocess_image(pair[IMAGE_INPUTS.index(name)], preprocess) for pair in pairs])
+    return tuple(random_metadata(rng, count) if name == METADATA_INPUT
+                 else np.stack([preprocess_image(pair[IMAGE_INPUTS.index(name)], preprocess) for pair in pairs])
                  for name in names)
 
 

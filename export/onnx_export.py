@@ -18,6 +18,7 @@ import onnxruntime as ort
 import torch
 
 from edgederm import labels as L
+from edgederm.data.inputs import input_shape
 from edgederm.models.heads import BranchNet, split_tasks
 
 OPSET = 17
@@ -37,9 +38,8 @@ class FusedProbabilities(torch.nn.Module):
 
 def export_onnx(model: BranchNet, path: Path, opset: int = OPSET) -> Path:
     wrapper = FusedProbabilities(model).eval()
-    size = model.cfg.img_size
     names = model.input_names
-    example = tuple(torch.zeros(2, 3, size, size) for _ in names)
+    example = tuple(torch.zeros(2, *input_shape(name, model.cfg.img_size)) for name in names)
     dynamic = {name: {0: "batch"} for name in (*names, *OUTPUT_NAMES)}
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")   # tracer warnings about shape checks that are constant per model

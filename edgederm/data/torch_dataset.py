@@ -5,7 +5,8 @@ then for training an augmentation of the resized uint8 image, then normalise.
 Resized images are cached in memory (600 synthetic cases at 224 px: ~180 MB),
 because decoding 768 x 512 JPEGs each epoch dominates a CPU epoch otherwise.
 
-An item is (one tensor per model input, in `inputs` order, targets): targets
+An item is (one tensor per model input, in `inputs` order, targets): a photo
+is 3 x S x S, the metadata (jif-mmfa) its one-hot vector; targets
 are the eight task labels, followed by the body-location index when
 `location` is asked for (the clinical-only model's auxiliary task).
 """
@@ -17,7 +18,7 @@ from torch.utils.data import Dataset
 
 from edgederm import labels as L
 from edgederm.augment import AugmentConfig, augment_image
-from edgederm.data.inputs import IMAGE_INPUTS, case_photo
+from edgederm.data.inputs import IMAGE_INPUTS, METADATA_INPUT, case_metadata, case_photo
 from edgederm.data.release import Case
 from edgederm.errors import ConfigError, LabelError
 from edgederm.preprocess import PreprocessConfig, normalize, read_input_image, resize_image
@@ -33,6 +34,8 @@ class PairDataset(Dataset):
         self.inputs = inputs
         self.cache: dict[tuple[int, str], np.ndarray] | None = {} if cache else None
         self.targets = [list(c.labels) for c in cases]
+        # encoded now: a case without known metadata is an error before the first epoch
+        self.metadata = [torch.from_numpy(case_metadata(c)) for c in cases] if METADATA_INPUT in inputs else None
         if location:     # checked now: a case without a known location is an error before the first epoch
             for case, row in zip(cases, self.targets):
                 try:
@@ -62,6 +65,9 @@ class PairDataset(Dataset):
     def __getitem__(self, index: int):
         out = []
         for name in self.inputs:
+            if name == METADATA_INPUT:
+                out.append(self.metadata[index])
+                continue
             img = self._resized(index, name)
             if self.augment is not None:
                 # Drawn from torch's generator so torch.manual_seed / DataLoader worker seeding make it repeatable.

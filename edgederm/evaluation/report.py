@@ -8,8 +8,9 @@ from pathlib import Path
 
 from edgederm import labels as L
 
-ROWS = (("clinical", "Clinical (P_C)"), ("derm", "Dermoscopy (P_D)"), ("fusion", "Fusion (P_FU)"),
-        ("final", "Weighted final (P_FI)"))
+# a report's rows: the branches a network has (jif-mmfa: image, metadata and joint), then P_FI
+ROWS = (("clinical", "Clinical (P_C)"), ("derm", "Dermoscopy (P_D)"), ("image", "Image (P_I)"),
+        ("metadata", "Metadata (P_M)"), ("fusion", "Fusion (P_FU)"), ("final", "Weighted final (P_FI)"))
 
 
 def _pct(value) -> str:
@@ -131,7 +132,10 @@ def _branch_weights(report: dict) -> str:
     weights = report["branch_weights"]
     if len(weights) == 1:
         return "one branch (P_FI = P_C)"
-    return f"branch weights W_C {weights[0]:.2f}, W_D {weights[1]:.2f}, W_FU {weights[2]:.2f}"
+    symbols = {"clinical": "W_C", "derm": "W_D", "image": "W_I", "metadata": "W_M", "fusion": "W_FU"}
+    # reports written before they named their branches are two-photo ones
+    names = [b for b in report["branches"] if b != "final"] or ["clinical", "derm", "fusion"]
+    return "branch weights " + ", ".join(f"{symbols.get(b, b)} {w:.2f}" for b, w in zip(names, weights))
 
 
 def write_report(report: dict, out_dir: Path) -> tuple[Path, Path]:

@@ -9,9 +9,10 @@ import importlib
 _WHERE = {
     "ClinicalOnlyNet": "clinical_only", "PRESETS": "config", "ModelConfig": "config", "get_preset": "config",
     "BRANCHES": "heads", "BranchNet": "heads", "fused_probabilities": "heads", "split_tasks": "heads",
-    "task_softmax": "heads", "MultiModalNet": "multimodal",
+    "task_softmax": "heads", "MultiModalNet": "multimodal", "JifMmfaNet": "jif_mmfa",
 }
-NETWORKS = {"two-encoder": "MultiModalNet", "clinical-only": "ClinicalOnlyNet"}   # ModelConfig.architecture -> class
+# ModelConfig.architecture -> class
+NETWORKS = {"two-encoder": "MultiModalNet", "clinical-only": "ClinicalOnlyNet", "jif-mmfa": "JifMmfaNet"}
 
 
 def create_model(cfg):

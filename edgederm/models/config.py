@@ -13,11 +13,13 @@ from pathlib import Path
 from edgederm.errors import ConfigError
 from edgederm.preprocess import CROPS, IMAGENET_MEAN, IMAGENET_STD, PreprocessConfig
 
-# Which network: the two-photo family of the paper (and its single-shared variant), or the clinical-photo-only
-# multi-task model after DermImitFormer (arXiv 2307.08308; edgederm.models.clinical_only).
-ARCHITECTURES = ("two-encoder", "clinical-only")
+# Which network: the two-photo family of the paper (and its single-shared variant), the clinical-photo-only
+# multi-task model after DermImitFormer (arXiv 2307.08308; edgederm.models.clinical_only), or the two photos
+# plus patient metadata after JIF-MMFA (arXiv 2312.04189; edgederm.models.jif_mmfa).
+ARCHITECTURES = ("two-encoder", "clinical-only", "jif-mmfa")
 # The model inputs an architecture takes, in order: the exported graphs' input names, the manifests' "inputs".
-ARCHITECTURE_INPUTS = {"two-encoder": ("clinical", "dermoscopy"), "clinical-only": ("clinical",)}
+ARCHITECTURE_INPUTS = {"two-encoder": ("clinical", "dermoscopy"), "clinical-only": ("clinical",),
+                       "jif-mmfa": ("clinical", "dermoscopy", "metadata")}
 FUSIONS = ("aab", "bab", "cat", "sca")   # sca: SSN's cross-attention, one set of weights for every stage
 # What P_C and P_D read (edgederm.models.encoders): the encoder's pre-logits representation (conv head
 # included), or its last stage map average-pooled (the head pruned; EdgeDerm before 0.2).
@@ -66,6 +68,8 @@ class ModelConfig:
         if self.architecture == "clinical-only" and (self.shared_encoder or self.clinical_encoder != self.derm_encoder):
             raise ConfigError("model config: a clinical-only model has one encoder: set derm_encoder to the "
                               f"clinical encoder ({self.clinical_encoder!r}) and shared_encoder to false")
+        if self.architecture == "jif-mmfa" and self.shared_encoder:
+            raise ConfigError("model config: a jif-mmfa model has an encoder per photo; set shared_encoder to false")
         if self.selected_patches < 1:
             raise ConfigError("model config: selected_patches must be >= 1")
         if self.fusion not in FUSIONS:
@@ -164,6 +168,14 @@ PRESETS: dict[str, ModelConfig] = {
     # CPU-trainable in minutes, for the quickstart-sized release and the tests.
     "clinical-only-tiny": ModelConfig(clinical_encoder="mobilenetv3_small_050", derm_encoder="mobilenetv3_small_050",
                                       architecture="clinical-only", img_size=128),
+    # The two photos plus what every clinic knows at no cost (sex, body location, elevation), after JIF-MMFA
+    # (arXiv 2312.04189): image, metadata and joint branches, multi-modal fusion attention over the pooled
+    # features (edgederm.models.jif_mmfa). On the edge preset's ImageNet EfficientNet-Lites.
+    "jif-mmfa": ModelConfig(clinical_encoder="tf_efficientnet_lite0", derm_encoder="tf_efficientnet_lite1",
+                            architecture="jif-mmfa", normalization="inception"),
+    # On the tiny preset's encoders and size: CPU-trainable in minutes.
+    "jif-mmfa-tiny": ModelConfig(clinical_encoder="mobilenetv3_small_050", derm_encoder="resnet10t",
+                                 architecture="jif-mmfa", img_size=128),
     # Small enough that an epoch over 600 synthetic cases runs in under a minute on 2 CPU cores.
     "tiny": ModelConfig(clinical_encoder="mobilenetv3_small_050", derm_encoder="resnet10t",
                         fusion="aab", img_size=128),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from edgederm.data.inputs import input_shape
 from edgederm.models.config import paper_params_m
 from edgederm.models.heads import BranchNet
 
@@ -24,6 +25,10 @@ COMPONENTS = {   # row name -> attribute of the network (a row whose attribute i
     "lesion selection": "selection",
     "cross-interaction": "interaction",
     "task classifiers": "classifiers",
+    # jif-mmfa (edgederm.models.jif_mmfa)
+    "metadata encoder": "metadata_encoder",
+    "image head": "image_head",
+    "metadata head": "metadata_head",
 }
 
 
@@ -38,13 +43,12 @@ def _module_flops(by_module: dict, name: str) -> int:
 
 def summarize(model: BranchNet) -> dict:
     """{"rows": [{"component", "params_m", "gflops"}...], "total": {...}, "config": {...}}"""
-    size = model.cfg.img_size
-    x = torch.zeros(1, 3, size, size)
+    inputs = [torch.zeros(1, *input_shape(name, model.cfg.img_size)) for name in model.input_names]
     was_training = model.training
     model.eval()
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter:
-        model(*(x for _ in model.input_names))
+        model(*inputs)
     model.train(was_training)
     by_module = counter.get_flop_counts()
     root = type(model).__name__

@@ -1,9 +1,13 @@
 """`edgederm diagnose`: one case as text or JSON, or a day's cases from a CSV.
 
-A case is the photos the bundle takes (manifest "inputs"): the clinical and
-the dermoscopy photo, or the clinical photo alone for a clinical-only bundle.
-A CSV of cases has a column per photo, `clinical` and `derm` (paths, relative
-to the CSV's folder unless absolute), and optionally `id`. Each row is predicted on its own:
+A case is what the bundle takes (manifest "inputs"): the clinical and the
+dermoscopy photo, the clinical photo alone for a clinical-only bundle, and
+for a jif-mmfa bundle also the patient's sex, the lesion's body location and
+its elevation (labels.METADATA_FIELDS; an unknown value is an error that
+lists the allowed ones). A CSV of cases has a column per photo, `clinical`
+and `derm` (paths, relative to the CSV's folder unless absolute), a column per
+metadata field when the bundle takes them (`sex`, `location`, `elevation`),
+and optionally `id`. Each row is predicted on its own:
 an unreadable image fails its row, with the reason, and the batch goes on.
 While one pair is inferred, the next pair's photos are already being decoded
 (decoding a phone photo takes longer than the model). The results file is
@@ -15,26 +19,42 @@ import csv
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Mapping
 
 from edgederm import labels as L
 from edgederm.errors import EdgeDermError
 from edgederm.runtime.prediction import DISCLAIMER, Prediction
-from edgederm.runtime.predictor import Predictor
-
+from edgederm.runtime.predictor import METADATA_INPUT, Predictor
 
 # model input -> its command-line option (--clinical, --derm) and CSV column
 PHOTO_FIELDS = {"clinical": "clinical", "dermoscopy": "derm"}
 
 
 def photo_fields(input_names: tuple[str, ...]) -> list[str]:
-    """The options / CSV columns a bundle with these inputs needs, in input order."""
-    return [PHOTO_FIELDS[name] for name in input_names]
+    """The photo options / CSV columns a bundle with these inputs needs, in input order."""
+    return [PHOTO_FIELDS[name] for name in input_names if name != METADATA_INPUT]
 
 
-def format_text(prediction: Prediction, clinical: str, derm: str | None, bundle: str) -> str:
+def input_fields(input_names: tuple[str, ...]) -> list[str]:
+    """Every option / CSV column a bundle with these inputs needs, in input order: a photo's, or the three
+    metadata fields for the metadata input."""
+    return [field for name in input_names
+            for field in (L.METADATA_FIELDS if name == METADATA_INPUT else (PHOTO_FIELDS[name],))]
+
+
+def case_items(input_names: tuple[str, ...], values: Mapping[str, object]) -> tuple:
+    """One case as the predictor takes it (a photo per photo input, the metadata mapping for the metadata
+    input), from its fields (input_fields)."""
+    return tuple({f: values[f] for f in L.METADATA_FIELDS} if name == METADATA_INPUT else values[PHOTO_FIELDS[name]]
+                 for name in input_names)
+
+
+def format_text(prediction: Prediction, clinical: str, derm: str | None, bundle: str,
+                metadata: Mapping[str, str] | None = None) -> str:
     d = prediction.to_dict()
-    lines = [DISCLAIMER, f"clinical: {clinical}"] + ([f"dermoscopy: {derm}"] if derm else []) + [f"bundle: {bundle}", ""]
+    patient = [f"patient: {', '.join(f'{k} {v}' for k, v in metadata.items())}"] if metadata else []
+    lines = ([DISCLAIMER, f"clinical: {clinical}"] + ([f"dermoscopy: {derm}"] if derm else []) + patient
+             + [f"bundle: {bundle}", ""])
     top, p = prediction.top("DIAG")
     others = ", ".join(f"{c} {v:.2f}" for c, v in d["diagnosis"].items())
     lines.append(f"Diagnosis (model): {top} {p:.2f}   [{others}]")
@@ -106,25 +126,28 @@ def diagnose_pairs(predictor: Predictor, pairs_csv: Path, out_csv: Path, progres
         raise EdgeDermError(f"{pairs_csv}: file not found") from None
     except (UnicodeDecodeError, csv.Error) as e:
         raise EdgeDermError(f"{pairs_csv}: not a readable CSV file ({e})") from None
-    needed = photo_fields(predictor.input_names)
+    needed = input_fields(predictor.input_names)
     missing = [c for c in needed if c not in header]
     if missing:
         raise EdgeDermError(f"{pairs_csv}: missing column(s) {', '.join(missing)} "
                             f"(this bundle needs {', '.join(needed)}; optional id)")
+    metadata = [f for f in L.METADATA_FIELDS if f in needed]
     base = pairs_csv.parent
     jobs = []
     for line, row in enumerate(rows, start=2):
         row = {k.strip(): (v or "") for k, v in row.items() if k}
         case_id = row.get("id", "").strip() or f"line{line}"
         empty = [c for c in needed if not row[c].strip()]
-        pair = None if empty else tuple(_resolve(base, row[c]) for c in needed)
+        values = {c: row[c] if c in metadata else _resolve(base, row[c]) for c in needed}
+        pair = None if empty else case_items(predictor.input_names, values)
         jobs.append({"line": line, "id": case_id, "clinical": row["clinical"], "derm": row.get("derm", ""), "pair": pair,
+                     **{f: row[f] for f in metadata},
                      "error": f"empty {' and '.join(empty)} cell" if empty else None})
     results, failures = [], []
     inputs = _prepared_ahead(predictor, [job["pair"] for job in jobs])
     for job in (progress(jobs) if progress else jobs):
         prepared = next(inputs)
-        result = {"id": job["id"], "clinical": job["clinical"], "derm": job["derm"]}
+        result = {"id": job["id"], "clinical": job["clinical"], "derm": job["derm"], **{f: job[f] for f in metadata}}
         try:
             if job["error"]:
                 raise EdgeDermError(job["error"])
@@ -139,7 +162,9 @@ def diagnose_pairs(predictor: Predictor, pairs_csv: Path, out_csv: Path, progres
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_csv.with_name(out_csv.name + ".partial")
     with open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=RESULT_COLUMNS, restval="")
+        # a metadata bundle's results repeat the patient's fields after the photos
+        columns = RESULT_COLUMNS[:3] + metadata + RESULT_COLUMNS[3:]
+        writer = csv.DictWriter(f, fieldnames=columns, restval="")
         writer.writeheader()
         writer.writerows(results)
     os.replace(tmp, out_csv)

@@ -42,8 +42,7 @@ class OpenVinoPredictor(Predictor):
     def _request(self, batch: int) -> tuple:
         if batch not in self._requests:
             model = self.model.clone()
-            size = self.preprocess.size
-            model.reshape({name: [batch, 3, size, size] for name in self.input_names})
+            model.reshape({name: [batch, *shape] for name, shape in self.input_shapes.items()})
             compiled = self.core.compile_model(model, self.device, self.config)
             self._requests[batch] = (compiled.create_infer_request(), [compiled.output(n) for n in L.TASK_KEYS])
         return self._requests[batch]

@@ -5,10 +5,13 @@
     predictions = predictor.predict_batch([(c1, d1), (c2, d2)])
     probabilities = predictor.run(clinical, dermoscopy)            # preprocessed N x 3 x S x S arrays
 
-A bundle says which photos it takes (manifest "inputs", in order): a
-two-photo model takes the clinical and the dermoscopy photo, a clinical-only
-model the clinical photo alone (`predictor.predict("clinic.jpg")`). Every
-call takes one photo (or array) per input, in that order.
+A bundle says which inputs it takes (manifest "inputs", in order, with their
+shapes): a two-photo model takes the clinical and the dermoscopy photo, a
+clinical-only model the clinical photo alone (`predictor.predict("clinic.jpg")`),
+a jif-mmfa model both photos and the patient's metadata, given as a mapping
+(`predictor.predict("c.jpg", "d.jpg", {"sex": "female", "location": "back",
+"elevation": "flat"})`; labels.METADATA_FIELDS lists the values). Every call
+takes one item per input, in that order.
 
 Preprocessing comes from the bundle manifest and the shared module
 `edgederm.preprocess`, the same code training and calibration used. The photos
@@ -20,14 +23,18 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 
-from edgederm.errors import EdgeDermError
+from edgederm import labels as L
+from edgederm.errors import EdgeDermError, LabelError
 from edgederm.preprocess import PreprocessConfig, preprocess_image, read_input_image
 from edgederm.runtime.prediction import Prediction
 
 Image = str | Path | np.ndarray
+Item = Image | Mapping[str, str]      # a photo, or the metadata input's {field: value}
+METADATA_INPUT = "metadata"           # edgederm.data.inputs' name, kept here so the device needs no release reader
 
 
 class BundleRunError(EdgeDermError):
@@ -42,6 +49,8 @@ class Predictor:
         self.manifest = manifest
         self.preprocess = PreprocessConfig.from_dict(manifest["preprocess"])
         self.input_names: tuple[str, ...] = tuple(i["name"] for i in manifest["inputs"])
+        # one case's shape per input, the batch axis left out: 3 x S x S for a photo, 14 for the metadata
+        self.input_shapes: dict[str, tuple[int, ...]] = {i["name"]: tuple(i["shape"][1:]) for i in manifest["inputs"]}
         self.max_batch: int | None = None        # None: any batch size
         self.precision = manifest["precision"]
         self.clinical: dict | None = manifest.get("clinical")    # temperatures and thresholds, when fitted
@@ -69,24 +78,34 @@ class Predictor:
                                  f"({', '.join(self.input_names)}), got {given}")
 
     def run(self, *inputs: np.ndarray) -> np.ndarray:
-        """Preprocessed inputs (N x 3 x S x S float32 each, in `input_names` order) -> N x 24 probabilities,
-        in one call."""
+        """Prepared inputs (N x `input_shapes[name]` float32 each, in `input_names` order) -> N x 24
+        probabilities, in one call."""
         self._check_count(len(inputs), "inputs")
         self.check_batch(len(inputs[0]))
-        size = self.preprocess.size
         for array, name in zip(inputs, self.input_names):
             if len(array) != len(inputs[0]):
                 raise BundleRunError(f"{self.bundle}: {len(inputs[0])} {self.input_names[0]} but {len(array)} "
                                      f"{name} inputs")
-            if array.shape[1:] != (3, size, size):
+            if array.shape[1:] != self.input_shapes[name]:
                 raise BundleRunError(f"{self.bundle}: {name} input has shape {tuple(array.shape)}, "
-                                    f"expected N x 3 x {size} x {size}")
+                                     f"expected N x {' x '.join(map(str, self.input_shapes[name]))}")
         return self._forward(*(np.ascontiguousarray(x, np.float32) for x in inputs))
 
     def run_batched(self, *inputs: np.ndarray, batch_size: int = 16) -> np.ndarray:
         batch_size = min(batch_size, self.max_batch or batch_size)
         return np.concatenate([self.run(*(x[i:i + batch_size] for x in inputs))
                                for i in range(0, len(inputs[0]), batch_size)])
+
+    def prepare_metadata(self, values: Mapping[str, str]) -> np.ndarray:
+        """The metadata input of one case: {sex, location, elevation} -> one-hot float32. A missing or unknown
+        value is a one-line error listing the allowed values."""
+        if not isinstance(values, Mapping):
+            raise BundleRunError(f"{self.bundle}: the metadata input takes a mapping of "
+                                 f"{', '.join(L.METADATA_FIELDS)}, got {type(values).__name__}")
+        try:
+            return np.asarray(L.encode_metadata(values), np.float32)
+        except LabelError as e:
+            raise BundleRunError(f"{self.bundle}: metadata {e}") from None
 
     def prepare(self, image: Image) -> np.ndarray:
         if isinstance(image, (str, Path)):
@@ -96,24 +115,28 @@ class Predictor:
                                  "use edgederm.preprocess.read_image to read files")
         return preprocess_image(image, self.preprocess)
 
-    def prepare_cases(self, cases: list[tuple[Image, ...]]) -> tuple[np.ndarray, ...]:
-        """Model inputs of the cases (one N x 3 x S x S array per input), each case one photo per input in
-        `input_names` order; the photos are prepared two at a time."""
+    def prepare_cases(self, cases: list[tuple[Item, ...]]) -> tuple[np.ndarray, ...]:
+        """Model inputs of the cases (one N x ... array per input), each case one item per input in
+        `input_names` order (a photo, or the metadata mapping); the photos are prepared two at a time."""
         for case in cases:
-            self._check_count(len(case), "photos per case")
+            self._check_count(len(case), "items per case" if METADATA_INPUT in self.input_names else "photos per case")
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="edgederm-decode")
         k = len(self.input_names)
-        prepared = list(self._pool.map(self.prepare, [image for case in cases for image in case]))  # first error first
+        prepare = [self.prepare_metadata if name == METADATA_INPUT else self.prepare for name in self.input_names]
+        # first error first
+        prepared = list(self._pool.map(lambda j_item: prepare[j_item[0] % k](j_item[1]),
+                                       enumerate(item for case in cases for item in case)))
         return tuple(np.stack(prepared[i::k]) for i in range(k))
 
     prepare_pairs = prepare_cases       # the two-photo name
 
-    def predict(self, *photos: Image) -> Prediction:
-        """One case: a photo (path or RGB uint8 array) per input, in `input_names` order."""
-        return self.predict_batch([photos])[0]
+    def predict(self, *items: Item) -> Prediction:
+        """One case: a photo (path or RGB uint8 array) per photo input, the metadata mapping for a metadata
+        input, in `input_names` order."""
+        return self.predict_batch([items])[0]
 
-    def predict_batch(self, cases: list[tuple[Image, ...]]) -> list[Prediction]:
+    def predict_batch(self, cases: list[tuple[Item, ...]]) -> list[Prediction]:
         if not cases:
             return []
         return [Prediction.from_row(row, self.clinical) for row in self.run_batched(*self.prepare_cases(cases))]

@@ -61,6 +61,8 @@ class TrainConfig:
     loss_weight_derm: float = 1.0
     loss_weight_fusion: float = 1.0
     loss_weight_location: float = 1.0     # the clinical-only network's auxiliary body-location task
+    loss_weight_image: float = 1.0        # jif-mmfa's individual branches (its joint branch is "fusion")
+    loss_weight_metadata: float = 1.0
     class_weights: bool = False   # inverse-frequency weighted cross-entropy
     branch_weights_tta: bool = False   # also search W_C, W_D, W_FU on 6-view TTA outputs of valid, for evaluate --tta
     melanoma_sensitivity: float = 0.90  # the valid melanoma sensitivity the seven-point and P(MEL) thresholds keep
@@ -92,7 +94,8 @@ class TrainConfig:
             problems.append("melanoma_sensitivity must be > 0 and <= 1")
         if self.validate_every < 1:
             problems.append("validate_every must be >= 1")
-        if min(self.loss_weight_clinical, self.loss_weight_derm, self.loss_weight_fusion, self.loss_weight_location) < 0:
+        if min(self.loss_weight_clinical, self.loss_weight_derm, self.loss_weight_fusion, self.loss_weight_location,
+               self.loss_weight_image, self.loss_weight_metadata) < 0:
             problems.append("loss weights must be >= 0")
         if not 0 <= self.warmup_epochs < self.epochs:
             problems.append("warmup_epochs must be >= 0 and < epochs")
@@ -172,6 +175,13 @@ RECIPES: dict[str, TrainConfig] = {
 
 
 RECIPES["clinical-only"] = replace(RECIPES["edge"], source="clinical-only: " + RECIPES["edge"].source)
+# JIF-MMFA's loss, L_IM + 0.5 (L_I + L_M) (seeds/METHODS.md's reading; its SGD recipe is not given in full):
+# on the edge recipe for the ImageNet encoders, on the tiny one for the CPU preset.
+_JIF_LOSS = {"loss_weight_image": 0.5, "loss_weight_metadata": 0.5}
+RECIPES["jif-mmfa"] = replace(RECIPES["edge"], **_JIF_LOSS,
+                              source="jif-mmfa: " + RECIPES["edge"].source + "; loss L_IM + 0.5 (L_I + L_M)")
+RECIPES["jif-mmfa-tiny"] = replace(RECIPES["tiny"], **_JIF_LOSS,
+                                   source="jif-mmfa-tiny: the tiny recipe; loss L_IM + 0.5 (L_I + L_M)")
 
 
 def recipe_for(preset: str) -> TrainConfig:
