@@ -2,15 +2,25 @@
 GFLOPs, batch-1 latency in OpenVINO FP32 and INT8, and the averaged AUC on the
 synthetic release's test split (600 cases, seed 0: the quickstart's release).
 
-Each CPU-sized preset trains with its own recipe; its OpenVINO INT8 export is
-gated on valid as `edgederm export` gates it (a refusal is a row, not a crash);
-then every bundle is benched on test against the preset's PyTorch FP32 model.
+Each CPU-sized preset (--presets) trains with its own recipe; its OpenVINO
+INT8 export is gated on valid as `edgederm export` gates it (a refusal is a
+row, not a crash); then every bundle is benched on test against the preset's
+PyTorch FP32 model.
 
-    python benchmarks/dev/preset_table.py [--workdir DIR] [--presets tiny,ssn-tiny] [--runs 50]
+A preset too large to train on a 2-core CPU (--latency-only: the ImageNet
+fine-tuning and GPU presets) gets parameters, GFLOPs and batch-1 latency only,
+from its initial weights (the packaged ImageNet ones where they exist, else
+random): latency does not depend on the weights' values, and an INT8 gate on
+untrained weights would judge noise, so that row has no AUC and no verdict.
+
+    python benchmarks/dev/preset_table.py [--workdir DIR] [--presets tiny,ssn-tiny] \
+        [--latency-only clinical-only,jif-mmfa] [--runs 50]
 
 --workdir may be a quickstart folder: its synth/, runs/tiny and exports/ are
-reused. Writes benchmarks/results/preset-table.json; the README's table is
-generated from it by readme_figures.py.
+reused. Updates benchmarks/results/preset-table.json (rows of presets not
+measured this time are kept; rows follow the preset order of
+edgederm.models.config.PRESETS); the README's table is generated from it by
+readme_figures.py.
 """
 from __future__ import annotations
 
@@ -20,12 +30,17 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 from workdir import ensure_bundles, synthetic_release
 
 from edgederm.benchmarks.bench import run_bench
 from edgederm.evaluation.gate import GateSettings
 from edgederm.export.int8_gate import NoPassingInt8
 from edgederm.models import create_model
+from edgederm.models.config import PRESETS
+from edgederm.models.io import save_weights
+from edgederm.models.pretrained import initialize
 from edgederm.models.summary import summarize
 from edgederm.training.recipe import resolve_config
 from edgederm.training.trainer import train
@@ -58,26 +73,58 @@ def measure(preset: str, work: Path, data: Path, runs: int) -> dict:
     return row
 
 
+def measure_latency(preset: str, work: Path, data: Path, runs: int) -> dict:
+    """A preset not trained here: its initial weights exported to OpenVINO FP32 and INT8, batch-1 latency."""
+    run = work / "runs" / f"{preset}-untrained"
+    model_cfg, train_cfg = resolve_config(preset)
+    torch.manual_seed(0)
+    model = create_model(model_cfg)
+    total = summarize(model)["total"]
+    if not (run / "model.safetensors").exists():
+        run.mkdir(parents=True, exist_ok=True)
+        records = initialize(model, "auto" if train_cfg.pretrained_clinical == "auto" else "none",
+                             "auto" if train_cfg.pretrained_derm == "auto" else "none", log=None)
+        save_weights(model, run / "model.safetensors", extra={"source": f"{preset} preset, not trained",
+                                                              "initial_weights": records})
+    bundles = ensure_bundles(run, data, work / "exports", {"openvino": "fp32,int8"}, calibration_cases=64,
+                             eval_split=None, max_auc_drop=100.0, max_flip_rate=100.0)
+    names = [str(bundles[k]) for k in ("openvino-fp32", "openvino-int8")]
+    bench = run_bench(names, reference=None, data=None, split="test", batch_sizes=[1], warmup=5, runs=runs,
+                      gate=GateSettings())
+    row = {"preset": preset, "params_m": total["params_m"], "gflops": total["gflops"],
+           "img_size": model_cfg.img_size, "epochs": train_cfg.epochs, "trained": False}
+    for r in bench["variants"]:
+        row[r["name"].removeprefix(f"{run.name}-")] = {"ms": r["latency"][0]["mean_ms"]}
+    row["cpu"] = bench["host"]["cpu"]
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", type=Path, default=None, help="Keep (or reuse) the release, runs and bundles here.")
-    parser.add_argument("--presets", default="tiny,ssn-tiny")
+    parser.add_argument("--presets", default="", help="CPU-sized presets to train and measure, comma-separated.")
+    parser.add_argument("--latency-only", default="", help="Presets measured for latency only, comma-separated.")
     parser.add_argument("--runs", type=int, default=50, help="Timed runs per bundle.")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = args.workdir or Path(tmp)
         data = synthetic_release(work, cases=600)
-        rows = []
-        for preset in args.presets.split(","):
-            rows.append(measure(preset, work, data, args.runs))
-            r = rows[-1]
+        table = RESULTS / "preset-table.json"
+        rows = {r["preset"]: r for r in json.loads(table.read_text())["rows"]} if table.exists() else {}
+        for preset in filter(None, args.presets.split(",")):
+            r = rows[preset] = measure(preset, work, data, args.runs)
             int8 = r.get("openvino-int8")
             print(f"{preset:<10} {r['params_m']:6.2f} M {r['gflops']:5.2f} GFLOPs  test AUC {r['torch-fp32']['auc']:.2f}  "
                   f"OpenVINO FP32 {r['openvino-fp32']['ms']:.2f} ms  INT8 "
                   + (f"{int8['ms']:.2f} ms ({int8['verdict']})" if int8 else "refused"))
+        for preset in filter(None, args.latency_only.split(",")):
+            r = rows[preset] = measure_latency(preset, work, data, args.runs)
+            print(f"{preset:<10} {r['params_m']:6.2f} M {r['gflops']:5.2f} GFLOPs  not trained here; OpenVINO FP32 "
+                  f"{r['openvino-fp32']['ms']:.2f} ms  INT8 {r['openvino-int8']['ms']:.2f} ms")
     RESULTS.mkdir(exist_ok=True)
+    ordered = [rows[p] for p in PRESETS if p in rows]
     (RESULTS / "preset-table.json").write_text(json.dumps(
-        {"release": "synthetic, 600 cases, seed 0; test split", "rows": rows}, indent=1) + "\n")
+        {"release": "synthetic, 600 cases, seed 0; test split", "rows": ordered}, indent=1) + "\n")
     print(f"wrote {RESULTS / 'preset-table.json'}")
 
 
