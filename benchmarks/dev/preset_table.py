@@ -31,7 +31,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from workdir import ensure_bundles, synthetic_release
 
 from edgederm.benchmarks.bench import run_bench
