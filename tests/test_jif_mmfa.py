@@ -4,6 +4,7 @@ then the whole pipeline on the CI-sized release with a three-input bundle: train
 INT8 and the Jetson graphs, gated), diagnose with --sex/--location/--elevation and a CSV, and bench."""
 import csv
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -16,12 +17,14 @@ from edgederm.data.inputs import input_shape, load_arrays
 from edgederm.data.release import read_release
 from edgederm.data.torch_dataset import PairDataset
 from edgederm.errors import ConfigError, EdgeDermError, LabelError
+from edgederm.export.engine import build_engine
 from edgederm.models import create_model
 from edgederm.models.config import ModelConfig
 from edgederm.models.io import load_model, save_weights
 from edgederm.training.loss import multitask_loss
 from edgederm.training.recipe import resolve_config
 from tests.conftest import FAST_TRAINING, read_meta, write_meta
+from tests.test_tensorrt_runtime import FACTS, FakeBuilderTrt
 
 runner = CliRunner()
 PATIENT = {"sex": "female", "location": "back", "elevation": "palpable"}
@@ -145,6 +148,14 @@ def test_jif_mmfa_trains_evaluates_exports_and_diagnoses(jif_run, synthetic_rele
             assert gate["attempts"][gate["chosen"]]["verdict"] == "pass", target
     for graph in read_manifest(written["jetson"])["graphs"]:
         assert check_graph(written["jetson"] / graph) == [], graph
+    # the Jetson bundle's build instructions and `edgederm engine build` take the metadata's shape from the
+    # manifest (TensorRT itself is faked here: no NVIDIA GPU)
+    assert "metadata:1x14" in (written["jetson"] / "README.md").read_text()
+    engine_copy = shutil.copytree(written["jetson"], tmp_path / "engine")
+    fake, lines = FakeBuilderTrt(), []
+    build_engine(engine_copy, trt=fake, facts=FACTS, log=lines.append)
+    assert [sorted(p) for p in fake.profiles] == [["clinical", "dermoscopy", "metadata"]] * 2
+    assert any("--maxShapes=clinical:8x3x64x64,dermoscopy:8x3x64x64,metadata:8x14" in line for line in lines), lines
 
     case = read_release(synthetic_release).split("test")[0]
     photos = ["--clinical", str(case.clinical), "--derm", str(case.derm)]

@@ -30,11 +30,6 @@ from edgederm.runtime.predictor import METADATA_INPUT, Predictor
 PHOTO_FIELDS = {"clinical": "clinical", "dermoscopy": "derm"}
 
 
-def photo_fields(input_names: tuple[str, ...]) -> list[str]:
-    """The photo options / CSV columns a bundle with these inputs needs, in input order."""
-    return [PHOTO_FIELDS[name] for name in input_names if name != METADATA_INPUT]
-
-
 def input_fields(input_names: tuple[str, ...]) -> list[str]:
     """Every option / CSV column a bundle with these inputs needs, in input order: a photo's, or the three
     metadata fields for the metadata input."""

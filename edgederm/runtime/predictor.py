@@ -21,6 +21,7 @@ photos cost about as much as the larger one.
 """
 from __future__ import annotations
 
+import itertools
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Mapping
@@ -123,11 +124,12 @@ class Predictor:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="edgederm-decode")
         k = len(self.input_names)
-        prepare = [self.prepare_metadata if name == METADATA_INPUT else self.prepare for name in self.input_names]
-        # first error first
-        prepared = list(self._pool.map(lambda j_item: prepare[j_item[0] % k](j_item[1]),
-                                       enumerate(item for case in cases for item in case)))
+        items = [item for case in cases for item in case]
+        prepared = list(self._pool.map(self._prepare_item, itertools.cycle(self.input_names), items))  # first error first
         return tuple(np.stack(prepared[i::k]) for i in range(k))
+
+    def _prepare_item(self, name: str, item: Item) -> np.ndarray:
+        return self.prepare_metadata(item) if name == METADATA_INPUT else self.prepare(item)
 
     prepare_pairs = prepare_cases       # the two-photo name
 
