@@ -89,3 +89,24 @@ def bundles(trained_run, synthetic_release, tmp_path_factory) -> dict[str, Path]
                            log=lambda m: None):
             written[path.name.split("-", 1)[1]] = path
     return written
+
+
+def export_for_devices(run: Path, data: Path, out: Path) -> dict[str, Path]:
+    """{target: bundle} of a seed-method run for torch (FP32), OpenVINO and the Jetson (INT8, gated with the
+    CI-sized release's wide limits, as in `bundles`), after checking that each INT8 bundle holds a graph the
+    gate passed and that the Jetson graphs have TensorRT's form."""
+    from edgederm.export.exporter import ExportRequest, export
+    from edgederm.export.jetson_check import check_graph
+    from edgederm.runtime.bundle import read_manifest
+    written = {}
+    for target, precisions in (("torch", "fp32"), ("openvino", "int8"), ("jetson", "int8")):
+        wide = {"max_auc_drop": 50.0, "max_flip_rate": 100.0} if precisions == "int8" else {}
+        for path in export(ExportRequest(run=run, target=target, precisions=precisions, data=data, out=out, **wide),
+                           log=lambda m: None):
+            written[target] = path
+    for target in ("openvino", "jetson"):
+        gate = read_manifest(written[target])["int8_gate"]
+        assert gate["attempts"][gate["chosen"]]["verdict"] == "pass", target
+    for graph in read_manifest(written["jetson"])["graphs"]:
+        assert check_graph(written["jetson"] / graph) == [], graph
+    return written
