@@ -135,6 +135,7 @@ METADATA_FIELDS: dict[str, tuple[str, ...]] = {
     "elevation": ("flat", "palpable", "nodular"),
 }
 METADATA_SIZE = sum(len(values) for values in METADATA_FIELDS.values())
+METADATA_INPUT = "metadata"    # the model input (and manifest "inputs" name) that carries the one-hot vector
 
 
 def encode_metadata(values: Mapping[str, str]) -> list[float]:

@@ -110,3 +110,17 @@ def export_for_devices(run: Path, data: Path, out: Path) -> dict[str, Path]:
     for graph in read_manifest(written["jetson"])["graphs"]:
         assert check_graph(written["jetson"] / graph) == [], graph
     return written
+
+
+def bench_against_torch(written: dict[str, Path], data: Path, report: dict) -> None:
+    """Bench a seed-method run's OpenVINO and Jetson (onnxruntime) bundles against its torch bundle on the test
+    split: every row runs every case, and the reference's AUC is the one `evaluate` reported."""
+    from edgederm.benchmarks.bench import run_bench
+    from edgederm.evaluation.gate import GateSettings
+    bench = run_bench([str(written["openvino"]), f"{written['jetson']}@onnxruntime"], reference=str(written["torch"]),
+                      data=data, split="test", batch_sizes=[1], warmup=1, runs=3,
+                      gate=GateSettings(max_auc_drop=50.0, max_flip_rate=100.0), photos=[], e2e_runs=1)
+    rows = {r["name"]: r for r in bench["variants"]}
+    assert all(r["status"] == "ok" and r["accuracy"]["cases"] == report["cases"] for r in rows.values()), rows
+    reference = next(r for r in bench["variants"] if r["verdict"] == "reference")
+    assert np.isclose(reference["accuracy"]["avg_auc"], report["branches"]["final"]["avg_auc"])

@@ -4,7 +4,6 @@ bundle: train, evaluate, export (OpenVINO INT8 and the Jetson graphs, gated), di
 import csv
 import json
 
-import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -19,7 +18,7 @@ from edgederm.models.clinical_only import LesionSelection
 from edgederm.models.config import ModelConfig
 from edgederm.models.io import load_model, save_weights
 from edgederm.training.recipe import resolve_config
-from tests.conftest import FAST_TRAINING, export_for_devices, read_meta, write_meta
+from tests.conftest import FAST_TRAINING, bench_against_torch, export_for_devices, read_meta, write_meta
 
 runner = CliRunner()
 
@@ -92,9 +91,7 @@ def clinical_only_run(synthetic_release, tmp_path_factory):
 
 
 def test_clinical_only_trains_evaluates_exports_and_diagnoses(clinical_only_run, synthetic_release, tmp_path):
-    from edgederm.benchmarks.bench import run_bench
     from edgederm.evaluation.evaluate import evaluate_run
-    from edgederm.evaluation.gate import GateSettings
     from edgederm.runtime import load_bundle
     from edgederm.runtime.bundle import read_manifest
     from edgederm.serve.server import build_clinic
@@ -130,13 +127,7 @@ def test_clinical_only_trains_evaluates_exports_and_diagnoses(clinical_only_run,
     rows = list(csv.DictReader(out.open()))
     assert rows[0]["status"] == "ok" and rows[0]["derm"] == "" and rows[0]["diagnosis"] in L.TASKS[0].classes
 
-    bench = run_bench([str(written["openvino"]), f"{written['jetson']}@onnxruntime"], reference=str(written["torch"]),
-                      data=synthetic_release, split="test", batch_sizes=[1], warmup=1, runs=3,
-                      gate=GateSettings(max_auc_drop=50.0, max_flip_rate=100.0), photos=[], e2e_runs=1)
-    rows = {r["name"]: r for r in bench["variants"]}
-    assert all(r["status"] == "ok" and r["accuracy"]["cases"] == report["cases"] for r in rows.values()), rows
-    reference = next(r for r in bench["variants"] if r["verdict"] == "reference")
-    assert np.isclose(reference["accuracy"]["avg_auc"], report["branches"]["final"]["avg_auc"])
+    bench_against_torch(written, synthetic_release, report)
 
     with pytest.raises(EdgeDermError, match="the clinic app takes two-photo bundles; this one takes clinical"):
         build_clinic(written["openvino"], tmp_path / "clinic")

@@ -23,7 +23,7 @@ from edgederm.models.config import ModelConfig
 from edgederm.models.io import load_model, save_weights
 from edgederm.training.loss import multitask_loss
 from edgederm.training.recipe import resolve_config
-from tests.conftest import FAST_TRAINING, export_for_devices, read_meta, write_meta
+from tests.conftest import FAST_TRAINING, bench_against_torch, export_for_devices, read_meta, write_meta
 from tests.test_tensorrt_runtime import FACTS, FakeBuilderTrt
 
 runner = CliRunner()
@@ -114,9 +114,7 @@ def _words(text: str) -> str:
 
 
 def test_jif_mmfa_trains_evaluates_exports_and_diagnoses(jif_run, synthetic_release, tmp_path):
-    from edgederm.benchmarks.bench import run_bench
     from edgederm.evaluation.evaluate import evaluate_run
-    from edgederm.evaluation.gate import GateSettings
     from edgederm.evaluation.report import write_report
     from edgederm.runtime import load_bundle
     from edgederm.runtime.bundle import read_manifest
@@ -190,13 +188,7 @@ def test_jif_mmfa_trains_evaluates_exports_and_diagnoses(jif_run, synthetic_rele
     assert refused.exit_code != 0 and "missing column(s) sex, location, elevation" in _words(refused.output)
     assert not (tmp_path / "never.csv").exists()
 
-    bench = run_bench([str(written["openvino"]), f"{written['jetson']}@onnxruntime"], reference=str(written["torch"]),
-                      data=synthetic_release, split="test", batch_sizes=[1], warmup=1, runs=3,
-                      gate=GateSettings(max_auc_drop=50.0, max_flip_rate=100.0), photos=[], e2e_runs=1)
-    rows = {r["name"]: r for r in bench["variants"]}
-    assert all(r["status"] == "ok" and r["accuracy"]["cases"] == report["cases"] for r in rows.values()), rows
-    reference = next(r for r in bench["variants"] if r["verdict"] == "reference")
-    assert np.isclose(reference["accuracy"]["avg_auc"], report["branches"]["final"]["avg_auc"])
+    bench_against_torch(written, synthetic_release, report)
 
     with pytest.raises(EdgeDermError, match="the clinic app takes two-photo bundles; this one takes clinical, "
                                             "dermoscopy, metadata"):

@@ -23,7 +23,7 @@ from edgederm.errors import ConfigError, LabelError
 from edgederm.preprocess import PreprocessConfig, load_input
 
 IMAGE_INPUTS = ("clinical", "dermoscopy")     # the two-photo models' inputs, in order
-METADATA_INPUT = "metadata"                   # the patient-metadata input (jif-mmfa)
+METADATA_INPUT = L.METADATA_INPUT             # the patient-metadata input (jif-mmfa)
 INPUT_NAMES = (*IMAGE_INPUTS, METADATA_INPUT)
 
 

@@ -24,7 +24,7 @@ from typing import Iterator, Mapping
 from edgederm import labels as L
 from edgederm.errors import EdgeDermError
 from edgederm.runtime.prediction import DISCLAIMER, Prediction
-from edgederm.runtime.predictor import METADATA_INPUT, Predictor
+from edgederm.runtime.predictor import Predictor
 
 # model input -> its command-line option (--clinical, --derm) and CSV column
 PHOTO_FIELDS = {"clinical": "clinical", "dermoscopy": "derm"}
@@ -34,13 +34,13 @@ def input_fields(input_names: tuple[str, ...]) -> list[str]:
     """Every option / CSV column a bundle with these inputs needs, in input order: a photo's, or the three
     metadata fields for the metadata input."""
     return [field for name in input_names
-            for field in (L.METADATA_FIELDS if name == METADATA_INPUT else (PHOTO_FIELDS[name],))]
+            for field in (L.METADATA_FIELDS if name == L.METADATA_INPUT else (PHOTO_FIELDS[name],))]
 
 
 def case_items(input_names: tuple[str, ...], values: Mapping[str, object]) -> tuple:
     """One case as the predictor takes it (a photo per photo input, the metadata mapping for the metadata
     input), from its fields (input_fields)."""
-    return tuple({f: values[f] for f in L.METADATA_FIELDS} if name == METADATA_INPUT else values[PHOTO_FIELDS[name]]
+    return tuple({f: values[f] for f in L.METADATA_FIELDS} if name == L.METADATA_INPUT else values[PHOTO_FIELDS[name]]
                  for name in input_names)
 
 

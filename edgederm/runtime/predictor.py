@@ -35,7 +35,6 @@ from edgederm.runtime.prediction import Prediction
 
 Image = str | Path | np.ndarray
 Item = Image | Mapping[str, str]      # a photo, or the metadata input's {field: value}
-METADATA_INPUT = "metadata"           # edgederm.data.inputs' name, kept here so the device needs no release reader
 
 
 class BundleRunError(EdgeDermError):
@@ -119,17 +118,19 @@ class Predictor:
     def prepare_cases(self, cases: list[tuple[Item, ...]]) -> tuple[np.ndarray, ...]:
         """Model inputs of the cases (one N x ... array per input), each case one item per input in
         `input_names` order (a photo, or the metadata mapping); the photos are prepared two at a time."""
+        what = "items per case" if L.METADATA_INPUT in self.input_names else "photos per case"
         for case in cases:
-            self._check_count(len(case), "items per case" if METADATA_INPUT in self.input_names else "photos per case")
+            self._check_count(len(case), what)
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="edgederm-decode")
         k = len(self.input_names)
         items = [item for case in cases for item in case]
-        prepared = list(self._pool.map(self._prepare_item, itertools.cycle(self.input_names), items))  # first error first
+        # in case order, so the first bad item's error is the one raised
+        prepared = list(self._pool.map(self._prepare_item, itertools.cycle(self.input_names), items))
         return tuple(np.stack(prepared[i::k]) for i in range(k))
 
     def _prepare_item(self, name: str, item: Item) -> np.ndarray:
-        return self.prepare_metadata(item) if name == METADATA_INPUT else self.prepare(item)
+        return self.prepare_metadata(item) if name == L.METADATA_INPUT else self.prepare(item)
 
     prepare_pairs = prepare_cases       # the two-photo name
 
