@@ -71,7 +71,7 @@ class TrainConfig:
     pretrained_derm: str = "auto"
     workers: int = 0              # DataLoader worker processes
     amp: bool = True              # mixed precision, CUDA only
-    channels_last: bool = True    # CUDA only
+    channels_last: bool = True    # NHWC model and inputs, on CUDA and CPU alike
     source: str = "paper: Adam, batch 24, 250 epochs, SWA last 50; lr 3e-5 + cosine from FusionM4Net"
 
     def __post_init__(self):

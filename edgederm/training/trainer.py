@@ -191,6 +191,7 @@ def _train(data: Path, run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, 
         raise ConfigError(f"{data}: the valid split is empty; it is needed for model selection and branch weights")
     train_set = PairDataset.for_model(train_cases, model_cfg, cfg.augmentation())
     plain_train_set = PairDataset.for_model(train_cases, model_cfg)
+    plain_train_set.cache = train_set.cache      # same cases, same resize: decoded once (augmentation comes after)
     valid_set = PairDataset.for_model(valid_cases, model_cfg)
 
     torch.manual_seed(cfg.seed)
@@ -200,7 +201,9 @@ def _train(data: Path, run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, 
         initial_weights = initialize(model, cfg.pretrained_clinical, cfg.pretrained_derm,
                                      log=tqdm.write if dist.main else None)
     model = model.to(device)
-    if on_cuda and cfg.channels_last:
+    if cfg.channels_last:
+        # On CPUs too: oneDNN's NHWC convolutions and pooling make a tiny-preset epoch ~20 % shorter
+        # (2-core AVX2 CPU, 8.3 s against 11.0 s); only the rounding of the sums changes.
         model = model.to(memory_format=torch.channels_last)
     encoder_params = [p for encoder in model.encoders() for p in encoder.parameters()]
     in_encoders = {id(p) for p in encoder_params}
@@ -258,8 +261,8 @@ def _train(data: Path, run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, 
         for *inputs, targets in bar:
             inputs = [x.to(device, non_blocking=True) for x in inputs]
             targets = targets.to(device, non_blocking=True)
-            if on_cuda and cfg.channels_last:
-                inputs = [x.contiguous(memory_format=torch.channels_last) for x in inputs]
+            if cfg.channels_last:
+                inputs = [x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x for x in inputs]
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                 loss = multitask_loss(net(*inputs), targets, class_weights, cfg.label_smoothing,
                                       loss_weights, cfg.loss_weight_location)
