@@ -377,8 +377,13 @@ def diagnose_command(
                 L.metadata_index(metadata, f)
             except LabelError as e:
                 raise typer.BadParameter(f"--{e}") from None
-    if pairs is not None and out is None:
-        raise typer.BadParameter("--pairs needs --out for the results CSV")
+    if pairs is not None:
+        beside = [f"--{f}" for f, v in given.items() if v is not None]
+        if beside:    # the CSV gives every case its photos and fields; a flag beside it would be ignored
+            raise typer.BadParameter(f"--pairs reads each case's photos and fields from {pairs.name}; "
+                                     f"{', '.join(beside)} cannot be given beside it")
+        if out is None:
+            raise typer.BadParameter("--pairs needs --out for the results CSV")
     predictor = load_bundle(bundle, device=device, backend=backend)
     if pairs is not None:
         written, failures = diagnose_pairs(predictor, pairs, out, progress=None if as_json else _progress("cases", "case"))

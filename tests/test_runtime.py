@@ -159,6 +159,12 @@ def test_diagnose_pairs_reports_bad_rows_and_finishes_the_batch(bundles, pair, t
     assert "grayscale" in written["d"]["error"] and "not found" in written["f"]["error"]
     assert written["a"]["diagnosis"] in L.TASKS[0].classes and written["a"]["seven_point_score"].isdigit()
     assert "wrote 7 rows" in result.output and "(5 failed)" in result.output
+    # a single case's flag beside --pairs would be ignored: refused in one line, the results left as they are
+    before = out.read_bytes()
+    beside = runner.invoke(app, ["diagnose", "--bundle", str(bundles["onnx-fp32"]), "--pairs",
+                                 str(tmp_path / "visits.csv"), "--out", str(out), "--clinical", str(pair[0])])
+    assert beside.exit_code != 0 and "--clinical cannot be given beside it" in beside.output
+    assert "visits.csv" in beside.output and out.read_bytes() == before
 
 
 def test_diagnose_single_pair_errors_are_one_line(bundles, pair, tmp_path):
