@@ -314,9 +314,9 @@ def synthetic_inputs(preprocess: PreprocessConfig, count: int, seed: int,
 
 
 def longest_first(plans: list[tuple]) -> list[tuple[int, tuple]]:
-    """(index, plan) with the plans holding an INT8 search first. The pool runs CONCURRENT_TARGETS at a time
-    in submission order; started late, a search ends the pass late (quickstart: torch and ONNX bundles, a few
-    seconds, ahead of the OpenVINO INT8 search held its start back by that much)."""
+    """(index, plan), the plans holding an INT8 search first, otherwise in the order asked. The pool runs
+    CONCURRENT_TARGETS at a time in submission order, and a search started late ends the pass late: in the
+    quickstart, the torch and ONNX bundles queued ahead of the OpenVINO INT8 search delayed it by seconds."""
     return sorted(enumerate(plans), key=lambda item: "int8" not in item[1][2])
 
 

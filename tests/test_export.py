@@ -201,8 +201,12 @@ def test_engine_build_with_tensorrt(bundles, tmp_path):
 def test_targets_exported_side_by_side_equal_one_at_a_time(bundles, trained_run, synthetic_release, tmp_path):
     """export_many runs the targets concurrently (CONCURRENT_TARGETS); every graph must be the one a
     single-target export writes (the `bundles` fixture exports one target at a time)."""
-    from edgederm.export.exporter import CONCURRENT_TARGETS, export_many
+    from edgederm.export.exporter import CONCURRENT_TARGETS, export_many, longest_first
     assert CONCURRENT_TARGETS >= 2
+    # the INT8 searches start first; the bundles still come back in the order asked (below)
+    plans = [("onnx", None, {"fp32": None}), ("openvino", None, {"fp32": None, "int8": None}),
+             ("jetson", None, {"int8": None})]
+    assert [i for i, _ in longest_first(plans)] == [1, 2, 0]
     requests = [ExportRequest(run=trained_run, target=target, precisions=precisions, data=synthetic_release,
                               out=tmp_path, max_auc_drop=50.0 if "int8" in precisions else None,
                               max_flip_rate=100.0 if "int8" in precisions else None)
