@@ -12,9 +12,11 @@ NNCF would have. NNCF's MIXED preset (asymmetric activations) is fine for
 OpenVINO; the TensorRT path quantizes separately and symmetrically
 (tensorrt_export.py).
 
-FP32 models are compiled with INFERENCE_PRECISION_HINT=f32, so the FP32
-reference stays FP32 on CPUs that would otherwise run bf16 (AMX); FP16 and
-INT8 are scored as the runtime runs them (edgederm/runtime/openvino_backend.py).
+Every model scored here is compiled as the runtime compiles a bundle
+(`Scorer`, through edgederm/runtime/openvino_backend.py `compile_static`): static
+shapes, FP32 pinned to INFERENCE_PRECISION_HINT=f32 (so the FP32 reference stays
+FP32 on CPUs that would otherwise run bf16), FP16 and INT8 with the CPU's own
+choice. The INT8 search scores saved IR (exporter.py), not the in-memory NNCF model.
 """
 from __future__ import annotations
 
@@ -27,8 +29,7 @@ import openvino as ov
 from edgederm import labels as L
 from edgederm.calibration.adapters import nncf_dataset
 from edgederm.calibration.selection import CalibrationSet
-
-F32_CONFIG = {"INFERENCE_PRECISION_HINT": "f32"}
+from edgederm.runtime.openvino_backend import compile_static
 
 
 def convert(onnx_path: Path) -> ov.Model:
@@ -40,22 +41,33 @@ def save_ir(model: ov.Model, xml_path: Path, fp16: bool) -> Path:
     return xml_path
 
 
-def compile_cpu(model: ov.Model | Path, precision: str = "fp32") -> ov.CompiledModel:
-    """As the runtime compiles it: FP32 pinned to f32; FP16 / INT8 with the CPU's own choice."""
-    config = F32_CONFIG if precision == "fp32" else {}
-    return ov.Core().compile_model(model if isinstance(model, ov.Model) else str(model), "CPU", config)
+SCORING_BATCH = 16
 
 
-def run_openvino(compiled: ov.CompiledModel, *inputs: np.ndarray, batch_size: int = 16) -> np.ndarray:
-    """N x 24 probabilities (task outputs concatenated in schema order); `inputs` in the model's input order."""
-    names = [i.get_any_name() for i in compiled.inputs]
-    outputs = [compiled.output(name) for name in L.TASK_KEYS]
-    request = compiled.create_infer_request()
-    out = []
-    for start in range(0, len(inputs[0]), batch_size):
-        result = request.infer({name: x[start:start + batch_size] for name, x in zip(names, inputs, strict=True)})
-        out.append(np.concatenate([result[o] for o in outputs], axis=1))
-    return np.concatenate(out)
+class Scorer:
+    """`scorer(*inputs)` -> N x 24 probabilities (task outputs concatenated in schema order), `inputs` in the
+    model's input order: the model compiled on the CPU as the runtime compiles a bundle of `precision`
+    (`compile_static`: one static batch, FP32 pinned to f32). Inputs go through in chunks of SCORING_BATCH,
+    the last one padded, so one compilation serves every call."""
+
+    def __init__(self, model: ov.Model | Path, precision: str):
+        core = ov.Core()
+        model = core.read_model(str(model)) if isinstance(model, Path) else model
+        self.compiled = compile_static(core, model, SCORING_BATCH, precision)
+        self.names = [i.get_any_name() for i in self.compiled.inputs]
+        self.outputs = [self.compiled.output(name) for name in L.TASK_KEYS]
+
+    def __call__(self, *inputs: np.ndarray) -> np.ndarray:
+        request = self.compiled.create_infer_request()
+        count, out = len(inputs[0]), []
+        for start in range(0, count, SCORING_BATCH):
+            chunk = [x[start:start + SCORING_BATCH] for x in inputs]
+            real = len(chunk[0])
+            if real < SCORING_BATCH:      # padded with copies of its last case; the copies' rows are dropped
+                chunk = [np.concatenate([x, np.repeat(x[-1:], SCORING_BATCH - real, axis=0)]) for x in chunk]
+            result = request.infer(dict(zip(self.names, chunk, strict=True)))
+            out.append(np.concatenate([result[o] for o in self.outputs], axis=1)[:real])
+        return np.concatenate(out)
 
 
 def probability_tail(model: ov.Model) -> list[str]:
@@ -107,8 +119,10 @@ def quantize_for_agreement(model: ov.Model, calib: CalibrationSet, transformer: 
     validation_set = nncf.Dataset(items, lambda item: dict(zip(calib.names, item[0])))
 
     def validate(compiled: ov.CompiledModel, data) -> tuple[float, list[list[np.ndarray]]]:
+        # NNCF hands over its own compilation of its in-memory candidate: scored as NNCF compiled it, so
+        # this metric only steers NNCF; its result is judged again as saved IR (int8_gate.search_openvino).
         data = list(data)
-        probs = run_openvino(compiled, *(np.concatenate([d[0][k] for d in data]) for k in range(len(calib.names))))
+        probs = _run_compiled(compiled, *(np.concatenate([d[0][k] for d in data]) for k in range(len(calib.names))))
         # per case, the model's outputs as NNCF collects them itself (one array per task, in output order)
         return agreement(probs, [d[1] for d in data]), [[row[None, L.TASK_SLICES[k]] for k in L.TASK_KEYS]
                                                          for row in probs]
@@ -118,6 +132,12 @@ def quantize_for_agreement(model: ov.Model, calib: CalibrationSet, transformer: 
         drop_type=nncf.DropType.ABSOLUTE, model_type=_model_type(transformer), subset_size=len(calib),
         ignored_scope=nncf.IgnoredScope(names=probability_tail(model), validate=False),
         advanced_quantization_parameters=_uncompressed())
+
+
+def _run_compiled(compiled: ov.CompiledModel, *inputs: np.ndarray) -> np.ndarray:
+    names = [i.get_any_name() for i in compiled.inputs]
+    result = compiled.create_infer_request().infer(dict(zip(names, inputs, strict=True)))
+    return np.concatenate([result[compiled.output(name)] for name in L.TASK_KEYS], axis=1)
 
 
 def _model_type(transformer: bool):

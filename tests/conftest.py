@@ -13,6 +13,10 @@ import pytest
 from edgederm.data.release import META_COLUMNS
 from edgederm.data.synth import write_synthetic_release
 
+# pytester: tests/test_isolation.py runs a small test session of its own to show a crash in a fixture
+# fails that fixture's tests only.
+pytest_plugins = ("pytester",)
+
 
 @pytest.fixture(scope="session")
 def synthetic_release(tmp_path_factory) -> Path:

@@ -14,9 +14,10 @@ from edgederm.errors import ConfigError
 from edgederm.export.engine import INSTALL_HINT, BuildPlan, trtexec_command
 from edgederm.export.exporter import ExportRequest, export
 from edgederm.export.formats import parse_request
-from edgederm.export.onnx_export import onnxruntime_session
+from edgederm.export.onnxruntime_scoring import onnxruntime_session
 from edgederm.runtime import load_bundle
 from edgederm.runtime.bundle import BundleError, read_manifest
+from tests.helpers import half_bundle_then_interrupt, jetson_bundle_in_onnxruntime_form
 
 runner = CliRunner()
 
@@ -121,11 +122,7 @@ def test_a_changed_byte_is_refused(bundles, tmp_path):
 
 def test_interrupted_export_leaves_no_bundle(trained_run, synthetic_release, tmp_path, monkeypatch):
     import edgederm.export.exporter as exporter
-
-    def crash(ctx, target, precision, directory):
-        (directory / "model.xml").write_text("half")
-        raise KeyboardInterrupt
-    monkeypatch.setitem(exporter.FORMAT_FUNCTIONS, "openvino", crash)
+    monkeypatch.setitem(exporter.FORMAT_FUNCTIONS, "openvino", half_bundle_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
         export(ExportRequest(run=trained_run, target="openvino", out=tmp_path), log=lambda m: None)
     assert list(tmp_path.iterdir()) == []
@@ -247,9 +244,9 @@ def test_every_jetson_graph_passes_the_tensorrt_check(bundles):
 
 
 def test_a_jetson_graph_tensorrt_would_refuse_is_not_written(trained_run, synthetic_release, tmp_path, monkeypatch):
-    from edgederm.export import tensorrt_export
+    import edgederm.export.exporter as exporter
     from edgederm.export.jetson_check import GraphFormError
-    monkeypatch.setattr(tensorrt_export, "tensorrt_form", lambda model: model)     # onnxruntime's form as it is
+    monkeypatch.setitem(exporter.FORMAT_FUNCTIONS, "jetson", jetson_bundle_in_onnxruntime_form)
     with pytest.raises(GraphFormError, match=r"jetson int8: model.int8.onnx: \d+ problem\(s\) for TensorRT 10.3, "
                                              r"first: .*(lone DequantizeLinear|shared by).*; no bundle written"):
         export(ExportRequest(run=trained_run, target="jetson", precisions="int8", data=synthetic_release,

@@ -94,7 +94,7 @@ def test_keeping_openvino_blocks_in_float_is_exact(trained_run, synthetic_releas
     int8 = openvino_export.quantize_int8(fp32.clone(), calib, transformer=False)
 
     def run(m, precision="int8"):
-        return openvino_export.run_openvino(openvino_export.compile_cpu(m, precision), clinical, dermoscopy)
+        return openvino_export.Scorer(m, precision)(clinical, dermoscopy)
     reference, quantized = run(fp32, "fp32"), run(int8)
     assert np.abs(quantized - reference).max() > 1e-4                        # quantization did something
     blocks = list(group_blocks(sorted(int8_gate.quantized_ops(int8))))
@@ -147,7 +147,8 @@ def test_a_graph_that_changes_decisions_is_refused_whatever_its_auc(trained_run,
     clinical, dermoscopy = load_arrays(cases, preprocess)
     onnx_fp32 = export_onnx(model, tmp_path / "model.onnx")
     from edgederm.evaluation.gate import GateSettings
-    from edgederm.export.onnx_export import onnxruntime_session, run_onnx, run_torch
+    from edgederm.export.onnx_export import run_torch
+    from edgederm.export.onnxruntime_scoring import onnxruntime_session, run_onnx
     from edgederm.export.tensorrt_export import QdqQuantizer
     reference = run_torch(model, clinical, dermoscopy)
     diag = reference[:, :5]                            # DIAG comes first: swap case 0's top two diagnoses

@@ -215,7 +215,8 @@ def test_config_json_round_trip_and_errors(tmp_path):
                                                       ("cat", 8, True)])
 def test_every_fusion_block_exports_to_onnx_with_parity(fusion, key_ratio, scale, tmp_path):
     """The paper's unscaled softmax (SDPA with scale=1) and co-attention survive the ONNX export."""
-    from edgederm.export.onnx_export import export_onnx, onnxruntime_session, run_onnx, run_torch
+    from edgederm.export.onnx_export import export_onnx, run_torch
+    from edgederm.export.onnxruntime_scoring import onnxruntime_session, run_onnx
     torch.manual_seed(0)
     model = create_model(ModelConfig(**{**SMALL.to_dict(), "fusion": fusion, "fusion_stages": (-2, -1),
                                         "key_ratio": key_ratio, "attention_scale": scale})).eval()

@@ -8,6 +8,7 @@ import json
 from typer.testing import CliRunner
 
 from edgederm.cli import app
+from tests.helpers import refusing_int8
 
 ARGS = ["--runs", "10"]
 
@@ -73,16 +74,8 @@ def test_a_refused_int8_export_is_a_verdict_not_a_broken_stage(tmp_path, monkeyp
     rest and ends 0 (1 with --strict). The refusal itself is tested for real in test_int8_gate.py;
     here the export is told to refuse, on a small release."""
     import edgederm.export.exporter as exporter
-    from edgederm.export.int8_gate import NoPassingInt8
-
-    def refusing(real):
-        def write(ctx, target, precision, directory):
-            if precision == "int8":
-                raise NoPassingInt8(f"{target.name} int8: no INT8 graph passes the gate on the valid split (test)")
-            return real(ctx, target, precision, directory)
-        return write
     for name in ("openvino", "jetson"):
-        monkeypatch.setitem(exporter.FORMAT_FUNCTIONS, name, refusing(exporter.FORMAT_FUNCTIONS[name]))
+        monkeypatch.setitem(exporter.FORMAT_FUNCTIONS, name, refusing_int8)
     reduced = ["--out", str(tmp_path / "qs"), "--cases", "40", "--epochs", "1", "--img-size", "64",
                "--batch-size", "8", "--runs", "2"]
     runner = CliRunner()

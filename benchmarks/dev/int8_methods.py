@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import openvino as ov
 
 from edgederm.benchmarks.host import host_facts
 from edgederm.calibration.selection import build_calibration_set
@@ -47,9 +48,11 @@ from edgederm.data.inputs import load_arrays
 from edgederm.data.release import read_release
 from edgederm.evaluation.gate import GateSettings, agreement, judge
 from edgederm.export import int8_gate, openvino_export
-from edgederm.export.onnx_export import export_onnx, onnxruntime_session, run_onnx, run_torch
+from edgederm.export.onnx_export import export_onnx, run_torch
+from edgederm.export.onnxruntime_scoring import onnxruntime_session, run_onnx
 from edgederm.export.tensorrt_export import QdqQuantizer
 from edgederm.models.io import load_model
+from edgederm.runtime.openvino_backend import compile_static
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 
@@ -73,9 +76,10 @@ def _arrays(release, split, preprocess):
 
 
 def _openvino(name: str, model, precision: str = "int8", note: str = "", kept=()) -> Method:
-    compiled = openvino_export.compile_cpu(openvino_export.finalize(model) if precision == "int8" else model, precision)
-    request = compiled.create_infer_request()
-    return Method(name, "openvino", lambda c, d: openvino_export.run_openvino(compiled, c, d),
+    """Scored and timed as the runtime compiles a bundle: static shapes, at the scorer's batch and at batch 1."""
+    model = openvino_export.finalize(model) if precision == "int8" else model
+    request = compile_static(ov.Core(), model, 1, precision).create_infer_request()
+    return Method(name, "openvino", openvino_export.Scorer(model, precision),
                   lambda c, d: request.infer({"clinical": c, "dermoscopy": d}), list(kept), note=note)
 
 
@@ -109,8 +113,7 @@ def build_methods(run: Path, data: Path, work: Path, accuracy_control: bool, log
         return _openvino(name, openvino_export.quantize_int8(fp32.clone(), calib, transformer, **options))
 
     def run_ov(m):
-        compiled = openvino_export.compile_cpu(m, "int8")
-        return lambda c, d: openvino_export.run_openvino(compiled, c, d)
+        return openvino_export.Scorer(openvino_export.finalize(m), "int8")
 
     def ov_search(control: bool, as_transformer: bool) -> Method:
         kind = "transformer type" if as_transformer else "default type"

@@ -3,9 +3,13 @@ INFERENCE_PRECISION_HINT=f32 on every device, so they stay the honest FP32
 reference where OpenVINO would otherwise pick f16 (GPU) or bf16 (AMX CPUs).
 
 The IR has a dynamic batch; each batch size actually used gets its own
-static-shape compilation (cached), because static kernels are markedly faster
-(measured here on Swin-T: 80 ms dynamic vs 68 ms static at batch 1, FP32) and
-NPUs take static shapes only."""
+static-shape compilation (`compile_static`, cached), because static kernels are
+markedly faster (measured here on Swin-T: 80 ms dynamic vs 68 ms static at
+batch 1, FP32), NPUs take static shapes only, and on CPUs with AMX an INT8
+model with any dynamic input dimension can segfault at inference at small
+input sizes (upstream openvinotoolkit/openvino#37577, open). The export
+scores its bundles through the same function, so the figures in a manifest
+are those of the model as it runs here."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,6 +24,20 @@ from edgederm.runtime.predictor import Predictor
 DEVICES = ("CPU", "GPU", "NPU", "AUTO")
 
 
+def precision_config(precision: str) -> dict:
+    """GPUs default to f16 and some CPUs to bf16: an FP32 bundle stays FP32 everywhere."""
+    return {"INFERENCE_PRECISION_HINT": "f32"} if precision == "fp32" else {}
+
+
+def compile_static(core: ov.Core, model: ov.Model, batch: int, precision: str,
+                   device: str = "CPU") -> ov.CompiledModel:
+    """`model` (left unchanged) compiled for one batch size, every input shape static: how every OpenVINO
+    bundle is compiled, on the device and by the export that scores and gates it."""
+    static = model.clone()
+    static.reshape({i.get_any_name(): [batch, *i.get_partial_shape()[1:]] for i in static.inputs})
+    return core.compile_model(static, device, precision_config(precision))
+
+
 class OpenVinoPredictor(Predictor):
     backend = "openvino"
 
@@ -32,8 +50,6 @@ class OpenVinoPredictor(Predictor):
         if device != "AUTO" and device not in kinds:
             raise EdgeDermError(f"OpenVINO device {device} is not available here "
                                 f"(available: {', '.join(core.available_devices)})")
-        # GPUs default to f16 and some CPUs to bf16: an FP32 bundle stays FP32 everywhere.
-        self.config = {"INFERENCE_PRECISION_HINT": "f32"} if self.precision == "fp32" else {}
         self.core, self.device = core, device
         self.model = core.read_model(str(bundle / "model.xml"))
         self._requests: dict[int, tuple] = {}
@@ -41,9 +57,7 @@ class OpenVinoPredictor(Predictor):
 
     def _request(self, batch: int) -> tuple:
         if batch not in self._requests:
-            model = self.model.clone()
-            model.reshape({name: [batch, *shape] for name, shape in self.input_shapes.items()})
-            compiled = self.core.compile_model(model, self.device, self.config)
+            compiled = compile_static(self.core, self.model, batch, self.precision, self.device)
             self._requests[batch] = (compiled.create_infer_request(), [compiled.output(n) for n in L.TASK_KEYS])
         return self._requests[batch]
 
