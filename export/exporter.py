@@ -33,7 +33,7 @@ from edgederm.evaluation.metrics import compute_metrics
 from edgederm.export import bundles, int8_gate, openvino_export
 from edgederm.export.bundles import BundleContext, new_manifest, score
 from edgederm.export.formats import Target, parse_request
-from edgederm.export.isolation import NativeCrash, run_isolated
+from edgederm.export.isolation import NativeCrash, run_isolated, start_workers
 from edgederm.export.onnx_export import OPSET, export_onnx, run_torch
 from edgederm.export.onnxruntime_scoring import onnx_probabilities
 from edgederm.models.heads import BranchNet
@@ -86,7 +86,8 @@ def _shared_manifest(model: BranchNet, preprocess: PreprocessConfig, source: dic
     """The manifest fields every bundle of one run shares (export/bundles.py adds the format's own)."""
     size = preprocess.size
     return {
-        "inputs": [{"name": n, "shape": ["batch", *input_shape(n, size)], "dtype": "float32"} for n in model.input_names],
+        "inputs": [{"name": n, "shape": ["batch", *input_shape(n, size)], "dtype": "float32"}
+                   for n in model.input_names],
         "outputs": [{"name": t.key, "shape": ["batch", t.num_classes], "dtype": "float32"} for t in L.TASKS],
         "preprocess": preprocess.to_dict(),
         "labels": _labels_schema(),
@@ -194,6 +195,7 @@ def export_many(requests: list[ExportRequest], log: Callable[[str], None] = prin
     if not weights.is_file():
         raise ConfigError(f"{weights}: not found (has training finished? export needs a finished run)")
 
+    start_workers()         # their imports run while this process prepares the model and the splits
     model = load_model(weights).eval()
     preprocess = model.cfg.preprocess()
     release = read_release(first.data) if first.data else None

@@ -7,14 +7,19 @@ exporter therefore builds each ONNX, OpenVINO and Jetson bundle in a worker:
 
     result = run_isolated(openvino_bundle, ctx, target, "int8", staging, what="openvino int8", log=print)
 
-The worker is a fresh interpreter (multiprocessing's "spawn": a fork of an
-exporter whose other thread is inside OpenVINO could inherit its locks held),
-gets its arguments pickled, sends its log lines back as they come, and returns
-its result or its exception. When it dies of a signal instead, the caller
-gets a `NativeCrash`: one line naming the bundle, the signal, this CPU and its
-int8 instructions, and what to try. A worker costs the imports it needs
-(about 1 s for OpenVINO alone, 6 s once NNCF is imported, since NNCF imports
-torch) on top of the work, against minutes of INT8 search.
+Workers come from multiprocessing's "forkserver": a clean server process,
+started once per exporter process (`start_workers`), imports what the bundle
+functions need once (PRELOAD: OpenVINO, onnxruntime, onnx, NNCF, which
+imports torch: about 6 s) and forks a worker per bundle from that state in
+milliseconds. Not a plain fork of the exporter: its other target thread may
+be inside OpenVINO holding a lock at that moment, and a forked child would
+inherit the lock held forever. Not "spawn": a fresh interpreter per bundle
+paid those imports again each time (2-6 s a bundle; the test suite's
+exports took minutes longer). Where forkserver does not exist (Windows),
+spawn it is. Arguments are pickled; the worker sends its log lines back as
+they come and then its result or its exception. When it dies of a signal
+instead, the caller gets a `NativeCrash`: one line naming the bundle, the
+signal, this CPU and its int8 instructions, and what to try.
 """
 from __future__ import annotations
 
@@ -29,6 +34,8 @@ from edgederm.errors import EdgeDermError
 # OpenVINO's known crash: INT8 with a dynamic input dimension on AMX CPUs (upstream
 # openvinotoolkit/openvino#37577). The export compiles static shapes now, so this is for what is left.
 WORKAROUND = "ONEDNN_MAX_CPU_ISA=AVX512_CORE_VNNI (no AMX kernels)"
+# What the workers import, loaded once in the forkserver (the format functions' module and NNCF).
+PRELOAD = ["edgederm.export.bundles", "nncf"]
 
 
 class NativeCrash(EdgeDermError):
@@ -39,7 +46,7 @@ def run_isolated(function: Callable[..., Any], *args: Any, what: str, log: Calla
     """`function(*args, log=...)` in a child process: its return value, or its exception raised here.
     `function` and `args` must pickle (a module-level function, plain data); `what` names the work in a
     crash's message."""
-    context = multiprocessing.get_context("spawn")
+    context = _context()
     receiver, sender = context.Pipe(duplex=False)
     worker = context.Process(target=_worker, args=(sender, function, args), name=f"edgederm {what}")
     worker.start()
@@ -67,6 +74,22 @@ def run_isolated(function: Callable[..., Any], *args: Any, what: str, log: Calla
     if kind == "error":
         raise payload
     return payload
+
+
+def start_workers() -> None:
+    """Start the worker server now, so its imports overlap the caller's own preparation (the exporter
+    loads the model and the splits meanwhile). Harmless to call again."""
+    if _context().get_start_method() == "forkserver":
+        from multiprocessing import forkserver
+        forkserver.ensure_running()
+
+
+def _context():
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(PRELOAD)
+    return context
 
 
 def crash_message(what: str, exitcode: int | None) -> str:
