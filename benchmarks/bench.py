@@ -167,6 +167,7 @@ def bench_variant(variant: Variant, device: str, batch_sizes: list[int], warmup:
             predictor.preprocess = replace(predictor.preprocess, decode=variant.decode)
         manifest = predictor.manifest
         row.update(backend=predictor.backend, target=manifest["target"], precision=predictor.precision,
+                   float_precision=predictor.float_precision,     # what it ran its float operations in, read back
                    size_mb=sum(f["bytes"] for f in manifest["files"].values()) / 1e6,
                    weights_sha256=manifest["source"]["sha256"],    # which trained model the bundle holds
                    _clinical=manifest.get("clinical"))             # its temperatures and thresholds, if fitted

@@ -15,6 +15,8 @@ import os
 from importlib.util import find_spec
 from pathlib import Path
 
+from edgederm.evaluation.gate import CONFIDENT_MARGIN
+
 PLOTS_NEED = "plots need matplotlib: pip install 'edgederm[report]'"
 
 
@@ -26,13 +28,23 @@ def _ci(interval) -> str:
     return "-" if not interval else f"[{interval[0]:.2f}, {interval[1]:.2f}]"
 
 
+def _precision_cell(row: dict) -> str:
+    """'int8 (float ops f32)': the bundle's precision and, where the backend reads it back, the precision its
+    float operations really ran in (reports written before it was recorded show the bundle's alone)."""
+    ran = row.get("float_precision")
+    return f"{row['precision']} (float ops {ran})" if ran else row["precision"]
+
+
 def _flip_cell(flips: dict | None) -> str:
-    """'2.1 % (5; 1 toward, 3 away; at most 4.5 %)' for one decision: rate, count, direction and the
-    one-sided 95 % upper bound of the rate."""
+    """'2.1 % (5; 1 confident, 1 toward, 3 away; at most 4.5 %)' for one decision: rate, count, how many
+    overturned a clear FP32 call (margin > CONFIDENT_MARGIN), direction and the one-sided 95 % upper bound
+    of the rate."""
     if not flips:
         return "-"
     bound = f"; at most {flips['upper_bound_percent']:.1f} %" if "upper_bound_percent" in flips else ""
-    return (f"{flips['rate_percent']:.1f} % ({flips['flips']}; {flips['toward_truth']} toward, "
+    # reports written before confident flips were counted have no count: the cell then leaves it out
+    confident = (f"{flips['confident_flips']} confident, " if "confident_flips" in flips else "")
+    return (f"{flips['rate_percent']:.1f} % ({flips['flips']}; {confident}{flips['toward_truth']} toward, "
             f"{flips['away_from_truth']} away{bound})")
 
 
@@ -55,6 +67,8 @@ def gate_line(report: dict) -> str:
     flips = (f"; decision flips gated at {g['max_flip_rate']:g} % of cases (observed rate; its one-sided 95 % "
              "Clopper-Pearson bound is shown), and a significant loss of melanomas referred by the seven-point "
              "reading fails" if g["max_flip_rate"] is not None else "; decision flips reported, not gated")
+    flips += ("; a flip is \"confident\" when the FP32 decision's margin (top probability minus the second, or "
+              f"how far the seven-point reading was from changing) exceeds {CONFIDENT_MARGIN:g}")
     readings = sorted({v["gate"]["seven_point_reading"] for v in report.get("variants", [])
                        if v.get("gate") and "seven_point_reading" in v["gate"]})
     reading = f" Seven-point reading: {'; '.join(readings)}." if readings else ""
@@ -74,7 +88,7 @@ def summary_rows(report: dict) -> list[dict]:
         gate = r.get("gate", {})
         auc = gate.get("auc", {})
         rows.append({
-            "variant": r["name"], "backend": r["backend"], "precision": r["precision"],
+            "variant": r["name"], "backend": r["backend"], "precision": _precision_cell(r),
             "mean_ms": r["latency"][0]["mean_ms"], "p50_ms": r["latency"][0]["p50_ms"],
             "avg_auc": r["accuracy"]["avg_auc"] if "accuracy" in r else None,
             "drop": auc.get("drop_points"), "ci": auc.get("ci_points"), "upper": auc.get("upper_bound_points"),
@@ -171,7 +185,7 @@ def markdown(report: dict) -> str:
             first = lat is r["latency"][0]
             ratio = r.get("speedup_vs_reference") if first else None
             own = r.get("speedup_vs_own_torch_fp32") if first else None
-            lines.append(f"| {r['name']} | {r['backend']} | {r['precision']} | {lat['batch']} | {lat['mean_ms']:.2f} | "
+            lines.append(f"| {r['name']} | {r['backend']} | {_precision_cell(r)} | {lat['batch']} | {lat['mean_ms']:.2f} | "
                          f"{lat['p50_ms']:.2f} | {lat['p90_ms']:.2f} | {lat['p99_ms']:.2f} | {lat['throughput_per_s']:.1f} | "
                          f"{_fmt(ratio, '.2f')}{'x' if ratio else ''} | {_fmt(own, '.2f')}{'x' if own else ''} | {r['load_s']:.2f} | {_fmt(r['peak_rss_mib'], '.0f')} (+{_fmt(r.get('peak_rss_added_mib'), '.0f')}) | "
                          f"{r['size_mb']:.1f} |")

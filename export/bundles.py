@@ -33,7 +33,7 @@ from edgederm.runtime.bundle import write_manifest
 Log = Callable[[str], None]
 # How the OpenVINO figures in a manifest were measured (the manifest says so; see module docstring).
 OPENVINO_SCORED_AS = ("saved IR, compiled as the runtime compiles it (static shapes, batch "
-                      f"{openvino_export.SCORING_BATCH}; FP32 pinned to f32)")
+                      f"{openvino_export.SCORING_BATCH}; the manifest's inference_precision)")
 
 
 @dataclass
@@ -123,9 +123,12 @@ def openvino_bundle(ctx: BundleContext, target: Target, precision: str, director
         manifest["int8_gate"] = {**int8_gate.record(attempts, valid, ranking), "scored": OPENVINO_SCORED_AS}
     openvino_export.save_ir(model, directory / "model.xml", fp16=precision == "fp16")
     scorer = openvino_export.Scorer(directory / "model.xml", precision)
+    # the runtime compiles with this hint (runtime/openvino_backend.py), so the gate's evidence holds on CPUs
+    # that would otherwise run the float operations in bf16
+    manifest["inference_precision"] = scorer.precision_hint
     manifest["metrics"] = score(ctx, f"openvino {precision}", scorer, log)
     if manifest["metrics"] is not None:
-        manifest["metrics"]["scored"] = OPENVINO_SCORED_AS
+        manifest["metrics"].update(scored=OPENVINO_SCORED_AS, ran_with=scorer.float_precision)
     del scorer
     write_manifest(directory, manifest)
 

@@ -95,6 +95,7 @@ class Attempt:
                 "diagnosis_flip_percent": flips["diagnosis"]["rate_percent"],
                 "seven_point_flip_percent": flips["seven_point"]["rate_percent"],
                 "net_away_percent": {k: f["net_away_percent"] for k, f in flips.items()},
+                "confident_flips": {k: f["confident_flips"] for k, f in flips.items()},
                 "melanoma_sensitivity": self.result["melanoma_sensitivity"]}
 
 
@@ -113,8 +114,9 @@ def judge_on_valid(valid: ValidSplit, attempt: Attempt, probabilities: np.ndarra
             attempt.result["verdict"] = "fail"
         attempt.result["reasons"] += [r for r in over if r not in attempt.result["reasons"]]
     log(f"  {attempt.method}: valid AUC drop {a['drop_points']:.2f} points (upper bound {a['upper_bound_points']:.2f}, "
-        f"margin {valid.settings.max_auc_drop:g}); flips {f['diagnosis']['rate_percent']:.1f} % of diagnoses, "
-        f"{f['seven_point']['rate_percent']:.1f} % of seven-point readings (limit "
+        f"margin {valid.settings.max_auc_drop:g}); flips {f['diagnosis']['rate_percent']:.1f} % of diagnoses "
+        f"({f['diagnosis']['confident_flips']} confident), {f['seven_point']['rate_percent']:.1f} % of seven-point "
+        f"readings ({f['seven_point']['confident_flips']} confident; limit "
         f"{_limit(valid.settings)}, {'none' if limit is None else f'{limit:g} %'} to be chosen) -> "
         f"{attempt.result['verdict']}")
     return attempt

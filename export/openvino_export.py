@@ -14,9 +14,10 @@ OpenVINO; the TensorRT path quantizes separately and symmetrically
 
 Every model scored here is compiled as the runtime compiles a bundle
 (`Scorer`, through edgederm/runtime/openvino_backend.py `compile_static`): static
-shapes, FP32 pinned to INFERENCE_PRECISION_HINT=f32 (so the FP32 reference stays
-FP32 on CPUs that would otherwise run bf16), FP16 and INT8 with the CPU's own
-choice. The INT8 search scores saved IR (exporter.py), not the in-memory NNCF model.
+shapes, FP32 and INT8 pinned to INFERENCE_PRECISION_HINT=f32 (so the FP32
+reference stays FP32, and an INT8 model's float operations run as they were
+gated, on CPUs that would otherwise run bf16), FP16 with the CPU's own choice.
+The INT8 search scores saved IR (export/bundles.py), not the in-memory NNCF model.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ import openvino as ov
 from edgederm import labels as L
 from edgederm.calibration.adapters import nncf_dataset
 from edgederm.calibration.selection import CalibrationSet
-from edgederm.runtime.openvino_backend import compile_static
+from edgederm.runtime.openvino_backend import GATED_PRECISION, compile_static, ran_with
 
 
 def convert(onnx_path: Path) -> ov.Model:
@@ -47,13 +48,16 @@ SCORING_BATCH = 16
 class Scorer:
     """`scorer(*inputs)` -> N x 24 probabilities (task outputs concatenated in schema order), `inputs` in the
     model's input order: the model compiled on the CPU as the runtime compiles a bundle of `precision`
-    (`compile_static`: one static batch, FP32 pinned to f32). Inputs go through in chunks of SCORING_BATCH,
-    the last one padded, so one compilation serves every call."""
+    (`compile_static`: one static batch, the float precision GATED_PRECISION names, which the bundle then
+    records; `float_precision` is what it really ran in). Inputs go through in chunks of SCORING_BATCH, the
+    last one padded, so one compilation serves every call."""
 
     def __init__(self, model: ov.Model | Path, precision: str):
         core = ov.Core()
         model = core.read_model(str(model)) if isinstance(model, Path) else model
-        self.compiled = compile_static(core, model, SCORING_BATCH, precision)
+        self.precision_hint = GATED_PRECISION[precision]
+        self.compiled = compile_static(core, model, SCORING_BATCH, self.precision_hint)
+        self.float_precision = ran_with(self.compiled)
         self.names = [i.get_any_name() for i in self.compiled.inputs]
         self.outputs = [self.compiled.output(name) for name in L.TASK_KEYS]
 

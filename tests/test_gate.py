@@ -5,11 +5,13 @@ import pytest
 
 from edgederm import labels as L
 from edgederm.evaluation.gate import (
+    CONFIDENT_MARGIN,
     GateSettings,
     auc_comparison,
     bootstrap_counts,
     decision_flips,
     judge,
+    reading_margins,
     weighted_aucs,
 )
 from edgederm.evaluation.metrics import compute_metrics, roc_auc
@@ -135,7 +137,7 @@ def test_decision_flips_name_cases_and_direction():
         ("a", "NEV", "MEL", "toward"), ("c", "MEL", "NEV", "toward"), ("d", "MISC", "BCC", "away")]
     sp = flips["seven_point"]          # case 0: reference scores 2 (no referral), variant 4 (refer), truth 4
     assert sp["flipped"] == [{"case_id": "a", "reference": "no referral", "variant": "refer", "truth": "refer",
-                              "direction": "toward"}]
+                              "direction": "toward", "reference_margin": 1.0}]
     gated = judge(reference, variant, labels, ["a", "b", "c", "d"], GateSettings(resamples=100, max_flip_rate=50))
     assert any(r.startswith("diagnosis flips 75.0 %") for r in gated["reasons"]) and gated["verdict"] == "fail"
 
@@ -224,3 +226,42 @@ def test_a_fitted_model_is_judged_by_its_own_reading(cases):
     assert plain["flips"]["seven_point"]["flips"] == 0 and plain["seven_point_reading"] == "checklist score >= 3"
     assert fitted["flips"]["seven_point"]["flips"] > 0
     assert fitted["seven_point_reading"].startswith("expected seven-point score >= ")
+
+
+def _criteria_probs(rows: list[dict[str, list[float]]]) -> np.ndarray:
+    """N x 24 probabilities: each task's first class certain unless `rows[i]` gives that task's vector."""
+    out = np.zeros((len(rows), L.TOTAL_CLASSES))
+    for i, given in enumerate(rows):
+        for task in L.TASK_KEYS:
+            out[i, L.TASK_SLICES[task]] = given.get(task, np.eye(L.TASK_BY_KEY[task].num_classes)[0])
+    return out
+
+
+def test_each_flip_carries_its_fp32_margin_and_confident_flips_are_counted():
+    """Diagnosis: case a is a near-tie (0.46 / 0.44), b a clear call (0.80 / 0.10); both flip, one is confident.
+    Seven-point (checklist): c refers only because of BWV, a near-tie (0.52 / 0.48) the variant turns over;
+    d refers on PN atypical, won by 0.15, which the variant turns over: one confident reading flip."""
+    near, clear = [0.06, 0.46, 0.44, 0.02, 0.02], [0.05, 0.80, 0.10, 0.03, 0.02]
+    reference = _criteria_probs([
+        {"DIAG": near}, {"DIAG": clear},
+        {"PN": [0.40, 0.05, 0.55], "BWV": [0.48, 0.52]},             # 2 + 2 = 4: refer
+        {"PN": [0.40, 0.05, 0.55], "STR": [0.1, 0.1, 0.8]}])          # 2 + 1 = 3: refer
+    variant = _criteria_probs([
+        {"DIAG": [0.06, 0.44, 0.46, 0.02, 0.02]}, {"DIAG": [0.05, 0.10, 0.80, 0.03, 0.02]},
+        {"PN": [0.40, 0.05, 0.55], "BWV": [0.52, 0.48]},             # 2: no referral
+        {"PN": [0.55, 0.05, 0.40], "STR": [0.1, 0.1, 0.8]}])          # 1: no referral
+    labels = np.zeros((4, 8), int)
+    flips = decision_flips(reference, variant, labels, ["a", "b", "c", "d"])
+    dx, sp = flips["diagnosis"], flips["seven_point"]
+    assert {f["case_id"]: f["reference_margin"] for f in dx["flipped"]} == {"a": pytest.approx(0.02),
+                                                                           "b": pytest.approx(0.70)}
+    assert dx["flips"] == 2 and dx["confident_flips"] == 1 and dx["confident_margin"] == CONFIDENT_MARGIN
+    assert {f["case_id"]: f["reference_margin"] for f in sp["flipped"]} == {"c": pytest.approx(0.04),
+                                                                           "d": pytest.approx(0.15)}
+    assert sp["flips"] == 2 and sp["confident_flips"] == 1
+
+
+def test_the_expected_reading_margin_is_the_probability_shift_that_crosses_its_threshold():
+    reference = _criteria_probs([{"PN": [0.5, 0.0, 0.5]}, {"PN": [0.1, 0.0, 0.9]}])     # expected scores 1.0, 1.8
+    clinical = {"temperatures": {}, "seven_point": {"reading": "expected", "threshold": 1.2}}
+    np.testing.assert_allclose(reading_margins(reference, reference, clinical), [0.1, 0.3])   # |score - 1.2| / 2

@@ -231,6 +231,42 @@ def test_bench_gate_reports_and_fastest_variant(bundles, synthetic_release, tmp_
     assert "## Calibration and melanoma operating points" in md and "expected score sens / spec" in md
     assert '<table id="clinical">' in (report / "report.html").read_text()
     assert torch_gate["seven_point_reading"].startswith("expected seven-point score >= ")
+    # what each variant's float operations ran in: read back from OpenVINO, recorded in the report
+    assert rows[bundles["openvino-int8"].name]["float_precision"] == "f32"
+    assert rows[bundles["onnx-fp32"].name]["float_precision"] is None
+    assert "| int8 (float ops f32) |" in md
+    assert "confident, " in md and "confident_flips" in torch_gate["flips"]["diagnosis"]
+
+
+def test_openvino_runs_a_bundle_in_the_float_precision_its_export_gated(bundles, tmp_path, monkeypatch):
+    """The export records the INFERENCE_PRECISION_HINT it scored with (f32 for FP32 and INT8, the device's
+    own for FP16), and the runtime compiles with it; bundles from before it was recorded get f32 for FP32
+    and INT8. Checked at the compiler's door, since this CPU's default is f32 anyway."""
+    import openvino as ov
+    hints, compile_model = [], ov.Core.compile_model
+
+    def recording(self, model, device, config=None):
+        hints.append((config or {}).get("INFERENCE_PRECISION_HINT"))
+        return compile_model(self, model, device, config or {})
+    monkeypatch.setattr(ov.Core, "compile_model", recording)
+    expected = {"openvino-fp32": "f32", "openvino-int8": "f32", "openvino-fp16": None}
+    for name, hint in expected.items():
+        assert read_manifest(bundles[name])["inference_precision"] == hint
+        hints.clear()
+        predictor = load_bundle(bundles[name])
+        assert hints == [hint] and predictor.float_precision == "f32"
+    recorded = shutil.copytree(bundles["openvino-int8"], tmp_path / "bf16")
+    manifest = json.loads((recorded / "manifest.json").read_text())
+    manifest["inference_precision"] = "bf16"          # as an export on an AMX CPU gated with bf16 would record
+    (recorded / "manifest.json").write_text(json.dumps(manifest))
+    hints.clear()
+    load_bundle(recorded)
+    assert hints == ["bf16"]
+    del manifest["inference_precision"]               # written before the precision was recorded
+    (recorded / "manifest.json").write_text(json.dumps(manifest))
+    hints.clear()
+    load_bundle(recorded)
+    assert hints == ["f32"]
 
 
 def test_bench_times_photos_end_to_end_and_gates_reduced_decoding(bundles, synthetic_release, tmp_path):

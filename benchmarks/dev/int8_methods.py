@@ -52,7 +52,7 @@ from edgederm.export.onnx_export import export_onnx, run_torch
 from edgederm.export.onnxruntime_scoring import onnxruntime_session, run_onnx
 from edgederm.export.tensorrt_export import QdqQuantizer
 from edgederm.models.io import load_model
-from edgederm.runtime.openvino_backend import compile_static
+from edgederm.runtime.openvino_backend import GATED_PRECISION, compile_static
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 
@@ -78,7 +78,7 @@ def _arrays(release, split, preprocess):
 def _openvino(name: str, model, precision: str = "int8", note: str = "", kept=()) -> Method:
     """Scored and timed as the runtime compiles a bundle: static shapes, at the scorer's batch and at batch 1."""
     model = openvino_export.finalize(model) if precision == "int8" else model
-    request = compile_static(ov.Core(), model, 1, precision).create_infer_request()
+    request = compile_static(ov.Core(), model, 1, GATED_PRECISION[precision]).create_infer_request()
     return Method(name, "openvino", openvino_export.Scorer(model, precision),
                   lambda c, d: request.infer({"clinical": c, "dermoscopy": d}), list(kept), note=note)
 

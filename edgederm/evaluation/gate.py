@@ -37,6 +37,14 @@ rate, since an upper bound below 2 % needs over 150 cases without a single
 flip) or when it loses melanoma sensitivity significantly (the paired
 interval of the loss excludes 0).
 
+How close was the call? Each flipped case carries the FP32 decision's margin
+(`reference_margin`): for the diagnosis, its top probability minus the second;
+for the seven-point reading, how far the FP32 reading was from changing
+(`reading_margins`). Flips whose margin exceeds CONFIDENT_MARGIN (0.1) are
+counted as `confident_flips`: a variant that only flips near-ties changed
+coin tosses, one with confident flips changed clear decisions. Reported
+beside the rate; the gate itself still counts every flip.
+
 numpy only: the gate runs on the device, inside `edgederm bench`. It lives in
 the evaluation stage because export (left of benchmarks in the data flow)
 applies the same gate to choose its INT8 graph on the valid split.
@@ -58,6 +66,8 @@ METHOD = ("paired stratified percentile bootstrap (Efron & Tibshirani 1993, ch. 
 CONFIDENCE = 0.95
 MIN_POSITIVES = 10
 DEFAULT_MAX_FLIP_RATE = 2.0      # percent of cases: at most one patient in fifty told something different
+# A flip whose FP32 decision was won by more than this (probability) changed a clear call, not a coin toss.
+CONFIDENT_MARGIN = 0.1
 
 
 @dataclass(frozen=True)
@@ -162,9 +172,33 @@ def binomial_upper_bound(events: int, trials: int, confidence: float = CONFIDENC
     return high
 
 
+def top_two_margin(probs: np.ndarray) -> np.ndarray:
+    """Per row, the highest probability minus the second highest: how clearly the top class won."""
+    ordered = np.sort(probs, axis=1)
+    return ordered[:, -1] - ordered[:, -2]
+
+
+def reading_margins(reference: np.ndarray, variant: np.ndarray, clinical: dict | None = None) -> np.ndarray:
+    """How close each FP32 seven-point reading was, as a probability. The expected-score reading
+    (`referral` with a fitted `clinical`): |score - threshold| / 2, the smallest change of one criterion's
+    probability (a criterion is worth at most 2 points) that crosses the threshold. The checklist reading:
+    the largest FP32 top-two margin among the criteria whose top class the variant changed, the clearest
+    call it had to overturn (0 where it changed none)."""
+    if clinical and clinical.get("seven_point", {}).get("reading") == "expected":
+        score = expected_seven_point_score(apply_temperatures(reference, clinical["temperatures"]))
+        return np.abs(score - clinical["seven_point"]["threshold"]) / max(p for _, _, p in L.SEVEN_POINT_CRITERIA)
+    margins = np.zeros(len(reference))
+    for task in dict.fromkeys(task for task, _, _ in L.SEVEN_POINT_CRITERIA):
+        columns = L.TASK_SLICES[task]
+        changed = reference[:, columns].argmax(1) != variant[:, columns].argmax(1)
+        margins = np.where(changed, np.maximum(margins, top_two_margin(reference[:, columns])), margins)
+    return margins
+
+
 def _flips(reference: np.ndarray, variant: np.ndarray, truth: np.ndarray, case_ids: list[str],
-           counts: np.ndarray) -> dict:
-    """Decisions (arrays of names) that differ, each marked toward / away from the truth or neither."""
+           counts: np.ndarray, margins: np.ndarray) -> dict:
+    """Decisions (arrays of names) that differ, each marked toward / away from the truth or neither, with
+    the FP32 decision's margin (`margins`, per case) and the count of confident flips."""
     flipped = np.flatnonzero(reference != variant)
     ref_right, var_right = reference == truth, variant == truth
     direction = np.where(var_right & ~ref_right, "toward", np.where(ref_right & ~var_right, "away", "neither"))
@@ -177,8 +211,10 @@ def _flips(reference: np.ndarray, variant: np.ndarray, truth: np.ndarray, case_i
             "toward_truth": int(toward.sum()), "away_from_truth": int(away.sum()),
             "net_away_percent": 100.0 * (int(away.sum()) - int(toward.sum())) / n if n else 0.0,
             "net_away_ci_percent": list(_interval(net)),
+            "confident_flips": int((margins[flipped] > CONFIDENT_MARGIN).sum()), "confident_margin": CONFIDENT_MARGIN,
             "flipped": [{"case_id": case_ids[i], "reference": str(reference[i]), "variant": str(variant[i]),
-                         "truth": str(truth[i]), "direction": str(direction[i])} for i in flipped]}
+                         "truth": str(truth[i]), "direction": str(direction[i]),
+                         "reference_margin": round(float(margins[i]), 4)} for i in flipped]}
 
 
 def _seven_point_reading(classes: np.ndarray) -> np.ndarray:
@@ -221,17 +257,19 @@ def melanoma_sensitivity(reference: np.ndarray, variant: np.ndarray, labels: np.
 def decision_flips(reference: np.ndarray, variant: np.ndarray, labels: np.ndarray, case_ids: list[str],
                    counts: np.ndarray | None = None, clinical: dict | None = None) -> dict:
     """Cases whose top diagnosis, or whose seven-point reading (refer or not, `referral`), differs between the
-    two models. `counts`: the bootstrap resamples for the intervals (default: 2000, seed 0, stratified by
-    diagnosis)."""
+    two models, each with the FP32 decision's margin (`top_two_margin` of the diagnosis probabilities,
+    `reading_margins`). `counts`: the bootstrap resamples for the intervals (default: 2000, seed 0,
+    stratified by diagnosis)."""
     if counts is None:
         counts = bootstrap_counts(labels[:, L.TASK_KEYS.index("DIAG")], GateSettings.resamples, GateSettings.seed)
     diagnoses = np.array(L.TASKS[0].classes)
     diag = L.TASK_SLICES["DIAG"]
     truth_diag = diagnoses[labels[:, L.TASK_KEYS.index("DIAG")]]
     return {"diagnosis": _flips(diagnoses[reference[:, diag].argmax(1)], diagnoses[variant[:, diag].argmax(1)],
-                                truth_diag, case_ids, counts),
+                                truth_diag, case_ids, counts, top_two_margin(reference[:, diag])),
             "seven_point": _flips(referral(reference, clinical), referral(variant, clinical),
-                                  _seven_point_reading(labels), case_ids, counts)}
+                                  _seven_point_reading(labels), case_ids, counts,
+                                  reading_margins(reference, variant, clinical))}
 
 
 def agreement(reference: np.ndarray, variant: np.ndarray, clinical: dict | None = None) -> float:

@@ -53,6 +53,8 @@ class Predictor:
         self.input_shapes: dict[str, tuple[int, ...]] = {i["name"]: tuple(i["shape"][1:]) for i in manifest["inputs"]}
         self.max_batch: int | None = None        # None: any batch size
         self.precision = manifest["precision"]
+        # the precision the backend reports its float operations run in (OpenVINO reads it back); None: not reported
+        self.float_precision: str | None = None
         self.clinical: dict | None = manifest.get("clinical")    # temperatures and thresholds, when fitted
         self._pool: ThreadPoolExecutor | None = None     # made on first use, for decoding photos
 
