@@ -24,6 +24,7 @@ signal, this CPU and its int8 instructions, and what to try.
 from __future__ import annotations
 
 import multiprocessing
+import pickle
 import signal
 import traceback
 from typing import Any, Callable
@@ -125,7 +126,6 @@ def _worker(sender, function: Callable[..., Any], args: tuple) -> None:
 def _picklable(error: BaseException) -> BaseException:
     """The exception itself when it survives pickling (EdgeDermError does), else a RuntimeError with its
     traceback, so the caller still sees what failed."""
-    import pickle
     try:
         pickle.loads(pickle.dumps(error))
         return error

@@ -262,6 +262,10 @@ def test_openvino_runs_a_bundle_in_the_float_precision_its_export_gated(bundles,
     hints.clear()
     load_bundle(recorded)
     assert hints == ["bf16"]
+    manifest["inference_precision"] = "f64"           # a hand-edited manifest: one line, before any compile
+    (recorded / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(EdgeDermError, match="inference_precision 'f64' is not one OpenVINO takes"):
+        load_bundle(recorded)
     del manifest["inference_precision"]               # written before the precision was recorded
     (recorded / "manifest.json").write_text(json.dumps(manifest))
     hints.clear()

@@ -33,14 +33,19 @@ DEVICES = ("CPU", "GPU", "NPU", "AUTO")
 # bf16 for the operations an INT8 model leaves in float: the gate's evidence then would not hold on them.
 # FP16 bundles are not gated and keep the device's own choice (None).
 GATED_PRECISION = {"fp32": "f32", "int8": "f32", "fp16": None}
+FLOAT_PRECISIONS = ("f32", "bf16", "f16", None)     # what a manifest may record (None: the device's default)
 
 
 def inference_precision(manifest: dict) -> str | None:
     """The INFERENCE_PRECISION_HINT a bundle runs with: the one its export recorded, or, for bundles written
     before it was recorded, GATED_PRECISION (their exports ran f32 on CPUs without bf16)."""
-    if "inference_precision" in manifest:
-        return manifest["inference_precision"]
-    return GATED_PRECISION.get(manifest["precision"])
+    if "inference_precision" not in manifest:
+        return GATED_PRECISION.get(manifest["precision"])
+    hint = manifest["inference_precision"]
+    if hint not in FLOAT_PRECISIONS:
+        raise EdgeDermError(f"manifest.json: inference_precision {hint!r} is not one OpenVINO takes "
+                            f"(choose from {', '.join(map(str, FLOAT_PRECISIONS))}); re-export the bundle")
+    return hint
 
 
 def compile_static(core: ov.Core, model: ov.Model, batch: int, precision_hint: str | None,
