@@ -11,6 +11,7 @@ the exporter.
 """
 from __future__ import annotations
 
+import shutil
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -24,7 +25,7 @@ from edgederm.calibration.selection import CalibrationSet
 from edgederm.data.inputs import METADATA_INPUT
 from edgederm.evaluation.gate import agreement
 from edgederm.evaluation.metrics import compute_metrics
-from edgederm.export import int8_gate, jetson_check, openvino_export, tensorrt_export
+from edgederm.export import int8_gate, jetson_check, openvino_export, qat, tensorrt_export
 from edgederm.export.engine import INT8_FP16_ONNX
 from edgederm.export.formats import Target
 from edgederm.export.onnxruntime_scoring import onnxruntime_session, run_onnx
@@ -50,6 +51,7 @@ class BundleContext:
     eval_split: str
     workdir: Path                                                     # scratch space of this target
     accuracy_control: bool = False
+    qat: qat.QatJob | None = None       # the INT8 search's QAT attempt (export/qat.py); None: skipped
 
 
 def new_manifest(ctx: BundleContext, target: Target, precision: str, graphs: list[str]) -> dict:
@@ -92,6 +94,14 @@ def saved_ir_scorer(model, workdir: Path) -> Callable[..., np.ndarray]:
     return predict
 
 
+def _quantization(attempts: list[int8_gate.Attempt], tool: str, **fields) -> dict:
+    """The manifest's `quantization`: the tool of the chosen attempt, and what it kept in float."""
+    chosen = attempts[-1]
+    if chosen.method == int8_gate.METHOD_QAT:    # NNCF placed its quantizers: the target's own fields do not apply
+        tool, fields = chosen.details["qat"]["tool"], {"quantizers": chosen.details["qat"]["quantizers"]}
+    return {"tool": tool, **fields, "method": chosen.method, "kept_in_float": chosen.kept_in_float}
+
+
 def openvino_bundle(ctx: BundleContext, target: Target, precision: str, directory: Path, log: Log) -> None:
     model = openvino_export.convert(ctx.onnx_fp32)
     manifest = new_manifest(ctx, target, precision, ["model.xml", "model.bin"])
@@ -109,17 +119,22 @@ def openvino_bundle(ctx: BundleContext, target: Target, precision: str, director
                 lambda probs, cases: agreement(valid.reference[cases], probs, valid.clinical_fit),
                 (limit or 100.0) / 100)
 
+        def student():
+            graphs = qat.qat_graphs(ctx.qat, ctx.calib, ctx.has_attention, log)
+            return openvino_export.read(graphs.openvino_xml), graphs.record
+
         plain = openvino_export.quantize_int8(model.clone(), ctx.calib, ctx.has_attention)
         int8, attempts, ranking = int8_gate.search_openvino(
             model, plain, lambda m, blocks: openvino_export.keep_in_float(m, model, blocks),
             lambda candidate: saved_ir_scorer(candidate, candidates),
-            accuracy_control if ctx.accuracy_control else None, valid, log)
+            accuracy_control if ctx.accuracy_control else None, valid, log,
+            qat=None if ctx.qat is None else student)
         if int8 is None:
             raise int8_gate.refuse(attempts, valid, "openvino")
         model = openvino_export.finalize(int8)
         manifest["calibration"] = ctx.calib.describe()
-        manifest["quantization"] = {"tool": "nncf", "model_type": "transformer" if ctx.has_attention else "default",
-                                    "method": attempts[-1].method, "kept_in_float": attempts[-1].kept_in_float}
+        manifest["quantization"] = _quantization(attempts, "nncf",
+                                                 model_type="transformer" if ctx.has_attention else "default")
         manifest["int8_gate"] = {**int8_gate.record(attempts, valid, ranking), "scored": OPENVINO_SCORED_AS}
     openvino_export.save_ir(model, directory / "model.xml", fp16=precision == "fp16")
     scorer = openvino_export.Scorer(directory / "model.xml", precision)
@@ -147,14 +162,20 @@ def jetson_bundle(ctx: BundleContext, target: Target, precision: str, directory:
             session = onnxruntime_session(graph)
             return lambda *x: run_onnx(session, *x)
 
+        def student(graph: Path):
+            graphs = qat.qat_graphs(ctx.qat, ctx.calib, ctx.has_attention, log)
+            shutil.copyfile(graphs.qdq_onnx, graph)
+            return jetson_check.check_graph(graph), graphs.record
+
         quantizer = tensorrt_export.QdqQuantizer(ctx.onnx_fp32, ctx.calib, ctx.workdir / "qdq")
-        graph, attempts, ranking = int8_gate.search_jetson(quantizer, out, predictor, valid, log)
+        graph, attempts, ranking = int8_gate.search_jetson(quantizer, out, predictor, valid, log,
+                                                           qat=None if ctx.qat is None else student)
         if graph is None:
             raise int8_gate.refuse(attempts, valid, "jetson")
         graphs.insert(0, "model.int8.onnx")
         manifest["calibration"] = ctx.calib.describe()
-        manifest["quantization"] = {"tool": tensorrt_export.QDQ_QUANTIZER, "ops": tensorrt_export.QUANTIZED_OPS,
-                                    "method": attempts[-1].method, "kept_in_float": attempts[-1].kept_in_float}
+        manifest["quantization"] = _quantization(attempts, tensorrt_export.QDQ_QUANTIZER,
+                                                 ops=tensorrt_export.QUANTIZED_OPS)
         manifest["int8_gate"] = int8_gate.record(attempts, valid, ranking)
         # What TensorRT 11 builds (engine.py): the same Q/DQ typed FP16 outside it. FP16 rounding moves some
         # values across a quantization step, so it is gated like any INT8 graph, and left out when it fails.

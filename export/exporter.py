@@ -30,7 +30,7 @@ from edgederm.data.synth import sample_labels
 from edgederm.errors import ConfigError
 from edgederm.evaluation.gate import DEFAULT_MAX_FLIP_RATE, GateSettings
 from edgederm.evaluation.metrics import compute_metrics
-from edgederm.export import bundles, int8_gate, openvino_export
+from edgederm.export import bundles, int8_gate, openvino_export, qat
 from edgederm.export.bundles import BundleContext, new_manifest, score
 from edgederm.export.formats import Target, parse_request
 from edgederm.export.isolation import NativeCrash, run_isolated, start_workers
@@ -57,6 +57,8 @@ class ExportRequest:
     max_auc_drop: float | None = None      # INT8 gate margin on valid, AUC points (None: DEFAULT_INT8_MARGIN)
     max_flip_rate: float | None = None     # INT8 decision limit on valid, percent (None: DEFAULT_MAX_FLIP_RATE)
     accuracy_control: bool = False         # OpenVINO INT8: NNCF accuracy control when no block set passes
+    qat: bool = True                       # INT8: quantization-aware fine-tuning when no block set passes
+    qat_epochs: int | None = None          # None: QatSettings' default
     calibration_cases: int | None = None
     calibration_split: str = "train"
     eval_split: str | None = "test"       # None: no accuracy figures (e.g. random-init latency studies)
@@ -164,7 +166,7 @@ def export(req: ExportRequest, log: Callable[[str], None] = print) -> list[Path]
     return export_many([req], log)
 
 
-_SHARED = ("run", "data", "calibration_cases", "calibration_split", "eval_split", "seed")
+_SHARED = ("run", "data", "calibration_cases", "calibration_split", "eval_split", "seed", "qat", "qat_epochs")
 
 
 def export_many(requests: list[ExportRequest], log: Callable[[str], None] = print,
@@ -184,16 +186,22 @@ def export_many(requests: list[ExportRequest], log: Callable[[str], None] = prin
         calibrated = [p for p in precisions if p in target.calibrated]
         if calibrated and req.data is None:
             raise ConfigError(f"--data is required: {target.name} {', '.join(calibrated)} needs calibration cases")
-        if (req.max_auc_drop is not None or req.max_flip_rate is not None or req.accuracy_control) \
-                and "int8" not in precisions:
-            raise ConfigError("--max-auc-drop, --max-flip-rate and --accuracy-control are the INT8 gate's: "
-                              "they apply to --precision int8 only")
+        if (req.max_auc_drop is not None or req.max_flip_rate is not None or req.accuracy_control
+                or req.qat_epochs is not None) and "int8" not in precisions:
+            raise ConfigError("--max-auc-drop, --max-flip-rate, --accuracy-control and --qat-epochs are the INT8 "
+                              "gate's: they apply to --precision int8 only")
         if req.max_flip_rate is not None:
             GateSettings(max_flip_rate=req.max_flip_rate)          # its range is checked before any work
         plans.append((req, target, _check_destinations(req, target, precisions)))
     weights = first.run / "model.safetensors"
     if not weights.is_file():
         raise ConfigError(f"{weights}: not found (has training finished? export needs a finished run)")
+    wants_int8 = any("int8" in destinations for _, _, destinations in plans)
+    qat_settings = None
+    if wants_int8 and first.qat:
+        qat_settings = qat.QatSettings(seed=first.seed, **({} if first.qat_epochs is None
+                                                           else {"epochs": first.qat_epochs}))
+        qat.check_can_train(first.run, first.data)
 
     start_workers()         # their imports run while this process prepares the model and the splits
     model = load_model(weights).eval()
@@ -231,7 +239,10 @@ def export_many(requests: list[ExportRequest], log: Callable[[str], None] = prin
         settings = None if valid is None else replace(valid.settings, max_auc_drop=margin, max_flip_rate=flips)
         ctx = BundleContext(shared, onnx_fp32, openvino_export.has_attention(model), calib, evaluation,
                             None if valid is None else replace(valid, settings=settings), reference,
-                            first.eval_split, workdir, req.accuracy_control)
+                            first.eval_split, workdir, req.accuracy_control,
+                            # one student for the pass: its folder is shared by the targets (export/qat.py)
+                            None if qat_settings is None else qat.QatJob(weights, first.data, Path(tmp) / "qat",
+                                                                         qat_settings))
         workdir.mkdir()
         done = []
         # INT8 first: it is this target's long job (the search), and what it does not need, the target's

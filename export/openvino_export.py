@@ -37,6 +37,10 @@ def convert(onnx_path: Path) -> ov.Model:
     return ov.convert_model(str(onnx_path))
 
 
+def read(xml_path: Path) -> ov.Model:
+    return ov.Core().read_model(str(xml_path))
+
+
 def save_ir(model: ov.Model, xml_path: Path, fp16: bool) -> Path:
     ov.save_model(model, str(xml_path), compress_to_fp16=fp16)
     return xml_path

@@ -54,3 +54,14 @@ def jetson_bundle_in_onnxruntime_form(ctx, target, precision: str, directory: Pa
     from edgederm.export import bundles, tensorrt_export
     tensorrt_export.tensorrt_form = lambda model: model
     bundles.jetson_bundle(ctx, target, precision, directory, log)
+
+
+def interrupted_qat(ctx, target, precision: str, directory: Path, log) -> None:
+    """The OpenVINO format function, with quantization-aware fine-tuning interrupted (Ctrl-C) in its first
+    step: patched here, in the worker, where the student trains."""
+    from edgederm.export import bundles, qat
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+    qat.distill = interrupt
+    bundles.openvino_bundle(ctx, target, precision, directory, log)

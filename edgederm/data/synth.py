@@ -20,7 +20,7 @@ from __future__ import annotations
 import csv
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Mapping
 
 import cv2
 import numpy as np
@@ -105,14 +105,15 @@ def sample_labels(rng: np.random.Generator) -> tuple[dict[str, str], dict[str, s
     return classes, raw
 
 
-def _stratified_splits(rng: np.random.Generator, diagnoses: list[str]) -> dict[str, list[int]]:
-    total = sum(SPLIT_SIZES.values())
+def _stratified_splits(rng: np.random.Generator, diagnoses: list[str],
+                       sizes: Mapping[str, int]) -> dict[str, list[int]]:
+    total = sum(sizes.values())
     splits: dict[str, list[int]] = {s: [] for s in SPLITS}
     for diagnosis in DIAGNOSIS_COUNTS:
         rows = [i for i, d in enumerate(diagnoses) if d == diagnosis]
         rng.shuffle(rows)
-        n_train = round(len(rows) * SPLIT_SIZES["train"] / total)
-        n_valid = round(len(rows) * SPLIT_SIZES["valid"] / total)
+        n_train = round(len(rows) * sizes["train"] / total)
+        n_valid = round(len(rows) * sizes["valid"] / total)
         splits["train"] += rows[:n_train]
         splits["valid"] += rows[n_train:n_train + n_valid]
         splits["test"] += rows[n_train + n_valid:]
@@ -164,8 +165,11 @@ def _meta_row(row: int, classes: dict[str, str], raw: dict[str, str], clinic: st
 
 def write_synthetic_release(out: str | Path, cases: int = 600, seed: int = 0, workers: int = 1,
                             force: bool = False,
-                            progress: Callable[[Iterable, int], Iterable] | None = None) -> Path:
+                            progress: Callable[[Iterable, int], Iterable] | None = None,
+                            split_sizes: Mapping[str, int] = SPLIT_SIZES) -> Path:
     """Write a synthetic release to `out` and return its path.
+
+    `split_sizes`: the splits' relative sizes, stratified by diagnosis (default: the real release's).
 
     Written under a temporary name and renamed when complete: an interrupted
     run leaves no half-written release. An existing `out` is replaced only
@@ -178,7 +182,7 @@ def write_synthetic_release(out: str | Path, cases: int = 600, seed: int = 0, wo
         rng = np.random.default_rng(seed)
         drawn = [sample_labels(rng) for _ in range(cases)]
         names = _file_names(rng, cases)
-        splits = _stratified_splits(rng, [classes["DIAG"] for classes, _ in drawn])
+        splits = _stratified_splits(rng, [classes["DIAG"] for classes, _ in drawn], split_sizes)
         (tmp / "meta").mkdir(parents=True)
         for folder in {Path(p).parent for pair in names for p in pair}:
             (tmp / IMAGES_DIR / folder).mkdir(parents=True, exist_ok=True)

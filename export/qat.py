@@ -1,0 +1,341 @@
+"""Quantization-aware fine-tuning distilled from the FP32 model: the INT8 search's attempt after plain
+post-training quantization (export/int8_gate.py says why before the blocks in float).
+
+Post-training quantization rounds every weight and activation once and hopes the decisions survive;
+on EdgeDerm's models most of the decisions it changes are near-ties. Here the quantized network is
+trained to give the FP32 model's answers instead:
+
+1. NNCF 3 for PyTorch inserts the quantizers (`nncf.quantize` on the torch model) from the same
+   calibration cases, with the same model type as the OpenVINO PTQ (transformer when the model has
+   attention). The probability tail (softmax and branch-weighted average) is outside the network's
+   forward, so it stays in float as in every other INT8 graph.
+2. The student fine-tunes on the *train* split (never valid or test: the gate judges it on valid) for
+   `QatSettings.epochs`; the frozen FP32 model is the teacher. Loss, per batch:
+       distill_weight * T^2 * sum over branches and the eight tasks of KL(teacher_T || student_T)
+     + fused_weight   * sum over the eight tasks of KL(teacher P_FI || student P_FI)
+     + task_weight    * the training loss (cross-entropy on the labels)
+   The second term is on what the device decides from (P_FI); the first keeps every branch close,
+   since the branches are what P_FI averages. Rostamizadeh et al., "Churn reduction via
+   distillation" (ICLR 2022, arXiv 2106.02654): distilling from the reference model is training
+   under a constraint on disagreement with it.
+3. The student is exported twice: OpenVINO IR (`ov.convert_model` on the torch model: NNCF's
+   FakeQuantize ops as they are) and a Q/DQ ONNX graph for TensorRT (`nncf.strip` to torch's
+   FakeQuantize, then the TorchScript exporter: QuantizeLinear / DequantizeLinear pairs, opset 17),
+   put in TensorRT's form by `tensorrt_export.tensorrt_form`.
+
+Choices, and why:
+- One student serves both targets: every quantizer symmetric and signed int8 with zero point 0
+  (TensorRT takes nothing else; OpenVINO runs it as well), so an export pass trains once. The
+  OpenVINO and Jetson workers share it through a lock in the pass's scratch folder (`qat_graphs`).
+- NNCF's overflow fix on every layer (weights on 7 bits): CPUs without VNNI (AVX2) multiply int8
+  with vpmaddubsw, whose int16 sums saturate with 8-bit weights, so the OpenVINO model computes
+  something else than the student was trained as. Measured on the quickstart model on an AMD EPYC
+  (AVX2): largest probability difference between the torch student and its OpenVINO IR 0.19
+  without, 0.02 with.
+- A light encoder stays in float (`light_encoders`: under 10 % of the model's FLOPs). Measured on the
+  quickstart model (NNCF's 8-bit PTQ in torch, 121 valid cases): its MobileNetV3-Small, 3 % of the
+  FLOPs, causes most of the disagreement (mean |probability difference| 0.0051 with it quantized,
+  0.0020 with it in float; the dermoscopy encoder in float: 0.0046), and OpenVINO INT8 with it in
+  float ran as fast as with it quantized (depthwise convolutions gain little from int8). Fine-tuning
+  alone did not remove it: with every encoder quantized the student's disagreement stayed near
+  0.006 on the train split itself after four epochs.
+- No task loss by default (`task_weight` 0): the labels pull the student toward what the teacher
+  should have answered, not toward what it answers, and the gate measures the latter. On the
+  quickstart model the weighted cross-entropy was 80 % of the loss at weight 0.05 and the student
+  disagreed more on valid than without it (mean |probability difference| 0.0073 against 0.0065).
+- Batches of 8, three epochs, Adam at 3e-5: the train split is small (245 cases for the quickstart),
+  so small batches give the steps; a larger rate (1e-4) first moved the student away from the teacher.
+- The student runs in eval mode while it trains: BatchNorm statistics and dropout as the teacher
+  has them, so the fine-tuning spends itself on the rounding, not on relearning the data.
+- No augmentation by default: the student learns to agree on photos as the device sees them.
+"""
+from __future__ import annotations
+
+import copy
+import fcntl
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from edgederm.calibration.selection import CalibrationSet
+from edgederm.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class QatSettings:
+    """The knobs, recorded in the manifest (`int8_gate.qat`). Defaults measured on the quickstart model
+    (README, "INT8 that keeps the decisions")."""
+    epochs: int = 3
+    lr: float = 3e-5                  # Adam, every parameter (weights and quantizer scales)
+    temperature: float = 2.0
+    distill_weight: float = 1.0       # branch logits, temperature-scaled KL
+    fused_weight: float = 10.0        # deployed P_FI, KL
+    task_weight: float = 0.0          # cross-entropy on the labels (module docstring: why 0 by default)
+    batch_size: int = 8               # small batches: more steps for the same minutes
+    light_share: float = 0.1          # an encoder under this share of the model's FLOPs stays in float
+    augment: bool = False
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.epochs < 1:
+            raise ConfigError(f"--qat-epochs {self.epochs}: at least 1 (use --no-qat to skip QAT)")
+        if self.lr <= 0 or self.temperature <= 0 or min(self.distill_weight, self.fused_weight, self.task_weight) < 0:
+            raise ConfigError("QAT: the learning rate and temperature must be positive and the loss weights "
+                              "non-negative")
+
+
+@dataclass
+class QatJob:
+    """What a bundle worker needs to train the student: plain data, so it pickles into the worker."""
+    weights: Path                     # the run's FP32 weights: the teacher and the student's start
+    data: Path                        # the release; the train split is used
+    workdir: Path                     # shared by the pass's targets: one training serves them all
+    settings: QatSettings = field(default_factory=QatSettings)
+
+
+@dataclass
+class QatGraphs:
+    openvino_xml: Path                # FakeQuantize IR, weights still float (openvino_export.finalize stores int8)
+    qdq_onnx: Path                    # TensorRT form
+    record: dict                      # the manifest's int8_gate.qat
+
+
+def check_can_train(run: Path, data: Path) -> None:
+    """QAT fine-tunes a training run's model on the release's train split: refuse early, in one line,
+    when `run` is an exported bundle (its model is a deployed artifact, not a run to train from) or the
+    train split is empty."""
+    from edgederm.data.release import read_release
+    from edgederm.runtime.bundle import MANIFEST
+    if (run / MANIFEST).is_file():
+        raise ConfigError(f"{run}: an exported bundle, not a training run: quantization-aware fine-tuning "
+                          "trains from the run's folder (--run RUN, or --no-qat)")
+    if not read_release(data).split("train"):
+        raise ConfigError(f"{data}: the train split is empty: quantization-aware fine-tuning trains on it "
+                          "(--no-qat searches without it)")
+
+
+def qat_graphs(job: QatJob, calib: CalibrationSet, transformer: bool, log: Callable[[str], None]) -> QatGraphs:
+    """The student's two graphs, trained once per export pass: the first worker to ask trains, under a
+    lock, and the others read what it wrote."""
+    job.workdir.mkdir(parents=True, exist_ok=True)
+    record_path = job.workdir / "qat.json"
+    with open(job.workdir / "qat.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not record_path.is_file():
+            record = _train_and_export(job, calib, transformer, log)
+            tmp = record_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(record))
+            tmp.replace(record_path)
+        else:
+            log(f"  QAT: reusing the student trained for this export ({job.workdir})")
+    return QatGraphs(job.workdir / "openvino" / "model.xml", job.workdir / "model.int8.onnx",
+                     json.loads(record_path.read_text()))
+
+
+def _train_and_export(job: QatJob, calib: CalibrationSet, transformer: bool, log: Callable[[str], None]) -> dict:
+    import torch
+
+    from edgederm.models.io import load_model
+    from edgederm.runtime.bundle import sha256_file
+
+    started = time.perf_counter()
+    s = job.settings
+    torch.manual_seed(s.seed)
+    teacher = load_model(job.weights).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    in_float = light_encoders(teacher, s.light_share)
+    student = quantized_student(teacher, calib, transformer, in_float)
+    loader = _train_loader(job, teacher.cfg)
+    log(f"  QAT: {s.epochs} epoch(s) on {len(loader.dataset)} train cases, teacher {job.weights.name} (frozen)"
+        + (f"; in float: {', '.join(in_float)} (under {s.light_share:.0%} of the FLOPs)" if in_float else ""))
+    history = distill(student, teacher, loader, s, log)
+    example = tuple(torch.from_numpy(x[:2]) for x in calib.inputs)
+    (job.workdir / "openvino").mkdir(exist_ok=True)
+    import openvino as ov
+    ov.save_model(to_openvino(student, example), str(job.workdir / "openvino" / "model.xml"), compress_to_fp16=False)
+    to_qdq_onnx(student, example, job.workdir / "model.int8.onnx")
+    return {"tool": "nncf.quantize (PyTorch), fine-tuned with distillation", "split": "train",
+            "cases": len(loader.dataset), "settings": asdict(s), "loss_per_epoch": history,
+            "quantizers": "symmetric signed int8, zero point 0, overflow fix (7-bit weights) on every layer",
+            "in_float": list(in_float),
+            "teacher_sha256": sha256_file(job.weights), "minutes": round((time.perf_counter() - started) / 60, 2)}
+
+
+def light_encoders(model, share: float) -> tuple[str, ...]:
+    """The encoders (attribute names) that cost under `share` of the model's FLOPs: the tiny preset's
+    MobileNetV3-Small (3 % of its FLOPs), not `edge`'s EfficientNet-Lite0 (42 %). A shared encoder is
+    counted once, in the dermoscopy row, so it is never light."""
+    from edgederm.models.summary import COMPONENTS, summarize
+    summary = summarize(model)
+    total = summary["total"]["gflops"]
+    return tuple(COMPONENTS[row["component"]] for row in summary["rows"]
+                 if COMPONENTS.get(row["component"], "").endswith("_encoder") and 0 < row["gflops"] <= share * total)
+
+
+def quantized_student(teacher, calib: CalibrationSet, transformer: bool, in_float: tuple[str, ...] = ()):
+    """A copy of `teacher` with NNCF's quantizers, calibrated on `calib`, every quantizer signed;
+    the modules `in_float` (attribute names) keep no quantizer."""
+    import nncf
+    import torch
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
+    from nncf.torch.function_hook.wrapper import get_hook_storage
+    from nncf.torch.quantization.layers import SymmetricQuantizer
+
+    # batches of 8: statistics need no more than the cases, and batch 1 costs seconds per hundred cases
+    nncf.set_log_level(logging.WARNING)     # it lists every node it leaves unquantized, hundreds of lines
+    batches = [tuple(torch.from_numpy(x[i:i + 8]) for x in calib.inputs) for i in range(0, len(calib), 8)]
+    student = copy.deepcopy(teacher)
+    for parameter in student.parameters():      # the teacher is frozen; its copy is what trains
+        parameter.requires_grad_(True)
+    student = nncf.quantize(
+        student, nncf.Dataset(batches), subset_size=len(batches),
+        preset=nncf.QuantizationPreset.PERFORMANCE,       # symmetric weights and activations
+        model_type=nncf.ModelType.TRANSFORMER if transformer else None,
+        ignored_scope=nncf.IgnoredScope(patterns=[f"{m}/.*" for m in in_float]) if in_float else None,
+        advanced_parameters=AdvancedQuantizationParameters(overflow_fix=OverflowFix.ENABLE))
+    # NNCF gives activations that are never negative (after ReLU) unsigned ranges; TensorRT takes signed
+    # int8 only. One bit of their range is lost, and the fine-tuning retrains their scales around it.
+    for _, quantizer in get_hook_storage(student).named_hooks():
+        if isinstance(quantizer, SymmetricQuantizer) and not quantizer.signed:
+            quantizer.signed = True
+    return student
+
+
+def _train_loader(job: QatJob, cfg):
+    import torch
+
+    from edgederm.augment import policy
+    from edgederm.data.release import read_release
+    from edgederm.data.torch_dataset import PairDataset
+
+    cases = read_release(job.data).split("train")
+    if not cases:
+        raise ConfigError(f"{job.data}: the train split is empty: quantization-aware fine-tuning trains on it")
+    dataset = PairDataset.for_model(cases, cfg, policy("fusionm4net") if job.settings.augment else None)
+    generator = torch.Generator().manual_seed(job.settings.seed)
+    return torch.utils.data.DataLoader(dataset, batch_size=job.settings.batch_size, shuffle=True,
+                                       generator=generator, num_workers=0)
+
+
+def distillation_loss(student_out: dict, teacher_out: dict, targets, weights, s: QatSettings,
+                      branches: tuple[str, ...]):
+    """The loss of the module docstring; `weights` are the model's branch weights (P_FI)."""
+    import torch.nn.functional as F
+
+    from edgederm.models.heads import fused_probabilities, split_tasks
+    from edgederm.training.loss import multitask_loss
+
+    t = s.temperature
+    distill = 0.0
+    for branch in branches:
+        for student_logits, teacher_logits in zip(split_tasks(student_out[branch]).values(),
+                                                  split_tasks(teacher_out[branch]).values()):
+            distill = distill + t * t * F.kl_div(F.log_softmax(student_logits / t, 1),
+                                                 F.log_softmax(teacher_logits / t, 1),
+                                                 log_target=True, reduction="batchmean")
+    fused = 0.0
+    student_p = split_tasks(fused_probabilities(student_out, weights, branches))
+    teacher_p = split_tasks(fused_probabilities(teacher_out, weights, branches))
+    for p_s, p_t in zip(student_p.values(), teacher_p.values()):
+        fused = fused + F.kl_div(p_s.clamp_min(1e-8).log(), p_t, reduction="batchmean")
+    task = multitask_loss({b: student_out[b] for b in branches}, targets)
+    return s.distill_weight * distill + s.fused_weight * fused + s.task_weight * task
+
+
+def distill(student, teacher, loader, s: QatSettings, log: Callable[[str], None]) -> list[float]:
+    """Fine-tune `student` toward `teacher` in place; the mean loss per epoch."""
+    import torch
+    optimizer = torch.optim.Adam([p for p in student.parameters() if p.requires_grad], lr=s.lr)
+    student.eval()     # BatchNorm statistics and dropout stay the teacher's (module docstring)
+    history = []
+    for epoch in range(s.epochs):
+        started, total = time.perf_counter(), 0.0
+        for *inputs, targets in loader:
+            with torch.no_grad():
+                teacher_out = teacher(*inputs)
+            loss = distillation_loss(student(*inputs), teacher_out, targets, teacher.branch_weights, s,
+                                     teacher.branches)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach())
+        history.append(round(total / len(loader), 5))
+        log(f"  QAT epoch {epoch + 1}/{s.epochs}: loss {history[-1]:.4f} ({time.perf_counter() - started:.0f} s)")
+    return history
+
+
+def _named(model, input_names: tuple[str, ...]):
+    """The exported models' inputs and outputs under the names every bundle uses."""
+    from edgederm import labels as L
+    for port, name in zip(model.inputs, input_names):
+        port.get_tensor().set_names({name})
+    for port, name in zip(model.outputs, L.TASK_KEYS):
+        port.get_tensor().set_names({name})
+    return model
+
+
+def to_openvino(student, example: tuple):
+    """The student as an OpenVINO model (NNCF's FakeQuantize ops, weights in float behind them)."""
+    import warnings
+
+    import openvino as ov
+    import torch
+
+    from edgederm.export.onnx_export import FusedProbabilities
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")     # tracer warnings about quantizer constants
+        model = ov.convert_model(FusedProbabilities(student).eval(), example_input=example)
+    return _named(model, student.input_names)
+
+
+def to_qdq_onnx(student, example: tuple, path: Path) -> Path:
+    """The student as a Q/DQ ONNX graph in TensorRT's form: nncf.strip turns NNCF's quantizers into torch's
+    FakeQuantize, which the TorchScript exporter writes as QuantizeLinear / DequantizeLinear pairs."""
+    import warnings
+
+    import nncf
+    import onnx
+    import torch
+
+    from edgederm.export.onnx_export import OPSET, OUTPUT_NAMES, FusedProbabilities
+    from edgederm.export.tensorrt_export import tensorrt_form
+    stripped = nncf.strip(student, do_copy=True, strip_format=nncf.StripFormat.NATIVE, example_input=example)
+    names = list(student.input_names)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(FusedProbabilities(stripped).eval(), example, str(path), dynamo=False,
+                          opset_version=OPSET, input_names=names, output_names=list(OUTPUT_NAMES),
+                          dynamic_axes={n: {0: "batch"} for n in (*names, *OUTPUT_NAMES)},
+                          do_constant_folding=True)
+    model = tensorrt_form(_constants_as_initializers(onnx.load(str(path))))
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+    return path
+
+
+
+def _constants_as_initializers(model):
+    """The TorchScript exporter writes some quantizers' scales and zero points as Constant nodes, or as
+    Identity nodes reading a shared initializer; TensorRT's parser (and export/jetson_check.py) wants each
+    as an initializer of its own."""
+    from onnx import numpy_helper
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    kept = []
+    for node in graph.node:
+        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
+            value = numpy_helper.to_array(node.attribute[0].t)
+        elif node.op_type == "Identity" and node.input[0] in inits:
+            value = numpy_helper.to_array(inits[node.input[0]])
+        else:
+            kept.append(node)
+            continue
+        inits[node.output[0]] = numpy_helper.from_array(value, node.output[0])
+        graph.initializer.append(inits[node.output[0]])
+    del graph.node[:]
+    graph.node.extend(kept)
+    return model

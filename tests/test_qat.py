@@ -1,0 +1,157 @@
+"""Quantization-aware fine-tuning distilled from the FP32 model (export/qat.py), on the session's trained
+tiny run: the teacher stays frozen, the student moves toward it, its Q/DQ graph has TensorRT's form, and
+the INT8 search tries it after the blocks in float and refuses what it must."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from edgederm.calibration.selection import build_calibration_set
+from edgederm.cli import app
+from edgederm.data.release import read_release
+from edgederm.export import int8_gate, qat
+from edgederm.export.exporter import ExportRequest, export
+from edgederm.export.jetson_check import check_graph
+from edgederm.export.onnx_export import run_torch
+from edgederm.export.openvino_export import has_attention
+from edgederm.models.io import load_model
+from edgederm.runtime.bundle import sha256_file
+from tests.conftest import write_indexes
+from tests.helpers import interrupted_qat
+
+# A few steps at a rate that moves the 64-px toy model measurably: the subject is the mechanism.
+TEST_SETTINGS = qat.QatSettings(epochs=4, lr=1e-5, batch_size=4)
+
+
+def _disagreement(student, teacher, inputs) -> float:
+    """Mean |P_FI student - P_FI teacher| over the cases: what the gate's decisions are read from."""
+    return float(np.abs(run_torch(student, *inputs) - run_torch(teacher, *inputs)).mean())
+
+
+def test_distillation_freezes_the_teacher_and_moves_the_student_toward_it(trained_run, synthetic_release):
+    weights = trained_run / "model.safetensors"
+    teacher = load_model(weights).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    before_teacher = {k: v.clone() for k, v in teacher.state_dict().items()}
+    release = read_release(synthetic_release)
+    calib = build_calibration_set(release, teacher.cfg.preprocess(), "train", None, 0, teacher.input_names)
+    student = qat.quantized_student(teacher, calib, has_attention(teacher))
+    weights_of = {name: p for name, p in student.named_parameters() if "nncf" not in name}
+    assert weights_of.keys() == dict(teacher.named_parameters()).keys()
+    assert all(p.requires_grad for p in weights_of.values())           # the copy trains, not the teacher
+    train = calib.inputs                                               # the train split's cases
+    start = _disagreement(student, teacher, train)
+    assert start > 0                                                   # quantization changed something
+    loader = qat._train_loader(qat.QatJob(weights, synthetic_release, trained_run, TEST_SETTINGS), teacher.cfg)
+    history = qat.distill(student, teacher, loader, TEST_SETTINGS, log=lambda m: None)
+    assert len(history) == TEST_SETTINGS.epochs and history[-1] < history[0]
+    assert _disagreement(student, teacher, train) < start
+    assert all(torch.equal(v, before_teacher[k]) for k, v in teacher.state_dict().items())
+    assert not any(p.requires_grad for p in teacher.parameters())
+
+
+def test_qat_graphs_are_trained_once_and_the_qdq_graph_has_tensorrts_form(trained_run, synthetic_release, tmp_path):
+    teacher = load_model(trained_run / "model.safetensors").eval()
+    release = read_release(synthetic_release)
+    calib = build_calibration_set(release, teacher.cfg.preprocess(), "train", None, 0, teacher.input_names)
+    job = qat.QatJob(trained_run / "model.safetensors", synthetic_release, tmp_path / "qat", TEST_SETTINGS)
+    lines = []
+    graphs = qat.qat_graphs(job, calib, has_attention(teacher), lines.append)
+    assert check_graph(graphs.qdq_onnx) == []
+    import onnx
+    ops = {n.op_type for n in onnx.load(str(graphs.qdq_onnx)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    record = graphs.record
+    assert record["split"] == "train" and record["cases"] == len(release.split("train"))
+    assert record["teacher_sha256"] == sha256_file(trained_run / "model.safetensors")
+    assert record["settings"]["epochs"] == 4 and len(record["loss_per_epoch"]) == 4 and record["minutes"] >= 0
+    assert record["in_float"] == ["clinical_encoder"]       # the tiny preset's MobileNetV3-Small: 3 % of FLOPs
+    import openvino as ov
+    model = ov.Core().read_model(str(graphs.openvino_xml))
+    assert [p.get_any_name() for p in model.inputs] == list(teacher.input_names)
+    assert any(op.get_type_name() == "FakeQuantize" for op in model.get_ops())
+    # a second target of the same pass reads what the first trained
+    again = qat.qat_graphs(job, calib, has_attention(teacher), lines.append)
+    assert again.record == record and "reusing the student" in lines[-1]
+    assert json.dumps(record)
+
+
+def test_the_light_encoder_stays_in_float_and_a_heavy_one_is_quantized(trained_run):
+    model = load_model(trained_run / "model.safetensors")
+    assert qat.light_encoders(model, 0.1) == ("clinical_encoder",)
+    assert qat.light_encoders(model, 0.01) == ()
+
+
+def test_the_search_tries_qat_after_plain_ptq_and_refuses_a_graph_tensorrt_would_not_take(trained_run, synthetic_release,
+                                                                              tmp_path):
+    """An impossible margin: plain PTQ fails, QAT is tried next; its graph, reported with a problem by the
+    TensorRT check, is refused whatever its score, and the blocks in float are tried after it."""
+    from edgederm.data.inputs import load_arrays
+    from edgederm.evaluation.gate import GateSettings
+    from edgederm.export.onnx_export import export_onnx
+    from edgederm.export.onnxruntime_scoring import onnxruntime_session, run_onnx
+    from edgederm.export.tensorrt_export import QdqQuantizer
+    model = load_model(trained_run / "model.safetensors").eval()
+    release = read_release(synthetic_release)
+    preprocess = model.cfg.preprocess()
+    calib = build_calibration_set(release, preprocess, count=8)
+    cases = release.split("valid")
+    inputs = load_arrays(cases, preprocess)
+    onnx_fp32 = export_onnx(model, tmp_path / "model.onnx")
+    valid = int8_gate.ValidSplit(inputs, np.array([c.labels for c in cases]), [c.case_id for c in cases],
+                                 run_torch(model, *inputs), GateSettings(max_auc_drop=-100.0))
+    asked = []
+
+    def student(out):
+        asked.append(out)
+        out.write_bytes(onnx_fp32.read_bytes())      # a graph that runs, with a problem reported for it
+        return ["Conv 'x': not quantized"], {"tool": "test"}
+
+    graph, attempts, _ = int8_gate.search_jetson(
+        QdqQuantizer(onnx_fp32, calib, tmp_path / "q"), tmp_path / "int8.onnx",
+        lambda g: (lambda *x, s=onnxruntime_session(g): run_onnx(s, *x)), valid, lambda m: None, qat=student)
+    assert graph is None and len(asked) == 1
+    assert attempts[0].method == "plain PTQ (symmetric Q/DQ)" and attempts[1].method == int8_gate.METHOD_QAT
+    assert all(a.method.endswith("block(s) in float") for a in attempts[2:]) and len(attempts) > 2
+    assert all(not a.passed for a in attempts)
+    assert attempts[1].result["reasons"][0].startswith("not in TensorRT's form (1 problem(s), first: Conv 'x'")
+    assert attempts[1].describe()["qat"] == {"tool": "test"}
+    assert "QAT distilled from FP32: not in TensorRT's form" in str(int8_gate.refuse(attempts, valid, "jetson"))
+
+
+def test_qat_needs_a_training_run_a_train_split_and_sane_settings(trained_run, release_copy, tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "exports"
+    base = ["export", "--run", str(trained_run), "--target", "openvino", "--out", str(out)]
+    cases = [
+        ([*base, "--precision", "int8", "--data", str(release_copy), "--qat-epochs", "0"],
+         "--qat-epochs 0: at least 1 (use --no-qat to skip QAT)"),
+        ([*base, "--precision", "fp32", "--qat-epochs", "2"], "apply to --precision int8 only"),
+    ]
+    [bundle] = export(ExportRequest(run=trained_run, target="torch", out=tmp_path / "bundles"), log=lambda m: None)
+    cases.append((["export", "--run", str(bundle), *base[3:], "--precision", "int8", "--data", str(release_copy)],
+                  "an exported bundle, not a training run: quantization-aware fine-tuning trains from the run"))
+    rows = len(read_release(release_copy).cases)
+    splits = read_release(release_copy)
+    write_indexes(release_copy, {"train": [], "valid": [c.row for c in splits.split("valid")],
+                                 "test": [c.row for c in splits.split("test")]})
+    assert rows and not read_release(release_copy).split("train")
+    cases.append(([*base, "--precision", "int8", "--data", str(release_copy)],
+                  "the train split is empty: quantization-aware fine-tuning trains on it"))
+    for args, message in cases:
+        result = runner.invoke(app, args)
+        assert result.exit_code == 1, (args, result.output)
+        assert message in result.output and result.output.count("\n") == 1, result.output
+        assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_interrupting_qat_leaves_no_bundle(trained_run, synthetic_release, tmp_path, monkeypatch):
+    import edgederm.export.exporter as exporter
+    monkeypatch.setitem(exporter.FORMAT_FUNCTIONS, "openvino", interrupted_qat)
+    with pytest.raises(KeyboardInterrupt):
+        export(ExportRequest(run=trained_run, target="openvino", precisions="int8", data=synthetic_release,
+                             out=tmp_path, max_auc_drop=-100), log=lambda m: None)
+    assert list(tmp_path.iterdir()) == []
