@@ -65,3 +65,19 @@ def interrupted_qat(ctx, target, precision: str, directory: Path, log) -> None:
         raise KeyboardInterrupt
     qat.distill = interrupt
     bundles.openvino_bundle(ctx, target, precision, directory, log)
+
+
+def plain_ptq_refused(ctx, target, precision: str, directory: Path, log) -> None:
+    """The target's format function, with every plain PTQ graph failing the gate on valid: the search goes
+    on to QAT. Patched here, in the worker, where the search runs."""
+    from edgederm.export import bundles, int8_gate
+    judge = int8_gate.judge_on_valid
+
+    def failing_plain(valid, attempt, probabilities, log):
+        attempt = judge(valid, attempt, probabilities, log)
+        if attempt.method.startswith("plain PTQ"):
+            attempt.result["verdict"] = "fail"
+            attempt.result["reasons"].insert(0, "refused by the test")
+        return attempt
+    int8_gate.judge_on_valid = failing_plain
+    getattr(bundles, f"{target.name}_bundle")(ctx, target, precision, directory, log)

@@ -63,7 +63,7 @@ def test_jetson_keeps_the_most_sensitive_blocks_in_float_until_the_gate_passes(t
                                                                                tmp_path):
     lines = []
     [bundle] = export(ExportRequest(run=trained_run, target="jetson", data=synthetic_release, out=tmp_path,
-                                    max_auc_drop=JETSON_MARGIN), log=lines.append)
+                                    max_auc_drop=JETSON_MARGIN, qat=False), log=lines.append)     # the blocks' search
     manifest = read_manifest(bundle)
     record = manifest["int8_gate"]
     attempts = record["attempts"]
@@ -109,7 +109,7 @@ def test_openvino_search_keeps_blocks_in_float_and_records_it(trained_run, synth
     # Flips not gated: on the toy model's 8 valid cases the fitted seven-point reading (expected score at a
     # threshold between clustered scores) flips 3 of 8 under any INT8 graph; the subject here is the search.
     [bundle] = export(ExportRequest(run=trained_run, target="openvino", precisions="int8", data=synthetic_release,
-                                    out=tmp_path, max_auc_drop=OPENVINO_MARGIN, max_flip_rate=100),
+                                    out=tmp_path, max_auc_drop=OPENVINO_MARGIN, max_flip_rate=100, qat=False),
                       log=lambda m: None)
     manifest = read_manifest(bundle)
     attempts = manifest["int8_gate"]["attempts"]

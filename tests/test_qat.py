@@ -19,7 +19,7 @@ from edgederm.export.openvino_export import has_attention
 from edgederm.models.io import load_model
 from edgederm.runtime.bundle import sha256_file
 from tests.conftest import write_indexes
-from tests.helpers import interrupted_qat
+from tests.helpers import interrupted_qat, plain_ptq_refused
 
 # A few steps at a rate that moves the 64-px toy model measurably: the subject is the mechanism.
 TEST_SETTINGS = qat.QatSettings(epochs=4, lr=1e-5, batch_size=4)
@@ -155,3 +155,36 @@ def test_interrupting_qat_leaves_no_bundle(trained_run, synthetic_release, tmp_p
         export(ExportRequest(run=trained_run, target="openvino", precisions="int8", data=synthetic_release,
                              out=tmp_path, max_auc_drop=-100), log=lambda m: None)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_qat_attempt_records_how_its_student_was_trained(trained_run, synthetic_release, tmp_path, monkeypatch):
+    """Plain PTQ refused (by the test), the search's next attempt is QAT: one student for both targets of the
+    pass, recorded in both manifests with how it was trained and from which teacher. (Whether it passes on
+    the toy model's 8 valid cases is not the subject: its one melanoma decides the melanoma check.)"""
+    from edgederm.export import exporter
+    from edgederm.export.exporter import export_many
+    from edgederm.runtime.bundle import read_manifest
+    for name in ("openvino", "jetson"):
+        monkeypatch.setitem(exporter.FORMAT_FUNCTIONS, name, plain_ptq_refused)
+    lines = []
+    written = export_many([ExportRequest(run=trained_run, target=target, precisions="int8", data=synthetic_release,
+                                         out=tmp_path, max_auc_drop=50, max_flip_rate=100, qat_epochs=2)
+                           for target in ("openvino", "jetson")], log=lines.append)
+    assert sum("QAT: 2 epoch(s)" in line for line in lines) == 1          # trained once for both targets
+    records = []
+    for bundle in written:
+        manifest = read_manifest(bundle)
+        attempts = manifest["int8_gate"]["attempts"]
+        assert attempts[0]["reasons"][0] == "refused by the test" and attempts[1]["method"] == int8_gate.METHOD_QAT
+        assert "plain PTQ failed the gate on valid (refused by the test)" in attempts[1]["why"]
+        assert attempts[1]["kept_in_float"] == ["clinical_encoder"]
+        record = attempts[1]["qat"]
+        assert record["settings"]["epochs"] == 2 and record["settings"]["fused_weight"] == 10.0
+        assert record["teacher_sha256"] == sha256_file(trained_run / "model.safetensors") and record["minutes"] > 0
+        assert record["split"] == "train" and len(record["loss_per_epoch"]) == 2
+        chosen = attempts[manifest["int8_gate"]["chosen"]]
+        assert manifest["quantization"]["method"] == chosen["method"]
+        if chosen["method"] == int8_gate.METHOD_QAT:
+            assert manifest["quantization"]["kept_in_float"] == ["clinical_encoder"]
+        records.append(record)
+    assert records[0] == records[1]
