@@ -58,6 +58,7 @@ from edgederm.models.io import load_model, read_metadata
 from edgederm.runtime.openvino_backend import GATED_PRECISION, compile_static
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
+FP32_REFERENCES = ("OpenVINO FP32", "onnxruntime FP32")       # each runtime's speed reference
 
 
 @dataclass
@@ -214,7 +215,7 @@ def time_methods(methods: list[Method], single, warmup: int, runs: int, rounds: 
 def score(methods: list[Method], context: dict) -> list[dict]:
     valid = context["valid"]
     tc, td, tl, tid, reference = context["test"]
-    fp32_ms = {m.runtime: float(np.median(m.times_ms)) for m in methods if "FP32" in m.name}
+    fp32_ms = {m.runtime: float(np.median(m.times_ms)) for m in methods if m.name in FP32_REFERENCES}
     rows = []
     for m in methods:
         row = {"method": m.name, "runtime": m.runtime, "kept_in_float": m.kept_in_float, "minutes": m.minutes,
@@ -275,7 +276,7 @@ def markdown(result: dict) -> str:
                      f"{v['seven_point']:.1f} %) | {r['test_auc_drop_points']:.2f} [{r['test_ci_points'][0]:.2f}, "
                      f"{r['test_ci_points'][1]:.2f}] | {flip('diagnosis')} | {flip('seven_point')} | {melanoma} | "
                      f"{r['median_ms']:.2f} | {r['speedup_vs_fp32']:.2f}x | {r['minutes']:.1f} |")
-    passing = [r for r in result["methods"] if r.get("valid_verdict") == "pass" and "FP32" not in r["method"]]
+    passing = [r for r in result["methods"] if r.get("valid_verdict") == "pass" and r["method"] not in FP32_REFERENCES]
     fastest = min(passing, key=lambda r: r["median_ms"], default=None)
     lines += ["", "Fastest INT8 method passing on valid: "
               + (f"**{fastest['method']}** ({fastest['median_ms']:.2f} ms, {fastest['speedup_vs_fp32']:.2f}x its "
