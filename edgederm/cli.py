@@ -284,9 +284,9 @@ def export_command(
     data: Annotated[Optional[Path], typer.Option(help="Release for calibration (INT8) and accuracy figures.")] = None,
     out: Annotated[Path, typer.Option(help="Folder that receives the bundles.")] = Path("exports"),
     max_auc_drop: Annotated[Optional[float], typer.Option(help=(
-        "INT8 gate margin on the valid split, AUC points (default 1.0): plain PTQ first, then the most "
-        "sensitive blocks kept in float, then quantization-aware fine-tuning, then (openvino, if asked) NNCF "
-        "accuracy control; no INT8 bundle when none passes."))] = None,
+        "INT8 gate margin on the valid split, AUC points (default 1.0): plain PTQ first, then quantization-aware "
+        "fine-tuning, then the most sensitive blocks kept in float, then (openvino, if asked) NNCF accuracy "
+        "control; no INT8 bundle when none passes."))] = None,
     max_flip_rate: Annotated[Optional[float], typer.Option(help=(
         "INT8 decision limit on the valid split: largest share of cases (percent, default 2) whose top "
         "diagnosis or seven-point reading may differ from FP32's. 100 turns it off."))] = None,
@@ -294,9 +294,9 @@ def export_command(
         "OpenVINO INT8: when no set of float blocks passes, try NNCF accuracy control with agreement as its "
         "metric (minutes on a 2-core CPU)."))] = False,
     qat: Annotated[bool, typer.Option(help=(
-        "INT8: when no set of float blocks passes, fine-tune the quantized network on the train split to agree "
-        "with the FP32 model (distillation; one training serves every target of the command)."))] = True,
-    qat_epochs: Annotated[Optional[int], typer.Option(help="Epochs of that fine-tuning (default 4).")] = None,
+        "INT8: when plain PTQ fails, fine-tune the quantized network on the train split to agree with the FP32 "
+        "model (distillation; one training serves every target of the command)."))] = True,
+    qat_epochs: Annotated[Optional[int], typer.Option(help="Epochs of that fine-tuning (default 3).")] = None,
     calibration_cases: Annotated[Optional[int], typer.Option(help="Calibration cases (default 300, or the whole "
                                                                    "split if smaller).")] = None,
     calibration_split: Annotated[str, typer.Option(help="Split the calibration cases come from.")] = "train",

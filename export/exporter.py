@@ -57,7 +57,7 @@ class ExportRequest:
     max_auc_drop: float | None = None      # INT8 gate margin on valid, AUC points (None: DEFAULT_INT8_MARGIN)
     max_flip_rate: float | None = None     # INT8 decision limit on valid, percent (None: DEFAULT_MAX_FLIP_RATE)
     accuracy_control: bool = False         # OpenVINO INT8: NNCF accuracy control when no block set passes
-    qat: bool = True                       # INT8: quantization-aware fine-tuning when no block set passes
+    qat: bool = True                       # INT8: quantization-aware fine-tuning when plain PTQ fails
     qat_epochs: int | None = None          # None: QatSettings' default
     calibration_cases: int | None = None
     calibration_split: str = "train"
