@@ -25,7 +25,7 @@ from edgederm.calibration.selection import CalibrationSet
 from edgederm.data.inputs import METADATA_INPUT
 from edgederm.evaluation.gate import agreement
 from edgederm.evaluation.metrics import compute_metrics
-from edgederm.export import int8_gate, jetson_check, openvino_export, qat, tensorrt_export
+from edgederm.export import fp16_typing, int8_gate, jetson_check, openvino_export, qat, tensorrt_export
 from edgederm.export.engine import INT8_FP16_ONNX
 from edgederm.export.formats import Target
 from edgederm.export.onnxruntime_scoring import onnxruntime_session, run_onnx
@@ -148,19 +148,35 @@ def openvino_bundle(ctx: BundleContext, target: Target, precision: str, director
     write_manifest(directory, manifest)
 
 
+def _onnx_predictor(graph: Path) -> Callable[..., np.ndarray]:
+    session = onnxruntime_session(graph)
+    return lambda *x: run_onnx(session, *x)
+
+
 def jetson_bundle(ctx: BundleContext, target: Target, precision: str, directory: Path, log: Log) -> None:
     graphs = ["model.fp16.onnx"]
-    tensorrt_export.convert_fp16(ctx.onnx_fp32, directory / "model.fp16.onnx")
     manifest = new_manifest(ctx, target, precision, graphs)
+    if ctx.valid is None:      # no release at hand (an FP16 bundle alone): nothing to gate on
+        tensorrt_export.convert_fp16(ctx.onnx_fp32, directory / "model.fp16.onnx")
+    else:
+        # TensorRT 11 runs it as typed: FP16 rounding is judged like INT8's, and the blocks that lose the
+        # decisions stay FP32 (export/fp16_typing.py)
+        kept, attempts, ranking = fp16_typing.search(ctx.onnx_fp32, directory / "model.fp16.onnx",
+                                                     tensorrt_export.convert_fp16, _onnx_predictor, ctx.valid,
+                                                     "FP16 graph", log)
+        manifest["fp16"] = fp16_typing.describe(kept, attempts, ranking)
+        if kept is None and precision == "fp16":
+            raise int8_gate.NoPassingInt8(f"jetson fp16: no FP16 graph passes the gate on the valid split; tried "
+                                          + "; ".join(f"{a.method}: {a.result['reasons'][0]}" for a in attempts)
+                                          + ". No bundle written")
+        if kept is None:
+            graphs.remove("model.fp16.onnx")
     if precision == "int8":
         valid = ctx.valid
         log(f"jetson int8: symmetric Q/DQ on {len(ctx.calib)} calibration cases, gated on the valid split "
             f"({len(valid.labels)} cases)")
         out = directory / "model.int8.onnx"
-
-        def predictor(graph: Path):
-            session = onnxruntime_session(graph)
-            return lambda *x: run_onnx(session, *x)
+        predictor = _onnx_predictor
 
         def student(graph: Path):
             graphs = qat.qat_graphs(ctx.qat, ctx.calib, ctx.has_attention, log)
@@ -178,16 +194,14 @@ def jetson_bundle(ctx: BundleContext, target: Target, precision: str, directory:
                                                  ops=tensorrt_export.QUANTIZED_OPS)
         manifest["int8_gate"] = int8_gate.record(attempts, valid, ranking)
         # What TensorRT 11 builds (engine.py): the same Q/DQ typed FP16 outside it. FP16 rounding moves some
-        # values across a quantization step, so it is gated like any INT8 graph, and left out when it fails.
-        typed = tensorrt_export.convert_int8_fp16(graph, directory / INT8_FP16_ONNX)
-        attempt = int8_gate.judge_on_valid(valid, int8_gate.Attempt("FP16-typed INT8 graph, for TensorRT 11"),
-                                           valid.predictions(predictor(typed)), log)
-        if attempt.passed:
+        # values across a quantization step, so it is gated like any INT8 graph, with the blocks that lose the
+        # decisions kept FP32 (export/fp16_typing.py), and left out when none passes.
+        typed, attempts, ranking = fp16_typing.search(graph, directory / INT8_FP16_ONNX,
+                                                      tensorrt_export.convert_int8_fp16, predictor, valid,
+                                                      "FP16-typed INT8 graph, for TensorRT 11", log)
+        if typed is not None:
             graphs.append(typed.name)
-        else:
-            typed.unlink()
-        manifest["int8_fp16"] = {"graph": typed.name if attempt.passed else None, "for": "TensorRT 11 (strongly typed)",
-                                 "valid": attempt.describe()}
+        manifest["int8_fp16"] = fp16_typing.describe(typed, attempts, ranking)
     # What TensorRT 10.3 needs, checked statically (no TensorRT here): a graph that fails it is a bug in
     # this exporter, and a Jetson would find it only after copying and building; nothing is written.
     for graph in graphs:

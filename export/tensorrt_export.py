@@ -34,6 +34,7 @@ INT8_FP16_OPSET = 19
 # Computed in float32 inside the FP16 graph: in FP16, LayerNorm's variance sums and Softmax's exponentials
 # overflow or lose the small probabilities (export/jetson_check.py checks it).
 FLOAT32_OPS = ["LayerNormalization", "Softmax"]
+FP16_OP_BLOCK_LIST = DEFAULT_OP_BLOCK_LIST + FLOAT32_OPS     # onnxruntime's (no FP16 kernels) and ours
 
 
 class QdqQuantizer:
@@ -171,26 +172,63 @@ def _topological_sort(graph: onnx.GraphProto) -> None:
     graph.node.extend(ordered)
 
 
-def convert_fp16(fp32_onnx: Path, out: Path) -> Path:
+def _drop_fp16_round_trips(model: onnx.ModelProto) -> None:
+    """Between two nodes kept in float32 the converter still stores the tensor in FP16 (a Cast to FP16 and
+    one back): the value is rounded, and overflows where FP16 ends (65504), which is what keeping them in
+    float32 was for. The reader of such a pair reads the float32 tensor instead; a Cast to FP16 left
+    without readers goes."""
+    graph = model.graph
+    producers = {o: n for n in graph.node for o in n.output}
+    inferred = onnx.shape_inference.infer_shapes(model).graph
+    elem_type = {v.name: v.type.tensor_type.elem_type for v in (*inferred.input, *inferred.value_info)}
+
+    def cast_to(node: onnx.NodeProto) -> int | None:
+        return next((a.i for a in node.attribute if a.name == "to"), None) if node.op_type == "Cast" else None
+
+    bypass: dict[str, str] = {}
+    for node in graph.node:
+        source = producers.get(node.input[0]) if node.input else None
+        if (cast_to(node) == onnx.TensorProto.FLOAT and source is not None
+                and cast_to(source) == onnx.TensorProto.FLOAT16
+                and elem_type.get(source.input[0]) == onnx.TensorProto.FLOAT):     # not an int64 shape made float
+            bypass[node.output[0]] = source.input[0]
+    if not bypass:
+        return
+    outputs = {o.name for o in graph.output}
+    kept = [n for n in graph.node if not (n.op_type == "Cast" and n.output[0] in bypass and n.output[0] not in outputs)]
+    for node in kept:
+        for i, name in enumerate(node.input):
+            node.input[i] = bypass.get(name, name)
+    read = {i for n in kept for i in n.input} | outputs
+    kept = [n for n in kept if not (cast_to(n) == onnx.TensorProto.FLOAT16 and n.output[0] not in read)]
+    del graph.node[:]
+    graph.node.extend(kept)
+
+
+def convert_fp16(fp32_onnx: Path, out: Path, keep: list[str] | tuple = ()) -> Path:
     """FP16 weights and activations, float32 inputs and outputs (TensorRT 11 is strongly
-    typed: precision must be in the graph; TensorRT 8.5-10 build it with the FP16 flag)."""
+    typed: precision must be in the graph; TensorRT 8.5-10 build it with the FP16 flag). The nodes
+    `keep` stay FP32 (export/fp16_typing.py chooses them)."""
     model = convert_float_to_float16(onnx.load(str(fp32_onnx)), keep_io_types=True,
-                                     op_block_list=DEFAULT_OP_BLOCK_LIST + FLOAT32_OPS)
+                                     op_block_list=FP16_OP_BLOCK_LIST, node_block_list=list(keep))
+    _drop_fp16_round_trips(model)
     _topological_sort(model.graph)
     onnx.save(model, str(out))
     onnx.checker.check_model(onnx.load(str(out)), full_check=True)
     return out
 
 
-def convert_int8_fp16(int8_onnx: Path, out: Path) -> Path:
+def convert_int8_fp16(int8_onnx: Path, out: Path, keep: list[str] | tuple = ()) -> Path:
     """The INT8 Q/DQ graph with everything outside Q/DQ in FP16, for TensorRT 11: its networks are strongly
     typed, so the FP32-typed INT8 graph would run every layer it does not quantize in FP32. Scales become
     float16 too, which DequantizeLinear takes from opset 19 on (onnx's version converter moves the graph
     there); LayerNorm and Softmax stay in float32 as in the FP16 graph; inputs and outputs stay float32.
     Rounding in FP16 moves some values across a quantization step, so this is a graph of its own: the
-    export gates it on valid before the bundle carries it."""
+    export gates it on valid before the bundle carries it, keeping the nodes `keep` FP32 where it must."""
     model = version_converter.convert_version(onnx.load(str(int8_onnx)), INT8_FP16_OPSET)
-    model = convert_float_to_float16(model, keep_io_types=True, op_block_list=DEFAULT_OP_BLOCK_LIST + FLOAT32_OPS)
+    model = convert_float_to_float16(model, keep_io_types=True, op_block_list=FP16_OP_BLOCK_LIST,
+                                     node_block_list=list(keep))
+    _drop_fp16_round_trips(model)
     _topological_sort(model.graph)
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, str(out))

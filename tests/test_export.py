@@ -241,6 +241,10 @@ def test_every_jetson_graph_passes_the_tensorrt_check(bundles):
     assert scales and all(t.data_type == onnx.TensorProto.FLOAT16 for t in scales)
     assert typed.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     assert manifest["int8_fp16"]["valid"]["verdict"] == "pass"
+    # both typed graphs judged on valid like INT8 (export/fp16_typing.py); under these limits nothing kept FP32
+    for key, graph in (("fp16", "model.fp16.onnx"), ("int8_fp16", "model.int8.fp16.onnx")):
+        record = manifest[key]
+        assert record["graph"] == graph and record["kept_in_float32"] == [] and record["attempts"][0]["verdict"] == "pass"
 
 
 def test_a_jetson_graph_tensorrt_would_refuse_is_not_written(trained_run, synthetic_release, tmp_path, monkeypatch):
