@@ -66,8 +66,8 @@ from edgederm.errors import ConfigError
 
 @dataclass(frozen=True)
 class QatSettings:
-    """The knobs, recorded in the manifest (`int8_gate.qat`). Defaults measured on the quickstart model
-    (README, "INT8 that keeps the decisions")."""
+    """The knobs, recorded in the manifest (the QAT attempt's `qat` in `int8_gate`). Defaults measured on the
+    quickstart model; the module docstring says why each."""
     epochs: int = 3
     lr: float = 3e-5                  # Adam, every parameter (weights and quantizer scales)
     temperature: float = 2.0
