@@ -153,24 +153,30 @@ def _onnx_predictor(graph: Path) -> Callable[..., np.ndarray]:
     return lambda *x: run_onnx(session, *x)
 
 
+def _fp16_graph(ctx: BundleContext, precision: str, directory: Path, graphs: list[str], manifest: dict,
+                log: Log) -> None:
+    """`model.fp16.onnx`, judged on valid when the export has it (export/fp16_typing.py): TensorRT 11 runs it as
+    typed, so FP16 rounding is judged like INT8's and the blocks that lose the decisions stay FP32."""
+    if ctx.valid is None:      # no release at hand (an FP16 bundle alone): nothing to gate on
+        tensorrt_export.convert_fp16(ctx.onnx_fp32, directory / "model.fp16.onnx")
+        return
+    kept, attempts, ranking = fp16_typing.search(ctx.onnx_fp32, directory / "model.fp16.onnx",
+                                                 tensorrt_export.convert_fp16, _onnx_predictor, ctx.valid,
+                                                 "FP16 graph", log)
+    manifest["fp16"] = fp16_typing.describe(kept, attempts, ranking)
+    if kept is None and precision == "fp16":
+        raise int8_gate.NoPassingInt8(f"jetson fp16: no FP16 graph passes the gate on the valid split; tried "
+                                      + "; ".join(f"{a.method}: {a.result['reasons'][0]}" for a in attempts)
+                                      + ". No bundle written")
+    if kept is None:
+        graphs.remove("model.fp16.onnx")
+
+
 def jetson_bundle(ctx: BundleContext, target: Target, precision: str, directory: Path, log: Log) -> None:
     graphs = ["model.fp16.onnx"]
     manifest = new_manifest(ctx, target, precision, graphs)
-    if ctx.valid is None:      # no release at hand (an FP16 bundle alone): nothing to gate on
-        tensorrt_export.convert_fp16(ctx.onnx_fp32, directory / "model.fp16.onnx")
-    else:
-        # TensorRT 11 runs it as typed: FP16 rounding is judged like INT8's, and the blocks that lose the
-        # decisions stay FP32 (export/fp16_typing.py)
-        kept, attempts, ranking = fp16_typing.search(ctx.onnx_fp32, directory / "model.fp16.onnx",
-                                                     tensorrt_export.convert_fp16, _onnx_predictor, ctx.valid,
-                                                     "FP16 graph", log)
-        manifest["fp16"] = fp16_typing.describe(kept, attempts, ranking)
-        if kept is None and precision == "fp16":
-            raise int8_gate.NoPassingInt8(f"jetson fp16: no FP16 graph passes the gate on the valid split; tried "
-                                          + "; ".join(f"{a.method}: {a.result['reasons'][0]}" for a in attempts)
-                                          + ". No bundle written")
-        if kept is None:
-            graphs.remove("model.fp16.onnx")
+    if precision != "int8":
+        _fp16_graph(ctx, precision, directory, graphs, manifest, log)
     if precision == "int8":
         valid = ctx.valid
         log(f"jetson int8: symmetric Q/DQ on {len(ctx.calib)} calibration cases, gated on the valid split "
@@ -189,6 +195,8 @@ def jetson_bundle(ctx: BundleContext, target: Target, precision: str, directory:
         if graph is None:
             raise int8_gate.refuse(attempts, valid, "jetson")
         graphs.insert(0, "model.int8.onnx")
+        # after the INT8 search: a refused INT8 bundle needs no FP16 graph, and its search would cost minutes
+        _fp16_graph(ctx, precision, directory, graphs, manifest, log)
         manifest["calibration"] = ctx.calib.describe()
         manifest["quantization"] = _quantization(attempts, tensorrt_export.QDQ_QUANTIZER,
                                                  ops=tensorrt_export.QUANTIZED_OPS)
