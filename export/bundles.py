@@ -165,7 +165,7 @@ def _fp16_graph(ctx: BundleContext, precision: str, directory: Path, graphs: lis
                                                  "FP16 graph", log)
     manifest["fp16"] = fp16_typing.describe(kept, attempts, ranking)
     if kept is None and precision == "fp16":
-        raise int8_gate.NoPassingInt8(f"jetson fp16: no FP16 graph passes the gate on the valid split; tried "
+        raise int8_gate.NoPassingInt8("jetson fp16: no FP16 graph passes the gate on the valid split; tried "
                                       + "; ".join(f"{a.method}: {a.result['reasons'][0]}" for a in attempts)
                                       + ". No bundle written")
     if kept is None:
