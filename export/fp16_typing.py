@@ -68,17 +68,18 @@ def search(source: Path, out: Path, convert: Callable[[Path, Path, list[str]], P
     log(f"  FP16 sensitivity: {len(ranking.blocks)} blocks, each typed FP16 alone, on the {len(cases)} valid cases "
         f"the typed graph moves most ({ranking.seconds:.0f} s); most sensitive: {ranking.describe(3)}")
     record = {**ranking.to_dict(), "metric": METRIC}
-    limit = max(1, int(len(ranking.blocks) * int8_gate.MAX_EXCLUDED_SHARE))
-    for count in int8_gate._exclusion_counts(limit):
-        blocks = ranking.top(count)
-        why = (f"typed FP16 whole, the graph failed the gate on valid ({attempts[0].result['reasons'][0]}); these "
-               f"blocks move the probabilities most when typed FP16 alone ({ranking.describe(count)})")
-        attempt = int8_gate.judge_on_valid(
-            valid, int8_gate.Attempt(f"{name}, {count} most sensitive block(s) in FP32", blocks, why),
-            valid.predictions(predict(convert(source, out, ranking.operations(blocks)))), log)
-        attempts.append(attempt)
-        if attempt.passed:
-            return out, attempts, record
+    failed = attempts[0].result["reasons"][0]
+
+    def build(blocks: list[str]) -> np.ndarray:      # the last one built is the one kept at `out`
+        return valid.predictions(predict(convert(source, out, ranking.operations(blocks))))
+
+    count = int8_gate.exclusion_search(
+        ranking, attempts[0], build, valid, log, attempts,
+        method=lambda count: f"{name}, {count} most sensitive block(s) in FP32",
+        why=lambda count: (f"typed FP16 whole, the graph failed the gate on valid ({failed}); these blocks move "
+                           f"the probabilities most when typed FP16 alone ({ranking.describe(count)})"))
+    if count is not None:
+        return out, attempts, record
     out.unlink(missing_ok=True)
     return None, attempts, record
 

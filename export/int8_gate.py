@@ -186,15 +186,18 @@ def _qat_attempt(plain: Attempt, details: dict) -> Attempt:
                       "disagreement)" if in_float else ""), details={"qat": details})
 
 
-def _exclusion_search(ranking: Ranking, plain: Attempt, build: Callable[[list[str]], np.ndarray],
-                      valid: ValidSplit, log: Callable[[str], None], attempts: list[Attempt]) -> int | None:
-    """Keep the top 1, 2, 4, ... blocks in float; `build(blocks)` makes that model and returns its valid
-    probabilities. Returns the passing count, or None."""
+def exclusion_search(ranking: Ranking, plain: Attempt, build: Callable[[list[str]], np.ndarray],
+                     valid: ValidSplit, log: Callable[[str], None], attempts: list[Attempt],
+                     method: Callable[[int], str] = lambda count: f"{count} most sensitive block(s) in float",
+                     why: Callable[[int], str] | None = None) -> int | None:
+    """Keep the top 1, 2, 4, ... blocks in float (up to MAX_EXCLUDED_SHARE of them); `build(blocks)` makes
+    that model and returns its valid probabilities; `method(count)` and `why(count)` name and explain each
+    attempt (default: INT8's). Appends every attempt to `attempts`; returns the passing count, or None."""
     limit = max(1, int(len(ranking.blocks) * MAX_EXCLUDED_SHARE))
     for count in _exclusion_counts(limit):
         blocks = ranking.top(count)
-        attempt = judge_on_valid(valid, Attempt(f"{count} most sensitive block(s) in float", blocks,
-                                                _excluded(plain, ranking, count)), build(blocks), log)
+        reason = _excluded(plain, ranking, count) if why is None else why(count)
+        attempt = judge_on_valid(valid, Attempt(method(count), blocks, reason), build(blocks), log)
         attempts.append(attempt)
         if attempt.passed:
             return count
@@ -213,7 +216,8 @@ def quantized_ops(model) -> set[str]:
 def search_openvino(fp32_model, plain, keep_in_float: Callable[[object, list[str]], object],
                     run: Callable[[object], Callable], accuracy_control: Callable[[], object] | None,
                     valid: ValidSplit, log: Callable[[str], None],
-                    qat: Callable[[], tuple[object, dict]] | None = None) -> tuple[object, list[Attempt], Ranking | None]:
+                    qat: Callable[[], tuple[object, dict]] | None = None
+                    ) -> tuple[object, list[Attempt], Ranking | None]:
     """(the first passing INT8 model or None, every attempt, the sensitivity ranking). `plain` is NNCF's
     INT8 model; `keep_in_float(model, names)` returns a copy with those operations' blocks in float;
     `run(model)` returns a predict function; `qat()`, when given, returns the QAT student's model and its
@@ -236,7 +240,7 @@ def search_openvino(fp32_model, plain, keep_in_float: Callable[[object, list[str
         return valid.predictions(run(keep_in_float(plain, [b for b in blocks if b != mine])), cases)
 
     ranking = _rank(operations, alone, plain_probs, valid, log)
-    count = _exclusion_search(ranking, attempts[0], lambda blocks: valid.predictions(
+    count = exclusion_search(ranking, attempts[0], lambda blocks: valid.predictions(
         run(keep_in_float(plain, blocks))), valid, log, attempts)
     if count is not None:
         return keep_in_float(plain, ranking.top(count)), attempts, ranking
@@ -286,7 +290,7 @@ def search_jetson(quantizer, out: Path, run: Callable[[Path], Callable], valid: 
     def build(blocks: list[str]) -> np.ndarray:
         return valid.predictions(run(quantizer.quantize(out, exclude=ranking.operations(blocks))))
 
-    count = _exclusion_search(ranking, attempts[0], build, valid, log, attempts)
+    count = exclusion_search(ranking, attempts[0], build, valid, log, attempts)
     if count is None:
         return None, attempts, ranking
     return quantizer.quantize(out, exclude=ranking.operations(ranking.top(count))), attempts, ranking
