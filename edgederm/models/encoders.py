@@ -16,6 +16,11 @@ Why the whole model: on the real release, heads on the pre-logits
 representation beat heads on the last stage map by about 4 test AUC points
 with the same encoders and ImageNet weights (README, "Branch features").
 
+`head(map)` runs the encoder's own layers after its last stage (conv head,
+BN, activation, pooling) on another map of the last stage's shape: the fusion
+head's `fused_head` input puts the last fused map through the very weights
+P_D uses.
+
 Weights start random here; `edgederm.models.pretrained` loads offline
 ImageNet weights into an encoder and proves the load.
 """
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import timm
 import torch
+from timm.models import EfficientNet, MobileNetV3
 from torch import nn
 
 from edgederm.errors import ConfigError
@@ -56,6 +62,19 @@ class FeatureEncoder(nn.Module):
             self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
         else:
             self.pooled_channels = int(getattr(self.body, "head_hidden_size", None) or self.body.num_features)
+
+    @property
+    def has_conv_head(self) -> bool:
+        """Whether layers follow the last stage map that `head` can run: a conv head kept (pre_logits)."""
+        return self.branch_features == "pre_logits" and isinstance(self.body, (EfficientNet, MobileNetV3))
+
+    def head(self, stage_map: torch.Tensor) -> torch.Tensor:
+        """A map shaped like the last stage's -> what the pooled features are made of it (B x pooled_channels)."""
+        if not self.has_conv_head:
+            raise ConfigError(f"encoder {self.name!r} has no conv head after its last stage")
+        if isinstance(self.body, EfficientNet):      # its conv head sits in forward_features, after the blocks
+            stage_map = self.body.bn2(self.body.conv_head(stage_map))
+        return self.body.forward_head(stage_map, pre_logits=True)   # MobileNetV3: pool, then its conv head
 
     def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """(stage maps, pooled features B x pooled_channels)."""

@@ -9,6 +9,8 @@ multi-modal fusion attention module.
           multi-head attention in which every token is query, key and value
           (self and mutual attention), residual + LayerNorm; the three tokens
           concatenated -> C_IM                                        (joint branch)
+          (`fusion_features`: `fused` is that; `fused+pre_logits` adds f_D and
+          f_C beside the tokens; `pre_logits` is [f_D | f_C | f_M] without MMFA)
     test time: P_FI = W_I P_I + W_M P_M + W_IM P_IM (weights searched on valid)
 
 What the seed gives and what EdgeDerm chose (../shared/seeds/METHODS.md):
@@ -74,11 +76,18 @@ class JifMmfaNet(BranchNet):
         image_features = self.derm_encoder.pooled_channels + self.clinical_encoder.pooled_channels
         self.metadata_encoder = nn.Sequential(nn.Linear(L.METADATA_SIZE, METADATA_WIDTH), nn.ReLU(),
                                               nn.Linear(METADATA_WIDTH, METADATA_WIDTH), nn.ReLU())
-        self.fusions = FusionAttention([self.derm_encoder.pooled_channels, self.clinical_encoder.pooled_channels,
-                                        METADATA_WIDTH], TOKEN_WIDTH, HEADS)
+        joint_features = 0
+        if cfg.fusion_features != "pre_logits":
+            self.fusions = FusionAttention([self.derm_encoder.pooled_channels, self.clinical_encoder.pooled_channels,
+                                            METADATA_WIDTH], TOKEN_WIDTH, HEADS)
+            joint_features = self.fusions.out_features
+        if cfg.fusion_features == "fused+pre_logits":
+            joint_features += image_features
+        elif cfg.fusion_features == "pre_logits":
+            joint_features = image_features + METADATA_WIDTH
         self.image_head = MultiTaskHead(image_features, cfg.drop_rate)
         self.metadata_head = MultiTaskHead(METADATA_WIDTH, cfg.drop_rate)
-        self.fusion_head = MultiTaskHead(self.fusions.out_features, cfg.drop_rate)
+        self.fusion_head = MultiTaskHead(joint_features, cfg.drop_rate)
 
     def encoders(self) -> list[FeatureEncoder]:
         return [self.clinical_encoder, self.derm_encoder]
@@ -91,5 +100,13 @@ class JifMmfaNet(BranchNet):
         return {
             "image": self.image_head(torch.cat([d_pooled, c_pooled], dim=1)),
             "metadata": self.metadata_head(m),
-            "fusion": self.fusion_head(self.fusions([d_pooled, c_pooled, m])),
+            "fusion": self.fusion_head(torch.cat(self._joint_features(d_pooled, c_pooled, m), dim=1)),
         }
+
+    def _joint_features(self, d_pooled, c_pooled, m) -> list[torch.Tensor]:
+        """What the joint head reads (`fusion_features`): MMFA's tokens (`fused`), with both pooled image
+        features beside them (`fused+pre_logits`), or the three features concatenated (`pre_logits`)."""
+        if self.cfg.fusion_features == "pre_logits":
+            return [d_pooled, c_pooled, m]
+        tokens = self.fusions([d_pooled, c_pooled, m])
+        return [tokens, d_pooled, c_pooled] if self.cfg.fusion_features == "fused+pre_logits" else [tokens]

@@ -5,6 +5,9 @@
     dermoscopy     -> dermoscopy encoder (heavy, e.g. Swin-T)    -> pooled features -> head P_D
     at each configured dermoscopy stage: align the clinical map, fuse (AAB / BAB / CAT)
     pooled fused maps of all fusion stages, concatenated          -> head P_FU
+        (what P_FU reads is `fusion_features`: the fused maps, or with both
+         encoders' pooled features beside them, or those alone, or the last
+         fused map through the dermoscopy encoder's own conv head)
     test time: P_FI = W_C P_C + W_D P_D + W_FU P_FU
 
 The single-shared network (`ssn` preset, arXiv 2403.19203) is the same net with
@@ -18,6 +21,13 @@ branches (so the weighted average mixes three different views), and any timm
 encoder with `forward_intermediates` works unmodified. The pooled features of
 P_C and P_D are each encoder's pre-logits representation by default
 (`branch_features`, see `edgederm.models.encoders`).
+
+Why the fusion head may read the pre-logits features too: on the real
+release the fusion head that read only the pooled fused maps (320 channels
+at EfficientNet-Lite1's last stage, before its 1x1 conv head) scored below
+the dermoscopy branch alone; with both encoders' 1280-channel pre-logits
+features beside them it gained 1.4 test AUC points (README, "What the
+fusion head reads").
 """
 from __future__ import annotations
 
@@ -38,6 +48,20 @@ class MultiModalNet(BranchNet):
         if not cfg.shared_encoder:     # shared: `clinical_encoder` below is the dermoscopy encoder itself
             self.clinical_encoder = FeatureEncoder(cfg.clinical_encoder, cfg.img_size, cfg.branch_features)
         self.derm_encoder = FeatureEncoder(cfg.derm_encoder, cfg.img_size, cfg.branch_features)
+        # built in this order (fusion blocks, then heads) so a seed initialises `fused` models as before 0.3
+        self.fusion_stages: list[int] = []       # none when the fusion head reads only the pooled features
+        fused_channels = self._build_fusion(cfg) if cfg.fusion_features != "pre_logits" else []
+        if cfg.fusion_features == "fused_head":   # the last fused map leaves the encoder's head at its width
+            fused_channels[-1] = self.derm_encoder.pooled_channels
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
+        self.clinical_head = MultiTaskHead(self.clinical_encoder.pooled_channels, cfg.drop_rate)
+        self.derm_head = MultiTaskHead(self.derm_encoder.pooled_channels, cfg.drop_rate)
+        pooled = ([self.clinical_encoder.pooled_channels, self.derm_encoder.pooled_channels]
+                  if "pre_logits" in cfg.fusion_features else [])
+        self.fusion_head = MultiTaskHead(sum(fused_channels) + sum(pooled), cfg.drop_rate)
+
+    def _build_fusion(self, cfg: ModelConfig) -> list[int]:
+        """The fusion blocks at the configured stages; returns each fused map's channels."""
         n_stages = len(self.derm_encoder.channels)
         stages = []
         for s in cfg.fusion_stages:
@@ -48,21 +72,24 @@ class MultiModalNet(BranchNet):
         if len(set(stages)) != len(stages):
             raise ConfigError(f"model config: fusion_stages {list(cfg.fusion_stages)} name a stage twice")
         self.fusion_stages = sorted(stages)
+        if cfg.fusion_features == "fused_head":
+            if not self.derm_encoder.has_conv_head:
+                raise ConfigError(f"model config: fusion_features 'fused_head' does not apply to {cfg.derm_encoder}: "
+                                  "it has no conv head after its last stage (allowed here: fused, "
+                                  "fused+pre_logits, pre_logits)")
+            if self.fusion_stages[-1] != n_stages - 1:
+                raise ConfigError("model config: fusion_features 'fused_head' needs a fusion block at the last "
+                                  f"stage (-1); fusion_stages is {list(cfg.fusion_stages)}")
         self.clinical_stages = [match_stage(self.derm_encoder.reductions[s], self.clinical_encoder.reductions)
                                 for s in self.fusion_stages]
         clinical_channels = [self.clinical_encoder.channels[c] for c in self.clinical_stages]
         derm_channels = [self.derm_encoder.channels[s] for s in self.fusion_stages]
         if cfg.fusion == "sca":        # one module for every stage
             self.fusions = SharedCrossAttention(clinical_channels, derm_channels, cfg.key_ratio, cfg.attention_scale)
-            fused_channels = sum(self.fusions.out_channels)
-        else:
-            self.fusions = nn.ModuleList(StageFusion(cfg.fusion, c, d, cfg.key_ratio, cfg.attention_scale)
-                                         for c, d in zip(clinical_channels, derm_channels))
-            fused_channels = sum(f.out_channels for f in self.fusions)
-        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
-        self.clinical_head = MultiTaskHead(self.clinical_encoder.pooled_channels, cfg.drop_rate)
-        self.derm_head = MultiTaskHead(self.derm_encoder.pooled_channels, cfg.drop_rate)
-        self.fusion_head = MultiTaskHead(fused_channels, cfg.drop_rate)
+            return list(self.fusions.out_channels)
+        self.fusions = nn.ModuleList(StageFusion(cfg.fusion, c, d, cfg.key_ratio, cfg.attention_scale)
+                                     for c, d in zip(clinical_channels, derm_channels))
+        return [f.out_channels for f in self.fusions]
 
     @property
     def clinical_encoder(self) -> FeatureEncoder:
@@ -84,11 +111,22 @@ class MultiModalNet(BranchNet):
         else:
             c_feats, c_pooled = self.clinical_encoder(clinical)
             d_feats, d_pooled = self.derm_encoder(derm)
-        pairs = [(c_feats[c], d_feats[s]) for s, c in zip(self.fusion_stages, self.clinical_stages)]
-        fused = (self.fusions(pairs) if isinstance(self.fusions, SharedCrossAttention)
-                 else [fusion(c, d) for fusion, (c, d) in zip(self.fusions, pairs)])
         return {
             "clinical": self.clinical_head(c_pooled),
             "derm": self.derm_head(d_pooled),
-            "fusion": self.fusion_head(torch.cat([self.pool(f) for f in fused], dim=1)),
+            "fusion": self.fusion_head(torch.cat(self._fusion_features(c_feats, d_feats, c_pooled, d_pooled), dim=1)),
         }
+
+    def _fusion_features(self, c_feats, d_feats, c_pooled, d_pooled) -> list[torch.Tensor]:
+        """What the fusion head reads (`fusion_features`), as B x n vectors to concatenate."""
+        features = []
+        if self.fusion_stages:
+            pairs = [(c_feats[c], d_feats[s]) for s, c in zip(self.fusion_stages, self.clinical_stages)]
+            fused = (self.fusions(pairs) if isinstance(self.fusions, SharedCrossAttention)
+                     else [fusion(c, d) for fusion, (c, d) in zip(self.fusions, pairs)])
+            features = [self.pool(f) for f in fused]
+            if self.cfg.fusion_features == "fused_head":
+                features[-1] = self.derm_encoder.head(fused[-1])
+        if "pre_logits" in self.cfg.fusion_features:
+            features += [c_pooled, d_pooled]
+        return features

@@ -67,8 +67,11 @@ def summarize(model: BranchNet) -> dict:
              "gflops": counter.get_total_flops() / 1e9}
     branches = {"features": model.cfg.branch_features, "clinical_channels": model.clinical_encoder.pooled_channels,
                 "derm_channels": model.derm_encoder.pooled_channels if "dermoscopy" in model.input_names else None}
+    fusion = ({"features": model.cfg.fusion_features, "channels": model.fusion_head.fc.in_features}
+              if hasattr(model, "fusion_head") else None)
     paper = paper_params_m(model.cfg)
     return {"config": model.cfg.to_dict(), "framework": model.cfg.framework, "branch_features": branches,
+            "fusion_features": fusion,
             "rows": rows, "total": total,
             "paper": None if paper is None else {"row": paper[0], "params_m": paper[1],
                                                  "difference_percent": 100 * (total["params_m"] / paper[1] - 1)}}
@@ -79,8 +82,11 @@ def format_summary(summary: dict) -> str:
     heads = (f"heads P_C / P_D read {b['features']} features: {b['clinical_channels']} / {b['derm_channels']} channels"
              if b["derm_channels"] is not None else
              f"the task classifiers read the clinical encoder's {b['features']} features ({b['clinical_channels']} channels)")
-    lines = [heads,
-             f"{'component':<20} {'params (M)':>11} {'GFLOPs':>9}", "-" * 42]
+    lines = [heads]
+    if summary.get("fusion_features"):
+        f = summary["fusion_features"]
+        lines.append(f"fusion head P_FU reads {f['features']}: {f['channels']} channels")
+    lines += [f"{'component':<20} {'params (M)':>11} {'GFLOPs':>9}", "-" * 42]
     for row in summary["rows"] + [summary["total"]]:
         lines.append(f"{row['component']:<20} {row['params_m']:>11.2f} {row['gflops']:>9.2f}")
     if summary.get("paper"):
