@@ -7,6 +7,14 @@ scale +-6 %, no free rotation, brightness +-15 %): 2.5-3 valid AUC points
 worse from epoch 4 on, which is why it is not the default. Every limit can be
 set on its own (`policy(name, **limits)`, the recipe's `*_limit` fields).
 
+`crop-flip-rot90` is a plain fine-tuning baseline's recipe, a row of the
+sweep grid (README, "Recipe sweep"): the photo resized to `crop_scale` (1.125)
+times the input and a random input-sized crop taken, both flips, a random
+multiple of 90 degrees, brightness x [0.85, 1.15] (torchvision's ColorJitter
+reading of "+-15 %"); nothing else. Its test-time view is the central
+1 / crop_scale of the photo: the model's `crop` rule `zoom`. Each photo of a
+case draws on its own.
+
 Why not albumentations: its maintained successor is AGPL-licensed, and the five
 operations below are one warpAffine and two array ops; OpenCV is already a
 dependency of every stage.
@@ -31,13 +39,19 @@ class AugmentConfig:
     scale_limit: float = 0.5         # scale in [1 - limit, 1 + limit]
     rotate_limit: float = 45.0       # degrees
     p_brightness_contrast: float = 0.5
-    brightness_limit: float = 0.2    # added, as a fraction of 255
+    brightness_limit: float = 0.2    # added, as a fraction of 255 (brightness_factor: a factor 1 +- limit)
     contrast_limit: float = 0.2      # multiplied around the mean
+    brightness_factor: bool = False  # brightness multiplies the pixels instead of adding to them
+    crop_scale: float = 1.0          # > 1: resize to crop_scale x the side, then crop a random side x side
 
 
 POLICIES = {
     "fusionm4net": AugmentConfig(),
     "light": AugmentConfig(shift_limit=0.06, scale_limit=0.06, rotate_limit=0.0, brightness_limit=0.15),
+    # p_rot90 0.75 with k in 1..3: each multiple of 90 degrees (0 included) a quarter of the time
+    "crop-flip-rot90": AugmentConfig(p_rot90=0.75, p_shift_scale_rotate=0.0, p_brightness_contrast=1.0,
+                                     brightness_limit=0.15, contrast_limit=0.0, brightness_factor=True,
+                                     crop_scale=1.125),
 }
 LIMITS = tuple(f.name for f in fields(AugmentConfig))
 
@@ -50,11 +64,28 @@ def policy(name: str, **limits: float | None) -> AugmentConfig:
     unknown = sorted(set(limits) - set(LIMITS))
     if unknown:
         raise ConfigError(f"augmentation: unknown limit(s) {', '.join(unknown)} (known: {', '.join(LIMITS)})")
-    return replace(POLICIES[name], **{k: v for k, v in limits.items() if v is not None})
+    cfg = replace(POLICIES[name], **{k: v for k, v in limits.items() if v is not None})
+    if cfg.crop_scale < 1:
+        raise ConfigError(f"augmentation: crop_scale must be >= 1 (the photo is enlarged, then cropped), "
+                          f"got {cfg.crop_scale}")
+    return cfg
+
+
+def random_crop(img: np.ndarray, rng: np.random.Generator, scale: float) -> np.ndarray:
+    """The image resized to `scale` x its side, then a random crop of its original size (square input)."""
+    side = img.shape[0]
+    big = int(round(side * scale))
+    if big <= side:
+        return img
+    img = cv2.resize(np.ascontiguousarray(img), (big, big), interpolation=cv2.INTER_LINEAR)
+    top, left = (int(v) for v in rng.integers(0, big - side + 1, size=2))
+    return img[top:top + side, left:left + side]
 
 
 def augment_image(img: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig = AugmentConfig()) -> np.ndarray:
     """One random augmentation of an RGB uint8 image (square, already resized)."""
+    if cfg.crop_scale > 1:
+        img = random_crop(img, rng, cfg.crop_scale)
     if rng.random() < cfg.p_flip:
         img = img[:, ::-1]
     if rng.random() < cfg.p_flip:
@@ -70,8 +101,12 @@ def augment_image(img: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig 
         img = cv2.warpAffine(np.ascontiguousarray(img), matrix, (w, h), flags=cv2.INTER_LINEAR,
                              borderMode=cv2.BORDER_REFLECT_101)
     if rng.random() < cfg.p_brightness_contrast:
-        alpha = 1.0 + rng.uniform(-cfg.contrast_limit, cfg.contrast_limit)
-        beta = rng.uniform(-cfg.brightness_limit, cfg.brightness_limit) * 255.0
-        mean = img.mean()
-        img = np.clip((img.astype(np.float32) - mean) * alpha + mean + beta, 0, 255).astype(np.uint8)
+        if cfg.brightness_factor:
+            factor = 1.0 + rng.uniform(-cfg.brightness_limit, cfg.brightness_limit)
+            img = np.clip(img.astype(np.float32) * factor, 0, 255).astype(np.uint8)
+        else:
+            alpha = 1.0 + rng.uniform(-cfg.contrast_limit, cfg.contrast_limit)
+            beta = rng.uniform(-cfg.brightness_limit, cfg.brightness_limit) * 255.0
+            mean = img.mean()
+            img = np.clip((img.astype(np.float32) - mean) * alpha + mean + beta, 0, 255).astype(np.uint8)
     return np.ascontiguousarray(img)

@@ -33,8 +33,11 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 INTERPOLATIONS = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC}
 # What of the photo is kept before resizing: "none" = all of it (the aspect ratio is squashed; the lesion
-# keeps its whole context), "center" = the central square (aspect kept, the long side's edges dropped).
-CROPS = ("none", "center")
+# keeps its whole context), "center" = the central square (aspect kept, the long side's edges dropped),
+# "zoom" = the central 1 / ZOOM of each side: the test-time view of a model trained on random crops of the
+# photo enlarged ZOOM times (augmentation policy crop-flip-rot90; a plain fine-tuning baseline's centre crop).
+CROPS = ("none", "center", "zoom")
+ZOOM = 1.125
 # How a JPEG is decoded: "full" = every pixel; "reduced" = libjpeg's DCT-domain scaling to 1/2, 1/4 or 1/8,
 # the largest that still leaves the short side >= REDUCED_MARGIN x the model input (never below).
 # A 12-MP phone photo then decodes at 1/4 for a 224-px model, about 3x faster than full + resize.
@@ -208,8 +211,14 @@ def read_input_image(path: str | Path, cfg: PreprocessConfig) -> np.ndarray:
 
 
 def resize_image(img: np.ndarray, size: int, rule: str = "area", crop: str = "none") -> np.ndarray:
-    """The image (crop "none") or its central square (crop "center") resized to size x size."""
-    if crop == "center":
+    """The image (crop "none"), its central square ("center") or its central 1 / ZOOM ("zoom") resized to
+    size x size."""
+    if crop == "zoom":
+        height, width = img.shape[:2]
+        keep_h, keep_w = int(round(height / ZOOM)), int(round(width / ZOOM))
+        top, left = (height - keep_h) // 2, (width - keep_w) // 2
+        img = img[top:top + keep_h, left:left + keep_w]
+    elif crop == "center":
         height, width = img.shape[:2]
         side = min(height, width)
         top, left = (height - side) // 2, (width - side) // 2

@@ -33,6 +33,10 @@ class PairDataset(Dataset):
         self.augment = augment
         self.inputs = inputs
         self.cache: dict[tuple[int, str], np.ndarray] | None = {} if cache else None
+        # The `zoom` crop is the test view of random crops of the enlarged photo: while training with them,
+        # they are taken from the whole photo, not from the zoomed one.
+        random_crops = augment is not None and augment.crop_scale > 1
+        self._crop = "none" if random_crops and preprocess.crop == "zoom" else preprocess.crop
         self.targets = [list(c.labels) for c in cases]
         # encoded now: a case without known metadata is an error before the first epoch
         self.metadata = [torch.from_numpy(case_metadata(c)) for c in cases] if METADATA_INPUT in inputs else None
@@ -57,7 +61,7 @@ class PairDataset(Dataset):
         if self.cache is not None and key in self.cache:
             return self.cache[key]
         img = resize_image(read_input_image(case_photo(self.cases[index], name), self.preprocess),
-                           self.preprocess.size, self.preprocess.resize, self.preprocess.crop)
+                           self.preprocess.size, self.preprocess.resize, self._crop)
         if self.cache is not None:
             self.cache[key] = img
         return img

@@ -32,7 +32,11 @@ from edgederm.models.config import ModelConfig, get_preset
 
 
 OPTIMIZERS = ("adam", "adamw", "sgd")      # sgd: momentum 0.9, Nesterov
-SCHEDULES = ("cosine", "linear", "constant")
+SCHEDULES = ("cosine", "linear", "constant", "onecycle")
+# One-cycle (Smith & Topin 2017), as torch's OneCycleLR draws it, stepped per epoch: from lr / 25 up to lr
+# (cosine) over the warm-up, then down to lr / 25 / 1e4 (cosine) by the last epoch before SWA. The warm-up is
+# `warmup_epochs`, or a tenth of those epochs when that is 0 (a plain fine-tuning baseline's 10 %).
+ONECYCLE_DIV, ONECYCLE_FINAL_DIV, ONECYCLE_WARMUP = 25.0, 1e4, 0.1
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,7 @@ class TrainConfig:
     rotate_limit: float | None = None
     brightness_limit: float | None = None
     contrast_limit: float | None = None
+    crop_scale: float | None = None       # crop-flip-rot90: enlarge the photo this much, then crop at random
     label_smoothing: float = 0.0
     # per-branch loss weights: the single-shared network's "biased loss" weights dermoscopy above clinical
     loss_weight_clinical: float = 1.0
@@ -113,7 +118,7 @@ class TrainConfig:
             return None
         return policy(self.augment_policy, shift_limit=self.shift_limit, scale_limit=self.scale_limit,
                       rotate_limit=self.rotate_limit, brightness_limit=self.brightness_limit,
-                      contrast_limit=self.contrast_limit)
+                      contrast_limit=self.contrast_limit, crop_scale=self.crop_scale)
 
     @property
     def swa_start(self) -> int:
@@ -122,9 +127,11 @@ class TrainConfig:
 
     def lr_factor(self, epoch: int) -> float:
         """Learning rate of `epoch` (0-based) as a multiple of `lr`: linear warm-up,
-        cosine to zero over the epochs before SWA, then the constant SWA rate."""
+        cosine to zero over the epochs before SWA (or one cycle), then the constant SWA rate."""
         if self.swa_epochs and epoch >= self.swa_start:
             return self.swa_lr / self.lr
+        if self.schedule == "onecycle":
+            return self._onecycle_factor(epoch)
         if epoch < self.warmup_epochs:
             return (epoch + 1) / (self.warmup_epochs + 1)
         if self.schedule == "constant":
@@ -134,6 +141,16 @@ class TrainConfig:
         if self.schedule == "linear":
             return 1.0 - progress
         return 0.5 * (1 + math.cos(math.pi * progress))
+
+    def _onecycle_factor(self, epoch: int) -> float:
+        total = self.swa_start
+        peak = (self.warmup_epochs or ONECYCLE_WARMUP * total) - 1      # the epoch at lr (OneCycleLR's phases)
+        start, end = 1.0 / ONECYCLE_DIV, 1.0 / (ONECYCLE_DIV * ONECYCLE_FINAL_DIV)
+        if 0 < peak and epoch <= peak:     # a warm-up under one epoch: the cycle starts at its peak
+            low, high, progress = start, 1.0, epoch / peak
+        else:
+            low, high, progress = 1.0, end, (epoch - peak) / max(total - 1 - peak, 1e-9)
+        return high + (low - high) / 2 * (math.cos(math.pi * min(progress, 1.0)) + 1)
 
     def validates(self, epoch: int) -> bool:
         """Whether `epoch` (0-based) is scored on valid: every `validate_every`-th, and the last."""
