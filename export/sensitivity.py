@@ -73,11 +73,11 @@ def block_of(operation: str) -> str:
     return "/".join(parts[:5]) if operation.startswith("/model/") else operation
 
 
-def group_blocks(operations: list[str]) -> dict[str, list[str]]:
-    """Operations grouped by block, in first-seen order."""
+def group_blocks(operations: list[str], block: Callable[[str], str] = block_of) -> dict[str, list[str]]:
+    """Operations grouped by block (`block(operation)`), in first-seen order."""
     blocks: dict[str, list[str]] = {}
     for op in operations:
-        blocks.setdefault(block_of(op), []).append(op)
+        blocks.setdefault(block(op), []).append(op)
     return blocks
 
 
@@ -92,11 +92,11 @@ def ranking_cases(full_int8: np.ndarray, reference: np.ndarray, count: int = RAN
 
 
 def rank_blocks(operations: list[str], predict_alone: Callable[[list[str]], np.ndarray], reference: np.ndarray,
-                case_ids: list[str], progress: bool = True) -> Ranking:
+                case_ids: list[str], progress: bool = True, block: Callable[[str], str] = block_of) -> Ranking:
     """Every block scored alone. `predict_alone(ops)` returns the probabilities, on the ranking cases, of the
     model with only `ops` quantized; `reference` holds the FP32 probabilities on the same cases."""
     started = time.perf_counter()
-    members = group_blocks(operations)
+    members = group_blocks(operations, block)
     scores = [(block, normalised_squared_error(predict_alone(ops), reference))
               for block, ops in tqdm(members.items(), desc="block sensitivity", unit="block", disable=not progress,
                                      leave=False)]
