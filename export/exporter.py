@@ -34,9 +34,11 @@ from edgederm.export import bundles, int8_gate, openvino_export, qat
 from edgederm.export.bundles import BundleContext, new_manifest, score
 from edgederm.export.formats import Target, parse_request
 from edgederm.export.isolation import NativeCrash, run_isolated, start_workers
-from edgederm.export.onnx_export import OPSET, export_onnx, run_torch
+from edgederm.evaluation.clinical import DEFAULT_TARGET_SENSITIVITY, fit_clinical
+from edgederm.export.onnx_export import NO_TTA, OPSET, export_onnx, run_torch
 from edgederm.export.onnxruntime_scoring import onnx_probabilities
 from edgederm.models.heads import BranchNet
+from edgederm.models.tta import EXPORT_VIEW_SETS, VIEW_SETS, views_of
 from edgederm.models.io import load_model, read_metadata, save_weights
 from edgederm.preprocess import PreprocessConfig, preprocess_image
 from edgederm.runtime.bundle import BundleError, sha256_file, staged_bundle, write_manifest
@@ -62,6 +64,7 @@ class ExportRequest:
     calibration_cases: int | None = None
     calibration_split: str = "train"
     eval_split: str | None = "test"       # None: no accuracy figures (e.g. random-init latency studies)
+    tta: str | None = None                 # views built into the graph (edgederm.models.tta.EXPORT_VIEW_SETS)
     seed: int = 0
     force: bool = False
 
@@ -127,8 +130,21 @@ def build_bundle(ctx: BundleContext, model: BranchNet, target: Target, precision
                      what=f"{target.name} {precision} bundle", log=log)
 
 
+def _check_tta(req: ExportRequest, target: Target) -> None:
+    """--tta builds views into a graph, and its thresholds are refitted on valid: refused, before any work,
+    where neither can happen."""
+    views_of(req.tta, EXPORT_VIEW_SETS)
+    if target.name == "torch":
+        raise ConfigError("--tta builds the views into an exported graph; a torch bundle holds weights, not a "
+                          "graph (use --target onnx, openvino or jetson)")
+    if req.data is None:
+        raise ConfigError("--tta needs --data: the bundle's temperatures and melanoma thresholds are refitted on "
+                          "the valid split's TTA outputs")
+
+
 def _check_destinations(req: ExportRequest, target: Target, precisions: list[str]) -> dict[str, Path]:
-    destinations = {p: req.out / f"{req.run.name}-{target.name}-{p}" for p in precisions}
+    tta = "" if req.tta is None else f"-tta-{req.tta}"        # beside the plain bundles, never over them
+    destinations = {p: req.out / f"{req.run.name}-{target.name}-{p}{tta}" for p in precisions}
     if not req.force:
         for path in destinations.values():
             if path.exists():
@@ -166,7 +182,7 @@ def export(req: ExportRequest, log: Callable[[str], None] = print) -> list[Path]
     return export_many([req], log)
 
 
-_SHARED = ("run", "data", "calibration_cases", "calibration_split", "eval_split", "seed", "qat", "qat_epochs")
+_SHARED = ("run", "data", "calibration_cases", "calibration_split", "eval_split", "seed", "qat", "qat_epochs", "tta")
 
 
 def export_many(requests: list[ExportRequest], log: Callable[[str], None] = print,
@@ -192,6 +208,8 @@ def export_many(requests: list[ExportRequest], log: Callable[[str], None] = prin
                               "gate's: they apply to --precision int8 only")
         if req.max_flip_rate is not None:
             GateSettings(max_flip_rate=req.max_flip_rate)          # its range is checked before any work
+        if req.tta is not None:
+            _check_tta(req, target)
         plans.append((req, target, _check_destinations(req, target, precisions)))
     weights = first.run / "model.safetensors"
     if not weights.is_file():
@@ -203,6 +221,7 @@ def export_many(requests: list[ExportRequest], log: Callable[[str], None] = prin
                                                            else {"epochs": first.qat_epochs}))
         qat.check_can_train(first.run, first.data)
 
+    views = NO_TTA if first.tta is None else VIEW_SETS[first.tta]
     start_workers()         # their imports run while this process prepares the model and the splits
     model = load_model(weights).eval()
     preprocess = model.cfg.preprocess()
@@ -214,18 +233,26 @@ def export_many(requests: list[ExportRequest], log: Callable[[str], None] = prin
         log(f"calibration: {len(calib)} cases of the {first.calibration_split} split, stratified by diagnosis")
     evaluation = (_arrays(release, first.eval_split, preprocess, model.input_names)
                   if release and first.eval_split else None)
-    reference = compute_metrics(run_torch(model, *evaluation[0]), evaluation[1]) if evaluation else None
+    reference = compute_metrics(run_torch(model, *evaluation[0], views=views), evaluation[1]) if evaluation else None
     meta = read_metadata(weights)
+    clinical = meta.get("clinical")
     valid = None
-    if any("int8" in destinations for _, _, destinations in plans):
+    if any("int8" in destinations for _, _, destinations in plans) or first.tta:
         cases = release.split("valid")
         if not cases:
-            raise ConfigError(f"{release.root}: the valid split is empty: the INT8 gate needs it")
+            raise ConfigError(f"{release.root}: the valid split is empty: the INT8 gate and --tta's thresholds "
+                              "need it")
         inputs = load_arrays(cases, preprocess, model.input_names)
         valid = int8_gate.ValidSplit(inputs, np.array([c.labels for c in cases]),
-                                     [c.case_id for c in cases], run_torch(model, *inputs),
-                                     GateSettings(max_auc_drop=DEFAULT_INT8_MARGIN, seed=first.seed),
-                                     meta.get("clinical"))
+                                     [c.case_id for c in cases], run_torch(model, *inputs, views=views),
+                                     GateSettings(max_auc_drop=DEFAULT_INT8_MARGIN, seed=first.seed), clinical)
+        if first.tta:
+            # The views move P_FI: the thresholds the device reads it with are chosen again on what it will read
+            # (the valid split's TTA outputs), at the sensitivity training chose them for.
+            target_sensitivity = (clinical or {}).get("target_sensitivity", DEFAULT_TARGET_SENSITIVITY)
+            clinical = {**fit_clinical(valid.reference, valid.labels, target_sensitivity),
+                        "fitted_with_tta": list(views)}
+            valid = replace(valid, clinical_fit=clinical)
     source = {"run": str(first.run), "weights": str(weights), "sha256": sha256_file(weights),
               "weights_of": meta.get("source"),
               # where each encoder's training started: traces a deployed model to its ImageNet source
@@ -242,7 +269,7 @@ def export_many(requests: list[ExportRequest], log: Callable[[str], None] = prin
                             first.eval_split, workdir, req.accuracy_control,
                             # one student for the pass: its folder is shared by the targets (export/qat.py)
                             None if qat_settings is None else qat.QatJob(weights, first.data, Path(tmp) / "qat",
-                                                                         qat_settings))
+                                                                         qat_settings, views))
         workdir.mkdir()
         done = []
         # INT8 first: it is this target's long job (the search), and what it does not need, the target's
@@ -265,7 +292,7 @@ def export_many(requests: list[ExportRequest], log: Callable[[str], None] = prin
         return done
 
     with tempfile.TemporaryDirectory(prefix="edgederm-export-") as tmp:
-        onnx_fp32 = export_onnx(model, Path(tmp) / "model.onnx")
+        onnx_fp32 = export_onnx(model, Path(tmp) / "model.onnx", views=views)
         # Real cases when the release is at hand (already preprocessed); freshly drawn synthetic ones otherwise.
         if evaluation is not None or valid is not None:
             arrays, parity_source = ((evaluation[0], f"{first.eval_split} cases") if evaluation is not None
@@ -275,13 +302,17 @@ def export_many(requests: list[ExportRequest], log: Callable[[str], None] = prin
             parity = synthetic_inputs(preprocess, PARITY_CASES, first.seed, model.input_names)
             parity_source = "synthetic cases"
         onnx = run_isolated(onnx_probabilities, onnx_fp32, parity, what="ONNX parity check", log=log)
-        diff = float(np.abs(onnx - run_torch(model, *parity)).max())
+        diff = float(np.abs(onnx - run_torch(model, *parity, views=views)).max())
         log(f"ONNX parity with PyTorch on {len(parity[0])} {parity_source}: max |probability difference| "
             f"{diff:.2e}")
         if diff > PARITY_TOLERANCE:
             raise ConfigError(f"{first.run}: ONNX export differs from PyTorch by {diff:.2e} (> {PARITY_TOLERANCE})")
         source["onnx_parity_max_abs_diff"] = diff
-        shared = _shared_manifest(model, preprocess, source, meta.get("clinical"))
+        shared = _shared_manifest(model, preprocess, source, clinical)
+        shared["tta"] = None if first.tta is None else {
+            "set": first.tta, "views": list(views),
+            "how": "one model call: every view of both photos stacked on the batch axis, the per-task "
+                   "probabilities averaged; temperatures and thresholds refitted on the valid split's TTA outputs"}
         # Targets run side by side. An INT8 search spends much of its time single-threaded (OpenVINO
         # compiles, onnxruntime's quantize_static rewriting the graph, NNCF's bias correction), so on
         # a 2-core CPU the OpenVINO and Jetson searches together take little longer than the slower one.

@@ -19,24 +19,29 @@ import torch
 from edgederm import labels as L
 from edgederm.data.inputs import input_shape
 from edgederm.models.heads import BranchNet, split_tasks
+from edgederm.models.tta import tta_probabilities
+
+NO_TTA = ("identity",)
 
 OPSET = 17
 OUTPUT_NAMES = L.TASK_KEYS
 
 
 class FusedProbabilities(torch.nn.Module):
-    """What every exported model computes: P_FI per task."""
+    """What every exported model computes: P_FI per task, averaged over `views` when the bundle has test-time
+    augmentation built in (edgederm.models.tta: one call, the views stacked on the batch axis)."""
 
-    def __init__(self, model: BranchNet):
+    def __init__(self, model: BranchNet, views: tuple[str, ...] = NO_TTA):
         super().__init__()
         self.model = model
+        self.views = tuple(views)
 
     def forward(self, *inputs: torch.Tensor):
-        return tuple(split_tasks(self.model.fused_probabilities(*inputs)).values())
+        return tuple(split_tasks(tta_probabilities(self.model, inputs, self.views)).values())
 
 
-def export_onnx(model: BranchNet, path: Path, opset: int = OPSET) -> Path:
-    wrapper = FusedProbabilities(model).eval()
+def export_onnx(model: BranchNet, path: Path, opset: int = OPSET, views: tuple[str, ...] = NO_TTA) -> Path:
+    wrapper = FusedProbabilities(model, views).eval()
     names = model.input_names
     example = tuple(torch.zeros(2, *input_shape(name, model.cfg.img_size)) for name in names)
     dynamic = {name: {0: "batch"} for name in (*names, *OUTPUT_NAMES)}
@@ -50,9 +55,10 @@ def export_onnx(model: BranchNet, path: Path, opset: int = OPSET) -> Path:
 
 
 @torch.no_grad()
-def run_torch(model: BranchNet, *inputs: np.ndarray, batch_size: int = 16) -> np.ndarray:
-    """N x 24 probabilities; `inputs` in the model's input order."""
+def run_torch(model: BranchNet, *inputs: np.ndarray, batch_size: int = 16,
+              views: tuple[str, ...] = NO_TTA) -> np.ndarray:
+    """N x 24 probabilities; `inputs` in the model's input order; averaged over `views` (edgederm.models.tta)."""
     model.eval()
-    out = [model.fused_probabilities(*(torch.from_numpy(x[i:i + batch_size]) for x in inputs)).numpy()
+    out = [tta_probabilities(model, tuple(torch.from_numpy(x[i:i + batch_size]) for x in inputs), views).numpy()
            for i in range(0, len(inputs[0]), batch_size)]
     return np.concatenate(out)

@@ -94,6 +94,7 @@ class QatJob:
     data: Path                        # the release; the train split is used
     workdir: Path                     # shared by the pass's targets: one training serves them all
     settings: QatSettings = field(default_factory=QatSettings)
+    views: tuple[str, ...] = ("identity",)   # test-time views the exported graphs average (edgederm.models.tta)
 
 
 @dataclass
@@ -156,8 +157,10 @@ def _train_and_export(job: QatJob, calib: CalibrationSet, transformer: bool, log
     example = tuple(torch.from_numpy(x[:2]) for x in calib.inputs)
     (job.workdir / "openvino").mkdir(exist_ok=True)
     import openvino as ov
-    ov.save_model(to_openvino(student, example), str(job.workdir / "openvino" / "model.xml"), compress_to_fp16=False)
-    to_qdq_onnx(student, example, job.workdir / "model.int8.onnx")
+    # trained on single views; the graphs average the bundle's views as the FP32 reference does
+    ov.save_model(to_openvino(student, example, job.views), str(job.workdir / "openvino" / "model.xml"),
+                  compress_to_fp16=False)
+    to_qdq_onnx(student, example, job.workdir / "model.int8.onnx", job.views)
     return {"tool": "nncf.quantize (PyTorch), fine-tuned with distillation", "split": "train",
             "cases": len(loader.dataset), "settings": asdict(s), "loss_per_epoch": history,
             "quantizers": "symmetric signed int8, zero point 0, overflow fix (7-bit weights) on every layer",
@@ -278,7 +281,7 @@ def _named(model, input_names: tuple[str, ...]):
     return model
 
 
-def to_openvino(student, example: tuple):
+def to_openvino(student, example: tuple, views: tuple[str, ...] = ("identity",)):
     """The student as an OpenVINO model (NNCF's FakeQuantize ops, weights in float behind them)."""
     import warnings
 
@@ -288,11 +291,11 @@ def to_openvino(student, example: tuple):
     from edgederm.export.onnx_export import FusedProbabilities
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")     # tracer warnings about quantizer constants
-        model = ov.convert_model(FusedProbabilities(student).eval(), example_input=example)
+        model = ov.convert_model(FusedProbabilities(student, views).eval(), example_input=example)
     return _named(model, student.input_names)
 
 
-def to_qdq_onnx(student, example: tuple, path: Path) -> Path:
+def to_qdq_onnx(student, example: tuple, path: Path, views: tuple[str, ...] = ("identity",)) -> Path:
     """The student as a Q/DQ ONNX graph in TensorRT's form: nncf.strip turns NNCF's quantizers into torch's
     FakeQuantize, which the TorchScript exporter writes as QuantizeLinear / DequantizeLinear pairs."""
     import warnings
@@ -307,7 +310,7 @@ def to_qdq_onnx(student, example: tuple, path: Path) -> Path:
     names = list(student.input_names)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        torch.onnx.export(FusedProbabilities(stripped).eval(), example, str(path), dynamo=False,
+        torch.onnx.export(FusedProbabilities(stripped, views).eval(), example, str(path), dynamo=False,
                           opset_version=OPSET, input_names=names, output_names=list(OUTPUT_NAMES),
                           dynamic_axes={n: {0: "batch"} for n in (*names, *OUTPUT_NAMES)},
                           do_constant_folding=True)

@@ -11,15 +11,19 @@ from edgederm.data.torch_dataset import PairDataset
 from edgederm.errors import ConfigError
 from edgederm.evaluation.clinical import clinical_report, fit_clinical
 from edgederm.evaluation.metrics import compute_metrics, location_metrics
-from edgederm.evaluation.predict import predict_branches, weighted_final
+from edgederm.evaluation.predict import predict_branches, tta_views, weighted_final
 from edgederm.models.io import load_model, read_metadata
+from edgederm.models.tta import VIEW_SETS
 
 CHECKPOINTS = {"model": "model.safetensors", "best": "best.safetensors", "swa": "swa.safetensors"}
 
 
 def evaluate_run(run_dir: str | Path, data: str | Path, split: str = "test", checkpoint: str = "model",
-                 tta: bool = False, batch_size: int = 32, progress=None) -> dict:
+                 tta: bool | str = False, batch_size: int = 32, progress=None) -> dict:
+    """Metrics of every branch on `split`. `tta`: False, True (six views) or a view set's name
+    (edgederm.models.tta)."""
     run_dir = Path(run_dir)
+    views = tta_views(tta)          # an unknown view set is an error before the model loads
     if checkpoint not in CHECKPOINTS:
         raise ConfigError(f"unknown checkpoint {checkpoint!r} (choose from {', '.join(CHECKPOINTS)})")
     weights = run_dir / CHECKPOINTS[checkpoint]
@@ -35,13 +39,16 @@ def evaluate_run(run_dir: str | Path, data: str | Path, split: str = "test", che
     location: dict = {}
     branch_probs, labels = predict_branches(model, loader, device, tta=tta, progress=progress, location=location)
     weights_used, searched_on = model.branch_weights.tolist(), "single view"
-    tta_weights = read_metadata(weights).get("branch_weights_tta") if tta else None
-    if tta_weights:        # searched on TTA outputs at training time (branch_weights_tta): the ones for TTA
+    # searched on six-view TTA outputs at training time (branch_weights_tta): the ones for those six views;
+    # other view sets keep the model's weights, as a bundle with those views built in does
+    tta_weights = read_metadata(weights).get("branch_weights_tta") if views == VIEW_SETS["six"] else None
+    if tta_weights:
         weights_used, searched_on = tta_weights, "6-view TTA"
     branch_probs["final"] = weighted_final(branch_probs, weights_used)
     fit, fitted = _clinical_fit(model, weights, data, split, tta, weights_used, batch_size, device, progress)
     return {
-        "run": str(run_dir), "weights": str(weights), "data": str(data), "split": split, "tta": tta,
+        "run": str(run_dir), "weights": str(weights), "data": str(data), "split": split,
+        "tta": None if len(views) == 1 else list(views),
         "cases": len(cases), "branch_weights": weights_used, "branch_weights_searched_on": searched_on,
         "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
         "branches": {b: compute_metrics(p, labels) for b, p in branch_probs.items()},
@@ -50,7 +57,7 @@ def evaluate_run(run_dir: str | Path, data: str | Path, split: str = "test", che
     }
 
 
-def _clinical_fit(model, weights: Path, data, split: str, tta: bool, branch_weights: list[float], batch_size: int,
+def _clinical_fit(model, weights: Path, data, split: str, tta: bool | str, branch_weights: list[float], batch_size: int,
                   device, progress) -> tuple[dict, str]:
     """The temperatures and thresholds to evaluate with, and where they come from: training's (fitted on the
     single-view valid P_FI, stored with the weights), or fitted now on valid when the run has none (trained
@@ -63,5 +70,6 @@ def _clinical_fit(model, weights: Path, data, split: str, tta: bool, branch_weig
         raise ConfigError(f"{data}: the valid split is empty: temperatures and thresholds are fitted on it")
     loader = DataLoader(PairDataset.for_model(cases, model.cfg, cache=False), batch_size=batch_size)
     branch_probs, labels = predict_branches(model, loader, device, tta=tta, progress=progress)
-    fitted = f"now, on the valid split's {'6-view TTA' if tta else 'single-view'} outputs"
+    views = len(tta_views(tta))
+    fitted = f"now, on the valid split's {f'{views}-view TTA' if views > 1 else 'single-view'} outputs"
     return fit_clinical(weighted_final(branch_probs, branch_weights), labels), fitted

@@ -1,7 +1,9 @@
 """Per-branch probabilities of a model over a data loader, optionally with
-test-time augmentation: six views (original, three flips, two 90-degree
-rotations) as in FusionM4Net, the same view applied to both photos,
-probabilities averaged after the per-task softmax."""
+test-time augmentation (`edgederm.models.tta`): by default the six views of
+FusionM4Net (original, three flips, two 90-degree rotations), or a named
+view set (`flip`, `flip4`: what `export --tta` builds into a bundle); the
+same view applied to both photos, probabilities averaged after the per-task
+softmax."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,26 +11,25 @@ import torch
 
 from edgederm import labels as L
 from edgederm.models.heads import task_softmax
+from edgederm.models.tta import VIEW_SETS, view, views_of
 
-TTA_VIEWS = (
-    lambda x: x,
-    lambda x: torch.flip(x, dims=[3]),
-    lambda x: torch.flip(x, dims=[2]),
-    lambda x: torch.flip(x, dims=[2, 3]),
-    lambda x: torch.rot90(x, 1, dims=[2, 3]),
-    lambda x: torch.rot90(x, 3, dims=[2, 3]),
-)
+
+def tta_views(tta: bool | str) -> tuple[str, ...]:
+    """The views of `tta`: False -> the photos as they are; True -> the six views; a name -> its set."""
+    if tta is False or tta is None:
+        return ("identity",)
+    return VIEW_SETS["six"] if tta is True else views_of(tta)
 
 
 @torch.no_grad()
 def predict_branches(model: torch.nn.Module, loader, device: torch.device | str = "cpu",
-                     tta: bool = False, progress=None,
+                     tta: bool | str = False, progress=None,
                      location: dict | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """({branch: N x 24 probabilities}, N x 8 labels), branches in the model's order. The model is put in
     eval mode. For a model with the body-location task, pass a dict as `location`: it receives
     "probabilities" (N x 9) and "labels" (N)."""
     model.eval()
-    views = TTA_VIEWS if tta else TTA_VIEWS[:1]
+    views = tta_views(tta)
     outputs: dict[str, list[np.ndarray]] = {b: [] for b in model.branches}
     located: list[np.ndarray] = []
     targets = []
@@ -36,8 +37,8 @@ def predict_branches(model: torch.nn.Module, loader, device: torch.device | str 
         inputs = [x.to(device) for x in inputs]
         summed = {b: 0.0 for b in model.branches}
         where = 0.0
-        for view in views:
-            logits = model(*(view(x) for x in inputs))
+        for name in views:
+            logits = model(*(view(name, x) if x.dim() == 4 else x for x in inputs))
             for b in model.branches:
                 summed[b] = summed[b] + task_softmax(logits[b].float())
             if "location" in logits:

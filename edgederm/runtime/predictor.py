@@ -60,7 +60,8 @@ class Predictor:
 
     @property
     def name(self) -> str:
-        return f"{self.bundle.name} ({self.backend})"
+        views = (self.manifest.get("tta") or {}).get("views")    # test-time views built into the graph
+        return f"{self.bundle.name} ({self.backend}{f', TTA {len(views)} views' if views else ''})"
 
     # --- backends implement this -------------------------------------------
     def _forward(self, *inputs: np.ndarray) -> np.ndarray:
