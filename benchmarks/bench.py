@@ -170,6 +170,7 @@ def bench_variant(variant: Variant, device: str, batch_sizes: list[int], warmup:
                    float_precision=predictor.float_precision,     # what it ran its float operations in, read back
                    size_mb=sum(f["bytes"] for f in manifest["files"].values()) / 1e6,
                    weights_sha256=manifest["source"]["sha256"],    # which trained model the bundle holds
+                   tta=(manifest.get("tta") or {}).get("views"),   # views built into the graph, if any
                    _clinical=manifest.get("clinical"))             # its temperatures and thresholds, if fitted
         rng = np.random.default_rng(seed)
         row["latency"] = []
@@ -201,6 +202,20 @@ def bench_variant(variant: Variant, device: str, batch_sizes: list[int], warmup:
     return row
 
 
+def tta_latency_cost(rows: list[dict]) -> None:
+    """A bundle with test-time views built in, against the bundle of the same weights, target and precision
+    without them, where the report has one: what the views cost a clinic in waiting."""
+    plain = {(r["weights_sha256"], r["target"], r["precision"], r["backend"]): r for r in rows
+             if r["status"] == "ok" and not r.get("tta")}
+    for row in rows:
+        if row["status"] != "ok" or not row.get("tta"):
+            continue
+        own = plain.get((row["weights_sha256"], row["target"], row["precision"], row["backend"]))
+        if own is not None:
+            row["tta_latency_cost"] = {"views": len(row["tta"]), "versus": own["name"],
+                                       "ratio": row["latency"][0]["mean_ms"] / own["latency"][0]["mean_ms"]}
+
+
 def speedup_vs_own_torch(rows: list[dict]) -> None:
     """Each variant's speed-up against the PyTorch FP32 bundle of the same weights, where the run has one:
     with several models in one report (edge beside paper), each is compared with its own reference."""
@@ -216,6 +231,7 @@ def apply_gate(rows: list[dict], reference: str | None, settings: GateSettings,
                labels: np.ndarray | None = None, case_ids: list[str] | None = None) -> None:
     """Speed-up against the reference, and the gate's verdict where accuracy was measured."""
     speedup_vs_own_torch(rows)
+    tta_latency_cost(rows)
     ref = next((r for r in rows if r["name"] == reference and r["status"] == "ok"), None)
     for row in rows:
         if row["status"] != "ok":
@@ -238,7 +254,7 @@ def apply_gate(rows: list[dict], reference: str | None, settings: GateSettings,
         if ref is not None and ref.get("_clinical") and "_probabilities" in row:
             report = clinical_report(ref["_clinical"], row["_probabilities"], labels)
             row["clinical"] = {"ece_percent": {t: 100 * c["ece_calibrated"] for t, c in report["calibration"].items()},
-                               "melanoma": report["melanoma"]}
+                               "melanoma": report["melanoma"], "operating_point": report["operating_point"]}
     for row in rows:
         row.pop("_probabilities", None)
         row.pop("_clinical", None)

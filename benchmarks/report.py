@@ -15,6 +15,7 @@ import os
 from importlib.util import find_spec
 from pathlib import Path
 
+from edgederm.evaluation.clinical import describe_operating_point
 from edgederm.evaluation.gate import CONFIDENT_MARGIN
 
 PLOTS_NEED = "plots need matplotlib: pip install 'edgederm[report]'"
@@ -32,7 +33,8 @@ def _precision_cell(row: dict) -> str:
     """'int8 (float ops f32)': the bundle's precision and, where the backend reads it back, the precision its
     float operations really ran in (reports written before it was recorded show the bundle's alone)."""
     ran = row.get("float_precision")
-    return f"{row['precision']} (float ops {ran})" if ran else row["precision"]
+    cell = f"{row['precision']} (float ops {ran})" if ran else row["precision"]
+    return cell + (f", TTA {len(row['tta'])} views" if row.get("tta") else "")
 
 
 def _flip_cell(flips: dict | None) -> str:
@@ -113,6 +115,16 @@ def summary_lines(report: dict) -> list[str]:
                      f"{_fmt(dx and dx['rate_percent'], '.1f'):>7}% {_fmt(sp and sp['rate_percent'], '.1f'):>8}%  "
                      f"{row['verdict']}" + (f" ({'; '.join(row['reasons'])})" if row["reasons"] else ""))
     lines.append(f"fastest variant that passes: {report['fastest_passing'] or 'none'}")
+    lines += [f"{r['name']}: TTA with {r['tta_latency_cost']['views']} views takes "
+              f"{r['tta_latency_cost']['ratio']:.2f}x the latency of {r['tta_latency_cost']['versus']}"
+              for r in report["variants"] if r.get("tta_latency_cost")]
+    points = [(v["name"], v["clinical"]["operating_point"]) for v in report["variants"]
+              if v.get("clinical", {}).get("operating_point")]
+    if points:
+        lines.append(describe_operating_point(points[0][1]).split(":")[0] + ", per variant:")
+        lines += [f"  {name:<32} sensitivity {_fmt(op['sensitivity'], '.1f', 100)} %, specificity "
+                  f"{_fmt(op['specificity'], '.1f', 100)} %, {op['referred_percent']:.1f} % referred"
+                  for name, op in points]
     return lines
 
 
@@ -147,13 +159,19 @@ def clinical_table(report: dict) -> tuple[str, list[str], list[list[str]]] | Non
     intro = ("With the reference bundle's temperatures and thresholds (fitted on valid at training): mean expected "
              f"calibration error over the 8 tasks, and sensitivity / specificity for DIAG MEL "
              f"({first['seven_point_argmax']['positives']} melanomas) of each reading{thresholds}.")
-    header = ["variant", "mean ECE (%)"] + [f"{title} sens / spec" for _, title in readings]
+    intro += (" The clinic's operating point is the reading `diagnose` reports (the expected score when valid "
+              "chose its threshold): the share of patients it refers is what a clinic plans by.")
+    header = (["variant", "mean ECE (%)"] + [f"{title} sens / spec" for _, title in readings]
+              + ["clinic: spec / referred"])
     rows = []
     for v in variants:
         c = v["clinical"]
+        op = c.get("operating_point")
         rows.append([v["name"], f"{sum(c['ece_percent'].values()) / len(c['ece_percent']):.1f}"]
                     + [f"{_fmt(c['melanoma'][k]['sensitivity'], '.1f', 100)} / "
-                       f"{_fmt(c['melanoma'][k]['specificity'], '.1f', 100)}" for k, _ in readings])
+                       f"{_fmt(c['melanoma'][k]['specificity'], '.1f', 100)}" for k, _ in readings]
+                    + ["-" if op is None
+                       else f"{_fmt(op['specificity'], '.1f', 100)} / {op['referred_percent']:.1f} %"])
     return intro, header, rows
 
 
@@ -189,6 +207,11 @@ def markdown(report: dict) -> str:
                          f"{lat['p50_ms']:.2f} | {lat['p90_ms']:.2f} | {lat['p99_ms']:.2f} | {lat['throughput_per_s']:.1f} | "
                          f"{_fmt(ratio, '.2f')}{'x' if ratio else ''} | {_fmt(own, '.2f')}{'x' if own else ''} | {r['load_s']:.2f} | {_fmt(r['peak_rss_mib'], '.0f')} (+{_fmt(r.get('peak_rss_added_mib'), '.0f')}) | "
                          f"{r['size_mb']:.1f} |")
+    costs = [r for r in report["variants"] if r.get("tta_latency_cost")]
+    if costs:
+        lines += [""] + [f"- {r['name']}: test-time augmentation, {r['tta_latency_cost']['views']} views in one call, "
+                         f"takes {r['tta_latency_cost']['ratio']:.2f}x the latency of {r['tta_latency_cost']['versus']}."
+                         for r in costs]
     e2e = end_to_end_rows(report)
     if e2e:
         lines += ["", "## End to end: a pair of photos, decoded, preprocessed and inferred", "",

@@ -5,9 +5,9 @@ import pytest
 
 from edgederm import labels as L
 from edgederm.evaluation.clinical import (apply_temperatures, argmax_seven_point_score, clinical_report,
-                                          expected_calibration_error, expected_seven_point_score, fit_clinical,
-                                          fit_temperature, operating_point, temperature_scale,
-                                          threshold_for_sensitivity)
+                                          describe_operating_point, expected_calibration_error,
+                                          expected_seven_point_score, fit_clinical, fit_temperature, operating_point,
+                                          temperature_scale, threshold_for_sensitivity)
 
 
 def _softmax(z):
@@ -97,6 +97,11 @@ def test_fit_on_valid_then_report_on_another_split():
     assert all(c["ece_calibrated"] < c["ece"] for c in report["calibration"].values())
     assert set(report["melanoma"]) == {"seven_point_argmax", "seven_point_expected", "melanoma_probability"}
     assert report["melanoma"]["seven_point_argmax"]["threshold"] == L.SEVEN_POINT_THRESHOLD
+    point, expected = report["operating_point"], report["melanoma"]["seven_point_expected"]
+    assert point["reading"] == "seven_point_expected" and point["threshold"] == fit["seven_point"]["threshold"]
+    referred = 100 * (expected_seven_point_score(apply_temperatures(probs[test], fit["temperatures"]))
+                      >= point["threshold"]).mean()
+    assert point["referred_percent"] == pytest.approx(referred) and point["specificity"] == expected["specificity"]
     assert report["melanoma"]["melanoma_probability"]["positives"] == int(
         (labels[test][:, L.TASK_KEYS.index("DIAG")] == L.class_index("DIAG", "MEL")).sum())
     with pytest.raises(ValueError, match="target sensitivity"):
@@ -113,4 +118,7 @@ def test_a_valid_split_without_melanoma_keeps_the_checklist():
     fit = fit_clinical(full, labels)
     assert fit["seven_point"] == {"reading": "checklist", "threshold": L.SEVEN_POINT_THRESHOLD}
     assert fit["melanoma_probability_threshold"] is None and len(fit["temperatures"]) == len(L.TASK_KEYS)
-    assert set(clinical_report(fit, full, labels)["melanoma"]) == {"seven_point_argmax"}
+    report = clinical_report(fit, full, labels)
+    assert set(report["melanoma"]) == {"seven_point_argmax"}
+    assert report["operating_point"]["reading"] == "seven_point_argmax"
+    assert "the checklist's >= 3" in describe_operating_point(report["operating_point"])

@@ -71,7 +71,14 @@ def test_evaluate_command_writes_the_paper_tables(trained_run, synthetic_release
     stored = json.loads((trained_run / "clinical.json").read_text())
     plain_clinical = json.loads((trained_run / "eval-test" / "metrics.json").read_text())["clinical"]
     assert plain_clinical["fitted"] == "at training, on the valid split" and plain_clinical["fit"] == stored
-    assert result.output.strip().splitlines()[-1].startswith("AVG AUC ")
+    assert result.output.strip().splitlines()[-2].startswith("AVG AUC ")
+    # the clinic's operating point: the expected score at training's valid-chosen threshold, on this split
+    point = report["clinical"]["operating_point"]
+    assert point["reading"] == "seven_point_expected" and point["target_sensitivity"] == 0.9
+    assert point["specificity"] == clinical["melanoma"]["seven_point_expected"]["specificity"]
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith("clinic operating point at the valid-chosen threshold for 90 % melanoma sensitivity")
+    assert f"{point['referred_percent']:.1f} % of patients referred" in last and last[0].upper() + last[1:] in md
     final = report["branches"]["final"]
     assert f"AVG AUC {100 * final['avg_auc']:.1f}  AVG ACC {100 * final['avg_acc']:.1f}" in result.output
 

@@ -230,6 +230,13 @@ def test_bench_gate_reports_and_fastest_variant(bundles, synthetic_release, tmp_
     md = (report / "report.md").read_text()
     assert "## Calibration and melanoma operating points" in md and "expected score sens / spec" in md
     assert '<table id="clinical">' in (report / "report.html").read_text()
+    # the clinic's operating point, per variant: the reading diagnose reports, at the reference's threshold
+    point = torch_clinical["operating_point"]
+    expected = torch_clinical["melanoma"]["seven_point_expected"]
+    assert point["reading"] == "seven_point_expected" and point["threshold"] == fit["seven_point"]["threshold"]
+    assert (point["specificity"], point["referred_percent"]) == (expected["specificity"], expected["referred_percent"])
+    assert f"{100 * point['specificity']:.1f} / {point['referred_percent']:.1f} %" in md
+    assert "clinic: spec / referred" in md
     assert torch_gate["seven_point_reading"].startswith("expected seven-point score >= ")
     # what each variant's float operations ran in: read back from OpenVINO, recorded in the report
     assert rows[bundles["openvino-int8"].name]["float_precision"] == "f32"

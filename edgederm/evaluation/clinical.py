@@ -186,4 +186,27 @@ def clinical_report(fit: dict, probs: np.ndarray, labels: np.ndarray) -> dict:
     if fit.get("melanoma_probability_threshold") is not None:
         points["melanoma_probability"] = operating_point(melanoma_probability(calibrated), melanoma,
                                                          fit["melanoma_probability_threshold"])
-    return {"calibration": calibration, "target_sensitivity": fit["target_sensitivity"], "melanoma": points}
+    return {"calibration": calibration, "target_sensitivity": fit["target_sensitivity"], "melanoma": points,
+            "operating_point": clinic_operating_point(points, fit)}
+
+
+def clinic_operating_point(points: dict, fit: dict) -> dict:
+    """The figure a clinic plans referrals by: the reading `diagnose` reports (the expected seven-point score at
+    its valid-chosen threshold, or the checklist's >= 3 when valid had no melanoma to choose one on), with its
+    melanoma sensitivity, specificity and the share of patients referred on this split."""
+    key = "seven_point_expected" if "seven_point_expected" in points else "seven_point_argmax"
+    op = points[key]
+    return {"reading": key, "target_sensitivity": fit["target_sensitivity"], "threshold": op["threshold"],
+            "sensitivity": op["sensitivity"], "specificity": op["specificity"],
+            "referred_percent": op["referred_percent"]}
+
+
+def describe_operating_point(op: dict) -> str:
+    """One line: '... melanoma sensitivity 90.0 %, specificity 48.3 %, 62.0 % of patients referred'."""
+    def pct(x):
+        return "n/a" if x is None else f"{100 * x:.1f} %"
+    where = (f"the valid-chosen threshold for {100 * op['target_sensitivity']:.0f} % melanoma sensitivity "
+             f"(expected seven-point score >= {op['threshold']:.3g})" if op["reading"] == "seven_point_expected"
+             else "the checklist's >= 3 (valid had no melanoma to choose a threshold on)")
+    return (f"clinic operating point at {where}: melanoma sensitivity {pct(op['sensitivity'])}, specificity "
+            f"{pct(op['specificity'])}, {op['referred_percent']:.1f} % of patients referred")

@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 from edgederm import labels as L
+from edgederm.evaluation.clinical import describe_operating_point
 
 # a report's rows: the branches a network has (jif-mmfa: image, metadata and joint), then P_FI
 ROWS = (("clinical", "Clinical (P_C)"), ("derm", "Dermoscopy (P_D)"), ("image", "Image (P_I)"),
@@ -97,13 +98,19 @@ def write_reliability_plot(clinical: dict, path: Path) -> Path | None:
     return path
 
 
+def _tta(views: list[str] | None) -> str:
+    return f"{len(views)} views ({', '.join(views)})" if views else "off"
+
+
 def markdown_report(report: dict) -> str:
     cats = [L.category_name(t, c) for t, c in L.AUC_CATEGORIES]
     out = [f"# Evaluation: {report['split']} split, {report['cases']} cases",
-           "", f"Weights: `{report['weights']}`; TTA: {'6 views' if report['tta'] else 'off'}; "
+           "", f"Weights: `{report['weights']}`; TTA: {_tta(report['tta'])}; "
            f"{_branch_weights(report)}; {report['params_m']:.2f} M parameters.",
-           "", f"**{headline(report['branches']['final'], report['params_m'])}**",
-           "", "## AUC (%), one-vs-rest", "",
+           "", f"**{headline(report['branches']['final'], report['params_m'])}**"]
+    if report.get("clinical", {}).get("operating_point"):
+        out += ["", describe_operating_point(report["clinical"]["operating_point"]).capitalize() + "."]
+    out += ["", "## AUC (%), one-vs-rest", "",
            "| branch | " + " | ".join(cats) + " | AVG |", "|---" * (len(cats) + 2) + "|"]
     rows = [(key, title) for key, title in ROWS if key in report["branches"]]
     for key, title in rows:
