@@ -159,15 +159,17 @@ def _topological_sort(graph: onnx.GraphProto) -> None:
     ONNX spec (and TensorRT's parser) want producers before consumers."""
     ready = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
     pending, ordered = list(graph.node), []
-    while pending:
-        still = [n for n in pending if not all(i in ready for i in n.input)]
-        if len(still) == len(pending):
-            raise ValueError(f"graph has a cycle or a missing input near node {still[0].name}")
+    while pending:          # passes in the original order: a graph already sorted takes one
+        waiting = []
         for node in pending:
             if all(i in ready for i in node.input):
                 ordered.append(node)
                 ready.update(node.output)
-        pending = [n for n in still if n not in ordered]
+            else:
+                waiting.append(node)
+        if len(waiting) == len(pending):
+            raise ValueError(f"graph has a cycle or a missing input near node {waiting[0].name}")
+        pending = waiting
     del graph.node[:]
     graph.node.extend(ordered)
 
