@@ -112,6 +112,11 @@ _PRETRAINED_HELP = ("Initial weights of the {} encoder: auto (installed offline 
                     "Hugging Face hub: the only option that uses the network).")
 
 
+_FUSION_FEATURES_HELP = ("What the fusion head reads: fused (the pooled fused maps), fused+pre_logits (those and "
+                         "both encoders' pooled features), pre_logits (the pooled features only) or fused_head "
+                         "(the last fused map through the dermoscopy encoder's conv head).")
+
+
 @model_app.command("summary")
 @_one_line_errors
 def model_summary(
@@ -121,6 +126,7 @@ def model_summary(
     pretrained_derm: Annotated[str, typer.Option(help=_PRETRAINED_HELP.format("dermoscopy"))] = "none",
     branch_features: Annotated[Optional[str], typer.Option(
         help="What the clinical and dermoscopy heads read: pre_logits or last_stage.")] = None,
+    fusion_features: Annotated[Optional[str], typer.Option(help=_FUSION_FEATURES_HELP)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ):
     """Parameters (millions) and GFLOPs per component and in total."""
@@ -128,7 +134,8 @@ def model_summary(
     from edgederm.models.config import with_overrides
     from edgederm.models.pretrained import initialize
     from edgederm.models.summary import format_summary, summarize
-    cfg = with_overrides(ModelConfig.load(config) if config else get_preset(preset), branch_features=branch_features)
+    cfg = with_overrides(ModelConfig.load(config) if config else get_preset(preset), branch_features=branch_features,
+                         fusion_features=fusion_features)
     if not as_json:
         typer.echo(f"{config or preset}: {cfg.framework.upper()}+{cfg.fusion.upper()}, clinical "
                    f"{cfg.clinical_encoder}, dermoscopy {cfg.derm_encoder}, {cfg.img_size} px, fusion at stages "
@@ -140,7 +147,7 @@ def model_summary(
 
 
 _TRAIN_MODEL_FLAGS = ("clinical_encoder", "derm_encoder", "fusion", "fusion_stages", "img_size", "normalization",
-                      "branch_features", "crop", "drop_rate")
+                      "branch_features", "fusion_features", "crop", "drop_rate")
 _TRAIN_RECIPE_FLAGS = ("epochs", "batch_size", "lr", "encoder_lr_scale", "weight_decay", "warmup_epochs", "swa_epochs",
                        "swa_lr", "validate_every", "augment", "class_weights", "seed", "workers", "amp",
                        "pretrained_clinical", "pretrained_derm", "optimizer", "schedule", "augment_policy",
@@ -180,8 +187,10 @@ def train_command(
     branch_features: Annotated[Optional[str], typer.Option(
         help="What the clinical and dermoscopy heads read: pre_logits (the encoder's pooled pretrained "
              "representation, conv head included) or last_stage (the last stage map, pooled).")] = None,
+    fusion_features: Annotated[Optional[str], typer.Option(help=_FUSION_FEATURES_HELP)] = None,
     crop: Annotated[Optional[str], typer.Option(
-        help="What of each photo is resized, here and on the device: none (all of it) or center (central square).")] = None,
+        help="What of each photo is resized, here and on the device: none (all of it), center (central square) "
+             "or zoom (the central 1/1.125, the test view of crop-flip-rot90).")] = None,
     drop_rate: Annotated[Optional[float], typer.Option(help="Dropout before each head.")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Epochs in all (SWA included).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Global batch size (split over --nproc processes).")] = None,
@@ -193,10 +202,13 @@ def train_command(
     validate_every: Annotated[Optional[int], typer.Option(
         help="Score the valid split every N epochs and after the last (tiny: 4; others: 1).")] = None,
     optimizer: Annotated[Optional[str], typer.Option(help="adam, adamw or sgd (momentum 0.9, Nesterov).")] = None,
-    schedule: Annotated[Optional[str], typer.Option(help="After warm-up, before SWA: cosine, linear or constant.")] = None,
+    schedule: Annotated[Optional[str], typer.Option(help="After warm-up, before SWA: cosine, linear, constant or onecycle (lr/25 up to lr over the "
+             "warm-up, or the first 10 % without one, then down to lr/25/1e4).")] = None,
     augment: Annotated[Optional[bool], typer.Option("--augment/--no-augment", help="Training augmentation.")] = None,
     augment_policy: Annotated[Optional[str], typer.Option(
-        help="fusionm4net (default) or light; each limit can be changed in a config file's [train] table.")] = None,
+        help="fusionm4net (default), light or crop-flip-rot90 (random crops of the photo enlarged 1.125x, flips, "
+             "multiples of 90 degrees, brightness x0.85-1.15; test with --crop zoom); each limit can be changed "
+             "in a config file's [train] table.")] = None,
     label_smoothing: Annotated[Optional[float], typer.Option(help="Cross-entropy label smoothing.")] = None,
     melanoma_sensitivity: Annotated[Optional[float], typer.Option(
         help="The valid melanoma sensitivity (0-1, default 0.9) at which the expected seven-point score's and "
@@ -247,16 +259,21 @@ def evaluate_command(
     data: Annotated[Path, typer.Option(help="A release_v0 folder.")],
     split: Annotated[str, typer.Option(help="train, valid or test.")] = "test",
     tta: Annotated[bool, typer.Option(help="Test-time augmentation: 6 views averaged.")] = False,
+    tta_views: Annotated[Optional[str], typer.Option(
+        help="Test-time augmentation with these views instead: six (the default of --tta), flip (original and "
+             "left-right mirror) or flip4 (and top-bottom, and both): what `export --tta` builds in.")] = None,
     checkpoint: Annotated[str, typer.Option(help="model (final), best or swa.")] = "model",
-    out: Annotated[Optional[Path], typer.Option(help="Report folder (default RUN/eval-SPLIT[-tta]).")] = None,
+    out: Annotated[Optional[Path], typer.Option(
+        help="Report folder (default RUN/eval-SPLIT, with -tta for six views or -tta-VIEWS).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print metrics.json to stdout.")] = False,
 ):
     """Metrics in the paper's layout for every branch; writes metrics.json and metrics.md."""
     from edgederm.evaluation.evaluate import evaluate_run
     from edgederm.evaluation.report import headline, write_report
-    report = evaluate_run(run, data, split=split, checkpoint=checkpoint, tta=tta,
+    views = True if tta_views == "six" else (tta_views or tta)     # True: the six views
+    report = evaluate_run(run, data, split=split, checkpoint=checkpoint, tta=views,
                           progress=None if as_json else _progress("evaluating", "batch"))
-    out = out or run / f"eval-{split}{'-tta' if tta else ''}"
+    out = out or run / f"eval-{split}{'' if not views else '-tta' if views is True else f'-tta-{views}'}"
     json_path, md_path = write_report(report, out)
     if as_json:
         typer.echo(json.dumps(report, indent=2))
@@ -272,6 +289,9 @@ def evaluate_command(
                        "(auxiliary task, not in the averaged AUC)")
         typer.echo(f"wrote {json_path} and {md_path}")
         typer.echo(headline(report["branches"]["final"], report["params_m"]))
+        if report.get("clinical"):
+            from edgederm.evaluation.clinical import describe_operating_point
+            typer.echo(describe_operating_point(report["clinical"]["operating_point"]))
 
 
 @app.command("export")
@@ -302,6 +322,10 @@ def export_command(
     calibration_split: Annotated[str, typer.Option(help="Split the calibration cases come from.")] = "train",
     eval_split: Annotated[str, typer.Option(help="Split scored for the manifest's accuracy figures ('none': skip).")] = "test",
     seed: Annotated[int, typer.Option(help="Seed for the calibration-case choice.")] = 0,
+    tta: Annotated[Optional[str], typer.Option(help=(
+        "Build test-time augmentation into the graph: flip (original and left-right mirror) or flip4 (and "
+        "top-bottom, and both); one call per case, the views' probabilities averaged; the INT8 variants are "
+        "gated against this averaged FP32 model, and the bundle is named RUN-TARGET-PRECISION-tta-VIEWS."))] = None,
     force: Annotated[bool, typer.Option(help="Replace bundles that exist.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the written bundles' manifests as JSON.")] = False,
 ):
@@ -314,7 +338,7 @@ def export_command(
                                    calibration_cases=calibration_cases,
                                    calibration_split=calibration_split,
                                    eval_split=None if eval_split == "none" else eval_split, seed=seed,
-                                   force=force), log=lambda m: typer.echo(m, err=as_json))
+                                   tta=tta, force=force), log=lambda m: typer.echo(m, err=as_json))
     if as_json:
         typer.echo(json.dumps({str(p): read_manifest(p) for p in written}, indent=2))
 
