@@ -25,6 +25,11 @@ note = "default heads"
 name = "last-stage-cat"
 note = "last-stage heads, concatenation"
 model = { branch_features = "last_stage", fusion = "cat" }
+
+[[config]]
+name = "flip-tta"
+note = "the default run scored with flip TTA"
+tta = "flip"
 """
 
 
@@ -44,13 +49,17 @@ def test_sweep_trains_ranks_on_valid_and_resumes(synthetic_release, tmp_path):
     assert first.returncode == 0, first.stderr[-2000:]
     result = json.loads((out / "sweep.json").read_text())
     rows = result["rows"]
-    assert {r["name"] for r in rows} == {"pre-logits", "last-stage-cat"}
+    assert {r["name"] for r in rows} == {"pre-logits", "last-stage-cat", "flip-tta"}
     aucs = [r["valid"]["final"]["avg_auc"] for r in rows]
     assert aucs == sorted(aucs, reverse=True)                       # ranked by P_FI's valid averaged AUC
     assert all(r["minutes"] > 0 and set(r["valid"]) >= {"final", "clinical", "derm", "fusion"} for r in rows)
     assert all("test" in r for r in rows)
     by_name = {r["name"]: r for r in rows}
     assert by_name["last-stage-cat"]["branch_features"] == "last_stage" and by_name["last-stage-cat"]["fusion"] == "cat"
+    # the same training as pre-logits: scored on its run with the two views, never trained twice
+    assert by_name["flip-tta"]["run"] == by_name["pre-logits"]["run"] and by_name["flip-tta"]["tta"] == "flip"
+    assert not (out / "runs" / "flip-tta").exists()
+    assert by_name["flip-tta"]["valid"]["final"] != by_name["pre-logits"]["valid"]["final"]
     saved = json.loads((out / "runs" / "last-stage-cat" / "config.json").read_text())
     assert saved["model"]["fusion"] == "cat" and saved["train"]["epochs"] == 1 and saved["model"]["img_size"] == 64
     table = (out / "sweep.md").read_text()
@@ -59,7 +68,7 @@ def test_sweep_trains_ranks_on_valid_and_resumes(synthetic_release, tmp_path):
     # resumable: finished runs are scored again, not trained again; without --report-test no test scores
     again = _sweep("--data", synthetic_release, "--grid", grid, "--out", out)
     assert again.returncode == 0, again.stderr[-2000:]
-    assert again.stdout.count("finished, scoring it again without training") == 2
+    assert again.stdout.count("finished, scoring it again without training") == 3
     rows_again = json.loads((out / "sweep.json").read_text())["rows"]
     assert [r["valid"] for r in rows_again] == [r["valid"] for r in rows]
     assert not any("test" in r for r in rows_again)
@@ -79,6 +88,9 @@ def test_sweep_refuses_a_changed_configuration_and_a_bad_grid(synthetic_release,
     bad = _sweep("--data", synthetic_release, "--grid", grid, "--out", tmp_path / "other")
     assert bad.returncode == 1 and "fusion 'sum'" in bad.stderr
     assert not (tmp_path / "other").exists()                        # every error before any training
+    grid.write_text(GRID.replace('tta = "flip"', 'tta = "flop"'))
+    views = _sweep("--data", synthetic_release, "--grid", grid, "--out", tmp_path / "other")
+    assert views.returncode == 1 and "[[config]] flip-tta: tta 'flop': not one of flip, flip4, six" in views.stderr
     missing = _sweep("--data", synthetic_release, "--grid", tmp_path / "nope.toml", "--out", out)
     assert missing.returncode == 1 and "nope.toml: grid file not found" in missing.stderr
 

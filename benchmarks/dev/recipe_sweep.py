@@ -1,7 +1,7 @@
 """Train every configuration of a grid and rank them on the valid split.
 
     python benchmarks/dev/recipe_sweep.py --data RELEASE --grid benchmarks/dev/grids/edge-160.toml --out DIR
-        [--report-test] [--only NAME ...] [--dry-run]
+        [--report-test] [--only NAME ...] [--dry-run] [--short-epochs N]
 
 A grid is a TOML file: a preset, a `[base]` with `model` / `train` tables that
 every configuration starts from, and one `[[config]]` per run with a `name`, a
@@ -22,7 +22,10 @@ from its last checkpoint, and a run whose saved config differs from the grid's
 is refused (rename it or delete the folder). Every branch (P_C, P_D, P_FU and
 the weighted P_FI) is scored on valid; test only with --report-test, because
 defaults change on valid evidence alone. A configuration with
-`branch_weights_tta` is scored with 6-view TTA (and its TTA-searched weights).
+`branch_weights_tta` is scored with 6-view TTA (and its TTA-searched weights);
+one with `tta = "flip"` (or "flip4", "six") is scored with those views
+(edgederm.models.tta), and when its training equals an earlier
+configuration's it is scored on that configuration's run, not trained again.
 Writes DIR/sweep.json and DIR/sweep.md,
 sorted by P_FI's valid averaged AUC, with minutes of training per run.
 """
@@ -33,10 +36,12 @@ import json
 import sys
 import time
 import tomllib
+from dataclasses import replace
 from pathlib import Path
 
 from edgederm.errors import ConfigError, EdgeDermError
 from edgederm.evaluation.evaluate import evaluate_run
+from edgederm.models.tta import views_of
 from edgederm.models.config import ModelConfig
 from edgederm.training.recipe import TrainConfig, resolve_config
 from edgederm.training.trainer import FINAL, train
@@ -60,9 +65,11 @@ def read_grid(path: Path) -> tuple[str, dict, list[dict]]:
     if not all(isinstance(n, str) and n and "/" not in n for n in names) or len(set(names)) != len(names):
         raise ConfigError(f"{path}: every [[config]] needs a unique name usable as a folder name")
     for config in grid["config"]:
-        extra = sorted(set(config) - {"name", "note", "model", "train"})
+        extra = sorted(set(config) - {"name", "note", "model", "train", "tta"})
         if extra:
             raise ConfigError(f"{path}: [[config]] {config['name']}: unknown key(s) {', '.join(extra)}")
+        if "tta" in config:
+            views_of(config["tta"], what=f"{path}: [[config]] {config['name']}: tta")   # before any training
     return grid["preset"], grid.get("base", {}), grid["config"]
 
 
@@ -73,16 +80,28 @@ def configuration(preset: str, base: dict, config: dict, grid: Path) -> tuple[Mo
     return resolve_config(preset, tables=tables, where=f"{grid} [[config]] {config['name']}")
 
 
-def resolve_grid(grid: Path, only: list[str] | None = None) -> tuple[str, list[tuple[dict, ModelConfig, TrainConfig]]]:
-    """(preset, [(configuration, model config, train config)]) of a grid, restricted to `only`; every error
-    is raised here, before any training."""
+def shortened(train_cfg: TrainConfig, epochs: int) -> TrainConfig:
+    """The recipe cut to `epochs` (a record that every configuration trains, not a ranking): one SWA epoch
+    where it averages, at most one warm-up epoch, a cycle over what is left."""
+    swa = 1 if train_cfg.swa_epochs and epochs > 1 else 0
+    return replace(train_cfg, epochs=epochs, swa_epochs=swa,
+                   warmup_epochs=min(train_cfg.warmup_epochs, 1, max(epochs - swa - 1, 0)))
+
+
+def resolve_grid(grid: Path, only: list[str] | None = None,
+                 short_epochs: int | None = None) -> tuple[str, list[tuple[dict, ModelConfig, TrainConfig]]]:
+    """(preset, [(configuration, model config, train config)]) of a grid, restricted to `only` and cut to
+    `short_epochs`; every error is raised here, before any training."""
     preset, base, configs = read_grid(grid)
     if only:
         missing = sorted(set(only) - {c["name"] for c in configs})
         if missing:
             raise ConfigError(f"{grid}: no configuration named {', '.join(missing)}")
         configs = [c for c in configs if c["name"] in only]
-    return preset, [(c, *configuration(preset, base, c, grid)) for c in configs]
+    resolved = [(c, *configuration(preset, base, c, grid)) for c in configs]
+    if short_epochs is not None:
+        resolved = [(c, model, shortened(train, short_epochs)) for c, model, train in resolved]
+    return preset, resolved
 
 
 def write_results(out: Path, stem: str, result: dict, markdown: str) -> None:
@@ -101,8 +120,10 @@ def _same_config(run: Path, model_cfg: ModelConfig, train_cfg: TrainConfig) -> b
 
 
 def run_one(name: str, model_cfg: ModelConfig, train_cfg: TrainConfig, data: Path, out: Path,
-            report_test: bool) -> dict:
-    run = out / "runs" / name
+            report_test: bool, tta: str | None = None, run_name: str | None = None) -> dict:
+    """Train (or resume, or reuse) one configuration and score it. `run_name`: the run folder, when an earlier
+    configuration trains the same; `tta`: the view set it is scored with."""
+    run = out / "runs" / (run_name or name)
     timing = run / "sweep-time.json"
     if (run / "config.json").is_file() and not _same_config(run, model_cfg, train_cfg):
         raise ConfigError(f"{run}: trained with another configuration than the grid's {name!r} "
@@ -119,11 +140,11 @@ def run_one(name: str, model_cfg: ModelConfig, train_cfg: TrainConfig, data: Pat
         timing.write_text(json.dumps({"minutes": previous + spent}) + "\n")
     minutes = json.loads(timing.read_text())["minutes"] if timing.is_file() else None
     # a configuration that searches its branch weights on TTA outputs is scored with TTA, as it would be used
-    tta = train_cfg.branch_weights_tta
+    tta = tta or train_cfg.branch_weights_tta
     scores = {"valid": evaluate_run(run, data, split="valid", tta=tta)}
     if report_test:
         scores["test"] = evaluate_run(run, data, split="test", tta=tta)
-    row = {"name": name, "run": str(run), "minutes": minutes, "tta": tta,
+    row = {"name": name, "run": str(run), "minutes": minutes, "tta": tta, "fusion_features": model_cfg.fusion_features,
            "branch_features": model_cfg.branch_features, "fusion": model_cfg.fusion, "img_size": model_cfg.img_size}
     for split, evaluation in scores.items():
         row[split] = {b: {"avg_auc": evaluation["branches"][b]["avg_auc"], "avg_acc": evaluation["branches"][b]["avg_acc"]}
@@ -158,26 +179,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report-test", action="store_true", help="also score the test split")
     parser.add_argument("--only", nargs="+", metavar="NAME", help="only these configurations")
     parser.add_argument("--dry-run", action="store_true", help="resolve and print the configurations only")
+    parser.add_argument("--short-epochs", type=int, metavar="N",
+                        help="train every configuration for N epochs only (1 SWA epoch where it averages): a record "
+                             "that each trains end to end, not a ranking")
     args = parser.parse_args(argv)
     try:
-        preset, resolved = resolve_grid(args.grid, args.only)
+        if args.short_epochs is not None and args.short_epochs < 1:
+            raise ConfigError(f"--short-epochs {args.short_epochs}: at least 1")
+        preset, resolved = resolve_grid(args.grid, args.only, args.short_epochs)
         if args.dry_run:
             for config, model_cfg, train_cfg in resolved:
                 print(json.dumps({"name": config["name"], "model": model_cfg.to_dict(), "train": train_cfg.to_dict()}))
             return 0
         args.out.mkdir(parents=True, exist_ok=True)
         rows = []
+        trained: dict[str, str] = {}       # a configuration's training, as JSON -> the run that trains it
         for config, model_cfg, train_cfg in resolved:
-            row = run_one(config["name"], model_cfg, train_cfg, args.data, args.out, args.report_test)
+            key = json.dumps({"model": model_cfg.to_dict(), "train": train_cfg.to_dict()}, sort_keys=True)
+            run_name = trained.setdefault(key, config["name"])
+            row = run_one(config["name"], model_cfg, train_cfg, args.data, args.out, args.report_test,
+                          tta=config.get("tta"), run_name=run_name)
             rows.append({**row, "note": config.get("note", "")})
     except EdgeDermError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     rows.sort(key=lambda r: -r["valid"]["final"]["avg_auc"])
     result = {"grid": str(args.grid), "preset": preset, "data": str(args.data), "report_test": args.report_test,
-              "rows": rows}
+              "short_epochs": args.short_epochs, "rows": rows}
+    short = (f" Every configuration cut to {args.short_epochs} epoch(s) (`--short-epochs`): a record that each "
+             "trains, not a ranking." if args.short_epochs else "")
     markdown = (f"Sweep of `{args.grid.name}` (preset `{preset}`) on `{args.data}`, sorted by P_FI's valid averaged "
-                f"AUC ({rows[0]['valid']['cases']} valid cases); minutes = training time.\n\n"
+                f"AUC ({rows[0]['valid']['cases']} valid cases); minutes = training time.{short}\n\n"
                 + table(rows, args.report_test) + "\n")
     write_results(args.out, "sweep", result, markdown)
     return 0
