@@ -24,7 +24,8 @@ def main() -> None:
         cfg = get_preset(name)
         total = summarize(create_model(cfg))["total"]
         rows.append({"preset": name, "clinical_encoder": cfg.clinical_encoder, "derm_encoder": cfg.derm_encoder,
-                     "fusion": cfg.fusion, "shared_encoder": cfg.shared_encoder, "architecture": cfg.architecture,
+                     "fusion": cfg.fusion, "fusion_features": cfg.fusion_features,
+                     "shared_encoder": cfg.shared_encoder, "architecture": cfg.architecture,
                      "img_size": cfg.img_size, "params_m": total["params_m"], "gflops": total["gflops"],
                      "paper_params_m": PAPER_PARAMS_M.get(name)})
         print(f"{name:<8} {total['params_m']:6.2f} M  {total['gflops']:6.2f} GFLOPs")

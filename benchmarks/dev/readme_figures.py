@@ -102,8 +102,8 @@ def quickstart_block(report: dict) -> str:
 
 
 def presets_block(rows: list[dict]) -> str:
-    lines = ["| preset | clinical / dermoscopy encoder | fusion | px | params (M) | GFLOPs | paper (M) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| preset | clinical / dermoscopy encoder | fusion | P_FU reads | px | params (M) | GFLOPs | paper (M) |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         paper = "-" if r["paper_params_m"] is None else f"{r['paper_params_m']:.2f}"
         architecture = r.get("architecture", "two-encoder")
@@ -112,7 +112,8 @@ def presets_block(rows: list[dict]) -> str:
                     else f"{r['clinical_encoder']} / {r['derm_encoder']}")
         # what joins the inputs: the fusion block, the clinical-only model's task tokens, jif-mmfa's attention
         fusion = {"clinical-only": "task tokens", "jif-mmfa": "MMFA + metadata"}.get(architecture, r["fusion"].upper())
-        lines.append(f"| `{r['preset']}` | {encoders} | {fusion} | "
+        reads = "-" if architecture == "clinical-only" else f"`{r.get('fusion_features', 'fused')}`"
+        lines.append(f"| `{r['preset']}` | {encoders} | {fusion} | {reads} | "
                      f"{r['img_size']} | {r['params_m']:.2f} | {r['gflops']:.2f} | {paper} |")
     return "\n".join(lines)
 
