@@ -57,8 +57,8 @@ def evaluate_run(run_dir: str | Path, data: str | Path, split: str = "test", che
     }
 
 
-def _clinical_fit(model, weights: Path, data, split: str, tta: bool | str, branch_weights: list[float], batch_size: int,
-                  device, progress) -> tuple[dict, str]:
+def _clinical_fit(model, weights: Path, data, split: str, tta: bool | str, branch_weights: list[float],
+                  batch_size: int, device, progress) -> tuple[dict, str]:
     """The temperatures and thresholds to evaluate with, and where they come from: training's (fitted on the
     single-view valid P_FI, stored with the weights), or fitted now on valid when the run has none (trained
     before they existed) or when TTA outputs are evaluated (fitted on what they will be applied to)."""
