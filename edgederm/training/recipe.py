@@ -168,8 +168,8 @@ RECIPES: dict[str, TrainConfig] = {
     "tiny": TrainConfig(epochs=16, batch_size=24, lr=2e-3, weight_decay=1e-4, warmup_epochs=1,
                         swa_epochs=4, swa_lr=2e-4, validate_every=8, amp=False, pretrained_clinical="none", pretrained_derm="none",
                         source="tiny: CPU smoke recipe; Adam 2e-3 (random init), cosine, SWA last 4 of 16"),
-    # The single-shared network's paper gives neither its recipe nor its loss weights (seeds/METHODS.md:
-    # NOT FOUND). The paper recipe, with the biased loss as METHODS.md's assumption: clinical 0.5.
+    # The single-shared network's paper (arXiv 2403.19203) gives neither its recipe nor its loss weights. The
+    # paper recipe, with the biased loss as our assumption: clinical 0.5.
     "ssn": TrainConfig(loss_weight_clinical=0.5,
                        source="ssn: the paper recipe; biased loss 0.5 clinical + 1 dermoscopy + 1 fusion "
                               "(an assumption: arXiv 2403.19203 gives no weights)"),
@@ -177,7 +177,7 @@ RECIPES: dict[str, TrainConfig] = {
                             swa_lr=2e-4, validate_every=8, amp=False, pretrained_clinical="none",
                             pretrained_derm="none", loss_weight_clinical=0.5,
                             source="ssn-tiny: the tiny recipe with the ssn biased loss (clinical 0.5)"),
-    # DermImitFormer's recipe (SGD + CutMix) is not given in full (seeds/METHODS.md: NS). Its edge preset
+    # DermImitFormer's recipe (SGD + CutMix) is not given in full in arXiv 2307.08308. Its edge preset
     # fine-tunes the same ImageNet EfficientNet-Lite0 as `edge`, with edge's recipe; the tiny one trains
     # like tiny. The paper-sized ViT-B/16 takes the paper recipe (ImageNet weights given or installed).
     "clinical-only-tiny": TrainConfig(epochs=16, batch_size=24, lr=2e-3, weight_decay=1e-4, warmup_epochs=1,
@@ -192,7 +192,7 @@ RECIPES: dict[str, TrainConfig] = {
 
 
 RECIPES["clinical-only"] = replace(RECIPES["edge"], source="clinical-only: " + RECIPES["edge"].source)
-# JIF-MMFA's loss, L_IM + 0.5 (L_I + L_M) (seeds/METHODS.md's reading; its SGD recipe is not given in full):
+# JIF-MMFA's loss, L_IM + 0.5 (L_I + L_M) (our reading of arXiv 2312.04189; its SGD recipe is not given in full):
 # on the edge recipe for the ImageNet encoders, on the tiny one for the CPU preset.
 _JIF_LOSS = {"loss_weight_image": 0.5, "loss_weight_metadata": 0.5}
 RECIPES["jif-mmfa"] = replace(RECIPES["edge"], **_JIF_LOSS,
