@@ -126,3 +126,17 @@ def test_repeat_runs_train_one_run_per_seed_and_report_mean_and_std(synthetic_re
     assert again.returncode == 0 and again.stdout.count("finished, scoring it again without training") == 2
     bad = _repeats("--data", synthetic_release, "--grid", grid, "--out", out, "--seeds", 0)
     assert bad.returncode == 1 and bad.stderr.strip() == "error: --seeds must be >= 1, got 0"
+
+
+def test_short_epochs_cut_every_configuration_and_keep_it_valid(tmp_path):
+    grid = tmp_path / "grid.toml"
+    grid.write_text(GRID.replace("swa_epochs = 0", "swa_epochs = 4").replace("warmup_epochs = 0", "warmup_epochs = 2")
+                    .replace("epochs = 1\n", "epochs = 16\n"))
+    dry = _sweep("--data", tmp_path, "--grid", grid, "--out", tmp_path / "out", "--dry-run", "--short-epochs", "2")
+    assert dry.returncode == 0, dry.stderr[-2000:]
+    trains = [json.loads(line)["train"] for line in dry.stdout.splitlines()]
+    assert len(trains) == 3
+    assert all((t["epochs"], t["swa_epochs"], t["warmup_epochs"]) == (2, 1, 0) for t in trains)
+    assert not (tmp_path / "out").exists()
+    bad = _sweep("--data", tmp_path, "--grid", grid, "--out", tmp_path / "out", "--short-epochs", "0")
+    assert bad.returncode == 1 and "--short-epochs 0: at least 1" in bad.stderr
