@@ -9,7 +9,6 @@ import torch
 from typer.testing import CliRunner
 
 from edgederm.cli import app
-from edgederm.errors import ConfigError
 from edgederm.models import ModelConfig, create_model, get_preset
 from edgederm.models.config import FUSION_FEATURES
 from edgederm.runtime.bundle import read_manifest
