@@ -252,7 +252,10 @@ def apply_gate(rows: list[dict], reference: str | None, settings: GateSettings,
         # calibration and melanoma operating points of each variant, with the reference's fitted temperatures
         # and thresholds (the ones its bundle carries): what a clinic gets from this variant
         if ref is not None and ref.get("_clinical") and "_probabilities" in row:
-            report = clinical_report(ref["_clinical"], row["_probabilities"], labels)
+            # a bundle with test-time views carries thresholds refitted on its own (TTA) outputs: the device reads
+            # it with those, so its clinic figures do too
+            fit = row["_clinical"] if row.get("tta") and row.get("_clinical") else ref["_clinical"]
+            report = clinical_report(fit, row["_probabilities"], labels)
             row["clinical"] = {"ece_percent": {t: 100 * c["ece_calibrated"] for t, c in report["calibration"].items()},
                                "melanoma": report["melanoma"], "operating_point": report["operating_point"]}
     for row in rows:

@@ -156,7 +156,8 @@ def clinical_table(report: dict) -> tuple[str, list[str], list[list[str]]] | Non
                                             ("seven_point_expected", "expected score"),
                                             ("melanoma_probability", "P(MEL)")) if k in first]
     thresholds = "".join(f", {title} at {first[k]['threshold']:.3g}" for k, title in readings[1:])
-    intro = ("With the reference bundle's temperatures and thresholds (fitted on valid at training): mean expected "
+    intro = ("With the reference bundle's temperatures and thresholds (fitted on valid at training; a bundle with "
+             "test-time views built in reads with its own, refitted on its views): mean expected "
              f"calibration error over the 8 tasks, and sensitivity / specificity for DIAG MEL "
              f"({first['seven_point_argmax']['positives']} melanomas) of each reading{thresholds}.")
     intro += (" The clinic's operating point is the reading `diagnose` reports (the expected score when valid "

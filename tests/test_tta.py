@@ -124,6 +124,12 @@ def test_diagnose_bench_and_the_clinic_app_take_a_tta_bundle(tta_bundles, bundle
     cost = rows[tta_bundles["onnx"].name]["tta_latency_cost"]
     assert cost["views"] == 2 and cost["versus"] == bundles["onnx-fp32"].name and cost["ratio"] > 0
     assert rows[tta_bundles["onnx"].name]["tta"] == ["identity", "hflip"]
+    # its clinic figures are read with its own thresholds, refitted on the TTA outputs
+    own = read_manifest(tta_bundles["onnx"])["clinical"]["seven_point"]["threshold"]
+    assert rows[tta_bundles["onnx"].name]["clinical"]["operating_point"]["threshold"] == own
+    plain = read_manifest(bundles["onnx-fp32"])["clinical"]["seven_point"]["threshold"]
+    assert own != plain          # the refit moved it (else this test could not tell which fit bench read with)
+    assert rows[bundles["onnx-fp32"].name]["clinical"]["operating_point"]["threshold"] == plain
     clinic, _ = build_clinic(tta_bundles["onnx"], tmp_path / "clinic")
     with TestClient(create_app(clinic), base_url="http://127.0.0.1:8000") as client:
         files = {"clinical": ("c.jpg", case.clinical.read_bytes(), "image/jpeg"),
