@@ -35,11 +35,11 @@ from edgederm.export import bundles, int8_gate, openvino_export, qat
 from edgederm.export.bundles import BundleContext, new_manifest, score
 from edgederm.export.formats import Target, parse_request
 from edgederm.export.isolation import NativeCrash, run_isolated, start_workers
-from edgederm.export.onnx_export import NO_TTA, OPSET, export_onnx, run_torch
+from edgederm.export.onnx_export import OPSET, export_onnx, run_torch
 from edgederm.export.onnxruntime_scoring import onnx_probabilities
 from edgederm.models.heads import BranchNet
 from edgederm.models.io import load_model, read_metadata, save_weights
-from edgederm.models.tta import EXPORT_VIEW_SETS, VIEW_SETS, views_of
+from edgederm.models.tta import EXPORT_VIEW_SETS, NO_TTA, VIEW_SETS, views_of
 from edgederm.preprocess import PreprocessConfig, preprocess_image
 from edgederm.runtime.bundle import BundleError, sha256_file, staged_bundle, write_manifest
 

@@ -19,9 +19,7 @@ import torch
 from edgederm import labels as L
 from edgederm.data.inputs import input_shape
 from edgederm.models.heads import BranchNet, split_tasks
-from edgederm.models.tta import tta_probabilities
-
-NO_TTA = ("identity",)
+from edgederm.models.tta import NO_TTA, tta_probabilities
 
 OPSET = 17
 OUTPUT_NAMES = L.TASK_KEYS

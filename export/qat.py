@@ -62,6 +62,7 @@ from typing import Callable
 
 from edgederm.calibration.selection import CalibrationSet
 from edgederm.errors import ConfigError
+from edgederm.models.tta import NO_TTA
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ class QatJob:
     data: Path                        # the release; the train split is used
     workdir: Path                     # shared by the pass's targets: one training serves them all
     settings: QatSettings = field(default_factory=QatSettings)
-    views: tuple[str, ...] = ("identity",)   # test-time views the exported graphs average (edgederm.models.tta)
+    views: tuple[str, ...] = NO_TTA          # test-time views the exported graphs average (edgederm.models.tta)
 
 
 @dataclass
@@ -281,7 +282,7 @@ def _named(model, input_names: tuple[str, ...]):
     return model
 
 
-def to_openvino(student, example: tuple, views: tuple[str, ...] = ("identity",)):
+def to_openvino(student, example: tuple, views: tuple[str, ...] = NO_TTA):
     """The student as an OpenVINO model (NNCF's FakeQuantize ops, weights in float behind them)."""
     import warnings
 
@@ -295,7 +296,7 @@ def to_openvino(student, example: tuple, views: tuple[str, ...] = ("identity",))
     return _named(model, student.input_names)
 
 
-def to_qdq_onnx(student, example: tuple, path: Path, views: tuple[str, ...] = ("identity",)) -> Path:
+def to_qdq_onnx(student, example: tuple, path: Path, views: tuple[str, ...] = NO_TTA) -> Path:
     """The student as a Q/DQ ONNX graph in TensorRT's form: nncf.strip turns NNCF's quantizers into torch's
     FakeQuantize, which the TorchScript exporter writes as QuantizeLinear / DequantizeLinear pairs."""
     import warnings

@@ -11,9 +11,9 @@ from edgederm.data.torch_dataset import PairDataset
 from edgederm.errors import ConfigError
 from edgederm.evaluation.clinical import clinical_report, fit_clinical
 from edgederm.evaluation.metrics import compute_metrics, location_metrics
-from edgederm.evaluation.predict import predict_branches, tta_views, weighted_final
+from edgederm.evaluation.predict import predict_branches, weighted_final
 from edgederm.models.io import load_model, read_metadata
-from edgederm.models.tta import VIEW_SETS
+from edgederm.models.tta import VIEW_SETS, tta_views
 
 CHECKPOINTS = {"model": "model.safetensors", "best": "best.safetensors", "swa": "swa.safetensors"}
 

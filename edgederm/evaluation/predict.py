@@ -11,14 +11,7 @@ import torch
 
 from edgederm import labels as L
 from edgederm.models.heads import task_softmax
-from edgederm.models.tta import VIEW_SETS, view, views_of
-
-
-def tta_views(tta: bool | str) -> tuple[str, ...]:
-    """The views of `tta`: False -> the photos as they are; True -> the six views; a name -> its set."""
-    if tta is False or tta is None:
-        return ("identity",)
-    return VIEW_SETS["six"] if tta is True else views_of(tta)
+from edgederm.models.tta import tta_views, view
 
 
 @torch.no_grad()

@@ -17,10 +17,15 @@ what `evaluate --tta` computes branch by branch.
 """
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from edgederm.errors import ConfigError
 
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported where views are computed: the view sets are read by modules that run without it
+NO_TTA: tuple[str, ...] = ("identity",)     # the photos as they are
 VIEW_SETS: dict[str, tuple[str, ...]] = {
     "flip": ("identity", "hflip"),
     "flip4": ("identity", "hflip", "vflip", "hvflip"),
@@ -31,6 +36,7 @@ EXPORT_VIEW_SETS = ("flip", "flip4")      # what `edgederm export --tta` builds 
 
 def view(name: str, x: torch.Tensor) -> torch.Tensor:
     """One view of an N x C x H x W batch."""
+    import torch
     if name == "identity":
         return x
     if name == "hflip":
@@ -54,8 +60,16 @@ def views_of(name: str, allowed: tuple[str, ...] = tuple(VIEW_SETS), what: str =
     return VIEW_SETS[name]
 
 
+def tta_views(tta: bool | str | None) -> tuple[str, ...]:
+    """The views of `tta`: False or None -> the photos as they are; True -> the six views; a name -> its set."""
+    if tta is False or tta is None:
+        return NO_TTA
+    return VIEW_SETS["six"] if tta is True else views_of(tta)
+
+
 def tta_probabilities(model, inputs: tuple[torch.Tensor, ...], views: tuple[str, ...]) -> torch.Tensor:
     """P_FI averaged over `views` (B x TOTAL_CLASSES): every view stacked on the batch axis, one model call."""
+    import torch
     if len(views) <= 1:
         return model.fused_probabilities(*inputs)
     n = inputs[0].shape[0]
