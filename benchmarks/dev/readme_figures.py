@@ -1,14 +1,16 @@
-"""The README's generated figures: each block between `<!-- figures:NAME -->`
-and `<!-- /figures:NAME -->` is made from a committed result file in
-benchmarks/results/, never typed.
+"""The generated figures of README.md and docs/*.md: each block between `<!-- figures:NAME -->`
+and `<!-- /figures:NAME -->`, in whichever of those files it lives, is made from a committed
+result file in benchmarks/results/, never typed.
 
     python benchmarks/dev/readme_figures.py --record quickstart/   # copy a quickstart's bench report into results/
-    python benchmarks/dev/readme_figures.py                        # rewrite the README's figure blocks
-    python benchmarks/dev/readme_figures.py --check                # exit 1 when the README differs (tests run this)
+    python benchmarks/dev/readme_figures.py                        # rewrite the figure blocks of README.md and docs/*.md
+    python benchmarks/dev/readme_figures.py --check                # exit 1 when a block differs (tests run this)
+
+Every named block below must be in one of those files; include blocks may be anywhere in them.
 
 Blocks:
 - include:PATH: a result file a benchmark script wrote (its own title left out, its headings
-  demoted below the README's), e.g. `<!-- figures:include:benchmarks/results/paper-latency-batch1.md -->`.
+  demoted to ####), e.g. `<!-- figures:include:benchmarks/results/paper-latency-batch1.md -->`.
 - presets: parameters and GFLOPs per preset (benchmarks/results/presets.json, from presets.py).
 - preset-table: the CPU-sized presets trained and measured side by side (benchmarks/results/preset-table.json,
   from preset_table.py): test AUC, OpenVINO FP32 / INT8 batch-1 latency, the INT8 verdict.
@@ -118,11 +120,11 @@ def presets_block(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def include_block(relative: str) -> str:
+def include_block(relative: str, where: str = "README.md") -> str:
     """A committed result file, minus its first-level title, its other headings demoted to ####."""
     path = REPO / relative
     if not path.resolve().is_relative_to(RESULTS):
-        raise SystemExit(f"README: figures:include:{relative} is not under benchmarks/results/")
+        raise SystemExit(f"{where}: figures:include:{relative} is not under benchmarks/results/")
     lines = path.read_text().strip().splitlines()
     if lines and lines[0].startswith("# "):
         lines = lines[1:]
@@ -152,37 +154,66 @@ BLOCKS = {"quickstart": lambda: quickstart_block(json.loads(QUICKSTART.read_text
 BLOCK = re.compile(r"(<!-- figures:([\w:./-]+) -->\n).*?(<!-- /figures:\2 -->)", re.S)
 
 
-def render(readme: str) -> str:
-    for name in BLOCKS:
-        if f"<!-- figures:{name} -->" not in readme:
-            raise SystemExit(f"README: no <!-- figures:{name} --> block")
+OPENING = re.compile(r"<!-- figures:([\w:./-]+) -->")
+
+
+def render(text: str, where: str = "README.md") -> str:
+    """Every figure block of one file remade; `where` names the file in errors."""
+    opened = OPENING.findall(text)
+    closed = [m.group(2) for m in BLOCK.finditer(text)]
+    if opened != closed:
+        raise SystemExit(f"{where}: a figure block without its closing <!-- /figures:NAME --> "
+                         f"(opened {opened}, closed {closed})")
+    for name in opened:
+        if not name.startswith("include:") and name not in BLOCKS:
+            raise SystemExit(f"{where}: unknown figure block <!-- figures:{name} -->")
 
     def make(match: re.Match) -> str:
         name = match.group(2)
-        body = include_block(name.removeprefix("include:")) if name.startswith("include:") else BLOCKS[name]()
+        body = (include_block(name.removeprefix("include:"), where) if name.startswith("include:")
+                else BLOCKS[name]())
         return match.group(1) + body + "\n" + match.group(3)
-    return BLOCK.sub(make, readme)
+    return BLOCK.sub(make, text)
+
+
+def documents(readme: Path, docs: Path) -> list[Path]:
+    """The files whose figure blocks are generated: the README, then every Markdown page of docs/."""
+    return [readme] + sorted(docs.glob("*.md"))
+
+
+def render_all(paths: list[Path]) -> dict[Path, tuple[str, str]]:
+    """Each file's (current, wanted) text; every named block must be in one of the files."""
+    texts = {path: path.read_text() for path in paths}
+    for name in BLOCKS:
+        if not any(f"<!-- figures:{name} -->" in text for text in texts.values()):
+            raise SystemExit(f"no <!-- figures:{name} --> block in {', '.join(str(p) for p in paths)}")
+    return {path: (text, render(text, str(path))) for path, text in texts.items()}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--readme", type=Path, default=REPO / "README.md")
-    parser.add_argument("--check", action="store_true", help="Exit 1 when the README's blocks differ.")
+    parser.add_argument("--docs", type=Path, help="The folder of Markdown pages (default: docs/ beside --readme).")
+    parser.add_argument("--check", action="store_true", help="Exit 1 when a file's blocks differ.")
     parser.add_argument("--record", type=Path, help="A quickstart folder whose report to record first.")
     args = parser.parse_args()
     if args.record:
         print(f"recorded {record_quickstart(args.record)}")
-    current = args.readme.read_text()
-    wanted = render(current)
+    rendered = render_all(documents(args.readme, args.docs or args.readme.parent / "docs"))
+    differ = [path for path, (current, wanted) in rendered.items() if wanted != current]
     if args.check:
-        if wanted != current:
-            print(f"{args.readme}: figures differ from benchmarks/results/; run python benchmarks/dev/readme_figures.py",
+        for path in differ:
+            print(f"{path}: figures differ from benchmarks/results/; run python benchmarks/dev/readme_figures.py",
                   file=sys.stderr)
+        if differ:
             return 1
-        print(f"{args.readme}: figures match benchmarks/results/")
+        print(f"{len(rendered)} files ({args.readme} and docs/*.md): figures match benchmarks/results/")
         return 0
-    args.readme.write_text(wanted)
-    print(f"wrote {args.readme}")
+    for path in differ:
+        path.write_text(rendered[path][1])
+        print(f"wrote {path}")
+    if not differ:
+        print("no figure changed")
     return 0
 
 
