@@ -3,7 +3,7 @@ and `<!-- /figures:NAME -->`, in whichever of those files it lives, is made from
 result file in benchmarks/results/, never typed.
 
     python benchmarks/dev/readme_figures.py --record quickstart/   # copy a quickstart's bench report into results/
-    python benchmarks/dev/readme_figures.py                        # rewrite the figure blocks of README.md and docs/*.md
+    python benchmarks/dev/readme_figures.py                        # rewrite the blocks of README.md and docs/*.md
     python benchmarks/dev/readme_figures.py --check                # exit 1 when a block differs (tests run this)
 
 Every named block below must be in one of those files; include blocks may be anywhere in them.
@@ -98,7 +98,8 @@ def quickstart_block(report: dict) -> str:
     lines += ["", _int8_speedup(report) + f"Fastest variant that passes: **{report['fastest_passing'] or 'none'}**."
               + (f" The quickstart took {report['minutes']:.1f} min, install not included." if "minutes" in report
                  else "")
-              + (" By stage: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in report["stage_seconds"].items())
+              + (" By stage: " + ", ".join(f"{name} {seconds:.0f} s"
+                                           for name, seconds in report["stage_seconds"].items())
                  + "." if "stage_seconds" in report else "")]
     return "\n".join(lines)
 
