@@ -18,9 +18,9 @@ import typer
 from edgederm import labels as L
 from edgederm.errors import EdgeDermError, LabelError
 from edgederm.evaluation.gate import DEFAULT_MAX_FLIP_RATE
-from edgederm.models.config import PRESETS
+from edgederm.presets import preset_names
 
-PRESET_NAMES = ", ".join(PRESETS)
+PRESET_NAMES = ", ".join(preset_names())
 
 app = typer.Typer(help="EdgeDerm: offline skin-lesion triage from paired clinical and dermoscopy photos.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -127,15 +127,21 @@ def model_summary(
     branch_features: Annotated[Optional[str], typer.Option(
         help="What the clinical and dermoscopy heads read: pre_logits or last_stage.")] = None,
     fusion_features: Annotated[Optional[str], typer.Option(help=_FUSION_FEATURES_HELP)] = None,
+    list_presets: Annotated[bool, typer.Option(
+        "--list", help="List every preset with its architecture and its recipe, and stop.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ):
     """Parameters (millions) and GFLOPs per component and in total."""
-    from edgederm.models import ModelConfig, create_model, get_preset
+    if list_presets:
+        _list_presets(as_json)
+        return
+    from edgederm.models import ModelConfig, create_model
     from edgederm.models.config import with_overrides
     from edgederm.models.pretrained import initialize
     from edgederm.models.summary import format_summary, summarize
-    cfg = with_overrides(ModelConfig.load(config) if config else get_preset(preset), branch_features=branch_features,
-                         fusion_features=fusion_features)
+    from edgederm.presets import get_preset
+    cfg = with_overrides(ModelConfig.load(config) if config else get_preset(preset).model,
+                         branch_features=branch_features, fusion_features=fusion_features)
     if not as_json:
         typer.echo(f"{config or preset}: {cfg.framework.upper()}+{cfg.fusion.upper()}, clinical "
                    f"{cfg.clinical_encoder}, dermoscopy {cfg.derm_encoder}, {cfg.img_size} px, fusion at stages "
@@ -144,6 +150,28 @@ def model_summary(
     initial = initialize(model, pretrained_clinical, pretrained_derm, log=None if as_json else typer.echo)
     summary = {**summarize(model), "initial_weights": initial}
     typer.echo(json.dumps(summary, indent=2) if as_json else format_summary(summary))
+
+
+def _list_presets(as_json: bool) -> None:
+    """Every preset: its architecture in a few words and its recipe's one-line source (no model is built)."""
+    from edgederm.presets import get_preset
+    rows = []
+    for name in preset_names():
+        p = get_preset(name)
+        m = p.model
+        rows.append({"preset": name, "architecture": m.architecture, "clinical_encoder": m.clinical_encoder,
+                     "derm_encoder": m.derm_encoder, "fusion": m.fusion, "img_size": m.img_size,
+                     "epochs": p.recipe.epochs, "recipe": p.recipe.source})
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    width = max(len(r["preset"]) for r in rows)
+    for r in rows:
+        network = (f"clinical-only, {r['clinical_encoder']}" if r["architecture"] == "clinical-only" else
+                   f"{r['architecture']}" + (f" ({r['fusion']})" if r["architecture"] == "two-encoder" else "")
+                   + f", {r['clinical_encoder']} + {r['derm_encoder']}")
+        typer.echo(f"{r['preset']:<{width}}  {network}, {r['img_size']} px")
+        typer.echo(f"{'':<{width}}  recipe: {r['recipe']}")
 
 
 _TRAIN_MODEL_FLAGS = ("clinical_encoder", "derm_encoder", "fusion", "fusion_stages", "img_size", "normalization",
@@ -237,7 +265,7 @@ def train_command(
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                    "-m", "edgederm.training", *_as_flags(values)]
         raise typer.Exit(code=subprocess.run(command).returncode)
-    from edgederm.training.recipe import resolve_config
+    from edgederm.presets import resolve_config
     from edgederm.training.trainer import train
     stages = tuple(int(s) for s in fusion_stages.split(",")) if fusion_stages else None
     model_cfg, train_cfg = resolve_config(

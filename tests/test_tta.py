@@ -39,9 +39,10 @@ def tta_bundles(trained_run, synthetic_release, tmp_path_factory) -> dict[str, o
 def test_one_call_of_stacked_views_is_the_mean_of_the_views():
     from dataclasses import replace
 
-    from edgederm.models import create_model, get_preset
+    from edgederm.models import create_model
+    from edgederm.presets import get_preset
     torch.manual_seed(0)
-    model = create_model(replace(get_preset("tiny"), img_size=64)).eval()
+    model = create_model(replace(get_preset("tiny").model, img_size=64)).eval()
     x, y = torch.randn(3, 3, 64, 64), torch.randn(3, 3, 64, 64)
     with torch.no_grad():
         averaged = tta_probabilities(model, (x, y), VIEW_SETS["flip4"])

@@ -34,7 +34,8 @@ from edgederm.benchmarks.photos import write_phone_pair
 from edgederm.benchmarks.report import write_reports
 from edgederm.data.release import read_release
 from edgederm.evaluation.gate import GateSettings
-from edgederm.models import create_model, get_preset
+from edgederm.models import create_model
+from edgederm.presets import get_preset
 from edgederm.models.io import save_weights
 from edgederm.models.pretrained import initialize
 
@@ -47,7 +48,7 @@ def _untrained_run(work: Path, preset: str, init: str) -> Path:
     if not (run / "model.safetensors").exists():
         run.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(0)
-        model = create_model(get_preset(preset))
+        model = create_model(get_preset(preset).model)
         records = initialize(model, init, init)
         save_weights(model, run / "model.safetensors", extra={"source": f"{preset} preset, not trained",
                                                               "initial_weights": records})

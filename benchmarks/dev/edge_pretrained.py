@@ -32,7 +32,7 @@ from edgederm.benchmarks.bench import run_bench
 from edgederm.evaluation.evaluate import evaluate_run
 from edgederm.evaluation.gate import GateSettings
 from edgederm.export.int8_gate import NoPassingInt8
-from edgederm.training.recipe import resolve_config
+from edgederm.presets import resolve_config
 from edgederm.training.trainer import train
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"

@@ -21,7 +21,8 @@ from edgederm.augment import AugmentConfig
 from edgederm.data.release import SPLITS, read_release
 from edgederm.data.synth import write_synthetic_release
 from edgederm.data.torch_dataset import PairDataset
-from edgederm.models import create_model, get_preset
+from edgederm.models import create_model
+from edgederm.presets import get_preset
 from edgederm.models.heads import split_tasks
 
 
@@ -35,7 +36,7 @@ def time_tiny_epoch(root: Path, batch_size: int = 24) -> tuple[float, float, int
     """(seconds for the first epoch incl. decoding, seconds for a cached epoch, cases)."""
     release = read_release(root)
     cases = [c for s in SPLITS for c in release.split(s)]
-    cfg = get_preset("tiny")
+    cfg = get_preset("tiny").model
     data = PairDataset(cases, cfg.preprocess(), AugmentConfig())
     loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=True)
     model = create_model(cfg).train()

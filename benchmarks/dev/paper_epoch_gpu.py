@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from edgederm.data.synth import write_synthetic_release
-from edgederm.training.recipe import resolve_config
+from edgederm.presets import resolve_config
 from edgederm.training.trainer import train
 
 

@@ -23,7 +23,8 @@ from workdir import ensure_bundles, synthetic_release
 from edgederm.benchmarks.bench import run_bench
 from edgederm.benchmarks.report import write_reports
 from edgederm.evaluation.gate import GateSettings
-from edgederm.models import create_model, get_preset
+from edgederm.models import create_model
+from edgederm.presets import get_preset
 from edgederm.models.io import save_weights
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
@@ -41,7 +42,7 @@ def main() -> None:
         if not (run / "model.safetensors").exists():
             run.mkdir(parents=True, exist_ok=True)
             torch.manual_seed(0)
-            save_weights(create_model(get_preset("paper")), run / "model.safetensors", extra={"source": "random init"})
+            save_weights(create_model(get_preset("paper").model), run / "model.safetensors", extra={"source": "random init"})
         made = ensure_bundles(run, data, work / "exports", {"torch": "fp32", "onnx": "fp32", "openvino": "fp32,int8",
                                                             "jetson": "int8"}, calibration_cases=64, eval_split=None,
                                # random weights: the INT8 gate on valid would judge noise; latency only

@@ -19,7 +19,7 @@ untrained weights would judge noise, so that row has no AUC and no verdict.
 --workdir may be a quickstart folder: its synth/, runs/tiny and exports/ are
 reused. Updates benchmarks/results/preset-table.json (rows of presets not
 measured this time are kept; rows follow the preset order of
-edgederm.models.config.PRESETS); the README's table is generated from it by
+edgederm.presets); the README's table is generated from it by
 readme_figures.py.
 """
 from __future__ import annotations
@@ -37,11 +37,11 @@ from edgederm.benchmarks.bench import run_bench
 from edgederm.evaluation.gate import GateSettings
 from edgederm.export.int8_gate import NoPassingInt8
 from edgederm.models import create_model
-from edgederm.models.config import PRESETS
+from edgederm.presets import preset_names
 from edgederm.models.io import save_weights
 from edgederm.models.pretrained import find_offline_source, initialize
 from edgederm.models.summary import summarize
-from edgederm.training.recipe import resolve_config
+from edgederm.presets import resolve_config
 from edgederm.training.trainer import train
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
@@ -118,7 +118,7 @@ def main() -> None:
         def save() -> None:       # after every row: a later preset's failure keeps the rows measured before it
             RESULTS.mkdir(exist_ok=True)
             table.write_text(json.dumps({"release": "synthetic, 600 cases, seed 0; test split",
-                                         "rows": [rows[p] for p in PRESETS if p in rows]}, indent=1) + "\n")
+                                         "rows": [rows[p] for p in preset_names() if p in rows]}, indent=1) + "\n")
         for preset in filter(None, args.presets.split(",")):
             r = rows[preset] = measure(preset, work, data, args.runs)
             int8 = r.get("openvino-int8")

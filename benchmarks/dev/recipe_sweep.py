@@ -43,7 +43,8 @@ from edgederm.errors import ConfigError, EdgeDermError
 from edgederm.evaluation.evaluate import evaluate_run
 from edgederm.models.tta import views_of
 from edgederm.models.config import ModelConfig
-from edgederm.training.recipe import TrainConfig, resolve_config
+from edgederm.presets import resolve_config
+from edgederm.training.recipe import TrainConfig
 from edgederm.training.trainer import FINAL, train
 
 BRANCH_NAMES = {"final": "P_FI", "clinical": "P_C", "derm": "P_D", "fusion": "P_FU"}

@@ -19,7 +19,7 @@ import torch
 from edgederm.data.synth import write_synthetic_release
 from edgederm.evaluation.evaluate import evaluate_run
 from edgederm.evaluation.report import write_report
-from edgederm.training.recipe import resolve_config
+from edgederm.presets import resolve_config
 from edgederm.training.trainer import train
 
 

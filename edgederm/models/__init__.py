@@ -1,13 +1,13 @@
 """The model family: configs and presets, encoders, fusion blocks, heads, the networks.
 
-Names are imported on first use (PEP 562), so `edgederm.models.config` (presets, no torch) can be read on
+Names are imported on first use (PEP 562), so `edgederm.models.config` (no torch) can be read on
 a device that has no torch installed, and the CLI starts without loading torch and timm."""
 from __future__ import annotations
 
 import importlib
 
 _WHERE = {
-    "ClinicalOnlyNet": "clinical_only", "PRESETS": "config", "ModelConfig": "config", "get_preset": "config",
+    "ClinicalOnlyNet": "clinical_only", "ModelConfig": "config",
     "BRANCHES": "heads", "BranchNet": "heads", "fused_probabilities": "heads", "split_tasks": "heads",
     "task_softmax": "heads", "MultiModalNet": "multimodal", "JifMmfaNet": "jif_mmfa",
 }

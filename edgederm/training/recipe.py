@@ -16,19 +16,15 @@ Why: the random heads' first gradients are large and noisy; at the full rate
 they would overwrite the pretrained filters before the heads have learned to
 use them, and with 413 training cases those filters cannot be re-learned.
 
-A run's configuration = preset (model + recipe) <- config file (JSON or TOML,
-sections `model` and `train`) <- command-line flags. The resolved result is
-saved as `config.json` in the run.
+Which preset trains with which recipe: edgederm.presets, where a run's
+configuration is resolved too (preset <- config file <- command-line flags).
 """
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict, dataclass, fields, replace
-from pathlib import Path
+from dataclasses import asdict, dataclass
 
 from edgederm.errors import ConfigError
-from edgederm.models.config import ModelConfig, get_preset
 
 
 OPTIMIZERS = ("adam", "adamw", "sgd")      # sgd: momentum 0.9, Nesterov
@@ -160,95 +156,16 @@ class TrainConfig:
         return asdict(self)
 
 
-RECIPES: dict[str, TrainConfig] = {
-    "paper": TrainConfig(),
-    # Random init on a few hundred cases needs a far higher rate than fine-tuning.
-    # With SWA the final weights never depend on validation, so tiny scores valid every 8th epoch only
-    # (about 2 s of each 11 s CPU epoch saved; the averaged model is the same bit for bit).
-    "tiny": TrainConfig(epochs=16, batch_size=24, lr=2e-3, weight_decay=1e-4, warmup_epochs=1,
-                        swa_epochs=4, swa_lr=2e-4, validate_every=8, amp=False, pretrained_clinical="none", pretrained_derm="none",
-                        source="tiny: CPU smoke recipe; Adam 2e-3 (random init), cosine, SWA last 4 of 16"),
-    # The single-shared network's paper (arXiv 2403.19203) gives neither its recipe nor its loss weights. The
-    # paper recipe, with the biased loss as our assumption: clinical 0.5.
-    "ssn": TrainConfig(loss_weight_clinical=0.5,
-                       source="ssn: the paper recipe; biased loss 0.5 clinical + 1 dermoscopy + 1 fusion "
-                              "(an assumption: arXiv 2403.19203 gives no weights)"),
-    "ssn-tiny": TrainConfig(epochs=16, batch_size=24, lr=2e-3, weight_decay=1e-4, warmup_epochs=1, swa_epochs=4,
-                            swa_lr=2e-4, validate_every=8, amp=False, pretrained_clinical="none",
-                            pretrained_derm="none", loss_weight_clinical=0.5,
-                            source="ssn-tiny: the tiny recipe with the ssn biased loss (clinical 0.5)"),
-    # DermImitFormer's recipe (SGD + CutMix) is not given in full in arXiv 2307.08308. Its edge preset
-    # fine-tunes the same ImageNet EfficientNet-Lite0 as `edge`, with edge's recipe; the tiny one trains
-    # like tiny. The paper-sized ViT-B/16 takes the paper recipe (ImageNet weights given or installed).
-    "clinical-only-tiny": TrainConfig(epochs=16, batch_size=24, lr=2e-3, weight_decay=1e-4, warmup_epochs=1,
-                                      swa_epochs=4, swa_lr=2e-4, validate_every=8, amp=False,
-                                      pretrained_clinical="none", pretrained_derm="none",
-                                      source="clinical-only-tiny: the tiny recipe on the clinical photo alone"),
-    "edge": TrainConfig(epochs=30, batch_size=24, lr=1e-3, encoder_lr_scale=0.1, weight_decay=1e-4, warmup_epochs=2,
-                        swa_epochs=5, swa_lr=1e-4,
-                        source="edge: fine-tuning ImageNet encoders; Adam 1e-3 (encoders 1e-4), 2 warm-up epochs, "
-                               "cosine, SWA last 5 of 30"),
-}
-
-
-RECIPES["clinical-only"] = replace(RECIPES["edge"], source="clinical-only: " + RECIPES["edge"].source)
-# JIF-MMFA's loss, L_IM + 0.5 (L_I + L_M) (our reading of arXiv 2312.04189; its SGD recipe is not given in full):
-# on the edge recipe for the ImageNet encoders, on the tiny one for the CPU preset.
-_JIF_LOSS = {"loss_weight_image": 0.5, "loss_weight_metadata": 0.5}
-RECIPES["jif-mmfa"] = replace(RECIPES["edge"], **_JIF_LOSS,
-                              source="jif-mmfa: " + RECIPES["edge"].source + "; loss L_IM + 0.5 (L_I + L_M)")
-RECIPES["jif-mmfa-tiny"] = replace(RECIPES["tiny"], **_JIF_LOSS,
-                                   source="jif-mmfa-tiny: the tiny recipe; loss L_IM + 0.5 (L_I + L_M)")
-
-
-def recipe_for(preset: str) -> TrainConfig:
-    """The recipe of a preset; the paper's ablation rows (and clinical-only-paper) train with the paper's."""
-    get_preset(preset)   # unknown preset: the same one-line error as everywhere
-    return RECIPES.get(preset, RECIPES["paper"])
-
-
-def _from_dict(cls, data: dict, where: str):
-    names = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(names))})")
-    return data
-
-
-def read_config_file(path: str | Path) -> dict:
-    """A JSON or TOML file with optional `model` and `train` tables."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    try:
-        if path.suffix == ".toml":
-            import tomllib
-            data = tomllib.loads(text)
-        else:
-            data = json.loads(text)
-    except ValueError as e:   # JSONDecodeError and TOMLDecodeError are ValueErrors
-        raise ConfigError(f"{path}: cannot parse ({e})") from None
-    if not isinstance(data, dict) or set(data) - {"model", "train", "preset"}:
-        raise ConfigError(f"{path}: expected only the keys 'preset', 'model' and 'train'")
-    return data
-
-
-def resolve_config(preset: str, config_file: str | Path | None = None,
-                   model_overrides: dict | None = None,
-                   train_overrides: dict | None = None,
-                   tables: dict | None = None, where: str = "config") -> tuple[ModelConfig, TrainConfig]:
-    """Preset <- file (or `tables`, the same content already read; `where` names it in errors)
-    <- flags (None-valued flags are ignored)."""
-    file_data = read_config_file(config_file) if config_file else (tables or {})
-    where = str(config_file) if config_file else where
-    preset = file_data.get("preset", preset)
-    model = get_preset(preset)
-    train = recipe_for(preset)
-    model_file = _from_dict(ModelConfig, file_data.get("model", {}), f"{where} [model]")
-    train_file = _from_dict(TrainConfig, file_data.get("train", {}), f"{where} [train]")
-    model = ModelConfig.from_dict({**model.to_dict(), **model_file,
-                                   **{k: v for k, v in (model_overrides or {}).items() if v is not None}})
-    train = replace(train, **{**train_file, **{k: v for k, v in (train_overrides or {}).items() if v is not None}})
-    return model, train
+# The recipes several presets share, named once (edgederm.presets registers each preset with one of these,
+# or with a `replace` of one that says what it changes).
+PAPER_RECIPE = TrainConfig()
+# Random init on a few hundred cases needs a far higher rate than fine-tuning.
+# With SWA the final weights never depend on validation, so tiny scores valid every 8th epoch only
+# (about 2 s of each 11 s CPU epoch saved; the averaged model is the same bit for bit).
+TINY_RECIPE = TrainConfig(epochs=16, batch_size=24, lr=2e-3, weight_decay=1e-4, warmup_epochs=1, swa_epochs=4,
+                          swa_lr=2e-4, validate_every=8, amp=False, pretrained_clinical="none", pretrained_derm="none",
+                          source="tiny: CPU smoke recipe; Adam 2e-3 (random init), cosine, SWA last 4 of 16")
+EDGE_RECIPE = TrainConfig(epochs=30, batch_size=24, lr=1e-3, encoder_lr_scale=0.1, weight_decay=1e-4, warmup_epochs=2,
+                          swa_epochs=5, swa_lr=1e-4,
+                          source="edge: fine-tuning ImageNet encoders; Adam 1e-3 (encoders 1e-4), 2 warm-up epochs, "
+                                 "cosine, SWA last 5 of 30")
