@@ -4,7 +4,7 @@ import json
 from typer.testing import CliRunner
 
 from edgederm.cli import app
-from tests.conftest import read_meta, write_meta
+from tests.helpers import read_meta, write_meta
 
 runner = CliRunner()
 

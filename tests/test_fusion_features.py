@@ -12,7 +12,7 @@ from edgederm.cli import app
 from edgederm.models import ModelConfig, create_model, get_preset
 from edgederm.models.config import FUSION_FEATURES
 from edgederm.runtime.bundle import read_manifest
-from tests.conftest import FAST_TRAINING
+from tests.helpers import FAST_TRAINING
 
 # The tiny preset with a dermoscopy encoder that has a conv head, so `fused_head` applies too.
 CONV_HEAD_TINY = {"derm_encoder": "mobilenetv3_small_050", "img_size": 64}

@@ -23,8 +23,8 @@ from edgederm.models.config import ModelConfig
 from edgederm.models.io import load_model, save_weights
 from edgederm.training.loss import multitask_loss
 from edgederm.training.recipe import resolve_config
-from tests.conftest import FAST_TRAINING, bench_against_torch, export_for_devices, read_meta, write_meta
-from tests.test_tensorrt_runtime import FACTS, FakeBuilderTrt
+from tests.helpers import (FACTS, FAST_TRAINING, FakeBuilderTrt, bench_against_torch, export_for_devices, read_meta,
+                           write_meta)
 
 runner = CliRunner()
 PATIENT = {"sex": "female", "location": "back", "elevation": "palpable"}

@@ -5,7 +5,7 @@ import pytest
 from edgederm import labels as L
 from edgederm.data.release import read_release
 from edgederm.errors import LabelError
-from tests.conftest import write_indexes, write_jpeg, write_meta
+from tests.helpers import write_indexes, write_jpeg, write_meta
 
 # The real release's label schema, verbatim: task -> class -> raw strings of its meta.csv.
 REAL_RAW_STRINGS = {

@@ -6,7 +6,7 @@ import pytest
 from edgederm.augment import AugmentConfig, augment_image
 from edgederm.errors import ImageError
 from edgederm.preprocess import PreprocessConfig, load_input, normalize, read_image
-from tests.conftest import write_jpeg
+from tests.helpers import write_jpeg
 
 
 def _rgb(h=48, w=64):

@@ -18,8 +18,7 @@ from edgederm.export.onnx_export import run_torch
 from edgederm.export.openvino_export import has_attention
 from edgederm.models.io import load_model
 from edgederm.runtime.bundle import sha256_file
-from tests.conftest import write_indexes
-from tests.helpers import interrupted_qat, plain_ptq_refused
+from tests.helpers import interrupted_qat, plain_ptq_refused, write_indexes
 
 # A few steps at a rate that moves the 64-px toy model measurably: the subject is the mechanism.
 TEST_SETTINGS = qat.QatSettings(epochs=4, lr=1e-5, batch_size=4)

@@ -8,7 +8,7 @@ import pytest
 from edgederm import labels as L
 from edgederm.data.release import SPLITS, read_release, scan_release
 from edgederm.errors import DataError
-from tests.conftest import read_meta, write_indexes, write_meta
+from tests.helpers import read_meta, write_indexes, write_meta
 
 
 def test_reads_a_synthetic_release_end_to_end(synthetic_release):

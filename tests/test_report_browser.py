@@ -6,35 +6,14 @@ load nothing from the network. A screenshot is saved in the test's folder.
 
 .ci/run installs Chromium and sets EDGEDERM_REQUIRE_BROWSER=1, so in CI a
 missing browser fails the test instead of skipping it."""
-import os
-import shutil
-
-import pytest
-
 from edgederm.benchmarks.bench import run_bench
 from edgederm.benchmarks.report import write_reports
 from edgederm.evaluation.gate import GateSettings
-
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-
-def _browser() -> str:
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
-    missing = "Debian's chromium is not installed (apt-get install -y chromium)" if not path else None
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        missing = "playwright is not installed (pip install -e '.[test]')"
-    if missing:
-        if os.environ.get("EDGEDERM_REQUIRE_BROWSER") == "1":
-            pytest.fail(missing)
-        pytest.skip(missing)
-    return path
+from tests.helpers import CHROMIUM_ARGS, chromium_or_skip
 
 
 def test_report_page_shows_verdicts_intervals_and_flips_on_a_phone(bundles, synthetic_release, tmp_path):
-    chromium = _browser()
+    chromium = chromium_or_skip()
     from playwright.sync_api import sync_playwright
     report = run_bench([str(bundles["openvino-int8"]), f"{bundles['jetson-int8']}@onnxruntime"],
                        reference=str(bundles["onnx-fp32"]), data=synthetic_release, split="test", batch_sizes=[1],
@@ -42,7 +21,7 @@ def test_report_page_shows_verdicts_intervals_and_flips_on_a_phone(bundles, synt
     page_path = write_reports(report, tmp_path / "report")["html"]
     requests = []
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=ARGS)
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 390, "height": 844}, device_scale_factor=2)  # a phone
         page.on("request", lambda r: requests.append(r.url))
         page.goto(page_path.as_uri())

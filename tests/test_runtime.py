@@ -19,7 +19,7 @@ from edgederm.errors import EdgeDermError
 from edgederm.evaluation.clinical import apply_temperatures
 from edgederm.runtime import load_bundle
 from edgederm.runtime.bundle import BundleError, read_manifest
-from tests.conftest import write_jpeg
+from tests.helpers import write_jpeg
 
 runner = CliRunner()
 

@@ -17,11 +17,11 @@ import numpy as np
 from edgederm.data.release import read_release
 from edgederm.runtime.diagnose import RESULT_COLUMNS
 from edgederm.serve.process import ServerProcess
-from tests.test_report_browser import ARGS, _browser
+from tests.helpers import CHROMIUM_ARGS, chromium_or_skip
 
 
 def test_a_clinic_day_in_the_browser(bundles, synthetic_release, tmp_path):
-    chromium = _browser()
+    chromium = chromium_or_skip()
     from playwright.sync_api import expect, sync_playwright
     case = read_release(synthetic_release).split("test")[0]
     grey = tmp_path / "grey.png"
@@ -31,7 +31,7 @@ def test_a_clinic_day_in_the_browser(bundles, synthetic_release, tmp_path):
     requests = []
     try:
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=chromium, args=ARGS)
+            browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
             context = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2,
                                           accept_downloads=True)
             page = context.new_page()

@@ -17,7 +17,7 @@ from edgederm.models.config import ModelConfig, get_preset
 from edgederm.models.io import load_model, save_weights
 from edgederm.training.loss import multitask_loss
 from edgederm.training.recipe import recipe_for, resolve_config
-from tests.conftest import FAST_TRAINING
+from tests.helpers import FAST_TRAINING
 
 runner = CliRunner()
 

@@ -11,7 +11,7 @@ from edgederm.data.release import META_COLUMNS, read_release
 from edgederm.data.render import render_case
 from edgederm.data.synth import write_synthetic_release
 from edgederm.errors import DataError
-from tests.conftest import read_meta
+from tests.helpers import read_meta
 
 
 def test_layout_matches_the_real_release(synthetic_release):

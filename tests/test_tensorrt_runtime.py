@@ -21,9 +21,7 @@ from edgederm.runtime.bundle import read_manifest, write_manifest
 from edgederm.runtime.cuda import CudaError
 from edgederm.runtime.device import engine_mismatch
 from edgederm.runtime.tensorrt_backend import TensorRTPredictor
-
-FACTS = {"tensorrt": "10.3.0", "gpu": "Orin", "compute_capability": "8.7", "sm_count": 16,
-         "board": "NVIDIA Jetson AGX Orin Developer Kit", "l4t": "36.4.0"}
+from tests.helpers import FACTS, FakeBuilderTrt
 
 
 # --- fakes ---------------------------------------------------------------------------
@@ -224,72 +222,6 @@ def test_an_engine_from_another_orin_or_with_unreadable_facts_is_refused(engine_
 
 
 # --- the engine build ----------------------------------------------------------------
-
-class FakeBuilderTrt(SimpleNamespace):
-    """What build_engine asks of tensorrt, recording what it was asked."""
-
-    def __init__(self, cache_accepted: bool = True, build_ok: bool = True, version: str = "10.3.0"):
-        super().__init__(__version__=version, log=[])
-        self.cache_accepted, self.build_ok, self.profiles, self.cache_sets = cache_accepted, build_ok, [], []
-        self.parsed = []
-        outer = self
-        class Logger:
-            WARNING = 2
-
-            def __init__(self, level):
-                pass
-        self.Logger = Logger
-        self.NetworkDefinitionCreationFlag = SimpleNamespace(EXPLICIT_BATCH=0)
-        self.MemoryPoolType = SimpleNamespace(WORKSPACE="workspace")
-        self.BuilderFlag = SimpleNamespace(INT8="int8", FP16="fp16")
-
-        class Cache:
-            def __init__(self, data):
-                self.data = data
-
-            def serialize(self):
-                return b"cache:" + outer.__version__.encode()
-
-        class Config:
-            def __init__(self):
-                self.flags, self.cache = [], None
-
-            def set_memory_pool_limit(self, pool, size):
-                pass
-
-            def set_flag(self, flag):
-                self.flags.append(flag)
-
-            def add_optimization_profile(self, profile):
-                outer.profiles.append(profile.shapes)
-                return len(outer.profiles) - 1
-
-            def create_timing_cache(self, data):
-                return Cache(data)
-
-            def set_timing_cache(self, cache, ignore_mismatch):
-                accepted = outer.cache_accepted or cache.data == b""     # a fresh cache always fits
-                outer.cache_sets.append((cache.data, accepted))
-                self.cache = cache if accepted else None
-                return accepted
-
-            def get_timing_cache(self):
-                return self.cache
-
-        class Profile:
-            def __init__(self):
-                self.shapes = {}
-
-            def set_shape(self, name, low, opt, high):
-                self.shapes[name] = (low[0], opt[0], high[0])
-
-        self.Builder = lambda logger: SimpleNamespace(
-            create_network=lambda flags: "network", create_builder_config=Config,
-            create_optimization_profile=Profile,
-            build_serialized_network=lambda network, config: b"ENGINE" if outer.build_ok else None)
-        self.OnnxParser = lambda network, logger: SimpleNamespace(
-            parse_from_file=lambda path: outer.parsed.append(path) is None, num_errors=0)
-
 
 def test_a_timing_cache_from_another_gpu_starts_a_new_one(bundles, tmp_path):
     copy = shutil.copytree(bundles["jetson-int8"], tmp_path / "jetson")

@@ -16,7 +16,7 @@ from edgederm.training.branch_weights import search_branch_weights, weight_grid
 from edgederm.training.loss import class_weights_from_counts, multitask_loss
 from edgederm.training.recipe import RECIPES, TrainConfig, resolve_config
 from edgederm.training.trainer import train
-from tests.conftest import fast_configs
+from tests.helpers import fast_configs
 
 def test_paper_recipe_defaults():
     paper = RECIPES["paper"]
