@@ -10,7 +10,7 @@ DIR` (a clinic's own phone photos); mean / p50 / p90 / p99 latency and
 throughput; peak resident memory while loading and running it; the bundle's
 size; averaged AUC and ACC and every category's AUC on the chosen split; and
 against the reference, on the same cases, the statistical gate of
-`edgederm.evaluation.gate` (paired bootstrap confidence intervals of the AUC
+`edgederm.scoring.gate` (paired bootstrap confidence intervals of the AUC
 drop, decision flips). A variant that fails to load or run becomes a failed
 row, not a crash.
 
@@ -39,9 +39,9 @@ from edgederm.benchmarks.host import Tegrastats, host_facts
 from edgederm.data.inputs import IMAGE_INPUTS, METADATA_INPUT, load_arrays, random_metadata
 from edgederm.data.release import read_release
 from edgederm.errors import EdgeDermError
-from edgederm.evaluation.clinical import clinical_report
-from edgederm.evaluation.gate import GateSettings, judge
-from edgederm.evaluation.metrics import compute_metrics
+from edgederm.scoring.calibration import calibration_report
+from edgederm.scoring.gate import GateSettings, judge
+from edgederm.scoring.metrics import compute_metrics
 from edgederm.preprocess import DECODES, PreprocessConfig, header_size
 from edgederm.runtime import load_bundle
 from edgederm.runtime.bundle import read_manifest
@@ -255,7 +255,7 @@ def apply_gate(rows: list[dict], reference: str | None, settings: GateSettings,
             # a bundle with test-time views carries thresholds refitted on its own (TTA) outputs: the device reads
             # it with those, so its clinic figures do too
             fit = row["_clinical"] if row.get("tta") and row.get("_clinical") else ref["_clinical"]
-            report = clinical_report(fit, row["_probabilities"], labels)
+            report = calibration_report(fit, row["_probabilities"], labels)
             row["clinical"] = {"ece_percent": {t: 100 * c["ece_calibrated"] for t, c in report["calibration"].items()},
                                "melanoma": report["melanoma"], "operating_point": report["operating_point"]}
     for row in rows:

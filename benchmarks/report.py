@@ -15,8 +15,8 @@ import os
 from importlib.util import find_spec
 from pathlib import Path
 
-from edgederm.evaluation.clinical import describe_operating_point
-from edgederm.evaluation.gate import CONFIDENT_MARGIN
+from edgederm.scoring.calibration import describe_operating_point
+from edgederm.scoring.gate import CONFIDENT_MARGIN
 
 PLOTS_NEED = "plots need matplotlib: pip install 'edgederm[report]'"
 

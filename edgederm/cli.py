@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -17,7 +18,7 @@ import typer
 
 from edgederm import labels as L
 from edgederm.errors import EdgeDermError, LabelError
-from edgederm.evaluation.gate import DEFAULT_MAX_FLIP_RATE
+from edgederm.scoring.gate import DEFAULT_MAX_FLIP_RATE
 from edgederm.presets import preset_names
 
 PRESET_NAMES = ", ".join(preset_names())
@@ -174,12 +175,51 @@ def _list_presets(as_json: bool) -> None:
         typer.echo(f"{'':<{width}}  recipe: {r['recipe']}")
 
 
-_TRAIN_MODEL_FLAGS = ("clinical_encoder", "derm_encoder", "fusion", "fusion_stages", "img_size", "normalization",
-                      "branch_features", "fusion_features", "crop", "drop_rate")
-_TRAIN_RECIPE_FLAGS = ("epochs", "batch_size", "lr", "encoder_lr_scale", "weight_decay", "warmup_epochs", "swa_epochs",
-                       "swa_lr", "validate_every", "augment", "class_weights", "seed", "workers", "amp",
-                       "pretrained_clinical", "pretrained_derm", "optimizer", "schedule", "augment_policy",
-                       "label_smoothing", "branch_weights_tta", "melanoma_sensitivity")
+@dataclass(frozen=True)
+class ModelFlags:
+    """`train`'s model options, as typed (None: the preset's or the config file's value)."""
+    clinical_encoder: str | None = None
+    derm_encoder: str | None = None
+    fusion: str | None = None
+    fusion_stages: str | None = None      # "-2,-1" on the command line
+    img_size: int | None = None
+    normalization: str | None = None
+    branch_features: str | None = None
+    fusion_features: str | None = None
+    crop: str | None = None
+    drop_rate: float | None = None
+
+    def overrides(self) -> dict:
+        """ModelConfig overrides: the stages as a tuple of ints."""
+        stages = tuple(int(s) for s in self.fusion_stages.split(",")) if self.fusion_stages else None
+        return {**asdict(self), "fusion_stages": stages}
+
+
+@dataclass(frozen=True)
+class RecipeFlags:
+    """`train`'s recipe options, as typed (None: the preset's or the config file's value)."""
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    encoder_lr_scale: float | None = None
+    weight_decay: float | None = None
+    warmup_epochs: int | None = None
+    swa_epochs: int | None = None
+    swa_lr: float | None = None
+    validate_every: int | None = None
+    augment: bool | None = None
+    class_weights: bool | None = None
+    seed: int | None = None
+    workers: int | None = None
+    amp: bool | None = None
+    pretrained_clinical: str | None = None
+    pretrained_derm: str | None = None
+    optimizer: str | None = None
+    schedule: str | None = None
+    augment_policy: str | None = None
+    label_smoothing: float | None = None
+    branch_weights_tta: bool | None = None
+    melanoma_sensitivity: float | None = None
 
 
 def _as_flags(values: dict) -> list[str]:
@@ -257,21 +297,28 @@ def train_command(
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ):
     """Train a model; writes checkpoints, per-epoch metrics and the final weights to OUT."""
-    values = dict(locals())
+    model_flags = ModelFlags(
+        clinical_encoder=clinical_encoder, derm_encoder=derm_encoder, fusion=fusion, fusion_stages=fusion_stages,
+        img_size=img_size, normalization=normalization, branch_features=branch_features,
+        fusion_features=fusion_features, crop=crop, drop_rate=drop_rate)
+    recipe_flags = RecipeFlags(
+        epochs=epochs, batch_size=batch_size, lr=lr, encoder_lr_scale=encoder_lr_scale, weight_decay=weight_decay,
+        warmup_epochs=warmup_epochs, swa_epochs=swa_epochs, swa_lr=swa_lr, validate_every=validate_every,
+        augment=augment, class_weights=class_weights, seed=seed, workers=workers, amp=amp,
+        pretrained_clinical=pretrained_clinical, pretrained_derm=pretrained_derm, optimizer=optimizer,
+        schedule=schedule, augment_policy=augment_policy, label_smoothing=label_smoothing,
+        branch_weights_tta=branch_weights_tta, melanoma_sensitivity=melanoma_sensitivity)
     if nproc > 1:
         import subprocess
         import sys
-        del values["nproc"]
+        run_flags = {"data": data, "out": out, "preset": preset, "config": config, "resume": resume, "quiet": quiet}
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-                   "-m", "edgederm.training", *_as_flags(values)]
+                   "-m", "edgederm.training", *_as_flags({**run_flags, **asdict(model_flags), **asdict(recipe_flags)})]
         raise typer.Exit(code=subprocess.run(command).returncode)
     from edgederm.presets import resolve_config
     from edgederm.training.trainer import train
-    stages = tuple(int(s) for s in fusion_stages.split(",")) if fusion_stages else None
-    model_cfg, train_cfg = resolve_config(
-        preset, config,
-        model_overrides={**{k: values[k] for k in _TRAIN_MODEL_FLAGS}, "fusion_stages": stages},
-        train_overrides={k: values[k] for k in _TRAIN_RECIPE_FLAGS})
+    model_cfg, train_cfg = resolve_config(preset, config, model_overrides=model_flags.overrides(),
+                                          train_overrides=asdict(recipe_flags))
     final = train(data, out, model_cfg, train_cfg, resume=resume, progress=not quiet)
     if final.is_file():
         weights = json.loads((out / "branch_weights.json").read_text())
@@ -318,7 +365,7 @@ def evaluate_command(
         typer.echo(f"wrote {json_path} and {md_path}")
         typer.echo(headline(report["branches"]["final"], report["params_m"]))
         if report.get("clinical"):
-            from edgederm.evaluation.clinical import describe_operating_point
+            from edgederm.scoring.calibration import describe_operating_point
             typer.echo(describe_operating_point(report["clinical"]["operating_point"]))
 
 
@@ -380,7 +427,7 @@ def engine_build_command(
     max_batch: Annotated[int, typer.Option(help="Largest batch the engine accepts.")] = 8,
 ):
     """Build a TensorRT engine on this device; adds it and the device facts to the manifest."""
-    from edgederm.export.engine import build_engine
+    from edgederm.runtime.engine import build_engine
     path = build_engine(bundle, precision=precision, workspace_mb=workspace_mb, max_batch=max_batch,
                         log=typer.echo)
     typer.echo(f"wrote {path}")
@@ -522,7 +569,7 @@ def bench_command(
     """Latency, memory and accuracy of bundles side by side; exit 1 when a variant fails the FP32 gate."""
     from edgederm.benchmarks.bench import run_bench
     from edgederm.benchmarks.report import summary_lines, write_reports
-    from edgederm.evaluation.gate import GateSettings
+    from edgederm.scoring.gate import GateSettings
     try:
         batch_sizes = [int(b) for b in batch.split(",") if b.strip()]
     except ValueError:

@@ -23,10 +23,10 @@ import numpy as np
 from edgederm import labels as L
 from edgederm.calibration.selection import CalibrationSet
 from edgederm.data.inputs import METADATA_INPUT
-from edgederm.evaluation.gate import agreement
-from edgederm.evaluation.metrics import compute_metrics
+from edgederm.scoring.gate import agreement
+from edgederm.scoring.metrics import compute_metrics
 from edgederm.export import fp16_typing, int8_gate, jetson_check, openvino_export, qat, tensorrt_export
-from edgederm.export.engine import INT8_FP16_ONNX
+from edgederm.runtime.engine import INT8_FP16_ONNX
 from edgederm.export.formats import Target
 from edgederm.export.onnxruntime_scoring import onnxruntime_session, run_onnx
 from edgederm.runtime.bundle import write_manifest

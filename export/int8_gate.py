@@ -2,7 +2,7 @@
 
 Every INT8 export is judged on the *valid* split against the FP32 model with
 the same statistical gate `edgederm bench` applies on the device
-(`edgederm.evaluation.gate`): the averaged-AUC drop's upper bound within the
+(`edgederm.scoring.gate`): the averaged-AUC drop's upper bound within the
 margin, no category significantly worse, and decisions kept: at most
 `--max-flip-rate` (default 2 %) of cases with a different top diagnosis or
 seven-point reading, and at most half of it to be chosen (SELECTION_SHARE
@@ -54,7 +54,7 @@ from typing import Callable
 import numpy as np
 
 from edgederm.errors import ConfigError
-from edgederm.evaluation.gate import GateSettings, judge
+from edgederm.scoring.gate import GateSettings, judge
 from edgederm.export.sensitivity import Ranking, block_of, group_blocks, rank_blocks, ranking_cases
 
 METHOD_QAT = "QAT distilled from FP32"

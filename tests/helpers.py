@@ -172,7 +172,7 @@ def bench_against_torch(written: dict[str, Path], data: Path, report: dict) -> N
     import numpy as np
 
     from edgederm.benchmarks.bench import run_bench
-    from edgederm.evaluation.gate import GateSettings
+    from edgederm.scoring.gate import GateSettings
     bench = run_bench([str(written["openvino"]), f"{written['jetson']}@onnxruntime"], reference=str(written["torch"]),
                       data=data, split="test", batch_sizes=[1], warmup=1, runs=3,
                       gate=GateSettings(max_auc_drop=50.0, max_flip_rate=100.0), photos=[], e2e_runs=1)

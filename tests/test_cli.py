@@ -73,9 +73,9 @@ def test_model_summary_shows_the_papers_count_beside_a_paper_row():
 def test_model_summary_bad_preset_is_one_line():
     result = runner.invoke(app, ["model", "summary", "--preset", "huge"])
     assert result.exit_code == 1
-    from edgederm.models.config import PRESETS
-    assert result.output.strip() == f"error: unknown preset 'huge' (choose from {', '.join(PRESETS)})"
-    assert "clinical-only" in PRESETS and "tiny" in PRESETS
+    from edgederm.presets import preset_names
+    assert result.output.strip() == f"error: unknown preset 'huge' (choose from {', '.join(preset_names())})"
+    assert "clinical-only" in preset_names() and "tiny" in preset_names()
 
 
 def test_data_check_does_not_import_torch(synthetic_release):
@@ -109,3 +109,18 @@ def test_torchrun_relaunch_keeps_every_flag():
     flags = _as_flags({"data": "d", "fusion_stages": "-2,-1", "augment": False, "resume": False, "lr": 0.001,
                        "epochs": None, "quiet": True})
     assert flags == ["--data=d", "--fusion-stages=-2,-1", "--no-augment", "--lr=0.001", "--quiet"]
+
+
+def test_every_train_option_reaches_the_trainer_or_the_relaunch():
+    """`train`'s options are gathered into explicit objects (no locals()): each option has its field, so a new
+    option cannot be dropped silently from the torchrun relaunch."""
+    import inspect
+    from dataclasses import fields
+
+    from edgederm.cli import ModelFlags, RecipeFlags, train_command
+    from edgederm.training.recipe import TrainConfig
+    options = set(inspect.signature(inspect.unwrap(train_command)).parameters)
+    gathered = {f.name for f in fields(ModelFlags)} | {f.name for f in fields(RecipeFlags)}
+    assert options - gathered == {"data", "out", "preset", "config", "resume", "quiet", "nproc"}
+    assert gathered <= options
+    assert {f.name for f in fields(RecipeFlags)} <= {f.name for f in fields(TrainConfig)}

@@ -1,12 +1,12 @@
 """Calibration (ECE, temperature scaling) and melanoma operating points
-(edgederm/evaluation/clinical.py), on data whose answers are known."""
+(edgederm.scoring.calibration.py), on data whose answers are known."""
 import numpy as np
 import pytest
 
 from edgederm import labels as L
-from edgederm.evaluation.clinical import (apply_temperatures, argmax_seven_point_score, clinical_report,
+from edgederm.scoring.calibration import (apply_temperatures, argmax_seven_point_score, calibration_report,
                                           describe_operating_point, expected_calibration_error,
-                                          expected_seven_point_score, fit_clinical, fit_temperature, operating_point,
+                                          expected_seven_point_score, fit_calibration, fit_temperature, operating_point,
                                           temperature_scale, threshold_for_sensitivity)
 
 
@@ -87,13 +87,13 @@ def test_fit_on_valid_then_report_on_another_split():
         labels.append(y)
     probs, labels = np.concatenate(tasks, 1), np.stack(labels, 1)
     valid, test = slice(0, 300), slice(300, 600)
-    fit = fit_clinical(probs[valid], labels[valid], target=0.9)
+    fit = fit_calibration(probs[valid], labels[valid], target=0.9)
     assert set(fit["temperatures"]) == set(L.TASK_KEYS) and all(t > 1.5 for t in fit["temperatures"].values())
     calibrated = apply_temperatures(probs[valid], fit["temperatures"])
     mel = labels[valid][:, L.TASK_KEYS.index("DIAG")] == L.class_index("DIAG", "MEL")
     mel_p = calibrated[:, L.TASK_SLICES["DIAG"]][:, L.class_index("DIAG", "MEL")]
     assert (mel_p[mel] >= fit["melanoma_probability_threshold"]).mean() >= 0.9      # the target holds on valid
-    report = clinical_report(fit, probs[test], labels[test])
+    report = calibration_report(fit, probs[test], labels[test])
     assert all(c["ece_calibrated"] < c["ece"] for c in report["calibration"].values())
     assert set(report["melanoma"]) == {"seven_point_argmax", "seven_point_expected", "melanoma_probability"}
     assert report["melanoma"]["seven_point_argmax"]["threshold"] == L.SEVEN_POINT_THRESHOLD
@@ -105,7 +105,7 @@ def test_fit_on_valid_then_report_on_another_split():
     assert report["melanoma"]["melanoma_probability"]["positives"] == int(
         (labels[test][:, L.TASK_KEYS.index("DIAG")] == L.class_index("DIAG", "MEL")).sum())
     with pytest.raises(ValueError, match="target sensitivity"):
-        fit_clinical(probs[valid], labels[valid], target=0)
+        fit_calibration(probs[valid], labels[valid], target=0)
 
 
 def test_a_valid_split_without_melanoma_keeps_the_checklist():
@@ -115,10 +115,10 @@ def test_a_valid_split_without_melanoma_keeps_the_checklist():
                                      for i, t in enumerate(L.TASKS[1:])], 1)
     labels = np.stack([np.where(labels == L.class_index("DIAG", "MEL"), 0, labels)]
                       + [np.zeros(200, int)] * (len(L.TASKS) - 1), 1)
-    fit = fit_clinical(full, labels)
+    fit = fit_calibration(full, labels)
     assert fit["seven_point"] == {"reading": "checklist", "threshold": L.SEVEN_POINT_THRESHOLD}
     assert fit["melanoma_probability_threshold"] is None and len(fit["temperatures"]) == len(L.TASK_KEYS)
-    report = clinical_report(fit, full, labels)
+    report = calibration_report(fit, full, labels)
     assert set(report["melanoma"]) == {"seven_point_argmax"}
     assert report["operating_point"]["reading"] == "seven_point_argmax"
     assert "the checklist's >= 3" in describe_operating_point(report["operating_point"])

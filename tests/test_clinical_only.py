@@ -17,7 +17,7 @@ from edgederm.models import create_model
 from edgederm.models.clinical_only import LesionSelection
 from edgederm.models.config import ModelConfig
 from edgederm.models.io import load_model, save_weights
-from edgederm.training.recipe import resolve_config
+from edgederm.presets import resolve_config
 from tests.helpers import FAST_TRAINING, bench_against_torch, export_for_devices, read_meta, write_meta
 
 runner = CliRunner()

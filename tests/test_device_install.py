@@ -56,9 +56,10 @@ def test_base_install_holds_no_training_stack_and_no_generic_packages(device_ven
     assert not [name for name in NOT_IN_SITE_PACKAGES if (site / name).exists()]
     # The stage folders import from the wheel under the edgederm namespace; dev scripts are not shipped.
     out = _run([device_venv / "python", "-c",
-                "import edgederm.export.formats, edgederm.export.engine, edgederm.benchmarks.bench, "
-                "edgederm.runtime.bundle; print(edgederm.export.engine.__file__)"]).stdout
-    assert out.startswith(str(site / "edgederm" / "export"))
+                "import edgederm.export.formats, edgederm.runtime.engine, edgederm.benchmarks.bench, "
+                "edgederm.runtime.bundle; print(edgederm.export.formats.__file__); "
+                "print(edgederm.runtime.engine.__file__)"]).stdout.split()
+    assert out[0].startswith(str(site / "edgederm" / "export")) and out[1].startswith(str(site / "edgederm"))
     assert not (site / "edgederm" / "benchmarks" / "dev").exists()
 
 

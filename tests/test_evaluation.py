@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from edgederm import labels as L
 from edgederm.cli import app
-from edgederm.evaluation.metrics import compute_metrics, roc_auc
+from edgederm.scoring.metrics import compute_metrics, roc_auc
 
 
 def _perfect(labels):

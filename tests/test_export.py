@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from edgederm.cli import app
 from edgederm.errors import ConfigError
-from edgederm.export.engine import INSTALL_HINT, BuildPlan, trtexec_command
+from edgederm.runtime.engine import INSTALL_HINT, BuildPlan, trtexec_command
 from edgederm.export.exporter import ExportRequest, export
 from edgederm.export.formats import parse_request
 from edgederm.export.onnxruntime_scoring import onnxruntime_session

@@ -8,7 +8,7 @@ from onnx import helper, numpy_helper
 
 from edgederm.data.inputs import load_arrays
 from edgederm.data.release import read_release
-from edgederm.evaluation.gate import GateSettings
+from edgederm.scoring.gate import GateSettings
 from edgederm.export import fp16_typing, int8_gate, tensorrt_export
 from edgederm.export.bundles import _onnx_predictor
 from edgederm.export.onnx_export import export_onnx, run_torch

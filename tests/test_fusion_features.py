@@ -9,7 +9,8 @@ import torch
 from typer.testing import CliRunner
 
 from edgederm.cli import app
-from edgederm.models import ModelConfig, create_model, get_preset
+from edgederm.models import ModelConfig, create_model
+from edgederm.presets import get_preset
 from edgederm.models.config import FUSION_FEATURES
 from edgederm.runtime.bundle import read_manifest
 from tests.helpers import FAST_TRAINING
@@ -24,7 +25,7 @@ def _width(model) -> int:
 
 def test_fusion_head_width_is_sized_from_the_encoders():
     for preset, overrides in (("tiny", CONV_HEAD_TINY), ("ssn-tiny", {"img_size": 64})):
-        base = replace(get_preset(preset), **overrides)
+        base = replace(get_preset(preset).model, **overrides)
         models = {v: create_model(replace(base, fusion_features=v)) for v in FUSION_FEATURES
                   if v != "fused_head" or preset == "tiny"}
         fused = models["fused"]
@@ -42,7 +43,7 @@ def test_fusion_head_width_is_sized_from_the_encoders():
 
 
 def test_jif_mmfa_joint_head_reads_the_tokens_the_features_or_both():
-    base = replace(get_preset("jif-mmfa-tiny"), img_size=64)
+    base = replace(get_preset("jif-mmfa-tiny").model, img_size=64)
     models = {v: create_model(replace(base, fusion_features=v)) for v in ("fused", "fused+pre_logits", "pre_logits")}
     image = models["fused"].image_head.fc.in_features
     assert _width(models["fused+pre_logits"]) == _width(models["fused"]) + image
@@ -53,8 +54,8 @@ def test_jif_mmfa_joint_head_reads_the_tokens_the_features_or_both():
 
 def test_fused_head_runs_the_weights_the_dermoscopy_branch_uses():
     torch.manual_seed(0)
-    model = create_model(replace(get_preset("tiny"), fusion_features="fused_head", **CONV_HEAD_TINY)).eval()
-    plain = create_model(replace(get_preset("tiny"), fusion_features="fused", **CONV_HEAD_TINY))
+    model = create_model(replace(get_preset("tiny").model, fusion_features="fused_head", **CONV_HEAD_TINY)).eval()
+    plain = create_model(replace(get_preset("tiny").model, fusion_features="fused", **CONV_HEAD_TINY))
     # the head adds no weights of its own: only the wider fusion head's linear layer differs
     extra = sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in plain.parameters())
     assert extra == (_width(model) - _width(plain)) * 24
@@ -74,15 +75,15 @@ def test_edge_defaults_to_fused_and_pre_logits_within_ten_million_parameters():
     summary = json.loads(result.output)
     assert summary["fusion_features"] == {"features": "fused+pre_logits", "channels": 112 + 320 + 1280 + 1280}
     assert summary["total"]["params_m"] <= 10.0
-    assert get_preset("jif-mmfa").fusion_features == "fused+pre_logits"
+    assert get_preset("jif-mmfa").model.fusion_features == "fused+pre_logits"
     for paper_row in ("paper", "aff-aab", "aff-bab", "aff-cat", "sff-cat"):      # the paper's structure
-        assert get_preset(paper_row).fusion_features == "fused"
+        assert get_preset(paper_row).model.fusion_features == "fused"
     text = CliRunner().invoke(app, ["model", "summary", "--preset", "edge"]).output
     assert "fusion head P_FU reads fused+pre_logits: 2992 channels" in text
 
 
 def test_a_config_saved_before_the_knob_reads_as_fused():
-    saved = get_preset("tiny").to_dict()
+    saved = get_preset("tiny").model.to_dict()
     del saved["fusion_features"]
     assert ModelConfig.from_dict(saved).fusion_features == "fused"
 
@@ -121,7 +122,7 @@ def test_every_value_trains_exports_and_passes_parity_and_the_gate(value, synthe
     from edgederm.export.jetson_check import check_graph
     from edgederm.export.onnxruntime_scoring import onnxruntime_session, run_onnx
     from edgederm.export.tensorrt_export import QdqQuantizer
-    from edgederm.training.recipe import resolve_config
+    from edgederm.presets import resolve_config
     from edgederm.training.trainer import train
     model_cfg, train_cfg = resolve_config("tiny", model_overrides={**CONV_HEAD_TINY, "fusion_features": value},
                                           train_overrides={**FAST_TRAINING, "epochs": 1, "swa_epochs": 0})

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from edgederm import labels as L
-from edgederm.evaluation.gate import (
+from edgederm.scoring.gate import (
     CONFIDENT_MARGIN,
     GateSettings,
     auc_comparison,
@@ -14,7 +14,7 @@ from edgederm.evaluation.gate import (
     reading_margins,
     weighted_aucs,
 )
-from edgederm.evaluation.metrics import compute_metrics, roc_auc
+from edgederm.scoring.metrics import compute_metrics, roc_auc
 
 N = 300
 
@@ -145,7 +145,7 @@ def test_decision_flips_name_cases_and_direction():
 def test_flip_rates_carry_an_exact_upper_bound_and_a_net_direction():
     from scipy.stats import beta
 
-    from edgederm.evaluation.gate import binomial_upper_bound
+    from edgederm.scoring.gate import binomial_upper_bound
     for events, trials in ((0, 121), (2, 121), (27, 395), (5, 8)):
         assert binomial_upper_bound(events, trials) == pytest.approx(beta.ppf(0.95, events + 1, trials - events),
                                                                      abs=1e-9)
@@ -205,8 +205,8 @@ def test_losing_referred_melanomas_fails_the_gate(cases):
 def test_a_fitted_model_is_judged_by_its_own_reading(cases):
     """With the model's clinical fit, the seven-point decisions are the expected score at its threshold,
     as the device reads them; a shift the checklist cannot see (no top class changes) is a flip there."""
-    from edgederm.evaluation.clinical import expected_seven_point_score
-    from edgederm.evaluation.gate import referral
+    from edgederm.scoring.calibration import expected_seven_point_score
+    from edgederm.scoring.gate import referral
     labels, probs, ids = cases
     fit = {"temperatures": {t: 1.0 for t in L.TASK_KEYS}, "target_sensitivity": 0.9,
            "seven_point": {"reading": "expected", "threshold": float(np.median(expected_seven_point_score(probs)))}}

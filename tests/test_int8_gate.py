@@ -146,7 +146,7 @@ def test_a_graph_that_changes_decisions_is_refused_whatever_its_auc(trained_run,
     cases = release.split("valid")
     clinical, dermoscopy = load_arrays(cases, preprocess)
     onnx_fp32 = export_onnx(model, tmp_path / "model.onnx")
-    from edgederm.evaluation.gate import GateSettings
+    from edgederm.scoring.gate import GateSettings
     from edgederm.export.onnx_export import run_torch
     from edgederm.export.onnxruntime_scoring import onnxruntime_session, run_onnx
     from edgederm.export.tensorrt_export import QdqQuantizer
@@ -192,7 +192,7 @@ def test_accuracy_control_is_tried_when_asked_and_refused_when_it_cannot_pass(tr
 def test_a_graph_is_chosen_on_valid_only_within_half_the_flip_limit():
     """1.5 % of diagnoses flipped passes the 2 % gate but is not chosen on valid (SELECTION_SHARE);
     0.5 % is; without a flip limit the margin does not apply."""
-    from edgederm.evaluation.gate import GateSettings
+    from edgederm.scoring.gate import GateSettings
     rng = np.random.default_rng(5)
     n = 200
     labels = np.stack([rng.integers(0, k, n) for k in L.NUM_CLASSES], 1)

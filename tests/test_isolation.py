@@ -88,7 +88,7 @@ def test_openvino_figures_are_those_of_the_saved_bundle_as_the_runtime_runs_it(b
     saved IR: what a clinic runs is what was measured."""
     from edgederm.data.inputs import load_arrays
     from edgederm.data.release import read_release
-    from edgederm.evaluation.metrics import compute_metrics
+    from edgederm.scoring.metrics import compute_metrics
     from edgederm.runtime import load_bundle
     release = read_release(synthetic_release)
     cases = release.split("test")

@@ -17,12 +17,12 @@ from edgederm.data.inputs import input_shape, load_arrays
 from edgederm.data.release import read_release
 from edgederm.data.torch_dataset import PairDataset
 from edgederm.errors import ConfigError, EdgeDermError, LabelError
-from edgederm.export.engine import build_engine
+from edgederm.runtime.engine import build_engine
 from edgederm.models import create_model
 from edgederm.models.config import ModelConfig
 from edgederm.models.io import load_model, save_weights
 from edgederm.training.loss import multitask_loss
-from edgederm.training.recipe import resolve_config
+from edgederm.presets import resolve_config
 from tests.helpers import (FACTS, FAST_TRAINING, FakeBuilderTrt, bench_against_torch, export_for_devices, read_meta,
                            write_meta)
 

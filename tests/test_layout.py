@@ -15,9 +15,10 @@ MAX_TRACKED_BYTES = 5 * 1024 * 1024
 DEVICE_MODULES = (
     "edgederm", "edgederm.cli", "edgederm.errors", "edgederm.labels", "edgederm.preprocess",
     "edgederm.checksums", "edgederm.staging", "edgederm.data.release", "edgederm.data.inputs",
-    "edgederm.evaluation.metrics", "edgederm.evaluation.gate", "edgederm.evaluation.clinical", "edgederm.runtime", "edgederm.runtime.bundle", "edgederm.runtime.device",
+    "edgederm.scoring", "edgederm.scoring.metrics", "edgederm.scoring.gate", "edgederm.scoring.calibration",
+    "edgederm.scoring.weighted_average", "edgederm.runtime", "edgederm.runtime.bundle", "edgederm.runtime.device",
     "edgederm.runtime.predictor", "edgederm.runtime.prediction", "edgederm.runtime.diagnose",
-    "edgederm.runtime.onnxruntime_backend", "edgederm.runtime.tensorrt_backend", "edgederm.export.engine",
+    "edgederm.runtime.onnxruntime_backend", "edgederm.runtime.tensorrt_backend", "edgederm.runtime.engine",
     "edgederm.benchmarks.bench", "edgederm.benchmarks.host", "edgederm.benchmarks.report", "edgederm.benchmarks.photos",
     "edgederm.serve.app", "edgederm.serve.store", "edgederm.serve.access", "edgederm.serve.server",
     "edgederm.serve.process",

@@ -89,7 +89,7 @@ def test_the_search_tries_qat_after_plain_ptq_and_refuses_a_graph_tensorrt_would
     """An impossible margin: plain PTQ fails, QAT is tried next; its graph, reported with a problem by the
     TensorRT check, is refused whatever its score, and the blocks in float are tried after it."""
     from edgederm.data.inputs import load_arrays
-    from edgederm.evaluation.gate import GateSettings
+    from edgederm.scoring.gate import GateSettings
     from edgederm.export.onnx_export import export_onnx
     from edgederm.export.onnxruntime_scoring import onnxruntime_session, run_onnx
     from edgederm.export.tensorrt_export import QdqQuantizer

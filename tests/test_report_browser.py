@@ -8,7 +8,7 @@ load nothing from the network. A screenshot is saved in the test's folder.
 missing browser fails the test instead of skipping it."""
 from edgederm.benchmarks.bench import run_bench
 from edgederm.benchmarks.report import write_reports
-from edgederm.evaluation.gate import GateSettings
+from edgederm.scoring.gate import GateSettings
 from tests.helpers import CHROMIUM_ARGS, chromium_or_skip
 
 

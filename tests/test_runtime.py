@@ -16,7 +16,7 @@ from edgederm import labels as L
 from edgederm.cli import app
 from edgederm.data.release import read_release
 from edgederm.errors import EdgeDermError
-from edgederm.evaluation.clinical import apply_temperatures
+from edgederm.scoring.calibration import apply_temperatures
 from edgederm.runtime import load_bundle
 from edgederm.runtime.bundle import BundleError, read_manifest
 from tests.helpers import write_jpeg

@@ -13,10 +13,10 @@ from edgederm.data.release import read_release
 from edgederm.errors import ConfigError
 from edgederm.models import create_model
 from edgederm.models.attention import SharedCrossAttention
-from edgederm.models.config import ModelConfig, get_preset
+from edgederm.models.config import ModelConfig
 from edgederm.models.io import load_model, save_weights
 from edgederm.training.loss import multitask_loss
-from edgederm.training.recipe import recipe_for, resolve_config
+from edgederm.presets import get_preset, resolve_config
 from tests.helpers import FAST_TRAINING
 
 runner = CliRunner()
@@ -64,7 +64,7 @@ def test_the_cross_attention_is_one_module_for_every_stage():
 def test_a_shared_encoder_needs_one_encoder_name():
     with pytest.raises(ConfigError, match="shared_encoder needs one encoder for both photos"):
         ModelConfig(clinical_encoder="mobilenetv3_small_050", derm_encoder="resnet10t", shared_encoder=True)
-    assert get_preset("ssn").shared_encoder and get_preset("ssn").fusion == "sca"
+    assert get_preset("ssn").model.shared_encoder and get_preset("ssn").model.fusion == "sca"
 
 
 def test_the_biased_loss_weights_the_branches():
@@ -75,7 +75,8 @@ def test_the_biased_loss_weights_the_branches():
     weights = {"clinical": 0.5, "derm": 1.0, "fusion": 1.0}
     assert torch.allclose(multitask_loss(logits, targets, branch_weights=weights),
                           0.5 * alone["clinical"] + alone["derm"] + alone["fusion"])
-    assert recipe_for("ssn").loss_weight_clinical == 0.5 and recipe_for("ssn-tiny").loss_weight_clinical == 0.5
+    assert get_preset("ssn").recipe.loss_weight_clinical == 0.5
+    assert get_preset("ssn-tiny").recipe.loss_weight_clinical == 0.5
     with pytest.raises(ConfigError, match="loss weights must be >= 0"):
         resolve_config("ssn-tiny", train_overrides={"loss_weight_clinical": -1.0})
 

@@ -16,7 +16,7 @@ import pytest
 
 from edgederm import labels as L
 from edgederm.errors import EdgeDermError
-from edgederm.export.engine import EngineError, batch_profiles, build_engine
+from edgederm.runtime.engine import EngineError, batch_profiles, build_engine
 from edgederm.runtime.bundle import read_manifest, write_manifest
 from edgederm.runtime.cuda import CudaError
 from edgederm.runtime.device import engine_mismatch
@@ -295,7 +295,7 @@ def test_bench_times_an_engine_through_buffers_allocated_once(engine_bundle, mon
     import sys
 
     from edgederm.benchmarks.bench import run_bench
-    from edgederm.evaluation.gate import GateSettings
+    from edgederm.scoring.gate import GateSettings
     from edgederm.runtime import tensorrt_backend
     bundle, manifest = engine_bundle
     write_manifest(bundle, manifest)             # the engine is now one of the bundle's checked files

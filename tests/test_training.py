@@ -9,17 +9,18 @@ from safetensors.torch import load_file
 
 from edgederm import labels as L
 from edgederm.errors import ConfigError
-from edgederm.evaluation.metrics import averaged_auc
+from edgederm.scoring.metrics import averaged_auc
 from edgederm.models.io import load_model
 from edgederm.training import trainer as trainer_module
 from edgederm.training.branch_weights import search_branch_weights, weight_grid
 from edgederm.training.loss import class_weights_from_counts, multitask_loss
-from edgederm.training.recipe import RECIPES, TrainConfig, resolve_config
+from edgederm.presets import get_preset, resolve_config
+from edgederm.training.recipe import TrainConfig
 from edgederm.training.trainer import train
 from tests.helpers import fast_configs
 
 def test_paper_recipe_defaults():
-    paper = RECIPES["paper"]
+    paper = get_preset("paper").recipe
     assert (paper.batch_size, paper.epochs, paper.swa_epochs, paper.lr) == (24, 250, 50, 3e-5)
     assert paper.augment and not paper.class_weights
     factors = [paper.lr_factor(e) for e in range(paper.epochs)]

@@ -16,7 +16,8 @@ from edgederm.data.inputs import load_arrays
 from edgederm.data.release import read_release
 from edgederm.data.torch_dataset import PairDataset
 from edgederm.evaluation.evaluate import evaluate_run
-from edgederm.evaluation.predict import predict_branches, weighted_final
+from edgederm.evaluation.predict import predict_branches
+from edgederm.scoring.weighted_average import weighted_final
 from edgederm.models.io import load_model
 from edgederm.models.tta import VIEW_SETS, tta_probabilities
 from edgederm.runtime import load_bundle
@@ -99,7 +100,7 @@ def test_every_graph_averages_the_views_and_the_int8_ones_are_gated_against_them
 
 def test_diagnose_bench_and_the_clinic_app_take_a_tta_bundle(tta_bundles, bundles, synthetic_release, tmp_path):
     from edgederm.benchmarks.bench import run_bench
-    from edgederm.evaluation.gate import GateSettings
+    from edgederm.scoring.gate import GateSettings
     from edgederm.serve.app import create_app
     from edgederm.serve.server import build_clinic
     case = read_release(synthetic_release).split("test")[0]

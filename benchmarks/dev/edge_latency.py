@@ -33,7 +33,7 @@ from edgederm.benchmarks.bench import run_bench
 from edgederm.benchmarks.photos import write_phone_pair
 from edgederm.benchmarks.report import write_reports
 from edgederm.data.release import read_release
-from edgederm.evaluation.gate import GateSettings
+from edgederm.scoring.gate import GateSettings
 from edgederm.models import create_model
 from edgederm.presets import get_preset
 from edgederm.models.io import save_weights

@@ -30,7 +30,7 @@ from workdir import ensure_bundles, synthetic_release
 
 from edgederm.benchmarks.bench import run_bench
 from edgederm.evaluation.evaluate import evaluate_run
-from edgederm.evaluation.gate import GateSettings
+from edgederm.scoring.gate import GateSettings
 from edgederm.export.int8_gate import NoPassingInt8
 from edgederm.presets import resolve_config
 from edgederm.training.trainer import train

@@ -49,7 +49,7 @@ from edgederm.benchmarks.host import host_facts
 from edgederm.calibration.selection import build_calibration_set
 from edgederm.data.inputs import load_arrays
 from edgederm.data.release import read_release
-from edgederm.evaluation.gate import GateSettings, agreement, judge
+from edgederm.scoring.gate import GateSettings, agreement, judge
 from edgederm.export import int8_gate, openvino_export, qat
 from edgederm.export.onnx_export import export_onnx, run_torch
 from edgederm.export.onnxruntime_scoring import onnxruntime_session, run_onnx

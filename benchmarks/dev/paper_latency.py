@@ -22,7 +22,7 @@ from workdir import ensure_bundles, synthetic_release
 
 from edgederm.benchmarks.bench import run_bench
 from edgederm.benchmarks.report import write_reports
-from edgederm.evaluation.gate import GateSettings
+from edgederm.scoring.gate import GateSettings
 from edgederm.models import create_model
 from edgederm.presets import get_preset
 from edgederm.models.io import save_weights

@@ -34,7 +34,7 @@ import torch
 from workdir import ensure_bundles, synthetic_release
 
 from edgederm.benchmarks.bench import run_bench
-from edgederm.evaluation.gate import GateSettings
+from edgederm.scoring.gate import GateSettings
 from edgederm.export.int8_gate import NoPassingInt8
 from edgederm.models import create_model
 from edgederm.presets import preset_names

@@ -9,9 +9,10 @@ from torch.utils.data import DataLoader
 from edgederm.data.release import read_release
 from edgederm.data.torch_dataset import PairDataset
 from edgederm.errors import ConfigError
-from edgederm.evaluation.clinical import clinical_report, fit_clinical
-from edgederm.evaluation.metrics import compute_metrics, location_metrics
-from edgederm.evaluation.predict import predict_branches, weighted_final
+from edgederm.scoring.calibration import calibration_report, fit_calibration
+from edgederm.scoring.metrics import compute_metrics, location_metrics
+from edgederm.evaluation.predict import predict_branches
+from edgederm.scoring.weighted_average import weighted_final
 from edgederm.models.io import load_model, read_metadata
 from edgederm.models.tta import VIEW_SETS, tta_views
 
@@ -52,7 +53,7 @@ def evaluate_run(run_dir: str | Path, data: str | Path, split: str = "test", che
         "cases": len(cases), "branch_weights": weights_used, "branch_weights_searched_on": searched_on,
         "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
         "branches": {b: compute_metrics(p, labels) for b, p in branch_probs.items()},
-        "clinical": {"fit": fit, "fitted": fitted, **clinical_report(fit, branch_probs["final"], labels)},
+        "clinical": {"fit": fit, "fitted": fitted, **calibration_report(fit, branch_probs["final"], labels)},
         "location": location_metrics(location["probabilities"], location["labels"]) if location else None,
     }
 
@@ -72,4 +73,4 @@ def _clinical_fit(model, weights: Path, data, split: str, tta: bool | str, branc
     branch_probs, labels = predict_branches(model, loader, device, tta=tta, progress=progress)
     views = len(tta_views(tta))
     fitted = f"now, on the valid split's {f'{views}-view TTA' if views > 1 else 'single-view'} outputs"
-    return fit_clinical(weighted_final(branch_probs, branch_weights), labels), fitted
+    return fit_calibration(weighted_final(branch_probs, branch_weights), labels), fitted

@@ -45,12 +45,3 @@ def predict_branches(model: torch.nn.Module, loader, device: torch.device | str 
     if location is not None and located:
         location.update(probabilities=np.concatenate(located), labels=targets[:, L.NUM_TASKS])
     return {b: np.concatenate(v) for b, v in outputs.items()}, targets[:, :L.NUM_TASKS]
-
-
-def weighted_final(branch_probs: dict[str, np.ndarray], weights) -> np.ndarray:
-    """P_FI = W_C P_C + W_D P_D + W_FU P_FU: `weights` in the order of the branches in `branch_probs`
-    (a "final" entry already there is not a branch)."""
-    branches = [b for b in branch_probs if b != "final"]
-    if len(branches) != len(weights):
-        raise ValueError(f"{len(weights)} branch weights for {len(branches)} branches ({', '.join(branches)})")
-    return sum(float(w) * branch_probs[b] for w, b in zip(weights, branches))

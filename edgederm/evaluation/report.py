@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 
 from edgederm import labels as L
-from edgederm.evaluation.clinical import describe_operating_point
+from edgederm.scoring.calibration import describe_operating_point
 
 # a report's rows: the branches a network has (jif-mmfa: image, metadata and joint), then P_FI
 ROWS = (("clinical", "Clinical (P_C)"), ("derm", "Dermoscopy (P_D)"), ("image", "Image (P_I)"),

@@ -5,7 +5,9 @@
     prediction = predictor.predict("clinic.jpg", "derm.jpg")
 
 Backends are imported only when a bundle needs them: a Jetson or a clinic
-laptop never loads torch unless it runs a torch bundle.
+laptop never loads torch. The torch reference backend needs the model code,
+which this package never imports (docs/architecture.md, the import contract):
+it is a plugin, found through the `edgederm.backends` entry point.
 """
 from __future__ import annotations
 
@@ -42,10 +44,23 @@ def load_bundle(path: str | Path, device: str = "CPU", backend: str | None = Non
         from edgederm.runtime.openvino_backend import OpenVinoPredictor
         return OpenVinoPredictor(path, manifest, device)
     if backend == "torch":
-        from edgederm.runtime.torch_backend import TorchPredictor
-        return TorchPredictor(path, manifest)
+        return _plugin_backend(path, backend)(path, manifest)
     from edgederm.runtime.tensorrt_backend import TensorRTPredictor
     return TensorRTPredictor(path, manifest)
+
+
+def _plugin_backend(path: Path, backend: str) -> type[Predictor]:
+    """The Predictor class an installed package registers for `backend` (group `edgederm.backends`)."""
+    from importlib.metadata import entry_points
+    found = entry_points(group="edgederm.backends", name=backend)
+    if not found:
+        raise EdgeDermError(f"{path}: no {backend} backend is installed (a {backend} bundle runs on the "
+                            "workstation install: pip install 'edgederm[train]')")
+    try:
+        return next(iter(found)).load()
+    except ImportError as e:
+        raise EdgeDermError(f"{path}: the {backend} backend cannot load ({e}); a {backend} bundle runs on the "
+                            "workstation install: pip install 'edgederm[train]'") from None
 
 
 __all__ = ["BACKENDS", "DISCLAIMER", "BundleRunError", "Prediction", "Predictor", "load_bundle"]

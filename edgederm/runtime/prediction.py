@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgederm import labels as L
-from edgederm.evaluation.clinical import apply_temperatures
+from edgederm.scoring.calibration import apply_temperatures
 
 DISCLAIMER = ("EdgeDerm is decision support, not a diagnosis: a clinician must examine the patient "
               "and decide on referral and treatment.")
@@ -21,7 +21,7 @@ class Prediction:
     @classmethod
     def from_row(cls, row: np.ndarray, clinical: dict | None = None) -> "Prediction":
         """One row of the concatenated N x 24 output; with the bundle's `clinical` fit, each task's
-        probabilities are temperature-scaled (edgederm.evaluation.clinical) before anything is read."""
+        probabilities are temperature-scaled (edgederm.scoring.calibration) before anything is read."""
         if clinical:
             row = apply_temperatures(np.asarray(row, np.float64)[None], clinical["temperatures"])[0]
         return cls({t.key: {c: float(p) for c, p in zip(t.classes, row[L.TASK_SLICES[t.key]])} for t in L.TASKS},

@@ -13,7 +13,7 @@ copies the inputs into the pinned buffers, then copy in, execute, copy out on
 that stream and one synchronisation, so a latency measurement times the
 model and its transfers, not allocations. The engine has one optimisation
 profile for batch 1 (the clinic's case) and, when built for larger batches,
-one tuned for the largest (export/engine.py); each has its own execution
+one tuned for the largest (edgederm/runtime/engine.py); each has its own execution
 context. CUDA calls go through edgederm/runtime/cuda.py, every result and
 every TensorRT call's result checked.
 """

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgederm.evaluation.metrics import averaged_auc
-from edgederm.evaluation.predict import weighted_final
+from edgederm.scoring.metrics import averaged_auc
+from edgederm.scoring.weighted_average import weighted_final
 
 METRIC = "validation averaged AUC of P_FI (17 categories)"
 

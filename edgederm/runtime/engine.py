@@ -140,6 +140,33 @@ def build_engine(bundle: str | Path, precision: str | None = None, workspace_mb:
             log(f"{bundle}: no {INT8_FP16_ONNX} (it failed the gate at export, or the bundle is older): TensorRT "
                 f"{trt.__version__} runs the layers outside Q/DQ in FP32")
     profiles = batch_profiles(max_batch)
+    cache_path = bundle / TIMING_CACHE
+    builder, network, config = _network_and_config(trt, plan, bundle, onnx_path, manifest["inputs"], profiles,
+                                                   workspace_mb)
+    _timing_cache(config, cache_path, log)
+
+    log(f"building a {precision} engine with TensorRT {trt.__version__} (this takes minutes on a Jetson)")
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise EngineError(f"{bundle}: TensorRT could not build the engine (see its log above); "
+                          f"try a larger --workspace-mb than {workspace_mb}")
+    engine_path = bundle / ENGINE_FILE
+    _write(engine_path, bytes(serialized))
+    timing = config.get_timing_cache()
+    if timing is not None:
+        _write(cache_path, bytes(timing.serialize()))
+    _record_engine(bundle, manifest, precision, onnx_path, workspace_mb, max_batch, profiles, facts)
+    shapes = {i["name"]: ([1, *i["shape"][1:]], [1, *i["shape"][1:]], [max_batch, *i["shape"][1:]])
+              for i in manifest["inputs"]}
+    log("by hand, with one profile for batch 1 to " + str(max_batch) + ": "
+        + trtexec_command(plan, onnx_path, engine_path, cache_path, workspace_mb, shapes))
+    return engine_path
+
+
+def _network_and_config(trt, plan: BuildPlan, bundle: Path, onnx_path: Path, inputs: list[dict],
+                        profiles: list[tuple[int, int, int]], workspace_mb: int):
+    """The parsed network and a builder config with the plan's flags and one optimisation profile per batch
+    range."""
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH) if plan.explicit_batch_flag else 0
@@ -154,24 +181,17 @@ def build_engine(bundle: str | Path, precision: str | None = None, workspace_mb:
         config.set_flag(getattr(trt.BuilderFlag, flag))
     for low, opt, high in profiles:
         profile = builder.create_optimization_profile()
-        for i in manifest["inputs"]:
+        for i in inputs:
             shape = i["shape"][1:]      # the manifest's: 3 x S x S for a photo, 14 for the metadata
             profile.set_shape(i["name"], [low, *shape], [opt, *shape], [high, *shape])
         if config.add_optimization_profile(profile) < 0:
             raise EngineError(f"{bundle}: TensorRT refused the optimisation profile for batch {low}-{high}")
-    cache_path = bundle / TIMING_CACHE
-    _timing_cache(config, cache_path, log)
+    return builder, network, config
 
-    log(f"building a {precision} engine with TensorRT {trt.__version__} (this takes minutes on a Jetson)")
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise EngineError(f"{bundle}: TensorRT could not build the engine (see its log above); "
-                          f"try a larger --workspace-mb than {workspace_mb}")
-    engine_path = bundle / ENGINE_FILE
-    _write(engine_path, bytes(serialized))
-    timing = config.get_timing_cache()
-    if timing is not None:
-        _write(cache_path, bytes(timing.serialize()))
+
+def _record_engine(bundle: Path, manifest: dict, precision: str, onnx_path: Path, workspace_mb: int,
+                   max_batch: int, profiles: list[tuple[int, int, int]], facts: dict) -> None:
+    """The engine, how it was built and on what device, in the bundle's manifest (checksums rewritten)."""
     manifest.pop("files", None)
     manifest["engine"] = {"file": ENGINE_FILE, "precision": precision, "onnx": onnx_path.name,
                           "workspace_mb": workspace_mb, "max_batch": max_batch,
@@ -186,8 +206,3 @@ def build_engine(bundle: str | Path, precision: str | None = None, workspace_mb:
         manifest["engine"]["note"] = (f"built from {INT8_FP16_ONNX} (TensorRT 11); its gate on valid is the "
                                       "manifest's int8_fp16, its metrics those of model.int8.onnx")
     write_manifest(bundle, manifest)
-    shapes = {i["name"]: ([1, *i["shape"][1:]], [1, *i["shape"][1:]], [max_batch, *i["shape"][1:]])
-              for i in manifest["inputs"]}
-    log("by hand, with one profile for batch 1 to " + str(max_batch) + ": "
-        + trtexec_command(plan, onnx_path, engine_path, cache_path, workspace_mb, shapes))
-    return engine_path

@@ -58,8 +58,8 @@ import numpy as np
 
 from edgederm import labels as L
 from edgederm.errors import ConfigError
-from edgederm.evaluation.clinical import apply_temperatures, expected_seven_point_score
-from edgederm.evaluation.metrics import seven_point_scores
+from edgederm.scoring.calibration import apply_temperatures, expected_seven_point_score
+from edgederm.scoring.metrics import seven_point_scores
 
 METHOD = ("paired stratified percentile bootstrap (Efron & Tibshirani 1993, ch. 13), strata: diagnosis class; "
           "one-sided 95 % upper bound on the averaged-AUC drop")
@@ -223,7 +223,7 @@ def _seven_point_reading(classes: np.ndarray) -> np.ndarray:
 
 def referral(probs: np.ndarray, clinical: dict | None = None) -> np.ndarray:
     """The seven-point reading a model's outputs give ("refer" / "no referral"): the checklist on each
-    criterion's top class, or, when the model carries its fitted `clinical` (edgederm.evaluation.clinical),
+    criterion's top class, or, when the model carries its fitted `clinical` (edgederm.scoring.calibration),
     the expected score of its calibrated probabilities at its valid-chosen threshold."""
     if not clinical or clinical.get("seven_point", {}).get("reading") != "expected":
         return _seven_point_reading(_top_classes(probs))

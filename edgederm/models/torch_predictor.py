@@ -1,4 +1,10 @@
-"""PyTorch eager FP32: the reference. Imported only when a torch bundle is loaded."""
+"""The torch bundle's backend: PyTorch eager FP32, the reference, run on the workstation.
+
+It builds the network from this package's model code, which the device side never imports (the import
+contract: docs/architecture.md). So it is not in edgederm.runtime: it plugs into it through the
+`edgederm.backends` entry point (pyproject.toml), which `edgederm.runtime.load_bundle` looks up only when a
+torch bundle is loaded. On a device install, which has no torch, loading one is a one-line error.
+"""
 from __future__ import annotations
 
 from pathlib import Path

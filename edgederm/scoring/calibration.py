@@ -147,7 +147,7 @@ def operating_point(scores: np.ndarray, positive: np.ndarray, threshold: float) 
             "referred_percent": 100 * float(referred.mean())}
 
 
-def fit_clinical(probs: np.ndarray, labels: np.ndarray, target: float = DEFAULT_TARGET_SENSITIVITY) -> dict:
+def fit_calibration(probs: np.ndarray, labels: np.ndarray, target: float = DEFAULT_TARGET_SENSITIVITY) -> dict:
     """What a model carries to the device, fitted on the valid split's P_FI: a temperature per task, the
     expected seven-point score's threshold and P(MEL)'s threshold at the target melanoma sensitivity."""
     if not 0 < target <= 1:
@@ -168,7 +168,7 @@ def fit_clinical(probs: np.ndarray, labels: np.ndarray, target: float = DEFAULT_
     return fit
 
 
-def clinical_report(fit: dict, probs: np.ndarray, labels: np.ndarray) -> dict:
+def calibration_report(fit: dict, probs: np.ndarray, labels: np.ndarray) -> dict:
     """Calibration and melanoma operating points of P_FI on one split, with the thresholds of `fit`."""
     calibrated = apply_temperatures(probs, fit["temperatures"])
     calibration = {}
