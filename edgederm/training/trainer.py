@@ -32,11 +32,13 @@ import edgederm
 from edgederm.data.release import read_release
 from edgederm.data.torch_dataset import PairDataset
 from edgederm.errors import ConfigError
-from edgederm.evaluation.clinical import fit_clinical
-from edgederm.evaluation.metrics import compute_metrics
-from edgederm.evaluation.predict import predict_branches, weighted_final
+from edgederm.scoring.calibration import fit_calibration
+from edgederm.scoring.metrics import compute_metrics
+from edgederm.evaluation.predict import predict_branches
+from edgederm.scoring.weighted_average import weighted_final
 from edgederm.models import create_model
 from edgederm.models.config import ModelConfig
+from edgederm.models.heads import BranchNet
 from edgederm.models.io import load_model, save_weights
 from edgederm.models.pretrained import initialize
 from edgederm.training.branch_weights import METRIC, search_branch_weights
@@ -161,20 +163,75 @@ def train(data: str | Path, run_dir: str | Path, model_cfg: ModelConfig, train_c
             torch.distributed.destroy_process_group()
 
 
+@dataclass
+class TrainSession:
+    """What the epochs of one run share: built by `setup`, read by `train_one_epoch`, `validate` and `finish`
+    (the way timm's train.py splits its main)."""
+    data: Path
+    run_dir: Path
+    model_cfg: ModelConfig
+    cfg: TrainConfig
+    dist: Dist
+    device: torch.device
+    initial_weights: dict | None
+    train_set: PairDataset
+    plain_train_set: PairDataset          # the train cases without augmentation: SWA's BatchNorm pass
+    valid_loader: DataLoader | None       # None until the end of `setup` (made after the DDP wrapper, as before)
+    per_process: int                      # each process's share of the global batch
+    model: BranchNet
+    net: torch.nn.Module                  # the model, or its DistributedDataParallel wrapper
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    swa_model: AveragedModel | None
+    class_weights: torch.Tensor | None
+    loss_weights: dict[str, float]
+    use_amp: bool
+    amp_dtype: torch.dtype
+    scaler: torch.amp.GradScaler | None   # None until the end of `setup`
+    start_epoch: int = 0
+    best_score: float = float("-inf")
+    batches_seen: int = 0
+    samples_seen: int = 0
+
+    @property
+    def on_cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+
+@dataclass
+class EpochStats:
+    total_loss: float
+    batches: int
+    samples: int
+    seconds: float
+
+
 def _train(data: Path, run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, resume: bool,
            progress: bool, dist: Dist) -> Path:
-    if dist.main:
-        prepare_run_dir(run_dir, resume)
+    s = setup(data, run_dir, model_cfg, cfg, resume, dist)
+    for epoch in range(s.start_epoch, s.cfg.epochs):
+        stats = train_one_epoch(s, epoch, progress)
+        if dist.main:
+            _end_epoch(s, epoch, stats, progress)
+        dist.barrier()
+    if dist.world_size > 1:
+        _write_rank_record(s)
     dist.barrier()
-    if resume:
-        saved = json.loads((run_dir / "config.json").read_text())
-        model_cfg = ModelConfig.from_dict(saved["model"])
-        cfg = TrainConfig(**saved["train"])
-        initial_weights = saved.get("initial_weights")
-    device = _device(dist)
-    on_cuda = device.type == "cuda"
-    preprocess = model_cfg.preprocess()
+    if not dist.main:
+        return run_dir / FINAL
+    return finish(s)
 
+
+def _resumed_config(run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, resume: bool):
+    """(model config, train config, initial weights): a resumed run's own, saved in its config.json."""
+    if not resume:
+        return model_cfg, cfg, None
+    saved = json.loads((run_dir / "config.json").read_text())
+    return ModelConfig.from_dict(saved["model"]), TrainConfig(**saved["train"]), saved.get("initial_weights")
+
+
+def _datasets(data: Path, model_cfg: ModelConfig, cfg: TrainConfig, dist: Dist):
+    """(train cases, augmented train set, plain train set, valid set, per-process batch), the splits checked."""
     release = read_release(data)
     train_cases, valid_cases = release.split("train"), release.split("valid")
     # batch_size is the global batch, whatever the process count: the recipe's learning rate was set for it
@@ -193,7 +250,12 @@ def _train(data: Path, run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, 
     plain_train_set = PairDataset.for_model(train_cases, model_cfg)
     plain_train_set.cache = train_set.cache      # same cases, same resize: decoded once (augmentation comes after)
     valid_set = PairDataset.for_model(valid_cases, model_cfg)
+    return train_cases, train_set, plain_train_set, valid_set, per_process
 
+
+def _build_model(model_cfg: ModelConfig, cfg: TrainConfig, resume: bool, device: torch.device, dist: Dist,
+                 initial_weights: dict | None):
+    """(model on `device`, initial weights): seeded, then initialised unless resumed."""
     torch.manual_seed(cfg.seed)
     model = create_model(model_cfg)
     if not resume:   # a resumed run's weights come from its checkpoint
@@ -205,6 +267,11 @@ def _train(data: Path, run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, 
         # On CPUs too: oneDNN's NHWC convolutions and pooling make a tiny-preset epoch ~20 % shorter
         # (2-core AVX2 CPU, 8.3 s against 11.0 s); only the rounding of the sums changes.
         model = model.to(memory_format=torch.channels_last)
+    return model, initial_weights
+
+
+def _optimization(model: BranchNet, cfg: TrainConfig):
+    """(optimizer, scheduler, SWA average or None): fusion blocks and heads at lr, encoders at lr x scale."""
     encoder_params = [p for encoder in model.encoders() for p in encoder.parameters()]
     in_encoders = {id(p) for p in encoder_params}
     optimizer = make_optimizer(cfg, [
@@ -213,116 +280,157 @@ def _train(data: Path, run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, 
     ])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cfg.lr_factor)
     swa_model = AveragedModel(model) if cfg.swa_epochs else None
-    class_weights = None
-    if cfg.class_weights:
-        class_weights = class_weights_from_counts(torch.tensor([c.labels for c in train_cases]))
+    return optimizer, scheduler, swa_model
 
-    # per branch; a network's branches other than the two-photo ones weigh 1
-    loss_weights = {b: getattr(cfg, f"loss_weight_{b}", 1.0) for b in model.branches}
-    start_epoch, best_score = 0, float("-inf")
+
+def _start_or_resume(s: TrainSession, resume: bool) -> None:
+    """Load the checkpoint of a resumed run, or write a new run's config.json; trim metrics.jsonl to the
+    epochs that have a checkpoint."""
+    run_dir, dist = s.run_dir, s.dist
     if resume:
-        last_epoch, best_score = load_checkpoint(run_dir, model, optimizer, scheduler, swa_model)
-        start_epoch = last_epoch + 1
+        last_epoch, s.best_score = load_checkpoint(run_dir, s.model, s.optimizer, s.scheduler, s.swa_model)
+        s.start_epoch = last_epoch + 1
     elif dist.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps({
-            "model": model_cfg.to_dict(), "train": cfg.to_dict(), "preprocess": preprocess.to_dict(),
-            "data": str(data), "world_size": dist.world_size, "edgederm": edgederm.__version__,
+            "model": s.model_cfg.to_dict(), "train": s.cfg.to_dict(), "preprocess": s.model_cfg.preprocess().to_dict(),
+            "data": str(s.data), "world_size": dist.world_size, "edgederm": edgederm.__version__,
             "torch": torch.__version__,
-            "initial_weights": initial_weights,
+            "initial_weights": s.initial_weights,
         }, indent=2) + "\n")
-    history = _read_history(run_dir / "metrics.jsonl", start_epoch - 1) if dist.main else []
+    history = _read_history(run_dir / "metrics.jsonl", s.start_epoch - 1) if dist.main else []
     if dist.main:   # drop a line written for an epoch whose checkpoint never landed
         (run_dir / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
 
-    net = model
-    if dist.world_size > 1:
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dist.local_rank] if on_cuda else None)
+
+def setup(data: Path, run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, resume: bool,
+          dist: Dist) -> TrainSession:
+    """The run folder checked, data, model, optimiser and mixed precision ready; a resumed run's state loaded."""
+    if dist.main:
+        prepare_run_dir(run_dir, resume)
+    dist.barrier()
+    model_cfg, cfg, initial_weights = _resumed_config(run_dir, model_cfg, cfg, resume)
+    device = _device(dist)
+    on_cuda = device.type == "cuda"
+    train_cases, train_set, plain_train_set, valid_set, per_process = _datasets(data, model_cfg, cfg, dist)
+    model, initial_weights = _build_model(model_cfg, cfg, resume, device, dist, initial_weights)
+    optimizer, scheduler, swa_model = _optimization(model, cfg)
+    class_weights = None
+    if cfg.class_weights:
+        class_weights = class_weights_from_counts(torch.tensor([c.labels for c in train_cases]))
     use_amp = on_cuda and cfg.amp
     amp_dtype = torch.bfloat16 if on_cuda and torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-    valid_loader = DataLoader(valid_set, batch_size=cfg.batch_size * 2, num_workers=cfg.workers)
-    batches_seen = samples_seen = 0
-
-    for epoch in range(start_epoch, cfg.epochs):
-        torch.manual_seed(_epoch_seed(cfg.seed, epoch))
-        if dist.world_size > 1:
-            sampler = DistributedSampler(train_set, dist.world_size, dist.rank, shuffle=True, seed=cfg.seed,
-                                         drop_last=True)
-            sampler.set_epoch(epoch)
-        else:
-            sampler = RandomSampler(train_set, generator=torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch)))
-        loader = DataLoader(train_set, batch_size=per_process, sampler=sampler, num_workers=cfg.workers,
-                            drop_last=True, pin_memory=on_cuda)
-        net.train()
-        started, total_loss, n_batches, n_samples = time.perf_counter(), 0.0, 0, 0
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", dynamic_ncols=True,
-                   disable=not (progress and dist.main))
-        for *inputs, targets in bar:
-            inputs = [x.to(device, non_blocking=True) for x in inputs]
-            targets = targets.to(device, non_blocking=True)
-            if cfg.channels_last:
-                inputs = [x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x for x in inputs]
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                loss = multitask_loss(net(*inputs), targets, class_weights, cfg.label_smoothing,
-                                      loss_weights, cfg.loss_weight_location)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            total_loss += loss.detach().item()
-            n_batches += 1
-            n_samples += len(targets)
-            bar.set_postfix(loss=f"{total_loss / n_batches:.3f}",
-                            pairs_per_s=f"{n_samples / (time.perf_counter() - started):.1f}")
-        batches_seen += n_batches
-        samples_seen += n_samples
-        dist.average_buffers(model)
-        scheduler.step()
-        if swa_model is not None and epoch >= cfg.swa_start:
-            swa_model.update_parameters(model)
-        train_seconds = time.perf_counter() - started
-
-        if dist.main:
-            record = {"epoch": epoch, "train_loss": total_loss / max(1, n_batches),
-                      "lr": optimizer.param_groups[0]["lr"], "encoder_lr": optimizer.param_groups[1]["lr"],
-                      "seconds": round(train_seconds, 2),
-                      "pairs_per_second": round(n_samples * dist.world_size / train_seconds, 2),
-                      "valid_avg_auc": None, "valid_avg_acc": None}
-            if cfg.validates(epoch):
-                branch_probs, labels = predict_branches(model, valid_loader, device)
-                metrics = compute_metrics(weighted_final(branch_probs, model.branch_weights.tolist()), labels)
-                record.update(valid_avg_auc=metrics["avg_auc"], valid_avg_acc=metrics["avg_acc"])
-                if metrics["avg_auc"] > best_score:
-                    best_score = metrics["avg_auc"]
-                    save_weights(model, run_dir / "best.safetensors",
-                                 extra={"epoch": epoch, "valid_avg_auc": best_score, "initial_weights": initial_weights})
-            with open(run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
-            save_checkpoint(run_dir, epoch, model, optimizer, scheduler, swa_model, best_score)
-            if progress:
-                scored = (f"  valid AUC {100 * record['valid_avg_auc']:.1f}  ACC {100 * record['valid_avg_acc']:.1f}"
-                          if record["valid_avg_auc"] is not None else "")
-                tqdm.write(f"epoch {epoch + 1}: loss {record['train_loss']:.3f}{scored}  "
-                           f"{record['pairs_per_second']:.1f} pairs/s")
-        dist.barrier()
-
+    s = TrainSession(
+        data=data, run_dir=run_dir, model_cfg=model_cfg, cfg=cfg, dist=dist, device=device,
+        initial_weights=initial_weights, train_set=train_set, plain_train_set=plain_train_set,
+        valid_loader=None, per_process=per_process, model=model, net=model, optimizer=optimizer,
+        scheduler=scheduler, swa_model=swa_model, class_weights=class_weights,
+        # per branch; a network's branches other than the two-photo ones weigh 1
+        loss_weights={b: getattr(cfg, f"loss_weight_{b}", 1.0) for b in model.branches},
+        use_amp=use_amp, amp_dtype=amp_dtype, scaler=None)
+    _start_or_resume(s, resume)
     if dist.world_size > 1:
-        (run_dir / "ranks").mkdir(exist_ok=True)
-        (run_dir / "ranks" / f"rank{dist.rank}.json").write_text(json.dumps({
-            "rank": dist.rank, "world_size": dist.world_size, "batches": batches_seen, "samples": samples_seen,
-            "epochs": cfg.epochs - start_epoch, "weights_sha256": _weights_digest(model)}))
-    dist.barrier()
-    if not dist.main:
-        return run_dir / FINAL
-    return _finish(run_dir, model, swa_model, plain_train_set, valid_loader, cfg, device, initial_weights)
+        s.net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dist.local_rank] if on_cuda else None)
+    s.scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    s.valid_loader = DataLoader(valid_set, batch_size=cfg.batch_size * 2, num_workers=cfg.workers)
+    return s
 
 
-def _finish(run_dir: Path, model, swa_model, plain_train_set, valid_loader, cfg: TrainConfig, device,
-            initial_weights: dict | None) -> Path:
+def _epoch_loader(s: TrainSession, epoch: int) -> DataLoader:
+    """This epoch's shuffled train batches: torch and the sampler reseeded from (seed, epoch)."""
+    cfg, dist = s.cfg, s.dist
+    torch.manual_seed(_epoch_seed(cfg.seed, epoch))
+    if dist.world_size > 1:
+        sampler = DistributedSampler(s.train_set, dist.world_size, dist.rank, shuffle=True, seed=cfg.seed,
+                                     drop_last=True)
+        sampler.set_epoch(epoch)
+    else:
+        sampler = RandomSampler(s.train_set, generator=torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch)))
+    return DataLoader(s.train_set, batch_size=s.per_process, sampler=sampler, num_workers=cfg.workers,
+                      drop_last=True, pin_memory=s.on_cuda)
+
+
+def train_one_epoch(s: TrainSession, epoch: int, progress: bool) -> EpochStats:
+    """One pass over the train split, then BatchNorm statistics averaged over ranks, the schedule stepped
+    and the SWA average updated."""
+    cfg, device = s.cfg, s.device
+    loader = _epoch_loader(s, epoch)
+    s.net.train()
+    started, total_loss, n_batches, n_samples = time.perf_counter(), 0.0, 0, 0
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", dynamic_ncols=True,
+               disable=not (progress and s.dist.main))
+    for *inputs, targets in bar:
+        inputs = [x.to(device, non_blocking=True) for x in inputs]
+        targets = targets.to(device, non_blocking=True)
+        if cfg.channels_last:
+            inputs = [x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x for x in inputs]
+        with torch.autocast(device.type, dtype=s.amp_dtype, enabled=s.use_amp):
+            loss = multitask_loss(s.net(*inputs), targets, s.class_weights, cfg.label_smoothing,
+                                  s.loss_weights, cfg.loss_weight_location)
+        s.optimizer.zero_grad(set_to_none=True)
+        s.scaler.scale(loss).backward()
+        s.scaler.step(s.optimizer)
+        s.scaler.update()
+        total_loss += loss.detach().item()
+        n_batches += 1
+        n_samples += len(targets)
+        bar.set_postfix(loss=f"{total_loss / n_batches:.3f}",
+                        pairs_per_s=f"{n_samples / (time.perf_counter() - started):.1f}")
+    s.batches_seen += n_batches
+    s.samples_seen += n_samples
+    s.dist.average_buffers(s.model)
+    s.scheduler.step()
+    if s.swa_model is not None and epoch >= cfg.swa_start:
+        s.swa_model.update_parameters(s.model)
+    return EpochStats(total_loss, n_batches, n_samples, time.perf_counter() - started)
+
+
+def validate(model: BranchNet, loader: DataLoader, device: torch.device) -> dict:
+    """Metrics of the model's weighted final output on the valid split."""
+    branch_probs, labels = predict_branches(model, loader, device)
+    return compute_metrics(weighted_final(branch_probs, model.branch_weights.tolist()), labels)
+
+
+def _end_epoch(s: TrainSession, epoch: int, stats: EpochStats, progress: bool) -> None:
+    """Rank 0: validate when due (saving a new best), append the metrics line, checkpoint."""
+    optimizer = s.optimizer
+    record = {"epoch": epoch, "train_loss": stats.total_loss / max(1, stats.batches),
+              "lr": optimizer.param_groups[0]["lr"], "encoder_lr": optimizer.param_groups[1]["lr"],
+              "seconds": round(stats.seconds, 2),
+              "pairs_per_second": round(stats.samples * s.dist.world_size / stats.seconds, 2),
+              "valid_avg_auc": None, "valid_avg_acc": None}
+    if s.cfg.validates(epoch):
+        metrics = validate(s.model, s.valid_loader, s.device)
+        record.update(valid_avg_auc=metrics["avg_auc"], valid_avg_acc=metrics["avg_acc"])
+        if metrics["avg_auc"] > s.best_score:
+            s.best_score = metrics["avg_auc"]
+            save_weights(s.model, s.run_dir / "best.safetensors",
+                         extra={"epoch": epoch, "valid_avg_auc": s.best_score, "initial_weights": s.initial_weights})
+    with open(s.run_dir / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+    save_checkpoint(s.run_dir, epoch, s.model, optimizer, s.scheduler, s.swa_model, s.best_score)
+    if progress:
+        scored = (f"  valid AUC {100 * record['valid_avg_auc']:.1f}  ACC {100 * record['valid_avg_acc']:.1f}"
+                  if record["valid_avg_auc"] is not None else "")
+        tqdm.write(f"epoch {epoch + 1}: loss {record['train_loss']:.3f}{scored}  "
+                   f"{record['pairs_per_second']:.1f} pairs/s")
+
+
+def _write_rank_record(s: TrainSession) -> None:
+    """Under torch.distributed: what this rank saw, and its weights' hash (they must agree across ranks)."""
+    dist = s.dist
+    (s.run_dir / "ranks").mkdir(exist_ok=True)
+    (s.run_dir / "ranks" / f"rank{dist.rank}.json").write_text(json.dumps({
+        "rank": dist.rank, "world_size": dist.world_size, "batches": s.batches_seen, "samples": s.samples_seen,
+        "epochs": s.cfg.epochs - s.start_epoch, "weights_sha256": _weights_digest(s.model)}))
+
+
+def finish(s: TrainSession) -> Path:
     """SWA BatchNorm update, final model choice, branch-weight search."""
+    run_dir, swa_model, valid_loader, cfg, device, initial_weights = (s.run_dir, s.swa_model, s.valid_loader,
+                                                                      s.cfg, s.device, s.initial_weights)
     if swa_model is not None:
-        update_bn(swa_model.module, DataLoader(plain_train_set, batch_size=cfg.batch_size,
+        update_bn(swa_model.module, DataLoader(s.plain_train_set, batch_size=cfg.batch_size,
                                                num_workers=cfg.workers), device)
         save_weights(swa_model.module, run_dir / "swa.safetensors", extra={"swa_epochs": cfg.swa_epochs,
                                                                           "initial_weights": initial_weights})
@@ -344,7 +452,7 @@ def _finish(run_dir: Path, model, swa_model, plain_train_set, valid_loader, cfg:
         extra["branch_weights_tta"] = list(tta_weights)
     # Temperatures and melanoma operating points, on the valid P_FI the chosen weights give (what a bundle
     # outputs): they travel with the weights to every bundle.
-    clinical = fit_clinical(weighted_final(branch_probs, weights), labels, cfg.melanoma_sensitivity)
+    clinical = fit_calibration(weighted_final(branch_probs, weights), labels, cfg.melanoma_sensitivity)
     extra["clinical"] = clinical
     final.set_branch_weights(*weights)
     save_weights(final, run_dir / FINAL, extra=extra)
