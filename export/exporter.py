@@ -14,23 +14,23 @@ from __future__ import annotations
 
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 
 from edgederm import labels as L
-from edgederm.calibration.selection import build_calibration_set
+from edgederm.calibration.selection import CalibrationSet, build_calibration_set
 from edgederm.data.inputs import IMAGE_INPUTS, METADATA_INPUT, input_shape, load_arrays, random_metadata
 from edgederm.data.release import Release, read_release
 from edgederm.data.render import render_case
 from edgederm.data.synth import sample_labels
 from edgederm.errors import ConfigError
-from edgederm.evaluation.clinical import DEFAULT_TARGET_SENSITIVITY, fit_clinical
-from edgederm.evaluation.gate import DEFAULT_MAX_FLIP_RATE, GateSettings
-from edgederm.evaluation.metrics import compute_metrics
+from edgederm.scoring.calibration import DEFAULT_TARGET_SENSITIVITY, fit_calibration
+from edgederm.scoring.gate import DEFAULT_MAX_FLIP_RATE, GateSettings
+from edgederm.scoring.metrics import compute_metrics
 from edgederm.export import bundles, int8_gate, openvino_export, qat
 from edgederm.export.bundles import BundleContext, new_manifest, score
 from edgederm.export.formats import Target, parse_request
@@ -99,7 +99,7 @@ def _shared_manifest(model: BranchNet, preprocess: PreprocessConfig, source: dic
         "branch_weights": dict(zip(model.branches, model.branch_weights.tolist())),
         "model_config": model.cfg.to_dict(),
         "source": source,
-        # temperatures and melanoma operating points fitted on valid at training (edgederm.evaluation.clinical);
+        # temperatures and melanoma operating points fitted on valid at training (edgederm.scoring.calibration);
         # None for weights trained before they existed: the device then reads the plain checklist
         "clinical": clinical,
         "opset": OPSET,
@@ -185,91 +185,180 @@ def export(req: ExportRequest, log: Callable[[str], None] = print) -> list[Path]
 _SHARED = ("run", "data", "calibration_cases", "calibration_split", "eval_split", "seed", "qat", "qat_epochs", "tta")
 
 
-def export_many(requests: list[ExportRequest], log: Callable[[str], None] = print,
-                on_refused: Callable[[int8_gate.NoPassingInt8], None] | None = None) -> list[Path]:
-    """Several targets of one run in one pass: the model, the ONNX graph and its parity check, the
-    calibration set and the valid and test arrays are made once (the quickstart exports four targets).
+class ExportPlan(NamedTuple):
+    """One request, checked: its target and the bundle folder each precision is staged into."""
+    req: ExportRequest
+    target: Target
+    destinations: dict[str, Path]
 
-    Every argument is checked before any work. A refused INT8 bundle (no graph passes the gate on valid)
-    raises, unless `on_refused` takes it: then the other bundles are still written."""
+
+def plan_request(req: ExportRequest) -> ExportPlan:
+    """Every check of one request that needs no model: made for all requests before any work."""
+    target, precisions = parse_request(req.target, req.precisions)
+    calibrated = [p for p in precisions if p in target.calibrated]
+    if calibrated and req.data is None:
+        raise ConfigError(f"--data is required: {target.name} {', '.join(calibrated)} needs calibration cases")
+    if (req.max_auc_drop is not None or req.max_flip_rate is not None or req.accuracy_control
+            or req.qat_epochs is not None) and "int8" not in precisions:
+        raise ConfigError("--max-auc-drop, --max-flip-rate, --accuracy-control and --qat-epochs are the INT8 "
+                          "gate's: they apply to --precision int8 only")
+    if req.max_flip_rate is not None:
+        GateSettings(max_flip_rate=req.max_flip_rate)          # its range is checked before any work
+    if req.tta is not None:
+        _check_tta(req, target)
+    return ExportPlan(req, target, _check_destinations(req, target, precisions))
+
+
+def plan_pass(requests: list[ExportRequest]) -> list[ExportPlan]:
+    """The requests of one pass checked: they share the run and its data (_SHARED), each is valid, and the
+    run has finished."""
     first = requests[0]
     mixed = [k for k in _SHARED for r in requests if getattr(r, k) != getattr(first, k)]
     if mixed:
         raise ConfigError(f"exports of one pass must share {', '.join(sorted(set(mixed)))}")
-    plans = []
-    for req in requests:
-        target, precisions = parse_request(req.target, req.precisions)
-        calibrated = [p for p in precisions if p in target.calibrated]
-        if calibrated and req.data is None:
-            raise ConfigError(f"--data is required: {target.name} {', '.join(calibrated)} needs calibration cases")
-        if (req.max_auc_drop is not None or req.max_flip_rate is not None or req.accuracy_control
-                or req.qat_epochs is not None) and "int8" not in precisions:
-            raise ConfigError("--max-auc-drop, --max-flip-rate, --accuracy-control and --qat-epochs are the INT8 "
-                              "gate's: they apply to --precision int8 only")
-        if req.max_flip_rate is not None:
-            GateSettings(max_flip_rate=req.max_flip_rate)          # its range is checked before any work
-        if req.tta is not None:
-            _check_tta(req, target)
-        plans.append((req, target, _check_destinations(req, target, precisions)))
+    plans = [plan_request(req) for req in requests]
     weights = first.run / "model.safetensors"
     if not weights.is_file():
         raise ConfigError(f"{weights}: not found (has training finished? export needs a finished run)")
-    wants_int8 = any("int8" in destinations for _, _, destinations in plans)
-    qat_settings = None
-    if wants_int8 and first.qat:
-        qat_settings = qat.QatSettings(seed=first.seed, **({} if first.qat_epochs is None
-                                                           else {"epochs": first.qat_epochs}))
-        qat.check_can_train(first.run, first.data)
+    return plans
 
-    views = NO_TTA if first.tta is None else VIEW_SETS[first.tta]
-    start_workers()         # their imports run while this process prepares the model and the splits
-    model = load_model(weights).eval()
-    preprocess = model.cfg.preprocess()
-    release = read_release(first.data) if first.data else None
-    calib = None
-    if any(p in target.calibrated for _, target, destinations in plans for p in destinations):
-        calib = build_calibration_set(release, preprocess, first.calibration_split, first.calibration_cases,
-                                      first.seed, model.input_names)
-        log(f"calibration: {len(calib)} cases of the {first.calibration_split} split, stratified by diagnosis")
-    evaluation = (_arrays(release, first.eval_split, preprocess, model.input_names)
-                  if release and first.eval_split else None)
-    reference = compute_metrics(run_torch(model, *evaluation[0], views=views), evaluation[1]) if evaluation else None
-    meta = read_metadata(weights)
-    clinical = meta.get("clinical")
-    valid = None
-    if any("int8" in destinations for _, _, destinations in plans) or first.tta:
-        cases = release.split("valid")
-        if not cases:
-            raise ConfigError(f"{release.root}: the valid split is empty: the INT8 gate and --tta's thresholds "
-                              "need it")
-        inputs = load_arrays(cases, preprocess, model.input_names)
-        valid = int8_gate.ValidSplit(inputs, np.array([c.labels for c in cases]),
-                                     [c.case_id for c in cases], run_torch(model, *inputs, views=views),
-                                     GateSettings(max_auc_drop=DEFAULT_INT8_MARGIN, seed=first.seed), clinical)
-        if first.tta:
-            # The views move P_FI: the thresholds the device reads it with are chosen again on what it will read
-            # (the valid split's TTA outputs), at the sensitivity training chose them for.
-            target_sensitivity = (clinical or {}).get("target_sensitivity", DEFAULT_TARGET_SENSITIVITY)
-            clinical = {**fit_clinical(valid.reference, valid.labels, target_sensitivity),
-                        "fitted_with_tta": list(views)}
-            valid = replace(valid, clinical_fit=clinical)
-    source = {"run": str(first.run), "weights": str(weights), "sha256": sha256_file(weights),
-              "weights_of": meta.get("source"),
-              # where each encoder's training started: traces a deployed model to its ImageNet source
-              "initial_weights": meta.get("initial_weights"), "reference_metrics": None if reference is None else {
-                  "split": first.eval_split, "avg_auc": reference["avg_auc"], "avg_acc": reference["avg_acc"]}}
-    crashes: list[NativeCrash] = []
 
-    def bundles_of(req: ExportRequest, target: Target, destinations: dict[str, Path], workdir: Path) -> list[Path]:
+def _valid_split(release: Release, model: BranchNet, preprocess: PreprocessConfig, views: tuple[str, ...],
+                 seed: int, clinical: dict | None, tta: str | None):
+    """(the valid split for the INT8 gate, the clinical reading bundles carry): with --tta, the temperatures
+    and thresholds are refitted on the valid split's TTA outputs."""
+    cases = release.split("valid")
+    if not cases:
+        raise ConfigError(f"{release.root}: the valid split is empty: the INT8 gate and --tta's thresholds "
+                          "need it")
+    inputs = load_arrays(cases, preprocess, model.input_names)
+    valid = int8_gate.ValidSplit(inputs, np.array([c.labels for c in cases]),
+                                 [c.case_id for c in cases], run_torch(model, *inputs, views=views),
+                                 GateSettings(max_auc_drop=DEFAULT_INT8_MARGIN, seed=seed), clinical)
+    if tta:
+        # The views move P_FI: the thresholds the device reads it with are chosen again on what it will read
+        # (the valid split's TTA outputs), at the sensitivity training chose them for.
+        target_sensitivity = (clinical or {}).get("target_sensitivity", DEFAULT_TARGET_SENSITIVITY)
+        clinical = {**fit_calibration(valid.reference, valid.labels, target_sensitivity),
+                    "fitted_with_tta": list(views)}
+        valid = replace(valid, calibration=clinical)
+    return valid, clinical
+
+
+@dataclass
+class ExportSession:
+    """One export pass over a finished run (`export_many`): what its targets share is made once, here: the
+    model, the calibration set, the evaluation and valid arrays, the FP32 reference, the ONNX graph and its
+    parity check; then `export_target` writes one target's bundles. Built by `ExportSession.open`."""
+    first: ExportRequest                    # holds the fields every request of the pass shares (_SHARED)
+    plans: list[ExportPlan]
+    weights: Path
+    views: tuple[str, ...]                  # test-time views built into the graphs (NO_TTA: none)
+    qat_settings: qat.QatSettings | None    # None: no INT8 in the pass, or QAT turned off
+    model: BranchNet
+    preprocess: PreprocessConfig
+    calib: CalibrationSet | None
+    evaluation: tuple[tuple[np.ndarray, ...], np.ndarray] | None
+    reference: dict | None                  # FP32 PyTorch metrics on the evaluation split
+    clinical: dict | None                   # the reading bundles carry (refitted with --tta)
+    valid: int8_gate.ValidSplit | None
+    source: dict                            # the manifest's "source": the run, its weights, the parity
+    log: Callable[[str], None] = print
+    on_refused: Callable[[int8_gate.NoPassingInt8], None] | None = None
+    workdir: Path | None = None             # the pass's scratch folder, while `run` is running
+    onnx_fp32: Path | None = None           # set by `export_graph`
+    manifest: dict | None = None            # the fields every bundle shares, set by `export_graph`
+    crashes: list[NativeCrash] = field(default_factory=list)
+
+    @classmethod
+    def open(cls, requests: list[ExportRequest], log: Callable[[str], None] = print,
+             on_refused: Callable[[int8_gate.NoPassingInt8], None] | None = None) -> ExportSession:
+        """Check every request, then load the model and make the arrays the pass's targets share."""
+        plans = plan_pass(requests)
+        first = requests[0]
+        weights = first.run / "model.safetensors"
+        wants_int8 = any("int8" in plan.destinations for plan in plans)
+        qat_settings = None
+        if wants_int8 and first.qat:
+            qat_settings = qat.QatSettings(seed=first.seed, **({} if first.qat_epochs is None
+                                                               else {"epochs": first.qat_epochs}))
+            qat.check_can_train(first.run, first.data)
+
+        views = NO_TTA if first.tta is None else VIEW_SETS[first.tta]
+        start_workers()         # their imports run while this process prepares the model and the splits
+        model = load_model(weights).eval()
+        preprocess = model.cfg.preprocess()
+        release = read_release(first.data) if first.data else None
+        calib = None
+        if any(p in plan.target.calibrated for plan in plans for p in plan.destinations):
+            calib = build_calibration_set(release, preprocess, first.calibration_split, first.calibration_cases,
+                                          first.seed, model.input_names)
+            log(f"calibration: {len(calib)} cases of the {first.calibration_split} split, stratified by diagnosis")
+        evaluation = (_arrays(release, first.eval_split, preprocess, model.input_names)
+                      if release and first.eval_split else None)
+        reference = (compute_metrics(run_torch(model, *evaluation[0], views=views), evaluation[1])
+                     if evaluation else None)
+        meta = read_metadata(weights)
+        clinical = meta.get("clinical")
+        valid = None
+        if wants_int8 or first.tta:
+            valid, clinical = _valid_split(release, model, preprocess, views, first.seed, clinical, first.tta)
+        source = {"run": str(first.run), "weights": str(weights), "sha256": sha256_file(weights),
+                  "weights_of": meta.get("source"),
+                  # where each encoder's training started: traces a deployed model to its ImageNet source
+                  "initial_weights": meta.get("initial_weights"), "reference_metrics": None if reference is None else {
+                      "split": first.eval_split, "avg_auc": reference["avg_auc"], "avg_acc": reference["avg_acc"]}}
+        return cls(first=first, plans=plans, weights=weights, views=views, qat_settings=qat_settings, model=model,
+                   preprocess=preprocess, calib=calib, evaluation=evaluation, reference=reference,
+                   clinical=clinical, valid=valid, source=source, log=log, on_refused=on_refused)
+
+    def _parity_inputs(self) -> tuple[tuple[np.ndarray, ...], str]:
+        """Real cases when the release is at hand (already preprocessed); freshly drawn synthetic ones otherwise."""
+        if self.evaluation is not None or self.valid is not None:
+            arrays, parity_source = ((self.evaluation[0], f"{self.first.eval_split} cases")
+                                     if self.evaluation is not None else (self.valid.inputs, "valid cases"))
+            return tuple(a[:PARITY_CASES] for a in arrays), parity_source
+        return (synthetic_inputs(self.preprocess, PARITY_CASES, self.first.seed, self.model.input_names),
+                "synthetic cases")
+
+    def export_graph(self) -> None:
+        """The FP32 ONNX graph every format is built from, checked against PyTorch; the shared manifest."""
+        first, model, views = self.first, self.model, self.views
+        self.onnx_fp32 = export_onnx(model, self.workdir / "model.onnx", views=views)
+        parity, parity_source = self._parity_inputs()
+        onnx = run_isolated(onnx_probabilities, self.onnx_fp32, parity, what="ONNX parity check", log=self.log)
+        diff = float(np.abs(onnx - run_torch(model, *parity, views=views)).max())
+        self.log(f"ONNX parity with PyTorch on {len(parity[0])} {parity_source}: max |probability difference| "
+                 f"{diff:.2e}")
+        if diff > PARITY_TOLERANCE:
+            raise ConfigError(f"{first.run}: ONNX export differs from PyTorch by {diff:.2e} (> {PARITY_TOLERANCE})")
+        self.source["onnx_parity_max_abs_diff"] = diff
+        self.manifest = _shared_manifest(model, self.preprocess, self.source, self.clinical)
+        self.manifest["tta"] = None if first.tta is None else {
+            "set": first.tta, "views": list(views),
+            "how": "one model call: every view of both photos stacked on the batch axis, the per-task "
+                   "probabilities averaged; temperatures and thresholds refitted on the valid split's TTA outputs"}
+
+    def context(self, req: ExportRequest, workdir: Path) -> BundleContext:
+        """What one target's format functions read, with this request's INT8 gate limits."""
         margin = DEFAULT_INT8_MARGIN if req.max_auc_drop is None else req.max_auc_drop
         flips = DEFAULT_MAX_FLIP_RATE if req.max_flip_rate is None else req.max_flip_rate
+        valid = self.valid
         settings = None if valid is None else replace(valid.settings, max_auc_drop=margin, max_flip_rate=flips)
-        ctx = BundleContext(shared, onnx_fp32, openvino_export.has_attention(model), calib, evaluation,
-                            None if valid is None else replace(valid, settings=settings), reference,
-                            first.eval_split, workdir, req.accuracy_control,
-                            # one student for the pass: its folder is shared by the targets (export/qat.py)
-                            None if qat_settings is None else qat.QatJob(weights, first.data, Path(tmp) / "qat",
-                                                                         qat_settings, views))
+        return BundleContext(
+            manifest=self.manifest, onnx_fp32=self.onnx_fp32, has_attention=openvino_export.has_attention(self.model),
+            calib=self.calib, evaluation=self.evaluation,
+            valid=None if valid is None else replace(valid, settings=settings), reference=self.reference,
+            eval_split=self.first.eval_split, workdir=workdir, accuracy_control=req.accuracy_control,
+            # one student for the pass: its folder is shared by the targets (export/qat.py)
+            qat=None if self.qat_settings is None else qat.QatJob(self.weights, self.first.data,
+                                                                  self.workdir / "qat", self.qat_settings, self.views))
+
+    def export_target(self, plan: ExportPlan, workdir: Path) -> list[Path]:
+        """One target's bundles, each staged and renamed into place; returns those written. A refused INT8
+        goes to `on_refused` (raises without it); a worker's crash loses that bundle only (see `run`)."""
+        req, target, destinations = plan
+        ctx = self.context(req, workdir)
         workdir.mkdir()
         done = []
         # INT8 first: it is this target's long job (the search), and what it does not need, the target's
@@ -277,42 +366,34 @@ def export_many(requests: list[ExportRequest], log: Callable[[str], None] = prin
         for precision, destination in sorted(destinations.items(), key=lambda item: item[0] != "int8"):
             try:
                 with staged_bundle(destination, force=req.force) as directory:
-                    build_bundle(ctx, model, target, precision, directory, log)
+                    build_bundle(ctx, self.model, target, precision, directory, self.log)
             except int8_gate.NoPassingInt8 as refusal:
-                if on_refused is None:
+                if self.on_refused is None:
                     raise
-                on_refused(refusal)
+                self.on_refused(refusal)
                 continue
             except NativeCrash as crash:       # this bundle is lost, not the others: reported at the end
-                log(str(crash))
-                crashes.append(NativeCrash(f"{destination}: {crash}"))
+                self.log(str(crash))
+                self.crashes.append(NativeCrash(f"{destination}: {crash}"))
                 continue
-            log(f"wrote {destination}")
+            self.log(f"wrote {destination}")
             done.append(destination)
         return done
 
-    with tempfile.TemporaryDirectory(prefix="edgederm-export-") as tmp:
-        onnx_fp32 = export_onnx(model, Path(tmp) / "model.onnx", views=views)
-        # Real cases when the release is at hand (already preprocessed); freshly drawn synthetic ones otherwise.
-        if evaluation is not None or valid is not None:
-            arrays, parity_source = ((evaluation[0], f"{first.eval_split} cases") if evaluation is not None
-                                     else (valid.inputs, "valid cases"))
-            parity = tuple(a[:PARITY_CASES] for a in arrays)
-        else:
-            parity = synthetic_inputs(preprocess, PARITY_CASES, first.seed, model.input_names)
-            parity_source = "synthetic cases"
-        onnx = run_isolated(onnx_probabilities, onnx_fp32, parity, what="ONNX parity check", log=log)
-        diff = float(np.abs(onnx - run_torch(model, *parity, views=views)).max())
-        log(f"ONNX parity with PyTorch on {len(parity[0])} {parity_source}: max |probability difference| "
-            f"{diff:.2e}")
-        if diff > PARITY_TOLERANCE:
-            raise ConfigError(f"{first.run}: ONNX export differs from PyTorch by {diff:.2e} (> {PARITY_TOLERANCE})")
-        source["onnx_parity_max_abs_diff"] = diff
-        shared = _shared_manifest(model, preprocess, source, clinical)
-        shared["tta"] = None if first.tta is None else {
-            "set": first.tta, "views": list(views),
-            "how": "one model call: every view of both photos stacked on the batch axis, the per-task "
-                   "probabilities averaged; temperatures and thresholds refitted on the valid split's TTA outputs"}
+    def run(self) -> list[Path]:
+        """The ONNX graph, then every target's bundles, in a scratch folder removed at the end; the bundles
+        written, in the order asked. A worker's crash is raised once the other bundles are written."""
+        with tempfile.TemporaryDirectory(prefix="edgederm-export-") as tmp:
+            self.workdir = Path(tmp)
+            self.export_graph()
+            written = self._export_targets()
+        if self.crashes:
+            crashes = self.crashes
+            more = f" ({len(crashes) - 1} more bundle(s) lost the same way, see the log)" if len(crashes) > 1 else ""
+            raise NativeCrash(f"{crashes[0]}{more}")
+        return written
+
+    def _export_targets(self) -> list[Path]:
         # Targets run side by side. An INT8 search spends much of its time single-threaded (OpenVINO
         # compiles, onnxruntime's quantize_static rewriting the graph, NNCF's bias correction), so on
         # a 2-core CPU the OpenVINO and Jetson searches together take little longer than the slower one.
@@ -320,14 +401,20 @@ def export_many(requests: list[ExportRequest], log: Callable[[str], None] = prin
         # as one after the other (each inference is single-stream; nothing is shared but read-only inputs).
         pool = ThreadPoolExecutor(max_workers=CONCURRENT_TARGETS, thread_name_prefix="export")
         try:
-            jobs = {i: pool.submit(bundles_of, req, target, destinations, Path(tmp) / f"{i}-{target.name}")
-                    for i, (req, target, destinations) in longest_first(plans)}
-            written = [path for i in sorted(jobs) for path in jobs[i].result()]     # in the order asked
+            jobs = {i: pool.submit(self.export_target, plan, self.workdir / f"{i}-{plan.target.name}")
+                    for i, plan in longest_first(self.plans)}
+            return [path for i in sorted(jobs) for path in jobs[i].result()]     # in the order asked
         finally:
             # On an error or Ctrl-C, targets not yet started never start; a running one finishes its
             # staged bundle (threads cannot be stopped), so nothing is left half-written either way.
             pool.shutdown(wait=True, cancel_futures=True)
-    if crashes:
-        more = f" ({len(crashes) - 1} more bundle(s) lost the same way, see the log)" if len(crashes) > 1 else ""
-        raise NativeCrash(f"{crashes[0]}{more}")
-    return written
+
+
+def export_many(requests: list[ExportRequest], log: Callable[[str], None] = print,
+                on_refused: Callable[[int8_gate.NoPassingInt8], None] | None = None) -> list[Path]:
+    """Several targets of one run in one pass: the model, the ONNX graph and its parity check, the
+    calibration set and the valid and test arrays are made once (the quickstart exports four targets).
+
+    Every argument is checked before any work. A refused INT8 bundle (no graph passes the gate on valid)
+    raises, unless `on_refused` takes it: then the other bundles are still written."""
+    return ExportSession.open(requests, log, on_refused).run()
