@@ -34,12 +34,12 @@ from edgederm.data.release import read_release
 from edgederm.data.synth import write_synthetic_release
 from edgederm.errors import EdgeDermError
 from edgederm.evaluation.evaluate import evaluate_run
-from edgederm.evaluation.gate import DEFAULT_MAX_FLIP_RATE, GateSettings
+from edgederm.scoring.gate import DEFAULT_MAX_FLIP_RATE, GateSettings
 from edgederm.evaluation.report import headline, write_report
 from edgederm.export.exporter import ExportRequest, export_many
 from edgederm.runtime.bundle import read_manifest
 from edgederm.staging import atomic_write_text
-from edgederm.training.recipe import resolve_config
+from edgederm.presets import resolve_config
 from edgederm.training.trainer import FINAL, train
 
 # The quickstart's release doubles the valid split's share of the real release's (413 / 203 / 395): 720
@@ -87,50 +87,55 @@ def _bundle_ok(path: Path) -> bool:
         return False
 
 
-def quickstart(opt: QuickstartOptions, log: Callable[[str], None] = print, started: float | None = None) -> dict:
-    """`started`: perf_counter() when the command began, before its imports; their time is the
-    "start-up" stage, so the total is what the user waited."""
-    now = time.perf_counter()
-    started = now if started is None else started
-    # seconds per stage, in the report: where the quickstart's time goes
-    stages: dict[str, float] = {"start-up": round(now - started, 1)}
-    mark = [now]
+class _StageClock:
+    """Seconds per stage, in the report: where the quickstart's time goes."""
 
-    def stage_done(name: str) -> None:
+    def __init__(self, started: float | None):
         now = time.perf_counter()
-        stages[name] = round(now - mark[0], 1)
-        mark[0] = now
+        self.started = now if started is None else started
+        self.stages: dict[str, float] = {"start-up": round(now - self.started, 1)}
+        self._mark = now
 
-    gate = GateSettings(max_auc_drop=opt.max_auc_drop, seed=opt.seed, max_flip_rate=opt.max_flip_rate)  # checked now
-    data, run, exports, report_dir = opt.out / "synth", opt.out / "runs" / "tiny", opt.out / "exports", opt.out / "report"
+    def done(self, name: str) -> None:
+        now = time.perf_counter()
+        self.stages[name] = round(now - self._mark, 1)
+        self._mark = now
 
+
+def _synthetic_release(opt: QuickstartOptions, data: Path, log: Callable[[str], None]) -> None:
     if (data / "meta" / "meta.csv").is_file():
         log(f"[1/5] synthetic release: reusing {data}")
     else:
         log(f"[1/5] synthetic release: {opt.cases} cases -> {data}")
         write_synthetic_release(data, cases=opt.cases, seed=opt.seed, workers=opt.workers,
                                 split_sizes=QUICKSTART_SPLIT_SIZES)
-    stage_done("synthetic release")
 
+
+def _train_tiny(opt: QuickstartOptions, data: Path, run: Path, log: Callable[[str], None]) -> None:
+    """The tiny preset, resumed from its last checkpoint when a run was interrupted."""
     if (run / FINAL).is_file():
         log(f"[2/5] training: reusing {run}")
-    else:
-        model_cfg, train_cfg = resolve_config("tiny", model_overrides={"img_size": opt.img_size},
-                                              train_overrides={"seed": opt.seed, "batch_size": opt.batch_size})
-        if opt.epochs is not None:
-            train_cfg = replace(train_cfg, epochs=opt.epochs, swa_epochs=min(train_cfg.swa_epochs, max(0, opt.epochs - 1)),
-                                warmup_epochs=min(train_cfg.warmup_epochs, opt.epochs - 1))
-        resume = (run / "config.json").is_file()
-        log(f"[2/5] training the tiny preset ({train_cfg.epochs} epochs){' (resuming)' if resume else ''} -> {run}")
-        train(data, run, model_cfg, train_cfg, resume=resume)
-    stage_done("training")
+        return
+    model_cfg, train_cfg = resolve_config("tiny", model_overrides={"img_size": opt.img_size},
+                                          train_overrides={"seed": opt.seed, "batch_size": opt.batch_size})
+    if opt.epochs is not None:
+        train_cfg = replace(train_cfg, epochs=opt.epochs, swa_epochs=min(train_cfg.swa_epochs, max(0, opt.epochs - 1)),
+                            warmup_epochs=min(train_cfg.warmup_epochs, opt.epochs - 1))
+    resume = (run / "config.json").is_file()
+    log(f"[2/5] training the tiny preset ({train_cfg.epochs} epochs){' (resuming)' if resume else ''} -> {run}")
+    train(data, run, model_cfg, train_cfg, resume=resume)
 
+
+def _evaluate(run: Path, data: Path, log: Callable[[str], None]) -> None:
     evaluation = evaluate_run(run, data, split="test")
     write_report(evaluation, run / "eval-test")
     log(f"[3/5] evaluation on the test split: {headline(evaluation['branches']['final'], evaluation['params_m'])}")
-    stage_done("evaluation")
 
-    # Missing bundles are exported in one pass (model, ONNX graph, calibration and split arrays made once).
+
+def _export(opt: QuickstartOptions, data: Path, run: Path, exports: Path,
+            log: Callable[[str], None]) -> tuple[set[Path], dict[str, str]]:
+    """(bundles ready, {target: reason} of INT8 bundles refused): missing bundles are exported in one pass
+    (model, ONNX graph, calibration and split arrays made once)."""
     missing: dict[str, list[str]] = {}
     ready: set[Path] = set()
     limits = {"max_auc_drop": opt.max_auc_drop, "max_flip_rate": opt.max_flip_rate}
@@ -162,7 +167,12 @@ def quickstart(opt: QuickstartOptions, log: Callable[[str], None] = print, start
                            max_flip_rate=opt.max_flip_rate if "int8" in precisions else None)
              for target, precisions in missing.items()],
             log=lambda m: log("      " + m), on_refused=refused))
-    stage_done("export")
+    return ready, refusals
+
+
+def _variants(run: Path, exports: Path, ready: set[Path], refusals: dict[str, str],
+              log: Callable[[str], None]) -> tuple[list[str], list[dict]]:
+    """(the bench's variants, the report rows of INT8 bundles the gate refused)."""
     variants, refused_rows = [], []
     for target, precision in EXPORTS:
         path = exports / f"{run.name}-{target}-{precision}"
@@ -176,9 +186,14 @@ def quickstart(opt: QuickstartOptions, log: Callable[[str], None] = print, start
         reason = refusals[target]
         log(f"      {reason}")
         refused_rows.append({"name": Path(variant).name, "status": "refused", "error": reason, "verdict": "fail"})
+    return variants, refused_rows
 
-    # End to end on a phone-sized pair too, and the OpenVINO FP32 bundle once more with reduced JPEG
-    # decoding: the gate then says what reduced decoding costs the same model on the same cases.
+
+def _bench(opt: QuickstartOptions, data: Path, run: Path, exports: Path, ready: set[Path], variants: list[str],
+           gate: GateSettings, report_dir: Path, log: Callable[[str], None]) -> dict:
+    """Every variant against PyTorch FP32: end to end on a phone-sized pair too, and the OpenVINO FP32 bundle
+    once more with reduced JPEG decoding (the gate then says what reduced decoding costs the same model on the
+    same cases)."""
     photos = opt.out / "photos-12mp"
     if not (photos / "2-derm.jpg").is_file():
         first = read_release(data).split("test")[0]
@@ -187,15 +202,35 @@ def quickstart(opt: QuickstartOptions, log: Callable[[str], None] = print, start
     if fp32 in ready:
         variants.append(f"{fp32}+reduced")
     log(f"[5/5] bench: {len(variants)} variants against PyTorch FP32, end to end also on {photos} -> {report_dir}")
-    result = run_bench(variants, reference=variants[0], data=data, split="test", batch_sizes=[1], warmup=5,
-                       runs=opt.runs, gate=gate,
-                       photos=[photos], e2e_runs=opt.e2e_runs)
+    return run_bench(variants, reference=variants[0], data=data, split="test", batch_sizes=[1], warmup=5,
+                     runs=opt.runs, gate=gate,
+                     photos=[photos], e2e_runs=opt.e2e_runs)
+
+
+def quickstart(opt: QuickstartOptions, log: Callable[[str], None] = print, started: float | None = None) -> dict:
+    """`started`: perf_counter() when the command began, before its imports; their time is the
+    "start-up" stage, so the total is what the user waited."""
+    clock = _StageClock(started)
+    gate = GateSettings(max_auc_drop=opt.max_auc_drop, seed=opt.seed, max_flip_rate=opt.max_flip_rate)  # checked now
+    data, run = opt.out / "synth", opt.out / "runs" / "tiny"
+    exports, report_dir = opt.out / "exports", opt.out / "report"
+
+    _synthetic_release(opt, data, log)
+    clock.done("synthetic release")
+    _train_tiny(opt, data, run, log)
+    clock.done("training")
+    _evaluate(run, data, log)
+    clock.done("evaluation")
+    ready, refusals = _export(opt, data, run, exports, log)
+    clock.done("export")
+    variants, refused_rows = _variants(run, exports, ready, refusals, log)
+    result = _bench(opt, data, run, exports, ready, variants, gate, report_dir, log)
     if refused_rows:
         result["variants"] += refused_rows
         result["gate_passed"] = False
-    stage_done("bench")
-    result["minutes"] = (time.perf_counter() - started) / 60     # in the report: the README quotes it
-    result["stage_seconds"] = stages
+    clock.done("bench")
+    result["minutes"] = (time.perf_counter() - clock.started) / 60     # in the report: the README quotes it
+    result["stage_seconds"] = clock.stages
     paths = write_reports(result, report_dir)
     result["report_paths"] = {k: str(v) for k, v in paths.items()}
     return result
