@@ -39,7 +39,7 @@ from edgederm.benchmarks.host import Tegrastats, host_facts
 from edgederm.data.inputs import IMAGE_INPUTS, METADATA_INPUT, load_arrays, random_metadata
 from edgederm.data.release import read_release
 from edgederm.errors import EdgeDermError
-from edgederm.scoring.calibration import calibration_report
+from edgederm.scoring.calibration import calibration_report, stored_calibration
 from edgederm.scoring.gate import GateSettings, judge
 from edgederm.scoring.metrics import compute_metrics
 from edgederm.preprocess import DECODES, PreprocessConfig, header_size
@@ -171,7 +171,7 @@ def bench_variant(variant: Variant, device: str, batch_sizes: list[int], warmup:
                    size_mb=sum(f["bytes"] for f in manifest["files"].values()) / 1e6,
                    weights_sha256=manifest["source"]["sha256"],    # which trained model the bundle holds
                    tta=(manifest.get("tta") or {}).get("views"),   # views built into the graph, if any
-                   _clinical=manifest.get("clinical"))             # its temperatures and thresholds, if fitted
+                   _calibration=stored_calibration(manifest))             # its temperatures and thresholds, if fitted
         rng = np.random.default_rng(seed)
         row["latency"] = []
         for batch in batch_sizes:
@@ -246,21 +246,21 @@ def apply_gate(rows: list[dict], reference: str | None, settings: GateSettings,
         else:
             # decisions read as the reference reads them on the device (its fitted reading, if any)
             row["gate"] = judge(ref["_probabilities"], row["_probabilities"], labels, case_ids, settings,
-                                ref.get("_clinical"))
+                                ref.get("_calibration"))
             row["verdict"] = row["gate"]["verdict"]
     for row in rows:
         # calibration and melanoma operating points of each variant, with the reference's fitted temperatures
         # and thresholds (the ones its bundle carries): what a clinic gets from this variant
-        if ref is not None and ref.get("_clinical") and "_probabilities" in row:
+        if ref is not None and ref.get("_calibration") and "_probabilities" in row:
             # a bundle with test-time views carries thresholds refitted on its own (TTA) outputs: the device reads
             # it with those, so its clinic figures do too
-            fit = row["_clinical"] if row.get("tta") and row.get("_clinical") else ref["_clinical"]
+            fit = row["_calibration"] if row.get("tta") and row.get("_calibration") else ref["_calibration"]
             report = calibration_report(fit, row["_probabilities"], labels)
-            row["clinical"] = {"ece_percent": {t: 100 * c["ece_calibrated"] for t, c in report["calibration"].items()},
-                               "melanoma": report["melanoma"], "operating_point": report["operating_point"]}
+            row["calibration"] = {"ece_percent": {t: 100 * c["ece_calibrated"] for t, c in report["tasks"].items()},
+                                  "melanoma": report["melanoma"], "operating_point": report["operating_point"]}
     for row in rows:
         row.pop("_probabilities", None)
-        row.pop("_clinical", None)
+        row.pop("_calibration", None)
 
 
 def pool_round(row: dict, again: dict) -> None:

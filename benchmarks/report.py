@@ -118,8 +118,8 @@ def summary_lines(report: dict) -> list[str]:
     lines += [f"{r['name']}: TTA with {r['tta_latency_cost']['views']} views takes "
               f"{r['tta_latency_cost']['ratio']:.2f}x the latency of {r['tta_latency_cost']['versus']}"
               for r in report["variants"] if r.get("tta_latency_cost")]
-    points = [(v["name"], v["clinical"]["operating_point"]) for v in report["variants"]
-              if v.get("clinical", {}).get("operating_point")]
+    points = [(v["name"], _calibration(v)["operating_point"]) for v in report["variants"]
+              if (_calibration(v) or {}).get("operating_point")]
     if points:
         lines.append(describe_operating_point(points[0][1]).split(":")[0] + ", per variant:")
         lines += [f"  {name:<32} sensitivity {_fmt(op['sensitivity'], '.1f', 100)} %, specificity "
@@ -144,14 +144,19 @@ def end_to_end_rows(report: dict) -> list[list[str]]:
     return rows
 
 
-def clinical_table(report: dict) -> tuple[str, list[str], list[list[str]]] | None:
+def _calibration(variant: dict) -> dict | None:
+    """A variant's calibration figures (older reports name them `clinical`)."""
+    return variant.get("calibration", variant.get("clinical"))
+
+
+def clinic_table(report: dict) -> tuple[str, list[str], list[list[str]]] | None:
     """Per variant: calibration error after the reference's temperatures, and DIAG MEL sensitivity /
     specificity of the three readings at the reference's valid-chosen thresholds: (intro, header, rows),
     or None when the reference carries no fit."""
-    variants = [v for v in report["variants"] if v.get("clinical")]
+    variants = [v for v in report["variants"] if _calibration(v)]
     if not variants:
         return None
-    first = variants[0]["clinical"]["melanoma"]
+    first = _calibration(variants[0])["melanoma"]
     readings = [(k, title) for k, title in (("seven_point_argmax", "checklist >= 3"),
                                             ("seven_point_expected", "expected score"),
                                             ("melanoma_probability", "P(MEL)")) if k in first]
@@ -166,7 +171,7 @@ def clinical_table(report: dict) -> tuple[str, list[str], list[list[str]]] | Non
               + ["clinic: spec / referred"])
     rows = []
     for v in variants:
-        c = v["clinical"]
+        c = _calibration(v)
         op = c.get("operating_point")
         rows.append([v["name"], f"{sum(c['ece_percent'].values()) / len(c['ece_percent']):.1f}"]
                     + [f"{_fmt(c['melanoma'][k]['sensitivity'], '.1f', 100)} / "
@@ -176,8 +181,8 @@ def clinical_table(report: dict) -> tuple[str, list[str], list[list[str]]] | Non
     return intro, header, rows
 
 
-def clinical_lines(report: dict) -> list[str]:
-    table = clinical_table(report)
+def clinic_lines(report: dict) -> list[str]:
+    table = clinic_table(report)
     if table is None:
         return []
     intro, header, rows = table
@@ -236,7 +241,7 @@ def markdown(report: dict) -> str:
                          f"{row['verdict']} |")
         failing = [(r["variant"], r["reasons"]) for r in summary_rows(report) if r.get("reasons")]
         lines += [""] + [f"- {name} fails: {'; '.join(reasons)}" for name, reasons in failing]
-        lines += clinical_lines(report)
+        lines += clinic_lines(report)
     gated = report["data"] and report["reference"]
     lines += ["", f"Fastest variant {'that passes the gate' if gated else '(speed only: no accuracy gate without --data and --reference)'}: "
               f"**{report['fastest_passing'] or 'none'}**."]
@@ -320,6 +325,7 @@ def _verdict(verdict: str) -> str:
     return f'<span class="verdict {html.escape(verdict.replace(" ", "-"))}">{html.escape(verdict)}</span>'
 
 
+# The page's sections in reading order, each a few lines; split up, the order would be harder to see.
 def html_page(report: dict) -> str:
     e = html.escape
     parts = [f"<h1>EdgeDerm bench</h1><p class='note'>Host: {e(host_line(report))}.</p>"]
@@ -348,12 +354,12 @@ def html_page(report: dict) -> str:
                     for r in report["variants"] if r["status"] == "ok" for lat in r["latency"]]
     parts.append("<h2>Latency</h2>" + _table(["variant", "batch", "mean ms", "p50", "p90", "p99", "per s",
                                                "peak RSS MiB", "MB"], latency_rows))
-    clinical = clinical_table(report)
-    if clinical:
-        intro, header, rows = clinical
+    clinic = clinic_table(report)
+    if clinic:
+        intro, header, rows = clinic
         parts.append("<h2>Calibration and melanoma operating points</h2>"
                      f"<p class='note'>{e(intro)}</p>" + _table(header, [[e(c) for c in row] for row in rows],
-                                                                "clinical"))
+                                                                "clinic"))
     e2e = end_to_end_rows(report)
     if e2e:
         parts.append("<h2>End to end: photos to answer</h2>"

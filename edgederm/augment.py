@@ -8,7 +8,7 @@ worse from epoch 4 on, which is why it is not the default. Every limit can be
 set on its own (`policy(name, **limits)`, the recipe's `*_limit` fields).
 
 `crop-flip-rot90` is a plain fine-tuning baseline's recipe, a row of the
-sweep grid (README, "Recipe sweep"): the photo resized to `crop_scale` (1.125)
+sweep grid (docs/training.md, "Recipe sweeps"): the photo resized to `crop_scale` (1.125)
 times the input and a random input-sized crop taken, both flips, a random
 multiple of 90 degrees, brightness x [0.85, 1.15] (torchvision's ColorJitter
 reading of "+-15 %"); nothing else. Its test-time view is the central

@@ -236,6 +236,7 @@ def _as_flags(values: dict) -> list[str]:
     return flags
 
 
+# Long by its option declarations only (typer reads options from the signature); the body is a dozen lines.
 @app.command("train")
 @_one_line_errors
 def train_command(
@@ -309,22 +310,31 @@ def train_command(
         schedule=schedule, augment_policy=augment_policy, label_smoothing=label_smoothing,
         branch_weights_tta=branch_weights_tta, melanoma_sensitivity=melanoma_sensitivity)
     if nproc > 1:
-        import subprocess
-        import sys
         run_flags = {"data": data, "out": out, "preset": preset, "config": config, "resume": resume, "quiet": quiet}
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-                   "-m", "edgederm.training", *_as_flags({**run_flags, **asdict(model_flags), **asdict(recipe_flags)})]
-        raise typer.Exit(code=subprocess.run(command).returncode)
+        _relaunch_under_torchrun(nproc, {**run_flags, **asdict(model_flags), **asdict(recipe_flags)})
     from edgederm.presets import resolve_config
     from edgederm.training.trainer import train
     model_cfg, train_cfg = resolve_config(preset, config, model_overrides=model_flags.overrides(),
                                           train_overrides=asdict(recipe_flags))
     final = train(data, out, model_cfg, train_cfg, resume=resume, progress=not quiet)
     if final.is_file():
-        weights = json.loads((out / "branch_weights.json").read_text())
-        names = {"clinical": "W_C", "derm": "W_D", "image": "W_I", "metadata": "W_M", "fusion": "W_FU"}
-        shown = ", ".join(f"{names[b]} {weights[b]:.2f}" for b in names if b in weights)
-        typer.echo(f"final weights: {final}  ({shown}; validation averaged AUC {100 * weights['valid_score']:.1f})")
+        _echo_final_weights(final, out / "branch_weights.json")
+
+
+def _relaunch_under_torchrun(nproc: int, options: dict) -> None:
+    """`edgederm train` again, one process per GPU (`python -m edgederm.training` under torchrun)."""
+    import subprocess
+    import sys
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "edgederm.training", *_as_flags(options)]
+    raise typer.Exit(code=subprocess.run(command).returncode)
+
+
+def _echo_final_weights(final: Path, branch_weights: Path) -> None:
+    weights = json.loads(branch_weights.read_text())
+    names = {"clinical": "W_C", "derm": "W_D", "image": "W_I", "metadata": "W_M", "fusion": "W_FU"}
+    shown = ", ".join(f"{names[b]} {weights[b]:.2f}" for b in names if b in weights)
+    typer.echo(f"final weights: {final}  ({shown}; validation averaged AUC {100 * weights['valid_score']:.1f})")
 
 
 @app.command("evaluate")
@@ -364,9 +374,9 @@ def evaluate_command(
                        "(auxiliary task, not in the averaged AUC)")
         typer.echo(f"wrote {json_path} and {md_path}")
         typer.echo(headline(report["branches"]["final"], report["params_m"]))
-        if report.get("clinical"):
+        if report.get("calibration"):
             from edgederm.scoring.calibration import describe_operating_point
-            typer.echo(describe_operating_point(report["clinical"]["operating_point"]))
+            typer.echo(describe_operating_point(report["calibration"]["operating_point"]))
 
 
 @app.command("export")
@@ -433,6 +443,7 @@ def engine_build_command(
     typer.echo(f"wrote {path}")
 
 
+# Long by its option declarations (typer reads options from the signature) and its two input forms (a pair, a CSV).
 @app.command("diagnose")
 @_one_line_errors
 def diagnose_command(

@@ -116,7 +116,7 @@ def openvino_bundle(ctx: BundleContext, target: Target, precision: str, director
             limit = valid.settings.max_flip_rate
             return openvino_export.quantize_for_agreement(
                 model.clone(), ctx.calib, ctx.has_attention, valid.inputs,
-                lambda probs, cases: agreement(valid.reference[cases], probs, valid.clinical_fit),
+                lambda probs, cases: agreement(valid.reference[cases], probs, valid.calibration),
                 (limit or 100.0) / 100)
 
         def student():
@@ -132,7 +132,7 @@ def openvino_bundle(ctx: BundleContext, target: Target, precision: str, director
         if int8 is None:
             raise int8_gate.refuse(attempts, valid, "openvino")
         model = openvino_export.finalize(int8)
-        manifest["calibration"] = ctx.calib.describe()
+        manifest["calibration_set"] = ctx.calib.describe()
         manifest["quantization"] = _quantization(attempts, "nncf",
                                                  model_type="transformer" if ctx.has_attention else "default")
         manifest["int8_gate"] = {**int8_gate.record(attempts, valid, ranking), "scored": OPENVINO_SCORED_AS}
@@ -197,7 +197,7 @@ def jetson_bundle(ctx: BundleContext, target: Target, precision: str, directory:
         graphs.insert(0, "model.int8.onnx")
         # after the INT8 search: a refused INT8 bundle needs no FP16 graph, and its search would cost minutes
         _fp16_graph(ctx, precision, directory, graphs, manifest, log)
-        manifest["calibration"] = ctx.calib.describe()
+        manifest["calibration_set"] = ctx.calib.describe()
         manifest["quantization"] = _quantization(attempts, tensorrt_export.QDQ_QUANTIZER,
                                                  ops=tensorrt_export.QUANTIZED_OPS)
         manifest["int8_gate"] = int8_gate.record(attempts, valid, ranking)

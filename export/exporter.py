@@ -28,7 +28,8 @@ from edgederm.data.release import Release, read_release
 from edgederm.data.render import render_case
 from edgederm.data.synth import sample_labels
 from edgederm.errors import ConfigError
-from edgederm.scoring.calibration import DEFAULT_TARGET_SENSITIVITY, fit_calibration
+from edgederm.scoring.calibration import (CALIBRATION_KEY, DEFAULT_TARGET_SENSITIVITY, fit_calibration,
+                                          stored_calibration)
 from edgederm.scoring.gate import DEFAULT_MAX_FLIP_RATE, GateSettings
 from edgederm.scoring.metrics import compute_metrics
 from edgederm.export import bundles, int8_gate, openvino_export, qat
@@ -87,7 +88,7 @@ def _labels_schema() -> dict:
                             "threshold": L.SEVEN_POINT_THRESHOLD}}
 
 
-def _shared_manifest(model: BranchNet, preprocess: PreprocessConfig, source: dict, clinical: dict | None) -> dict:
+def _shared_manifest(model: BranchNet, preprocess: PreprocessConfig, source: dict, calibration: dict | None) -> dict:
     """The manifest fields every bundle of one run shares (export/bundles.py adds the format's own)."""
     size = preprocess.size
     return {
@@ -101,7 +102,7 @@ def _shared_manifest(model: BranchNet, preprocess: PreprocessConfig, source: dic
         "source": source,
         # temperatures and melanoma operating points fitted on valid at training (edgederm.scoring.calibration);
         # None for weights trained before they existed: the device then reads the plain checklist
-        "clinical": clinical,
+        CALIBRATION_KEY: calibration,
         "opset": OPSET,
         "versions": _versions(),
     }
@@ -224,8 +225,8 @@ def plan_pass(requests: list[ExportRequest]) -> list[ExportPlan]:
 
 
 def _valid_split(release: Release, model: BranchNet, preprocess: PreprocessConfig, views: tuple[str, ...],
-                 seed: int, clinical: dict | None, tta: str | None):
-    """(the valid split for the INT8 gate, the clinical reading bundles carry): with --tta, the temperatures
+                 seed: int, calibration: dict | None, tta: str | None):
+    """(the valid split for the INT8 gate, the calibration bundles carry): with --tta, the temperatures
     and thresholds are refitted on the valid split's TTA outputs."""
     cases = release.split("valid")
     if not cases:
@@ -234,15 +235,15 @@ def _valid_split(release: Release, model: BranchNet, preprocess: PreprocessConfi
     inputs = load_arrays(cases, preprocess, model.input_names)
     valid = int8_gate.ValidSplit(inputs, np.array([c.labels for c in cases]),
                                  [c.case_id for c in cases], run_torch(model, *inputs, views=views),
-                                 GateSettings(max_auc_drop=DEFAULT_INT8_MARGIN, seed=seed), clinical)
+                                 GateSettings(max_auc_drop=DEFAULT_INT8_MARGIN, seed=seed), calibration)
     if tta:
         # The views move P_FI: the thresholds the device reads it with are chosen again on what it will read
         # (the valid split's TTA outputs), at the sensitivity training chose them for.
-        target_sensitivity = (clinical or {}).get("target_sensitivity", DEFAULT_TARGET_SENSITIVITY)
-        clinical = {**fit_calibration(valid.reference, valid.labels, target_sensitivity),
-                    "fitted_with_tta": list(views)}
-        valid = replace(valid, calibration=clinical)
-    return valid, clinical
+        target_sensitivity = (calibration or {}).get("target_sensitivity", DEFAULT_TARGET_SENSITIVITY)
+        calibration = {**fit_calibration(valid.reference, valid.labels, target_sensitivity),
+                       "fitted_with_tta": list(views)}
+        valid = replace(valid, calibration=calibration)
+    return valid, calibration
 
 
 @dataclass
@@ -260,7 +261,7 @@ class ExportSession:
     calib: CalibrationSet | None
     evaluation: tuple[tuple[np.ndarray, ...], np.ndarray] | None
     reference: dict | None                  # FP32 PyTorch metrics on the evaluation split
-    clinical: dict | None                   # the reading bundles carry (refitted with --tta)
+    calibration: dict | None                # temperatures and thresholds bundles carry (refitted with --tta)
     valid: int8_gate.ValidSplit | None
     source: dict                            # the manifest's "source": the run, its weights, the parity
     log: Callable[[str], None] = print
@@ -299,10 +300,11 @@ class ExportSession:
         reference = (compute_metrics(run_torch(model, *evaluation[0], views=views), evaluation[1])
                      if evaluation else None)
         meta = read_metadata(weights)
-        clinical = meta.get("clinical")
+        calibration = stored_calibration(meta)
         valid = None
         if wants_int8 or first.tta:
-            valid, clinical = _valid_split(release, model, preprocess, views, first.seed, clinical, first.tta)
+            valid, calibration = _valid_split(release, model, preprocess, views, first.seed, calibration,
+                                              first.tta)
         source = {"run": str(first.run), "weights": str(weights), "sha256": sha256_file(weights),
                   "weights_of": meta.get("source"),
                   # where each encoder's training started: traces a deployed model to its ImageNet source
@@ -310,7 +312,7 @@ class ExportSession:
                       "split": first.eval_split, "avg_auc": reference["avg_auc"], "avg_acc": reference["avg_acc"]}}
         return cls(first=first, plans=plans, weights=weights, views=views, qat_settings=qat_settings, model=model,
                    preprocess=preprocess, calib=calib, evaluation=evaluation, reference=reference,
-                   clinical=clinical, valid=valid, source=source, log=log, on_refused=on_refused)
+                   calibration=calibration, valid=valid, source=source, log=log, on_refused=on_refused)
 
     def _parity_inputs(self) -> tuple[tuple[np.ndarray, ...], str]:
         """Real cases when the release is at hand (already preprocessed); freshly drawn synthetic ones otherwise."""
@@ -333,7 +335,7 @@ class ExportSession:
         if diff > PARITY_TOLERANCE:
             raise ConfigError(f"{first.run}: ONNX export differs from PyTorch by {diff:.2e} (> {PARITY_TOLERANCE})")
         self.source["onnx_parity_max_abs_diff"] = diff
-        self.manifest = _shared_manifest(model, self.preprocess, self.source, self.clinical)
+        self.manifest = _shared_manifest(model, self.preprocess, self.source, self.calibration)
         self.manifest["tta"] = None if first.tta is None else {
             "set": first.tta, "views": list(views),
             "how": "one model call: every view of both photos stacked on the batch axis, the per-task "

@@ -78,7 +78,7 @@ class ValidSplit:
     case_ids: list[str]
     reference: np.ndarray
     settings: GateSettings
-    clinical_fit: dict | None = None   # the model's fitted reading: decisions judged as the device reads them
+    calibration: dict | None = None   # the model's fitted reading: decisions judged as the device reads them
 
     def predictions(self, predict: Callable[..., np.ndarray], indices: np.ndarray | None = None) -> np.ndarray:
         """`predict(*inputs)` on every valid case, or on `indices`."""
@@ -116,7 +116,7 @@ def judge_on_valid(valid: ValidSplit, attempt: Attempt, probabilities: np.ndarra
                    log: Callable[[str], None]) -> Attempt:
     """The gate on valid, with the selection margin on the flips (SELECTION_SHARE)."""
     attempt.result = judge(valid.reference, probabilities, valid.labels, valid.case_ids, valid.settings,
-                           valid.clinical_fit)
+                           valid.calibration)
     a, f = attempt.result["auc"], attempt.result["flips"]
     limit = _selection_limit(valid.settings)
     if limit is not None:

@@ -57,25 +57,25 @@ def test_evaluate_command_writes_the_paper_tables(trained_run, synthetic_release
     auc_row = next(line for line in md.splitlines() if line.startswith("| AUC |"))
     assert f"| {100 * final_md['auc']['DIAG MEL']:.1f} |" in auc_row
     # calibration and melanoma operating points: with TTA, fitted now on valid's TTA outputs
-    clinical = report["clinical"]
-    assert clinical["fitted"] == "now, on the valid split's 6-view TTA outputs"
-    assert set(clinical["calibration"]) == set(L.TASK_KEYS)
+    calibration = report["calibration"]
+    assert calibration["fitted"] == "now, on the valid split's 6-view TTA outputs"
+    assert set(calibration["tasks"]) == set(L.TASK_KEYS)
     assert "## Calibration and melanoma decisions, weighted final" in md
-    mel = clinical["melanoma"]["melanoma_probability"]
-    assert mel["threshold"] == clinical["fit"]["melanoma_probability_threshold"]
+    mel = calibration["melanoma"]["melanoma_probability"]
+    assert mel["threshold"] == calibration["fit"]["melanoma_probability_threshold"]
     assert (trained_run / "eval-test-tta" / "reliability.png").stat().st_size > 10_000
-    # without TTA: training's own fit, stored with the weights and in clinical.json
+    # without TTA: training's own fit, stored with the weights and in calibration.json
     plain = CliRunner().invoke(app, ["evaluate", "--run", str(trained_run), "--data", str(synthetic_release),
                                      "--split", "test", "--json"])
     assert plain.exit_code == 0, plain.output
-    stored = json.loads((trained_run / "clinical.json").read_text())
-    plain_clinical = json.loads((trained_run / "eval-test" / "metrics.json").read_text())["clinical"]
-    assert plain_clinical["fitted"] == "at training, on the valid split" and plain_clinical["fit"] == stored
+    stored = json.loads((trained_run / "calibration.json").read_text())
+    plain = json.loads((trained_run / "eval-test" / "metrics.json").read_text())["calibration"]
+    assert plain["fitted"] == "at training, on the valid split" and plain["fit"] == stored
     assert result.output.strip().splitlines()[-2].startswith("AVG AUC ")
     # the clinic's operating point: the expected score at training's valid-chosen threshold, on this split
-    point = report["clinical"]["operating_point"]
+    point = report["calibration"]["operating_point"]
     assert point["reading"] == "seven_point_expected" and point["target_sensitivity"] == 0.9
-    assert point["specificity"] == clinical["melanoma"]["seven_point_expected"]["specificity"]
+    assert point["specificity"] == calibration["melanoma"]["seven_point_expected"]["specificity"]
     last = result.output.strip().splitlines()[-1]
     assert last.startswith("clinic operating point at the valid-chosen threshold for 90 % melanoma sensitivity")
     assert f"{point['referred_percent']:.1f} % of patients referred" in last and last[0].upper() + last[1:] in md

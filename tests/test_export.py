@@ -50,7 +50,7 @@ def test_every_bundle_verifies_and_reports_accuracy(bundles):
         for file, entry in manifest["files"].items():
             assert (path / file).stat().st_size == entry["bytes"]
     int8 = read_manifest(bundles["openvino-int8"])
-    assert int8["calibration"]["count"] == len(int8["calibration"]["case_ids"]) > 0
+    assert int8["calibration_set"]["count"] == len(int8["calibration_set"]["case_ids"]) > 0
     assert read_manifest(bundles["openvino-fp32"])["metrics"]["auc_drop_points"] == pytest.approx(0, abs=0.01)
 
 

@@ -189,7 +189,7 @@ def test_paper_presets_have_the_papers_parameter_counts():
     for name, paper in {"aff-cat": 32.48, "aff-aab": 33.06, "aff-bab": 33.88}.items():
         assert abs(counts[name] - paper) / paper <= 0.01, name
     assert counts["aff-cat"] < counts["aff-aab"] < counts["aff-bab"]
-    assert abs(counts["sff-cat"] - 58.49) / 58.49 <= 0.03      # README: the paper's Swin-T counts 1.3 M more
+    assert abs(counts["sff-cat"] - 58.49) / 58.49 <= 0.03      # docs/model.md: the paper's Swin-T counts 1.3 M more
     assert get_preset("paper").model == get_preset("aff-aab").model
     assert get_preset("sff-cat").model.framework == "sff" and get_preset("paper").model.framework == "aff"
     assert not get_preset("paper").model.attention_scale and get_preset("paper").model.key_ratio == 1
@@ -227,7 +227,7 @@ def test_every_fusion_block_exports_to_onnx_with_parity(fusion, key_ratio, scale
 
 
 def test_the_alternatives_the_readme_rejects_count_what_it_says():
-    """README "Where EdgeDerm differs from the paper": fusion at the last two stages, and BAB as two
+    """docs/model.md, "Where EdgeDerm differs from the paper": fusion at the last two stages, and BAB as two
     independent AABs, would miss the paper's counts by the figures it quotes."""
     def millions(cfg):
         return sum(p.numel() for p in create_model(cfg).parameters()) / 1e6

@@ -41,7 +41,7 @@ def test_every_backend_gives_the_same_answer_through_one_api(bundles, pair, synt
         diffs = got - expected
         sums = np.stack([got[:, L.TASK_SLICES[t]].sum(1) for t in L.TASK_KEYS], 1)
         # predict_batch is those outputs, temperature-scaled with the bundle's fit, for each pair
-        calibrated = apply_temperatures(got, predictor.clinical["temperatures"])
+        calibrated = apply_temperatures(got, predictor.calibration["temperatures"])
         first = predictor.predict_batch(pairs[:2])
         assert [first[1].probabilities["DIAG"][c] for c in L.TASKS[0].classes] == pytest.approx(
             calibrated[1, L.TASK_SLICES["DIAG"]].tolist(), abs=1e-5)
@@ -111,7 +111,7 @@ def test_diagnose_text_and_json(bundles, pair):
     tops = {t: v["top"] for t, v in data["tasks"].items()}
     assert sp["score"] == L.seven_point_score(tops)
     # the bundle carries training's fit: calibrated probabilities, the expected score at its threshold
-    fit = read_manifest(bundles["onnx-fp32"])["clinical"]
+    fit = read_manifest(bundles["onnx-fp32"])["calibration"]
     assert data["calibrated"] and sp["reading"] == "expected" and sp["threshold"] == fit["seven_point"]["threshold"]
     assert sp["suspicious"] == (sp["expected_score"] >= fit["seven_point"]["threshold"])
     expected = sum(pts * data["tasks"][t]["probabilities"][c] for t, c, pts in L.SEVEN_POINT_CRITERIA)
@@ -222,17 +222,17 @@ def test_bench_gate_reports_and_fastest_variant(bundles, synthetic_release, tmp_
     assert html.count("data:image/png;base64,") == 2
     assert "| variant |" in (report / "report.md").read_text()
     # with the reference bundle's fit: each variant's calibration and melanoma operating points
-    fit = read_manifest(bundles["onnx-fp32"])["clinical"]
-    torch_clinical = rows[bundles["torch-fp32"].name]["clinical"]
-    assert set(torch_clinical["ece_percent"]) == set(L.TASK_KEYS)
-    assert torch_clinical["melanoma"]["seven_point_expected"]["threshold"] == fit["seven_point"]["threshold"]
-    assert torch_clinical["melanoma"] == rows[bundles["onnx-fp32"].name]["clinical"]["melanoma"]  # same model
+    fit = read_manifest(bundles["onnx-fp32"])["calibration"]
+    torch_calibration = rows[bundles["torch-fp32"].name]["calibration"]
+    assert set(torch_calibration["ece_percent"]) == set(L.TASK_KEYS)
+    assert torch_calibration["melanoma"]["seven_point_expected"]["threshold"] == fit["seven_point"]["threshold"]
+    assert torch_calibration["melanoma"] == rows[bundles["onnx-fp32"].name]["calibration"]["melanoma"]  # same model
     md = (report / "report.md").read_text()
     assert "## Calibration and melanoma operating points" in md and "expected score sens / spec" in md
-    assert '<table id="clinical">' in (report / "report.html").read_text()
+    assert '<table id="clinic">' in (report / "report.html").read_text()
     # the clinic's operating point, per variant: the reading diagnose reports, at the reference's threshold
-    point = torch_clinical["operating_point"]
-    expected = torch_clinical["melanoma"]["seven_point_expected"]
+    point = torch_calibration["operating_point"]
+    expected = torch_calibration["melanoma"]["seven_point_expected"]
     assert point["reading"] == "seven_point_expected" and point["threshold"] == fit["seven_point"]["threshold"]
     assert (point["specificity"], point["referred_percent"]) == (expected["specificity"], expected["referred_percent"])
     assert f"{100 * point['specificity']:.1f} / {point['referred_percent']:.1f} %" in md

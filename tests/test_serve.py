@@ -3,7 +3,6 @@ route through FastAPI's TestClient on a real bundle and real photo files.
 tests/test_serve_browser.py drives the page in Chromium."""
 import csv
 import io
-import json
 import sqlite3
 import subprocess
 import sys
@@ -17,7 +16,6 @@ from typer.testing import CliRunner
 
 from edgederm.cli import app as cli
 from edgederm.data.release import read_release
-from edgederm.errors import EdgeDermError
 from edgederm.runtime.diagnose import RESULT_COLUMNS
 from edgederm.serve.access import ACCESS_FILE, COOKIE, FAILURES_BEFORE_WAIT
 from edgederm.serve.app import create_app

@@ -81,7 +81,7 @@ def test_every_graph_averages_the_views_and_the_int8_ones_are_gated_against_them
     for name, path in tta_bundles.items():
         manifest = read_manifest(path)
         assert path.name.endswith("-tta-flip") and manifest["tta"]["views"] == ["identity", "hflip"], name
-        assert manifest["clinical"]["fitted_with_tta"] == ["identity", "hflip"]
+        assert manifest["calibration"]["fitted_with_tta"] == ["identity", "hflip"]
         predictor = load_bundle(path, backend="onnxruntime" if name == "jetson" else None)
         arrays = load_arrays(cases, predictor.preprocess, predictor.input_names)
         # The views {x, mirrored x} of a mirrored photo are the same two views: the graph, quantized or not,
@@ -127,11 +127,11 @@ def test_diagnose_bench_and_the_clinic_app_take_a_tta_bundle(tta_bundles, bundle
     assert cost["views"] == 2 and cost["versus"] == bundles["onnx-fp32"].name and cost["ratio"] > 0
     assert rows[tta_bundles["onnx"].name]["tta"] == ["identity", "hflip"]
     # its clinic figures are read with its own thresholds, refitted on the TTA outputs
-    own = read_manifest(tta_bundles["onnx"])["clinical"]["seven_point"]["threshold"]
-    assert rows[tta_bundles["onnx"].name]["clinical"]["operating_point"]["threshold"] == own
-    plain = read_manifest(bundles["onnx-fp32"])["clinical"]["seven_point"]["threshold"]
+    own = read_manifest(tta_bundles["onnx"])["calibration"]["seven_point"]["threshold"]
+    assert rows[tta_bundles["onnx"].name]["calibration"]["operating_point"]["threshold"] == own
+    plain = read_manifest(bundles["onnx-fp32"])["calibration"]["seven_point"]["threshold"]
     assert own != plain          # the refit moved it (else this test could not tell which fit bench read with)
-    assert rows[bundles["onnx-fp32"].name]["clinical"]["operating_point"]["threshold"] == plain
+    assert rows[bundles["onnx-fp32"].name]["calibration"]["operating_point"]["threshold"] == plain
     clinic, _ = build_clinic(tta_bundles["onnx"], tmp_path / "clinic")
     with TestClient(create_app(clinic), base_url="http://127.0.0.1:8000") as client:
         files = {"clinical": ("c.jpg", case.clinical.read_bytes(), "image/jpeg"),

@@ -1,4 +1,4 @@
-"""The README's picture of the clinic app: `edgederm serve` with a bundle, one
+"""docs/clinic-app.md's picture of the clinic app: `edgederm serve` with a bundle, one
 case from a release's test split entered through the page in headless Chromium
 (Debian's, driven by Playwright) at phone width, the page saved as a PNG.
 

@@ -49,6 +49,7 @@ from edgederm.benchmarks.host import host_facts
 from edgederm.calibration.selection import build_calibration_set
 from edgederm.data.inputs import load_arrays
 from edgederm.data.release import read_release
+from edgederm.scoring.calibration import stored_calibration
 from edgederm.scoring.gate import GateSettings, agreement, judge
 from edgederm.export import int8_gate, openvino_export, qat
 from edgederm.export.onnx_export import export_onnx, run_torch
@@ -108,7 +109,7 @@ def build_methods(run: Path, data: Path, work: Path, accuracy_control: bool, log
     calib = build_calibration_set(release, preprocess)
     vc, vd, vl, vid = _arrays(release, "valid", preprocess)
     # the decisions read as the device reads them (the run's fitted seven-point reading), as the export does
-    clinical = read_metadata(run / "model.safetensors").get("clinical")
+    clinical = stored_calibration(read_metadata(run / "model.safetensors"))
     valid = int8_gate.ValidSplit((vc, vd), vl, vid, run_torch(model, vc, vd), GateSettings(), clinical)
     onnx_fp32 = export_onnx(model, work / "model.onnx")
     fp32 = openvino_export.convert(onnx_fp32)
@@ -223,7 +224,7 @@ def score(methods: list[Method], context: dict) -> list[dict]:
         if m.predict is not None:
             on_valid = int8_gate.judge_on_valid(valid, int8_gate.Attempt(m.name), m.predict(*valid.inputs),
                                                 lambda message: None).result
-            on_test = judge(reference, m.predict(tc, td), tl, tid, GateSettings(), valid.clinical_fit)
+            on_test = judge(reference, m.predict(tc, td), tl, tid, GateSettings(), valid.calibration)
             ms = float(np.median(m.times_ms))
             row.update({"valid_verdict": on_valid["verdict"], "valid_reasons": on_valid["reasons"],
                         "valid_flips_percent": {k: f["rate_percent"] for k, f in on_valid["flips"].items()},

@@ -19,7 +19,7 @@ untrained weights would judge noise, so that row has no AUC and no verdict.
 --workdir may be a quickstart folder: its synth/, runs/tiny and exports/ are
 reused. Updates benchmarks/results/preset-table.json (rows of presets not
 measured this time are kept; rows follow the preset order of
-edgederm.presets); the README's table is generated from it by
+edgederm.presets); docs/model.md's table is generated from it by
 readme_figures.py.
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Parameters and GFLOPs of every preset, as `edgederm model summary` counts them,
 beside the paper's parameter counts; writes benchmarks/results/presets.json
-(the README's presets table is generated from it by readme_figures.py).
+(docs/model.md's presets table is generated from it by readme_figures.py).
 
     python benchmarks/dev/presets.py
 

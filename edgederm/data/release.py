@@ -207,6 +207,7 @@ def _parse_case(row: int, line: int, record: dict[str, str], meta_path: Path,
                 labels=tuple(labels), metadata={f: (record.get(f) or "").strip() for f in L.METADATA_FIELDS})
 
 
+# One pass over meta.csv that collects every problem in file order; the checks share each row's state.
 def scan_release(root: str | Path, verify_images: bool = False,
                  progress: Callable[[Iterable], Iterable] | None = None) -> ScanResult:
     """Read a release and collect every problem.

@@ -305,6 +305,8 @@ def _paste(background: np.ndarray, patch: np.ndarray, alpha: np.ndarray, x0: int
     _per_channel(region, lambda c: region[..., c] * keep + patch[..., c] * alpha)
 
 
+# One drawing, layer by layer in a fixed order: split up, the order of the random draws that keeps every synthetic
+# release identical across versions would be scattered over several functions.
 def render_case(labels: Mapping[str, str], raw: Mapping[str, str], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Draw one case. `labels` maps task key -> class abbreviation, `raw` maps
     task key -> the raw meta.csv string. Returns (clinical, dermoscopy) RGB uint8,

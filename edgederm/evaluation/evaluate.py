@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader
 from edgederm.data.release import read_release
 from edgederm.data.torch_dataset import PairDataset
 from edgederm.errors import ConfigError
-from edgederm.scoring.calibration import calibration_report, fit_calibration
+from edgederm.scoring.calibration import calibration_report, fit_calibration, stored_calibration
 from edgederm.scoring.metrics import compute_metrics, location_metrics
 from edgederm.evaluation.predict import predict_branches
 from edgederm.scoring.weighted_average import weighted_final
@@ -46,24 +46,24 @@ def evaluate_run(run_dir: str | Path, data: str | Path, split: str = "test", che
     if tta_weights:
         weights_used, searched_on = tta_weights, "6-view TTA"
     branch_probs["final"] = weighted_final(branch_probs, weights_used)
-    fit, fitted = _clinical_fit(model, weights, data, split, tta, weights_used, batch_size, device, progress)
+    fit, fitted = _calibration_fit(model, weights, data, split, tta, weights_used, batch_size, device, progress)
     return {
         "run": str(run_dir), "weights": str(weights), "data": str(data), "split": split,
         "tta": None if len(views) == 1 else list(views),
         "cases": len(cases), "branch_weights": weights_used, "branch_weights_searched_on": searched_on,
         "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
         "branches": {b: compute_metrics(p, labels) for b, p in branch_probs.items()},
-        "clinical": {"fit": fit, "fitted": fitted, **calibration_report(fit, branch_probs["final"], labels)},
+        "calibration": {"fit": fit, "fitted": fitted, **calibration_report(fit, branch_probs["final"], labels)},
         "location": location_metrics(location["probabilities"], location["labels"]) if location else None,
     }
 
 
-def _clinical_fit(model, weights: Path, data, split: str, tta: bool | str, branch_weights: list[float],
-                  batch_size: int, device, progress) -> tuple[dict, str]:
+def _calibration_fit(model, weights: Path, data, split: str, tta: bool | str, branch_weights: list[float],
+                     batch_size: int, device, progress) -> tuple[dict, str]:
     """The temperatures and thresholds to evaluate with, and where they come from: training's (fitted on the
     single-view valid P_FI, stored with the weights), or fitted now on valid when the run has none (trained
     before they existed) or when TTA outputs are evaluated (fitted on what they will be applied to)."""
-    stored = read_metadata(weights).get("clinical")
+    stored = stored_calibration(read_metadata(weights))
     if stored and not tta:
         return stored, "at training, on the valid split"
     cases = read_release(data).split("valid")

@@ -45,28 +45,28 @@ READINGS = (("seven_point_argmax", "seven-point score from each criterion's top 
             ("melanoma_probability", "P(MEL), threshold from valid"))
 
 
-def clinical_section(clinical: dict) -> list[str]:
+def calibration_section(calibration: dict) -> list[str]:
     """Calibration per task and the melanoma operating points, of P_FI."""
-    target = 100 * clinical["target_sensitivity"]
+    target = 100 * calibration["target_sensitivity"]
     lines = ["## Calibration and melanoma decisions, weighted final", "",
-             f"Temperatures and thresholds fitted {clinical['fitted']}; thresholds for {target:.0f} % melanoma "
+             f"Temperatures and thresholds fitted {calibration['fitted']}; thresholds for {target:.0f} % melanoma "
              "sensitivity there. ECE: expected calibration error, 15 bins (%).", "",
              "| task | temperature | ECE | ECE calibrated |", "|---|---|---|---|"]
-    for task, c in clinical["calibration"].items():
+    for task, c in calibration["tasks"].items():
         lines.append(f"| {task} | {c['temperature']:.2f} | {_pct(c['ece'])} | {_pct(c['ece_calibrated'])} |")
-    first = next(iter(clinical["melanoma"].values()))
+    first = next(iter(calibration["melanoma"].values()))
     lines += ["", f"DIAG MEL on this split: {first['positives']} melanomas, {first['negatives']} other lesions.", "",
               "| reading | threshold | sensitivity | specificity | referred |", "|---|---|---|---|---|"]
     for key, title in READINGS:
-        if key not in clinical["melanoma"]:          # no threshold: valid had no melanoma to choose it on
+        if key not in calibration["melanoma"]:          # no threshold: valid had no melanoma to choose it on
             continue
-        op = clinical["melanoma"][key]
+        op = calibration["melanoma"][key]
         lines.append(f"| {title} | {op['threshold']:.3g} | {_pct(op['sensitivity'])} | {_pct(op['specificity'])} | "
                      f"{op['referred_percent']:.1f} % |")
     return lines
 
 
-def write_reliability_plot(clinical: dict, path: Path) -> Path | None:
+def write_reliability_plot(calibration: dict, path: Path) -> Path | None:
     """Reliability diagrams of the eight tasks, before and after temperature scaling; None without matplotlib."""
     from importlib.util import find_spec
     if find_spec("matplotlib") is None:
@@ -75,7 +75,7 @@ def write_reliability_plot(clinical: dict, path: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(2, 4, figsize=(12, 6), sharex=True, sharey=True)
-    for ax, (task, c) in zip(axes.ravel(), clinical["calibration"].items()):
+    for ax, (task, c) in zip(axes.ravel(), calibration["tasks"].items()):
         ax.plot([0, 1], [0, 1], color="0.7", lw=1)
         for key, label, colour in (("reliability", f"raw, ECE {100 * c['ece']:.1f}", "tab:red"),
                                    ("reliability_calibrated", f"T={c['temperature']:.2f}, ECE "
@@ -108,8 +108,8 @@ def markdown_report(report: dict) -> str:
            "", f"Weights: `{report['weights']}`; TTA: {_tta(report['tta'])}; "
            f"{_branch_weights(report)}; {report['params_m']:.2f} M parameters.",
            "", f"**{headline(report['branches']['final'], report['params_m'])}**"]
-    if report.get("clinical", {}).get("operating_point"):
-        out += ["", describe_operating_point(report["clinical"]["operating_point"]).capitalize() + "."]
+    if report.get("calibration", {}).get("operating_point"):
+        out += ["", describe_operating_point(report["calibration"]["operating_point"]).capitalize() + "."]
     out += ["", "## AUC (%), one-vs-rest", "",
            "| branch | " + " | ".join(cats) + " | AVG |", "|---" * (len(cats) + 2) + "|"]
     rows = [(key, title) for key, title in ROWS if key in report["branches"]]
@@ -130,8 +130,8 @@ def markdown_report(report: dict) -> str:
         out += ["", "## Body location (auxiliary task, not in the averaged AUC), AUC (%) one-vs-rest", "",
                 "| " + " | ".join(names) + " | AVG | ACC |", "|---" * (len(names) + 2) + "|",
                 "| " + " | ".join(_pct(loc["auc"][n]) for n in names) + f" | {_pct(loc['avg_auc'])} | {_pct(loc['acc'])} |"]
-    if report.get("clinical"):
-        out += [""] + clinical_section(report["clinical"])
+    if report.get("calibration"):
+        out += [""] + calibration_section(report["calibration"])
     return "\n".join(out) + "\n"
 
 
@@ -148,8 +148,8 @@ def _branch_weights(report: dict) -> str:
 def write_report(report: dict, out_dir: Path) -> tuple[Path, Path]:
     """metrics.json and metrics.md, and reliability.png when matplotlib is installed."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    if report.get("clinical"):
-        write_reliability_plot(report["clinical"], out_dir / "reliability.png")
+    if report.get("calibration"):
+        write_reliability_plot(report["calibration"], out_dir / "reliability.png")
     json_path, md_path = out_dir / "metrics.json", out_dir / "metrics.md"
     for path, text in ((json_path, json.dumps(report, indent=2) + "\n"), (md_path, markdown_report(report))):
         tmp = path.with_name(path.name + ".partial")

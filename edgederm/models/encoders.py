@@ -14,7 +14,7 @@
 
 Why the whole model: on the real release, heads on the pre-logits
 representation beat heads on the last stage map by about 4 test AUC points
-with the same encoders and ImageNet weights (README, "Branch features").
+with the same encoders and ImageNet weights (docs/model.md, "Branch features").
 
 `head(map)` runs the encoder's own layers after its last stage (conv head,
 BN, activation, pooling) on another map of the last stage's shape: the fusion

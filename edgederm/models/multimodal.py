@@ -26,7 +26,7 @@ Why the fusion head may read the pre-logits features too: on the real
 release the fusion head that read only the pooled fused maps (320 channels
 at EfficientNet-Lite1's last stage, before its 1x1 conv head) scored below
 the dermoscopy branch alone; with both encoders' 1280-channel pre-logits
-features beside them it gained 1.4 test AUC points (README, "What the
+features beside them it gained 1.4 test AUC points (docs/model.md, "What the
 fusion head reads").
 """
 from __future__ import annotations

@@ -148,7 +148,7 @@ def diagnose_pairs(predictor: Predictor, pairs_csv: Path, out_csv: Path, progres
                 raise EdgeDermError(job["error"])
             if isinstance(prepared, EdgeDermError):
                 raise prepared
-            prediction = Prediction.from_row(predictor.run(*prepared)[0], predictor.clinical)
+            prediction = Prediction.from_row(predictor.run(*prepared)[0], predictor.calibration)
         except EdgeDermError as e:
             failures.append(f"{pairs_csv}: line {job['line']} ({job['id']}): {e}")
             results.append({**result, "status": "error", "error": str(e)})

@@ -16,16 +16,16 @@ DISCLAIMER = ("EdgeDerm is decision support, not a diagnosis: a clinician must e
 @dataclass
 class Prediction:
     probabilities: dict[str, dict[str, float]]       # task -> class -> probability (calibrated when fitted)
-    clinical: dict | None = None                     # the bundle's fitted temperatures and thresholds
+    calibration: dict | None = None                     # the bundle's fitted temperatures and thresholds
 
     @classmethod
-    def from_row(cls, row: np.ndarray, clinical: dict | None = None) -> "Prediction":
-        """One row of the concatenated N x 24 output; with the bundle's `clinical` fit, each task's
+    def from_row(cls, row: np.ndarray, calibration: dict | None = None) -> "Prediction":
+        """One row of the concatenated N x 24 output; with the bundle's `calibration` fit, each task's
         probabilities are temperature-scaled (edgederm.scoring.calibration) before anything is read."""
-        if clinical:
-            row = apply_temperatures(np.asarray(row, np.float64)[None], clinical["temperatures"])[0]
+        if calibration:
+            row = apply_temperatures(np.asarray(row, np.float64)[None], calibration["temperatures"])[0]
         return cls({t.key: {c: float(p) for c, p in zip(t.classes, row[L.TASK_SLICES[t.key]])} for t in L.TASKS},
-                   clinical or None)
+                   calibration or None)
 
     def top(self, task: str) -> tuple[str, float]:
         probs = self.probabilities[task]
@@ -47,10 +47,10 @@ class Prediction:
         checklist's score >= 3, or, with a fitted bundle, the expected score at its valid-chosen threshold."""
         contributions = L.seven_point_contributions(self.top_classes)
         score = sum(points for _, _, points in contributions)
-        expected = self.clinical is not None and self.clinical.get("seven_point", {}).get("reading") == "expected"
+        expected = self.calibration is not None and self.calibration.get("seven_point", {}).get("reading") == "expected"
         if expected:
-            threshold = self.clinical["seven_point"]["threshold"]
-            target = 100 * self.clinical["target_sensitivity"]
+            threshold = self.calibration["seven_point"]["threshold"]
+            target = 100 * self.calibration["target_sensitivity"]
             suspicious = self.expected_score >= threshold
             rule = (f"expected score {self.expected_score:.2f} (points x probability) against {threshold:.2f}, "
                     f"the threshold that referred {target:.0f} % of the validation melanomas")
@@ -74,18 +74,18 @@ class Prediction:
     @property
     def melanoma(self) -> dict | None:
         """P(MEL) at the bundle's valid-chosen operating point, when it has one."""
-        if not self.clinical or self.clinical.get("melanoma_probability_threshold") is None:
+        if not self.calibration or self.calibration.get("melanoma_probability_threshold") is None:
             return None
-        p, threshold = self.probabilities["DIAG"]["MEL"], self.clinical["melanoma_probability_threshold"]
+        p, threshold = self.probabilities["DIAG"]["MEL"], self.calibration["melanoma_probability_threshold"]
         return {"probability": p, "threshold": threshold, "refer": p >= threshold,
-                "target_sensitivity": self.clinical["target_sensitivity"]}
+                "target_sensitivity": self.calibration["target_sensitivity"]}
 
     def to_dict(self) -> dict:
         return {
             "tasks": {t: {"top": self.top(t)[0], "probability": self.top(t)[1],
                           "probabilities": self.probabilities[t]} for t in L.TASK_KEYS},
             "diagnosis": self.probabilities["DIAG"],
-            "calibrated": self.clinical is not None,
+            "calibrated": self.calibration is not None,
             "seven_point": self.seven_point,
             "melanoma": self.melanoma,
             "disclaimer": DISCLAIMER,

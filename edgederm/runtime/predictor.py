@@ -32,6 +32,7 @@ from edgederm import labels as L
 from edgederm.errors import EdgeDermError, LabelError
 from edgederm.preprocess import PreprocessConfig, preprocess_image, read_input_image
 from edgederm.runtime.prediction import Prediction
+from edgederm.scoring.calibration import stored_calibration
 
 Image = str | Path | np.ndarray
 Item = Image | Mapping[str, str]      # a photo, or the metadata input's {field: value}
@@ -55,7 +56,7 @@ class Predictor:
         self.precision = manifest["precision"]
         # the precision the backend reports its float operations run in (OpenVINO reads it back); None: not reported
         self.float_precision: str | None = None
-        self.clinical: dict | None = manifest.get("clinical")    # temperatures and thresholds, when fitted
+        self.calibration: dict | None = stored_calibration(manifest)    # temperatures and thresholds, when fitted
         self._pool: ThreadPoolExecutor | None = None     # made on first use, for decoding photos
 
     @property
@@ -145,4 +146,4 @@ class Predictor:
     def predict_batch(self, cases: list[tuple[Item, ...]]) -> list[Prediction]:
         if not cases:
             return []
-        return [Prediction.from_row(row, self.clinical) for row in self.run_batched(*self.prepare_cases(cases))]
+        return [Prediction.from_row(row, self.calibration) for row in self.run_batched(*self.prepare_cases(cases))]

@@ -36,6 +36,8 @@ from edgederm import labels as L
 
 ECE_BINS = 15
 DEFAULT_TARGET_SENSITIVITY = 0.90
+# Where the fit is stored: RUN/calibration.json, the weights' metadata, a bundle's manifest (stored_calibration).
+CALIBRATION_KEY, LEGACY_CALIBRATION_KEY = "calibration", "clinical"
 _EPS = 1e-12
 
 
@@ -171,11 +173,11 @@ def fit_calibration(probs: np.ndarray, labels: np.ndarray, target: float = DEFAU
 def calibration_report(fit: dict, probs: np.ndarray, labels: np.ndarray) -> dict:
     """Calibration and melanoma operating points of P_FI on one split, with the thresholds of `fit`."""
     calibrated = apply_temperatures(probs, fit["temperatures"])
-    calibration = {}
+    tasks = {}
     for t, task in enumerate(L.TASK_KEYS):
         before, bins_before = expected_calibration_error(_task(probs, task), labels[:, t])
         after, bins_after = expected_calibration_error(_task(calibrated, task), labels[:, t])
-        calibration[task] = {"temperature": fit["temperatures"][task], "ece": before, "ece_calibrated": after,
+        tasks[task] = {"temperature": fit["temperatures"][task], "ece": before, "ece_calibrated": after,
                              "reliability": bins_before, "reliability_calibrated": bins_after}
     melanoma = is_melanoma(labels)
     points = {"seven_point_argmax": operating_point(argmax_seven_point_score(calibrated), melanoma,
@@ -186,8 +188,18 @@ def calibration_report(fit: dict, probs: np.ndarray, labels: np.ndarray) -> dict
     if fit.get("melanoma_probability_threshold") is not None:
         points["melanoma_probability"] = operating_point(melanoma_probability(calibrated), melanoma,
                                                          fit["melanoma_probability_threshold"])
-    return {"calibration": calibration, "target_sensitivity": fit["target_sensitivity"], "melanoma": points,
+    return {"tasks": tasks, "target_sensitivity": fit["target_sensitivity"], "melanoma": points,
             "operating_point": clinic_operating_point(points, fit)}
+
+
+def stored_calibration(record: dict) -> dict | None:
+    """The fit a run's weights metadata or a bundle's manifest carries, or None. Runs and bundles written
+    before the fit was named calibration call it `clinical` (RUN/clinical.json, manifest "clinical"); they
+    still load. In those manifests "calibration" is the INT8 calibration set (now "calibration_set"), so the
+    old name decides."""
+    if LEGACY_CALIBRATION_KEY in record:
+        return record[LEGACY_CALIBRATION_KEY]
+    return record.get(CALIBRATION_KEY)
 
 
 def clinic_operating_point(points: dict, fit: dict) -> dict:

@@ -178,15 +178,15 @@ def top_two_margin(probs: np.ndarray) -> np.ndarray:
     return ordered[:, -1] - ordered[:, -2]
 
 
-def reading_margins(reference: np.ndarray, variant: np.ndarray, clinical: dict | None = None) -> np.ndarray:
+def reading_margins(reference: np.ndarray, variant: np.ndarray, calibration: dict | None = None) -> np.ndarray:
     """How close each FP32 seven-point reading was, as a probability. The expected-score reading
-    (`referral` with a fitted `clinical`): |score - threshold| / 2, the smallest change of one criterion's
+    (`referral` with a fitted `calibration`): |score - threshold| / 2, the smallest change of one criterion's
     probability (a criterion is worth at most 2 points) that crosses the threshold. The checklist reading:
     the largest FP32 top-two margin among the criteria whose top class the variant changed, the clearest
     call it had to overturn (0 where it changed none)."""
-    if clinical and clinical.get("seven_point", {}).get("reading") == "expected":
-        score = expected_seven_point_score(apply_temperatures(reference, clinical["temperatures"]))
-        return np.abs(score - clinical["seven_point"]["threshold"]) / max(p for _, _, p in L.SEVEN_POINT_CRITERIA)
+    if calibration and calibration.get("seven_point", {}).get("reading") == "expected":
+        score = expected_seven_point_score(apply_temperatures(reference, calibration["temperatures"]))
+        return np.abs(score - calibration["seven_point"]["threshold"]) / max(p for _, _, p in L.SEVEN_POINT_CRITERIA)
     margins = np.zeros(len(reference))
     for task in dict.fromkeys(task for task, _, _ in L.SEVEN_POINT_CRITERIA):
         columns = L.TASK_SLICES[task]
@@ -221,14 +221,14 @@ def _seven_point_reading(classes: np.ndarray) -> np.ndarray:
     return np.where(seven_point_scores(classes) >= L.SEVEN_POINT_THRESHOLD, "refer", "no referral")
 
 
-def referral(probs: np.ndarray, clinical: dict | None = None) -> np.ndarray:
+def referral(probs: np.ndarray, calibration: dict | None = None) -> np.ndarray:
     """The seven-point reading a model's outputs give ("refer" / "no referral"): the checklist on each
-    criterion's top class, or, when the model carries its fitted `clinical` (edgederm.scoring.calibration),
+    criterion's top class, or, when the model carries its fitted `calibration` (edgederm.scoring.calibration),
     the expected score of its calibrated probabilities at its valid-chosen threshold."""
-    if not clinical or clinical.get("seven_point", {}).get("reading") != "expected":
+    if not calibration or calibration.get("seven_point", {}).get("reading") != "expected":
         return _seven_point_reading(_top_classes(probs))
-    score = expected_seven_point_score(apply_temperatures(probs, clinical["temperatures"]))
-    return np.where(score >= clinical["seven_point"]["threshold"], "refer", "no referral")
+    score = expected_seven_point_score(apply_temperatures(probs, calibration["temperatures"]))
+    return np.where(score >= calibration["seven_point"]["threshold"], "refer", "no referral")
 
 
 def _top_classes(probs: np.ndarray) -> np.ndarray:
@@ -236,7 +236,7 @@ def _top_classes(probs: np.ndarray) -> np.ndarray:
 
 
 def melanoma_sensitivity(reference: np.ndarray, variant: np.ndarray, labels: np.ndarray,
-                         counts: np.ndarray, clinical: dict | None = None) -> dict:
+                         counts: np.ndarray, calibration: dict | None = None) -> dict:
     """Share of melanomas the seven-point reading (`referral`) refers, reference and variant, and the paired
     loss (points) with its bootstrap interval: the decision a clinic must not lose to quantization."""
     mel = labels[:, L.TASK_KEYS.index("DIAG")] == L.class_index("DIAG", "MEL")
@@ -244,8 +244,8 @@ def melanoma_sensitivity(reference: np.ndarray, variant: np.ndarray, labels: np.
     if n == 0:
         return {"melanomas": 0, "reference_percent": None, "variant_percent": None, "loss_points": None,
                 "ci_points": None, "significant": False}
-    ref = (referral(reference, clinical) == "refer")[mel].astype(float)
-    var = (referral(variant, clinical) == "refer")[mel].astype(float)
+    ref = (referral(reference, calibration) == "refer")[mel].astype(float)
+    var = (referral(variant, calibration) == "refer")[mel].astype(float)
     w = counts[:, mel]
     with np.errstate(invalid="ignore", divide="ignore"):
         loss = 100 * (w @ (ref - var)) / w.sum(1)
@@ -255,7 +255,7 @@ def melanoma_sensitivity(reference: np.ndarray, variant: np.ndarray, labels: np.
 
 
 def decision_flips(reference: np.ndarray, variant: np.ndarray, labels: np.ndarray, case_ids: list[str],
-                   counts: np.ndarray | None = None, clinical: dict | None = None) -> dict:
+                   counts: np.ndarray | None = None, calibration: dict | None = None) -> dict:
     """Cases whose top diagnosis, or whose seven-point reading (refer or not, `referral`), differs between the
     two models, each with the FP32 decision's margin (`top_two_margin` of the diagnosis probabilities,
     `reading_margins`). `counts`: the bootstrap resamples for the intervals (default: 2000, seed 0,
@@ -267,30 +267,30 @@ def decision_flips(reference: np.ndarray, variant: np.ndarray, labels: np.ndarra
     truth_diag = diagnoses[labels[:, L.TASK_KEYS.index("DIAG")]]
     return {"diagnosis": _flips(diagnoses[reference[:, diag].argmax(1)], diagnoses[variant[:, diag].argmax(1)],
                                 truth_diag, case_ids, counts, top_two_margin(reference[:, diag])),
-            "seven_point": _flips(referral(reference, clinical), referral(variant, clinical),
+            "seven_point": _flips(referral(reference, calibration), referral(variant, calibration),
                                   _seven_point_reading(labels), case_ids, counts,
-                                  reading_margins(reference, variant, clinical))}
+                                  reading_margins(reference, variant, calibration))}
 
 
-def agreement(reference: np.ndarray, variant: np.ndarray, clinical: dict | None = None) -> float:
+def agreement(reference: np.ndarray, variant: np.ndarray, calibration: dict | None = None) -> float:
     """Share of cases whose top diagnosis and whose seven-point reading (`referral`) both match the
     reference's, the lower of the two: 1 - the larger flip rate (the metric INT8 accuracy control keeps
     within the limit)."""
     diag = L.TASK_SLICES["DIAG"]
     same_diagnosis = (reference[:, diag].argmax(1) == variant[:, diag].argmax(1)).mean()
-    same_reading = (referral(reference, clinical) == referral(variant, clinical)).mean()
+    same_reading = (referral(reference, calibration) == referral(variant, calibration)).mean()
     return float(min(same_diagnosis, same_reading))
 
 
 def judge(reference: np.ndarray, variant: np.ndarray, labels: np.ndarray, case_ids: list[str],
-          settings: GateSettings, clinical: dict | None = None) -> dict:
+          settings: GateSettings, calibration: dict | None = None) -> dict:
     """Everything the gate says about one variant: AUC comparison, decision flips, verdict and reasons.
-    `clinical`: the reference's fitted temperatures and thresholds; the seven-point decisions are then read
+    `calibration`: the reference's fitted temperatures and thresholds; the seven-point decisions are then read
     as the device reads them (`referral`)."""
     auc = auc_comparison(reference, variant, labels, settings)
     counts = bootstrap_counts(labels[:, L.TASK_KEYS.index("DIAG")], settings.resamples, settings.seed)
-    flips = decision_flips(reference, variant, labels, case_ids, counts, clinical)
-    melanoma = melanoma_sensitivity(reference, variant, labels, counts, clinical)
+    flips = decision_flips(reference, variant, labels, case_ids, counts, calibration)
+    melanoma = melanoma_sensitivity(reference, variant, labels, counts, calibration)
     reasons = []
     if not auc["within_margin"]:
         reasons.append(f"averaged-AUC drop upper bound {auc['upper_bound_points']:.2f} > margin "
@@ -304,8 +304,8 @@ def judge(reference: np.ndarray, variant: np.ndarray, labels: np.ndarray, case_i
         if melanoma["significant"]:
             reasons.append(f"seven-point reading refers {melanoma['loss_points']:.1f} points fewer melanomas "
                            f"(95 % CI {melanoma['ci_points'][0]:.1f} to {melanoma['ci_points'][1]:.1f})")
-    reading = ("expected seven-point score >= {:.3g} (calibrated)".format(clinical["seven_point"]["threshold"])
-               if clinical and clinical.get("seven_point", {}).get("reading") == "expected"
+    reading = ("expected seven-point score >= {:.3g} (calibrated)".format(calibration["seven_point"]["threshold"])
+               if calibration and calibration.get("seven_point", {}).get("reading") == "expected"
                else f"checklist score >= {L.SEVEN_POINT_THRESHOLD}")
     return {"auc": auc, "flips": flips, "melanoma_sensitivity": melanoma, "seven_point_reading": reading,
             "verdict": "fail" if reasons else "pass", "reasons": reasons}

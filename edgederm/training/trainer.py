@@ -32,7 +32,7 @@ import edgederm
 from edgederm.data.release import read_release
 from edgederm.data.torch_dataset import PairDataset
 from edgederm.errors import ConfigError
-from edgederm.scoring.calibration import fit_calibration
+from edgederm.scoring.calibration import CALIBRATION_KEY, fit_calibration
 from edgederm.scoring.metrics import compute_metrics
 from edgederm.evaluation.predict import predict_branches
 from edgederm.scoring.weighted_average import weighted_final
@@ -452,10 +452,10 @@ def finish(s: TrainSession) -> Path:
         extra["branch_weights_tta"] = list(tta_weights)
     # Temperatures and melanoma operating points, on the valid P_FI the chosen weights give (what a bundle
     # outputs): they travel with the weights to every bundle.
-    clinical = fit_calibration(weighted_final(branch_probs, weights), labels, cfg.melanoma_sensitivity)
-    extra["clinical"] = clinical
+    calibration = fit_calibration(weighted_final(branch_probs, weights), labels, cfg.melanoma_sensitivity)
+    extra[CALIBRATION_KEY] = calibration
     final.set_branch_weights(*weights)
     save_weights(final, run_dir / FINAL, extra=extra)
     (run_dir / "branch_weights.json").write_text(json.dumps(record, indent=2) + "\n")
-    (run_dir / "clinical.json").write_text(json.dumps(clinical, indent=2) + "\n")
+    (run_dir / "calibration.json").write_text(json.dumps(calibration, indent=2) + "\n")
     return run_dir / FINAL
