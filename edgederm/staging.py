@@ -17,6 +17,18 @@ from typing import Iterator
 from edgederm.errors import EdgeDermError
 
 
+STAGED_PREFIX, STAGED_SUFFIX = ".", ".partial-"     # DEST is built as .DEST.partial-PID beside it
+
+
+def destination_name(directory: Path) -> str:
+    """The name a staged directory will have (its own name when it is not a staged one): what a file written
+    inside it names the folder by."""
+    name = directory.name
+    if name.startswith(STAGED_PREFIX) and STAGED_SUFFIX in name:
+        return name[len(STAGED_PREFIX):name.rindex(STAGED_SUFFIX)]
+    return name
+
+
 @contextlib.contextmanager
 def staged_directory(destination: Path, force: bool = False,
                      error: type[EdgeDermError] = EdgeDermError) -> Iterator[Path]:
@@ -24,7 +36,7 @@ def staged_directory(destination: Path, force: bool = False,
     if destination.exists() and not force:
         raise error(f"{destination}: already exists (use --force to replace it)")
     destination.parent.mkdir(parents=True, exist_ok=True)
-    tmp = destination.parent / f".{destination.name}.partial-{os.getpid()}"
+    tmp = destination.parent / f"{STAGED_PREFIX}{destination.name}{STAGED_SUFFIX}{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:

@@ -23,13 +23,14 @@ import numpy as np
 from edgederm import labels as L
 from edgederm.calibration.selection import CalibrationSet
 from edgederm.data.inputs import METADATA_INPUT
-from edgederm.scoring.gate import agreement
-from edgederm.scoring.metrics import compute_metrics
 from edgederm.export import fp16_typing, int8_gate, jetson_check, openvino_export, qat, tensorrt_export
-from edgederm.runtime.engine import INT8_FP16_ONNX
 from edgederm.export.formats import Target
 from edgederm.export.onnxruntime_scoring import onnxruntime_session, run_onnx
 from edgederm.runtime.bundle import write_manifest
+from edgederm.runtime.engine import INT8_FP16_ONNX
+from edgederm.scoring.gate import agreement
+from edgederm.scoring.metrics import compute_metrics
+from edgederm.staging import destination_name
 
 Log = Callable[[str], None]
 # How the OpenVINO figures in a manifest were measured (the manifest says so; see module docstring).
@@ -224,7 +225,7 @@ def jetson_bundle(ctx: BundleContext, target: Target, precision: str, directory:
     manifest["metrics"] = score(ctx, f"jetson {precision} ({scored.name} in onnxruntime, CPU)",
                                 lambda *x: run_onnx(session, *x), log)
     manifest["engine"] = None
-    (directory / "README.md").write_text(_jetson_readme(manifest, directory.name))
+    (directory / "README.md").write_text(_jetson_readme(manifest, destination_name(directory)))
     write_manifest(directory, manifest)
 
 

@@ -103,6 +103,7 @@ def test_qdq_graph_is_what_tensorrt_explicit_quantization_needs(bundles):
     assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in fp16.graph.initializer)
     readme = (bundles["jetson-int8"] / "README.md").read_text()
     assert "/usr/src/tensorrt/bin/trtexec --onnx=model.int8.onnx" in readme and "edgederm engine build" in readme
+    assert readme.startswith(f"# {bundles['jetson-int8'].name}: EdgeDerm bundle")      # not the staging folder
 
 
 def test_a_changed_byte_is_refused(bundles, tmp_path):
