@@ -255,7 +255,7 @@ def test_a_jetson_graph_tensorrt_would_refuse_is_not_written(trained_run, synthe
     with pytest.raises(GraphFormError, match=r"jetson int8: model.int8.onnx: \d+ problem\(s\) for TensorRT 10.3, "
                                              r"first: .*(lone DequantizeLinear|shared by).*; no bundle written"):
         export(ExportRequest(run=trained_run, target="jetson", precisions="int8", data=synthetic_release,
-                             out=tmp_path, max_auc_drop=100, max_flip_rate=None), log=lambda m: None)
+                             out=tmp_path, max_auc_drop=100, max_flip_rate=100), log=lambda m: None)
     assert list(tmp_path.iterdir()) == []
 
 
