@@ -39,12 +39,12 @@ from edgederm.benchmarks.host import Tegrastats, host_facts
 from edgederm.data.inputs import IMAGE_INPUTS, METADATA_INPUT, load_arrays, random_metadata
 from edgederm.data.release import read_release
 from edgederm.errors import EdgeDermError
-from edgederm.scoring.calibration import calibration_report, stored_calibration
-from edgederm.scoring.gate import GateSettings, judge
-from edgederm.scoring.metrics import compute_metrics
 from edgederm.preprocess import DECODES, PreprocessConfig, header_size
 from edgederm.runtime import load_bundle
 from edgederm.runtime.bundle import read_manifest
+from edgederm.scoring.calibration import calibration_report, stored_calibration
+from edgederm.scoring.gate import GateSettings, judge
+from edgederm.scoring.metrics import compute_metrics
 
 # the patient end-to-end timing gives a metadata input: any valid values (encoding costs microseconds)
 EXAMPLE_METADATA = {"sex": "female", "location": "back", "elevation": "flat"}

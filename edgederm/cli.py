@@ -18,8 +18,8 @@ import typer
 
 from edgederm import labels as L
 from edgederm.errors import EdgeDermError, LabelError
-from edgederm.scoring.gate import DEFAULT_MAX_FLIP_RATE
 from edgederm.presets import preset_names
+from edgederm.scoring.gate import DEFAULT_MAX_FLIP_RATE
 
 PRESET_NAMES = ", ".join(preset_names())
 

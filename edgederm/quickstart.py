@@ -34,12 +34,12 @@ from edgederm.data.release import read_release
 from edgederm.data.synth import write_synthetic_release
 from edgederm.errors import EdgeDermError
 from edgederm.evaluation.evaluate import evaluate_run
-from edgederm.scoring.gate import DEFAULT_MAX_FLIP_RATE, GateSettings
 from edgederm.evaluation.report import headline, write_report
 from edgederm.export.exporter import ExportRequest, export_many
-from edgederm.runtime.bundle import read_manifest
-from edgederm.staging import atomic_write_text
 from edgederm.presets import resolve_config
+from edgederm.runtime.bundle import read_manifest
+from edgederm.scoring.gate import DEFAULT_MAX_FLIP_RATE, GateSettings
+from edgederm.staging import atomic_write_text
 from edgederm.training.trainer import FINAL, train
 
 # The quickstart's release doubles the valid split's share of the real release's (413 / 203 / 395): 720

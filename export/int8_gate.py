@@ -54,8 +54,8 @@ from typing import Callable
 import numpy as np
 
 from edgederm.errors import ConfigError
-from edgederm.scoring.gate import GateSettings, judge
 from edgederm.export.sensitivity import Ranking, block_of, group_blocks, rank_blocks, ranking_cases
+from edgederm.scoring.gate import GateSettings, judge
 
 METHOD_QAT = "QAT distilled from FP32"
 MAX_EXCLUDED_SHARE = 0.25      # never keep more than a quarter of the blocks in float

@@ -9,12 +9,12 @@ from torch.utils.data import DataLoader
 from edgederm.data.release import read_release
 from edgederm.data.torch_dataset import PairDataset
 from edgederm.errors import ConfigError
-from edgederm.scoring.calibration import calibration_report, fit_calibration, stored_calibration
-from edgederm.scoring.metrics import compute_metrics, location_metrics
 from edgederm.evaluation.predict import predict_branches
-from edgederm.scoring.weighted_average import weighted_final
 from edgederm.models.io import load_model, read_metadata
 from edgederm.models.tta import VIEW_SETS, tta_views
+from edgederm.scoring.calibration import calibration_report, fit_calibration, stored_calibration
+from edgederm.scoring.metrics import compute_metrics, location_metrics
+from edgederm.scoring.weighted_average import weighted_final
 
 CHECKPOINTS = {"model": "model.safetensors", "best": "best.safetensors", "swa": "swa.safetensors"}
 

@@ -9,8 +9,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 from edgederm.errors import ConfigError
-from edgederm.models.config import ModelConfig
 from edgederm.models import BranchNet, create_model
+from edgederm.models.config import ModelConfig
 
 
 def save_weights(model: BranchNet, path: str | Path, extra: dict | None = None) -> None:

@@ -10,8 +10,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from edgederm.data.inputs import input_shape
-from edgederm.presets import paper_row
 from edgederm.models.heads import BranchNet
+from edgederm.presets import paper_row
 
 COMPONENTS = {   # row name -> attribute of the network (a row whose attribute it lacks is left out)
     "clinical encoder": "clinical_encoder",

@@ -8,6 +8,7 @@
       swa.safetensors      the stochastic-weight average (BatchNorm statistics recomputed)
       model.safetensors    the final model (SWA, or best without SWA) with searched branch weights
       branch_weights.json  W_C, W_D, W_FU, the metric searched and its validation score
+      calibration.json     temperatures and melanoma thresholds fitted on valid (also in the weights' metadata)
       ranks/rank<r>.json   under torch.distributed: batches and samples each rank saw, weights hash
 
 Randomness is a function of (seed, epoch): each epoch reseeds torch and its
@@ -32,15 +33,15 @@ import edgederm
 from edgederm.data.release import read_release
 from edgederm.data.torch_dataset import PairDataset
 from edgederm.errors import ConfigError
-from edgederm.scoring.calibration import CALIBRATION_KEY, fit_calibration
-from edgederm.scoring.metrics import compute_metrics
 from edgederm.evaluation.predict import predict_branches
-from edgederm.scoring.weighted_average import weighted_final
 from edgederm.models import create_model
 from edgederm.models.config import ModelConfig
 from edgederm.models.heads import BranchNet
 from edgederm.models.io import load_model, save_weights
 from edgederm.models.pretrained import initialize
+from edgederm.scoring.calibration import CALIBRATION_KEY, fit_calibration
+from edgederm.scoring.metrics import compute_metrics
+from edgederm.scoring.weighted_average import weighted_final
 from edgederm.training.branch_weights import METRIC, search_branch_weights
 from edgederm.training.checkpoint import load_checkpoint, save_checkpoint
 from edgederm.training.loss import class_weights_from_counts, multitask_loss
