@@ -369,3 +369,15 @@ def test_device_side_commands_never_import_torch_timm_or_nncf(bundles, pair, syn
         result = subprocess.run([sys.executable, "-c", DEVICE_SIDE, *args], capture_output=True, text=True)
         assert result.returncode == 0, result.stderr[-2000:]
         assert "HEAVY []" in result.stderr, (args[0], result.stderr[-500:])
+
+
+def test_a_torch_bundle_without_torch_is_a_one_line_error(bundles):
+    """A device install has no torch: its torch-bundle backend (an entry point) cannot load, and says so."""
+    script = ("import sys; sys.modules['torch'] = None\n"
+              "from edgederm.cli import main\n"
+              f"sys.argv = ['edgederm', 'diagnose', '--bundle', {str(bundles['torch-fp32'])!r}, '--clinical', 'c.jpg', "
+              "'--derm', 'd.jpg']\nmain()\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 1, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {bundles['torch-fp32']}: the torch backend cannot load")

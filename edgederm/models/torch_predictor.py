@@ -10,7 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch     # at import: without torch, load_bundle's entry-point lookup turns the ImportError into one line
 
+from edgederm.models.io import load_model
 from edgederm.runtime.predictor import Predictor
 
 
@@ -19,13 +21,10 @@ class TorchPredictor(Predictor):
 
     def __init__(self, bundle: Path, manifest: dict):
         super().__init__(bundle, manifest)
-        import torch
-        from edgederm.models.io import load_model
-        self.torch = torch
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model = load_model(bundle / "model.safetensors").to(self.device).eval()
 
     def _forward(self, *inputs: np.ndarray) -> np.ndarray:
-        with self.torch.no_grad():
-            out = self.model.fused_probabilities(*(self.torch.from_numpy(x).to(self.device) for x in inputs))
+        with torch.no_grad():
+            out = self.model.fused_probabilities(*(torch.from_numpy(x).to(self.device) for x in inputs))
         return out.cpu().numpy()
