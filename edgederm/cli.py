@@ -220,6 +220,7 @@ class RecipeFlags:
     label_smoothing: float | None = None
     branch_weights_tta: bool | None = None
     melanoma_sensitivity: float | None = None
+    final_weights: str | None = None
 
 
 def _as_flags(values: dict) -> list[str]:
@@ -242,8 +243,10 @@ def _as_flags(values: dict) -> list[str]:
 def train_command(
     data: Annotated[Path, typer.Option(help="A release_v0 folder: trains on `train`, selects on `valid`.")],
     out: Annotated[Path, typer.Option(help="Run folder to create (or to continue with --resume).")],
-    preset: Annotated[str, typer.Option(help=f"Model + recipe: {PRESET_NAMES}.")] = "paper",
-    config: Annotated[Optional[Path], typer.Option(help="JSON or TOML file with `model` / `train` tables.")] = None,
+    preset: Annotated[Optional[str], typer.Option(
+        help=f"Model + recipe: {PRESET_NAMES}. Default: the config file's `preset`, else paper.")] = None,
+    config: Annotated[Optional[Path], typer.Option(
+        help="JSON or TOML file with `model` / `train` tables (and `preset`); flags override it.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in OUT from its last checkpoint.")] = False,
     nproc: Annotated[int, typer.Option(help="Processes (one per GPU) launched through torchrun.")] = 1,
     clinical_encoder: Annotated[Optional[str], typer.Option(help="timm name of the clinical encoder.")] = None,
@@ -268,6 +271,8 @@ def train_command(
     warmup_epochs: Annotated[Optional[int], typer.Option(help="Linear warm-up epochs.")] = None,
     swa_epochs: Annotated[Optional[int], typer.Option(help="Average the weights of the last N epochs (0: off).")] = None,
     swa_lr: Annotated[Optional[float], typer.Option(help="Learning rate while averaging.")] = None,
+    final_weights: Annotated[Optional[str], typer.Option(
+        help="Without SWA, the weights kept: best (the best valid epoch's, default) or last (the last epoch's).")] = None,
     validate_every: Annotated[Optional[int], typer.Option(
         help="Score the valid split every N epochs and after the last (tiny: 4; others: 1).")] = None,
     optimizer: Annotated[Optional[str], typer.Option(help="adam, adamw or sgd (momentum 0.9, Nesterov).")] = None,
@@ -308,7 +313,7 @@ def train_command(
         augment=augment, class_weights=class_weights, seed=seed, workers=workers, amp=amp,
         pretrained_clinical=pretrained_clinical, pretrained_derm=pretrained_derm, optimizer=optimizer,
         schedule=schedule, augment_policy=augment_policy, label_smoothing=label_smoothing,
-        branch_weights_tta=branch_weights_tta, melanoma_sensitivity=melanoma_sensitivity)
+        branch_weights_tta=branch_weights_tta, melanoma_sensitivity=melanoma_sensitivity, final_weights=final_weights)
     if nproc > 1:
         run_flags = {"data": data, "out": out, "preset": preset, "config": config, "resume": resume, "quiet": quiet}
         _relaunch_under_torchrun(nproc, {**run_flags, **asdict(model_flags), **asdict(recipe_flags)})

@@ -14,6 +14,7 @@ import json
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
+from edgederm.augment import check_test_view
 from edgederm.errors import ConfigError
 from edgederm.models.config import ModelConfig
 from edgederm.training.recipe import EDGE_RECIPE, PAPER_RECIPE, TINY_RECIPE, TrainConfig
@@ -83,15 +84,20 @@ def read_config_file(path: str | Path) -> dict:
     return data
 
 
-def resolve_config(preset: str, config_file: str | Path | None = None,
+DEFAULT_PRESET = "paper"     # what `edgederm train` trains when neither --preset nor a config file names one
+
+
+def resolve_config(preset: str | None, config_file: str | Path | None = None,
                    model_overrides: dict | None = None,
                    train_overrides: dict | None = None,
                    tables: dict | None = None, where: str = "config") -> tuple[ModelConfig, TrainConfig]:
     """Preset <- file (or `tables`, the same content already read; `where` names it in errors)
-    <- flags (None-valued flags are ignored)."""
+    <- flags (None-valued flags are ignored). The preset is `preset` when given (a flag wins over the file's
+    `preset` key, as every other flag does), else the file's, else DEFAULT_PRESET."""
     file_data = read_config_file(config_file) if config_file else (tables or {})
     where = str(config_file) if config_file else where
-    preset = file_data.get("preset", preset)
+    if preset is None:
+        preset = file_data.get("preset", DEFAULT_PRESET)
     chosen = get_preset(preset)
     model, train = chosen.model, chosen.recipe
     model_file = _from_dict(ModelConfig, file_data.get("model", {}), f"{where} [model]")
@@ -99,6 +105,7 @@ def resolve_config(preset: str, config_file: str | Path | None = None,
     model = ModelConfig.from_dict({**model.to_dict(), **model_file,
                                    **{k: v for k, v in (model_overrides or {}).items() if v is not None}})
     train = replace(train, **{**train_file, **{k: v for k, v in (train_overrides or {}).items() if v is not None}})
+    check_test_view(model.crop, train.augmentation())      # before any training, not at the first batch
     return model, train
 
 

@@ -14,41 +14,39 @@ from edgederm.training.recipe import ONECYCLE_DIV, ONECYCLE_FINAL_DIV, TrainConf
 def _gradient_image(side: int = 64) -> np.ndarray:
     """Every pixel distinct, so a crop can be located in the original."""
     y, x = np.mgrid[0:side, 0:side]
-    return np.stack([x * 4, y * 4, (x + y) * 2], axis=-1).astype(np.uint8)
+    return np.stack([x * 3, y * 3, x + y], axis=-1).astype(np.uint8)    # no wrap-around up to 85 px
 
 
 def test_random_crop_stays_inside_the_enlarged_photo_and_covers_its_edges():
-    img = _gradient_image()
-    big = resize_image(img, int(round(64 * 1.125)), "linear")
+    big = _gradient_image(72)                  # the photo resized once to 1.125 x 64
     offsets = set()
     for seed in range(200):
-        crop = random_crop(img, np.random.default_rng(seed), 1.125)
-        assert crop.shape == img.shape
-        # the crop is a window of the enlarged photo, found where its top-left pixel matches
-        hits = [(t, left) for t in range(big.shape[0] - 63) for left in range(big.shape[1] - 63)
-                if np.array_equal(big[t:t + 64, left:left + 64], crop)]
-        assert hits, seed
-        offsets.add(hits[0])
+        crop = random_crop(big, np.random.default_rng(seed), 64)
+        assert crop.shape == (64, 64, 3)
+        # the crop is a window of the enlarged photo (no resampling), located by its top-left pixel
+        top, left = int(crop[0, 0, 1]) // 3, int(crop[0, 0, 0]) // 3
+        np.testing.assert_array_equal(big[top:top + 64, left:left + 64], crop)
+        offsets.add((top, left))
     tops, lefts = {t for t, _ in offsets}, {left for _, left in offsets}
-    assert min(tops) == 0 and max(tops) == big.shape[0] - 64      # both edges are reached, never passed
-    assert min(lefts) == 0 and max(lefts) == big.shape[1] - 64
+    assert min(tops) == 0 and max(tops) == 72 - 64      # both edges are reached, never passed
+    assert min(lefts) == 0 and max(lefts) == 72 - 64
 
 
 def test_crop_flip_rot90_draws_repeat_for_a_seed_and_use_only_its_operations():
     cfg = policy("crop-flip-rot90")
     assert (cfg.crop_scale, cfg.brightness_limit, cfg.p_shift_scale_rotate, cfg.contrast_limit) == (1.125, 0.15, 0, 0)
-    img = _gradient_image()
-    a = augment_image(img, np.random.default_rng(11), cfg)
-    np.testing.assert_array_equal(a, augment_image(img, np.random.default_rng(11), cfg))
-    assert not np.array_equal(a, augment_image(img, np.random.default_rng(12), cfg))
+    img = _gradient_image(72)
+    a = augment_image(img, np.random.default_rng(11), cfg, 64)
+    np.testing.assert_array_equal(a, augment_image(img, np.random.default_rng(11), cfg, 64))
+    assert not np.array_equal(a, augment_image(img, np.random.default_rng(12), cfg, 64))
     # With brightness off, every draw is a crop of the enlarged photo turned by a multiple of 90 degrees
     # and flipped: the same set of pixel values as some crop, never a resampled one.
     plain = policy("crop-flip-rot90", brightness_limit=0.0)
     rotations = set()
     for seed in range(40):
-        out = augment_image(img, np.random.default_rng(seed), plain)
+        out = augment_image(img, np.random.default_rng(seed), plain, 64)
         rng = np.random.default_rng(seed)
-        crop = random_crop(img, rng, 1.125)
+        crop = random_crop(img, rng, 64)
         views = {}
         for k in range(4):
             for flip_h in (False, True):
@@ -61,8 +59,8 @@ def test_crop_flip_rot90_draws_repeat_for_a_seed_and_use_only_its_operations():
         rotations.add(all(k % 2 for k, _, _ in matches))   # only a quarter turn explains it (180 = both flips)
     assert rotations == {True, False}
     # brightness is a factor within +-15 %
-    flat = np.full((64, 64, 3), 100, np.uint8)
-    values = {int(augment_image(flat, np.random.default_rng(s), cfg)[0, 0, 0]) for s in range(100)}
+    flat = np.full((72, 72, 3), 100, np.uint8)
+    values = {int(augment_image(flat, np.random.default_rng(s), cfg, 64)[0, 0, 0]) for s in range(100)}
     assert min(values) >= 85 and max(values) <= 115 and len(values) > 10
 
 

@@ -2,8 +2,12 @@
 
 Images go through `edgederm.preprocess` (the runtimes' code): read, resize,
 then for training an augmentation of the resized uint8 image, then normalise.
-Resized images are cached in memory (600 synthetic cases at 224 px: ~180 MB),
-because decoding 768 x 512 JPEGs each epoch dominates a CPU epoch otherwise.
+Under random crops (crop-flip-rot90) the photo is resized once, from the
+photo, to the enlarged side the crops are taken from. Resized images are
+cached in memory (600 synthetic cases at 224 px: ~180 MB), because decoding
+768 x 512 JPEGs each epoch dominates a CPU epoch otherwise; the cache is keyed
+by the view (crop rule, side), so datasets that resize differently can share
+one (the trainer's augmented and plain train sets do).
 
 An item is (one tensor per model input, in `inputs` order, targets): a photo
 is 3 x S x S, the metadata (jif-mmfa) its one-hot vector; targets
@@ -17,7 +21,7 @@ import torch
 from torch.utils.data import Dataset
 
 from edgederm import labels as L
-from edgederm.augment import AugmentConfig, augment_image
+from edgederm.augment import AugmentConfig, augment_image, check_test_view, enlarged_side
 from edgederm.data.inputs import IMAGE_INPUTS, METADATA_INPUT, case_metadata, case_photo
 from edgederm.data.release import Case
 from edgederm.errors import ConfigError, LabelError
@@ -32,11 +36,13 @@ class PairDataset(Dataset):
         self.preprocess = preprocess
         self.augment = augment
         self.inputs = inputs
-        self.cache: dict[tuple[int, str], np.ndarray] | None = {} if cache else None
+        self.cache: dict[tuple[int, str, str, int], np.ndarray] | None = {} if cache else None
+        check_test_view(preprocess.crop, augment)
         # The `zoom` crop is the test view of random crops of the enlarged photo: while training with them,
-        # they are taken from the whole photo, not from the zoomed one.
+        # they are taken from the whole photo, not from the zoomed one, resized to the enlarged side.
         random_crops = augment is not None and augment.crop_scale > 1
         self._crop = "none" if random_crops and preprocess.crop == "zoom" else preprocess.crop
+        self._side = enlarged_side(preprocess.size, augment.crop_scale) if random_crops else preprocess.size
         self.targets = [list(c.labels) for c in cases]
         # encoded now: a case without known metadata is an error before the first epoch
         self.metadata = [torch.from_numpy(case_metadata(c)) for c in cases] if METADATA_INPUT in inputs else None
@@ -57,11 +63,11 @@ class PairDataset(Dataset):
         return len(self.cases)
 
     def _resized(self, index: int, name: str) -> np.ndarray:
-        key = (index, name)
+        key = (index, name, self._crop, self._side)
         if self.cache is not None and key in self.cache:
             return self.cache[key]
         img = resize_image(read_input_image(case_photo(self.cases[index], name), self.preprocess),
-                           self.preprocess.size, self.preprocess.resize, self._crop)
+                           self._side, self.preprocess.resize, self._crop)
         if self.cache is not None:
             self.cache[key] = img
         return img
@@ -76,6 +82,6 @@ class PairDataset(Dataset):
             if self.augment is not None:
                 # Drawn from torch's generator so torch.manual_seed / DataLoader worker seeding make it repeatable.
                 rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, ())))
-                img = augment_image(img, rng, self.augment)
+                img = augment_image(img, rng, self.augment, self.preprocess.size)
             out.append(torch.from_numpy(normalize(img, self.preprocess.mean, self.preprocess.std)))
         return (*out, torch.tensor(self.targets[index], dtype=torch.long))

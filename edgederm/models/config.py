@@ -137,16 +137,23 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
+        """A config from keys a person wrote (a config file, a preset's overrides): a missing key takes the
+        dataclass default, as `ModelConfig()` does."""
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
             raise ConfigError(f"model config: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(names))})")
         d = dict(d)
-        # A config saved before branch_features existed describes heads on the last stage map.
-        d.setdefault("branch_features", "last_stage")
         if "fusion_stages" in d:
             d["fusion_stages"] = tuple(int(s) for s in d["fusion_stages"])
         return cls(**d)
+
+    @classmethod
+    def from_saved(cls, d: dict) -> "ModelConfig":
+        """A config EdgeDerm saved with trained weights or a run (`to_dict`, every key of its version). A key
+        missing there means the weights predate it, so it takes the value that version built: heads on the
+        last stage map before branch_features existed (the other keys' defaults are what was built then)."""
+        return cls.from_dict({"branch_features": "last_stage", **d})
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")

@@ -42,7 +42,7 @@ def load_model(path: str | Path, map_location: str = "cpu") -> BranchNet:
     meta = read_metadata(path)
     if "model_config" not in meta:
         raise ConfigError(f"{path}: no model config in the file's metadata (not written by EdgeDerm)")
-    model = create_model(ModelConfig.from_dict(meta["model_config"]))
+    model = create_model(ModelConfig.from_saved(meta["model_config"]))
     state = renamed_from_features_only(load_file(str(path), device=map_location), model.state_dict(), path)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:

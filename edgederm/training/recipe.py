@@ -28,6 +28,9 @@ from edgederm.errors import ConfigError
 
 
 OPTIMIZERS = ("adam", "adamw", "sgd")      # sgd: momentum 0.9, Nesterov
+# Without SWA, which epoch's weights a run keeps: the best on valid (valid then also picks the epoch, so its
+# valid score flatters it), or the last (a plain fine-tuning baseline's: valid only searches branch weights).
+FINAL_WEIGHTS = ("best", "last")
 SCHEDULES = ("cosine", "linear", "constant", "onecycle")
 # One-cycle (Smith & Topin 2017), as torch's OneCycleLR draws it, stepped per epoch: from lr / 25 up to lr
 # (cosine) over the warm-up, then down to lr / 25 / 1e4 (cosine) by the last epoch before SWA. The warm-up is
@@ -45,6 +48,7 @@ class TrainConfig:
     warmup_epochs: int = 0
     swa_epochs: int = 50          # SWA over the last N epochs (0: off)
     swa_lr: float = 1.5e-5        # constant learning rate while averaging
+    final_weights: str = "best"   # without SWA, the weights kept: key of FINAL_WEIGHTS
     validate_every: int = 1       # score valid every N epochs (and always after the last)
     optimizer: str = "adam"       # key of OPTIMIZERS
     schedule: str = "cosine"      # key of SCHEDULES: the rate after warm-up and before SWA
@@ -87,6 +91,10 @@ class TrainConfig:
             problems.append("lr, swa_lr and encoder_lr_scale must be > 0")
         if self.optimizer not in OPTIMIZERS:
             problems.append(f"optimizer {self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
+        if self.final_weights not in FINAL_WEIGHTS:
+            problems.append(f"final_weights {self.final_weights!r} is not one of {', '.join(FINAL_WEIGHTS)}")
+        elif self.final_weights != "best" and self.swa_epochs:
+            problems.append("final_weights applies without SWA only (with SWA the average is kept); set swa_epochs 0")
         if self.schedule not in SCHEDULES:
             problems.append(f"schedule {self.schedule!r} is not one of {', '.join(SCHEDULES)}")
         if not 0 <= self.label_smoothing < 1:

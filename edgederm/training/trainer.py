@@ -6,7 +6,7 @@
       checkpoints/         the last epoch's resumable state (edgederm.training.checkpoint)
       best.safetensors     weights with the best validation averaged AUC
       swa.safetensors      the stochastic-weight average (BatchNorm statistics recomputed)
-      model.safetensors    the final model (SWA, or best without SWA) with searched branch weights
+      model.safetensors    the final model (SWA; without it the best or the last epoch's) with searched branch weights
       branch_weights.json  W_C, W_D, W_FU, the metric searched and its validation score
       calibration.json     temperatures and melanoma thresholds fitted on valid (also in the weights' metadata)
       ranks/rank<r>.json   under torch.distributed: batches and samples each rank saw, weights hash
@@ -228,7 +228,7 @@ def _resumed_config(run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, res
     if not resume:
         return model_cfg, cfg, None
     saved = json.loads((run_dir / "config.json").read_text())
-    return ModelConfig.from_dict(saved["model"]), TrainConfig(**saved["train"]), saved.get("initial_weights")
+    return ModelConfig.from_saved(saved["model"]), TrainConfig(**saved["train"]), saved.get("initial_weights")
 
 
 def _datasets(data: Path, model_cfg: ModelConfig, cfg: TrainConfig, dist: Dist):
@@ -249,7 +249,9 @@ def _datasets(data: Path, model_cfg: ModelConfig, cfg: TrainConfig, dist: Dist):
         raise ConfigError(f"{data}: the valid split is empty; it is needed for model selection and branch weights")
     train_set = PairDataset.for_model(train_cases, model_cfg, cfg.augmentation())
     plain_train_set = PairDataset.for_model(train_cases, model_cfg)
-    plain_train_set.cache = train_set.cache      # same cases, same resize: decoded once (augmentation comes after)
+    # same cases: each photo decoded once; the cache is keyed by view, so under random crops the plain set
+    # (SWA's BatchNorm pass) keeps the test view while the augmented set reads the enlarged photo
+    plain_train_set.cache = train_set.cache
     valid_set = PairDataset.for_model(valid_cases, model_cfg)
     return train_cases, train_set, plain_train_set, valid_set, per_process
 
@@ -436,6 +438,8 @@ def finish(s: TrainSession) -> Path:
         save_weights(swa_model.module, run_dir / "swa.safetensors", extra={"swa_epochs": cfg.swa_epochs,
                                                                           "initial_weights": initial_weights})
         final, source = swa_model.module, "swa"
+    elif cfg.final_weights == "last":
+        final, source = s.model, "last"
     else:
         final, source = load_model(run_dir / "best.safetensors").to(device), "best"
     # W_C, W_D, W_FU are searched on the outputs they will weight: the single view the model and every bundle
