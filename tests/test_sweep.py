@@ -64,6 +64,13 @@ def test_sweep_trains_ranks_on_valid_and_resumes(synthetic_release, tmp_path):
     assert saved["model"]["fusion"] == "cat" and saved["train"]["epochs"] == 1 and saved["model"]["img_size"] == 64
     table = (out / "sweep.md").read_text()
     assert "| 1 | `" in table and "test AUC P_FI" in table and "last-stage heads, concatenation" in table
+    # the clinic's figure beside the AUC, and the CPU the minutes were measured on
+    for row in rows:
+        op = row["valid"]["operating_point"]
+        assert op["reading"] in ("seven_point_expected", "seven_point_argmax") and 0 <= op["referred_percent"] <= 100
+        cells = next(line for line in table.splitlines() if f"`{row['name']}`" in line).split(" | ")
+        assert cells[8] == f"{op['referred_percent']:.1f}"
+    assert result["host"]["cpu"] and result["host"]["cpu"] in table and "valid MEL spec. @ sens." in table
 
     # resumable: finished runs are scored again, not trained again; without --report-test no test scores
     again = _sweep("--data", synthetic_release, "--grid", grid, "--out", out)
@@ -107,7 +114,8 @@ def test_repeat_runs_train_one_run_per_seed_and_report_mean_and_std(synthetic_re
     grid = tmp_path / "grid.toml"
     grid.write_text(GRID)
     out = tmp_path / "repeats"
-    first = _repeats("--data", synthetic_release, "--grid", grid, "--out", out, "--seeds", 2, "--only", "pre-logits")
+    first = _repeats("--data", synthetic_release, "--grid", grid, "--out", out, "--seeds", 2, "--only", "pre-logits",
+                     "--split", "test")
     assert first.returncode == 0, first.stderr[-2000:]
     result = json.loads((out / "repeats.json").read_text())
     (row,) = result["rows"]
@@ -122,8 +130,12 @@ def test_repeat_runs_train_one_run_per_seed_and_report_mean_and_std(synthetic_re
     mean, std = 100 * statistics.fmean(aucs), 100 * statistics.stdev(aucs)
     assert f"| `pre-logits` | {mean:.1f}±{std:.1f} |" in table
     assert "| configuration | PN | BWV | VS | PIG | STR | DaG | RS | DIAG |" in table
+    # on valid by default (what defaults are chosen on), the same runs scored again, not trained again
     again = _repeats("--data", synthetic_release, "--grid", grid, "--out", out, "--seeds", 2, "--only", "pre-logits")
     assert again.returncode == 0 and again.stdout.count("finished, scoring it again without training") == 2
+    on_valid = json.loads((out / "repeats.json").read_text())
+    assert on_valid["split"] == "valid" and on_valid["cases"] != result["cases"]
+    assert "valid split" in (out / "repeats.md").read_text()
     bad = _repeats("--data", synthetic_release, "--grid", grid, "--out", out, "--seeds", 0)
     assert bad.returncode == 1 and bad.stderr.strip() == "error: --seeds must be >= 1, got 0"
 

@@ -27,7 +27,10 @@ one with `tta = "flip"` (or "flip4", "six") is scored with those views
 (edgederm.models.tta), and when its training equals an earlier
 configuration's it is scored on that configuration's run, not trained again.
 Writes DIR/sweep.json and DIR/sweep.md,
-sorted by P_FI's valid averaged AUC, with minutes of training per run.
+sorted by P_FI's valid averaged AUC, with minutes of training per run, the
+clinic's figure beside the AUC (melanoma specificity and patients referred at
+the threshold chosen on valid for 90 % melanoma sensitivity: what `diagnose`
+reports) and the CPU the minutes were measured on.
 """
 from __future__ import annotations
 
@@ -39,6 +42,7 @@ import tomllib
 from dataclasses import replace
 from pathlib import Path
 
+from edgederm.benchmarks.host import host_facts
 from edgederm.errors import ConfigError, EdgeDermError
 from edgederm.evaluation.evaluate import evaluate_run
 from edgederm.models.tta import views_of
@@ -151,11 +155,19 @@ def run_one(name: str, model_cfg: ModelConfig, train_cfg: TrainConfig, data: Pat
         row[split] = {b: {"avg_auc": evaluation["branches"][b]["avg_auc"], "avg_acc": evaluation["branches"][b]["avg_acc"]}
                       for b in BRANCH_NAMES}
         row[split]["cases"] = evaluation["cases"]
+        # the clinic's figure: the reading diagnose reports, at the threshold chosen on valid for the run's
+        # melanoma sensitivity (90 % by default)
+        row[split]["operating_point"] = evaluation["calibration"]["operating_point"]
     return row
 
 
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
 def table(rows: list[dict], report_test: bool) -> str:
-    head = ["#", "configuration", "valid AUC P_FI", "P_C", "P_D", "P_FU", "valid ACC P_FI"]
+    head = ["#", "configuration", "valid AUC P_FI", "P_C", "P_D", "P_FU", "valid ACC P_FI",
+            "valid MEL spec. @ sens.", "referred %"]
     if report_test:
         head += ["test AUC P_FI", "test ACC P_FI"]
     head += ["minutes", "what changes"]
@@ -165,11 +177,19 @@ def table(rows: list[dict], report_test: bool) -> str:
         cells = [str(i), f"`{row['name']}`", f"{100 * valid['final']['avg_auc']:.2f}",
                  *(f"{100 * valid[b]['avg_auc']:.2f}" for b in ("clinical", "derm", "fusion")),
                  f"{100 * valid['final']['avg_acc']:.2f}"]
+        op = valid.get("operating_point")       # absent in records written before it was kept
+        cells += ([f"{_percent(op['specificity'])} @ {_percent(op['sensitivity'])}", f"{op['referred_percent']:.1f}"]
+                  if op else ["-", "-"])
         if report_test:
             cells += [f"{100 * row['test']['final']['avg_auc']:.2f}", f"{100 * row['test']['final']['avg_acc']:.2f}"]
         cells += ["-" if row["minutes"] is None else f"{row['minutes']:.1f}", row.get("note", "")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _sensitivity_target(rows: list[dict]) -> str:
+    targets = {row["valid"]["operating_point"]["target_sensitivity"] for row in rows}
+    return " / ".join(f"{100 * t:.0f} %" for t in sorted(targets))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -205,12 +225,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     rows.sort(key=lambda r: -r["valid"]["final"]["avg_auc"])
+    host = host_facts()
     result = {"grid": str(args.grid), "preset": preset, "data": str(args.data), "report_test": args.report_test,
-              "short_epochs": args.short_epochs, "rows": rows}
+              "short_epochs": args.short_epochs, "host": {"cpu": host["cpu"], "cores": host["cores"]}, "rows": rows}
     short = (f" Every configuration cut to {args.short_epochs} epoch(s) (`--short-epochs`): a record that each "
              "trains, not a ranking." if args.short_epochs else "")
     markdown = (f"Sweep of `{args.grid.name}` (preset `{preset}`) on `{args.data}`, sorted by P_FI's valid averaged "
-                f"AUC ({rows[0]['valid']['cases']} valid cases); minutes = training time.{short}\n\n"
+                f"AUC ({rows[0]['valid']['cases']} valid cases); minutes = training time on {host['cpu']} "
+                f"({host['cores']} cores); melanoma specificity and patients referred at the threshold chosen on "
+                f"valid for {_sensitivity_target(rows)} melanoma sensitivity.{short}\n\n"
                 + table(rows, args.report_test) + "\n")
     write_results(args.out, "sweep", result, markdown)
     return 0

@@ -1,18 +1,23 @@
-"""Train every configuration of a grid with N seeds and report mean ± std: the
-paper's ablation tables (Tables 6, 7 and 9), which are means of ten runs.
+"""Train every configuration of a grid with N seeds and report mean ± std: how a
+sweep's best rows are confirmed before a default changes (ranked on the valid
+split), and the paper's ablation tables (Tables 6, 7 and 9: means of ten runs,
+on the test split).
 
-    python benchmarks/dev/repeat_runs.py --data RELEASE --grid benchmarks/dev/grids/paper-ablation.toml \
-        --seeds 10 --out DIR [--tta] [--only NAME ...]
+    python benchmarks/dev/repeat_runs.py --data RELEASE --grid benchmarks/dev/grids/edge-160.toml \
+        --seeds 3 --out SWEEP_DIR --only NAME ... [--split valid|test] [--tta]
 
 The grid is recipe_sweep.py's format (a preset, a `[base]`, one `[[config]]`
 per row); each configuration trains once per seed (0 .. N-1, the `seed` of its
-recipe replaced) into DIR/runs/NAME-seedS, resumable like the sweep. Every run
-is scored on the test split (with 6-view TTA when asked, as the paper
-evaluates); the standard deviation is the sample one (ddof 1), as a mean of ten
-runs "± std" is usually reported. Writes DIR/repeats.json (every run's
-figures) and DIR/repeats.md: one row per configuration with AVG AUC, AVG ACC
-and parameters, then mean ± std of every category's AUC and every task's
-accuracy.
+recipe replaced) into DIR/runs/NAME-seedS, resumable like the sweep. The seed
+the grid itself trains with keeps the sweep's folder, DIR/runs/NAME: with
+`--out` the sweep's folder, a row the sweep trained is scored, not trained
+again. Every run is scored on `--split`: valid by default, because defaults
+change on valid evidence alone (test for the paper's tables, with 6-view TTA
+when asked, as the paper evaluates); the standard deviation is the sample one
+(ddof 1), as a mean of ten runs "± std" is usually reported. Writes
+DIR/repeats.json (every run's figures) and DIR/repeats.md: one row per
+configuration, best mean AVG AUC first, with AVG AUC, AVG ACC and parameters,
+then mean ± std of every category's AUC and every task's accuracy.
 
 Hours per configuration at the paper's recipe (250 epochs): a GPU job. On a
 CPU, the `tiny` preset with a few epochs shows the mechanics.
@@ -50,7 +55,7 @@ def _cell(values: list[float | None]) -> str:
 
 def summarize(name: str, note: str, runs: list[dict]) -> dict:
     """One configuration's row: every metric's per-seed values, and their mean and std."""
-    final = [r["test"] for r in runs]
+    final = [r["scores"] for r in runs]
     metrics = {"avg_auc": [m["avg_auc"] for m in final], "avg_acc": [m["avg_acc"] for m in final]}
     for category in final[0]["auc"]:
         metrics[f"auc {category}"] = [m["auc"][category] for m in final]
@@ -62,9 +67,9 @@ def summarize(name: str, note: str, runs: list[dict]) -> dict:
             "values": metrics, "stats": stats}
 
 
-def markdown(rows: list[dict], grid: Path, data: Path, cases: int, tta: bool) -> str:
+def markdown(rows: list[dict], grid: Path, data: Path, cases: int, tta: bool, split: str = "test") -> str:
     n = len(rows[0]["seeds"])
-    lines = [f"Repeated runs of `{grid.name}` on `{data}`: {n} seed(s) each, test split ({cases} cases), "
+    lines = [f"Repeated runs of `{grid.name}` on `{data}`: {n} seed(s) each, {split} split ({cases} cases), "
              f"{'6-view TTA' if tta else 'no TTA'}; mean ± sample std (%) of P_FI.", "",
              "| configuration | AVG AUC | AVG ACC | params (M) | what changes |", "|---|---|---|---|---|"]
     for row in rows:
@@ -90,7 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grid", type=Path, required=True, help="grid TOML file (recipe_sweep.py's format)")
     parser.add_argument("--seeds", type=int, default=10, help="runs per configuration, seeds 0..N-1 (default 10)")
     parser.add_argument("--out", type=Path, required=True, help="folder: runs/, repeats.json, repeats.md")
-    parser.add_argument("--tta", action="store_true", help="score the test split with 6-view TTA (as the paper)")
+    parser.add_argument("--split", choices=("valid", "test"), default="valid",
+                        help="the split every run is scored on: valid (default; what defaults are chosen on) or test "
+                             "(the paper's tables)")
+    parser.add_argument("--tta", action="store_true", help="score with 6-view TTA (as the paper)")
     parser.add_argument("--only", nargs="+", metavar="NAME", help="only these configurations")
     args = parser.parse_args(argv)
     try:
@@ -102,19 +110,21 @@ def main(argv: list[str] | None = None) -> int:
         for config, model_cfg, train_cfg in resolved:
             runs = []
             for seed in range(args.seeds):
-                name = f"{config['name']}-seed{seed}"
+                # the grid's own seed trains in the sweep's folder name, so a sweep's run is reused
+                name = config["name"] if seed == train_cfg.seed else f"{config['name']}-seed{seed}"
                 run_one(name, model_cfg, replace(train_cfg, seed=seed), args.data, args.out, report_test=False)
-                evaluation = evaluate_run(args.out / "runs" / name, args.data, split="test", tta=args.tta)
+                evaluation = evaluate_run(args.out / "runs" / name, args.data, split=args.split, tta=args.tta)
                 cases = evaluation["cases"]
                 runs.append({"seed": seed, "params_m": evaluation["params_m"],
-                             "test": evaluation["branches"]["final"]})
+                             "scores": evaluation["branches"]["final"]})
             rows.append(summarize(config["name"], config.get("note", ""), runs))
+        rows.sort(key=lambda row: -row["stats"]["avg_auc"]["mean"])
     except EdgeDermError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     result = {"grid": str(args.grid), "preset": preset, "data": str(args.data), "seeds": args.seeds,
-              "tta": args.tta, "split": "test", "cases": cases, "rows": rows}
-    write_results(args.out, "repeats", result, markdown(rows, args.grid, args.data, cases, args.tta))
+              "tta": args.tta, "split": args.split, "cases": cases, "rows": rows}
+    write_results(args.out, "repeats", result, markdown(rows, args.grid, args.data, cases, args.tta, args.split))
     return 0
 
 
