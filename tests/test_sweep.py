@@ -152,3 +152,36 @@ def test_short_epochs_cut_every_configuration_and_keep_it_valid(tmp_path):
     assert not (tmp_path / "out").exists()
     bad = _sweep("--data", tmp_path, "--grid", grid, "--out", tmp_path / "out", "--short-epochs", "0")
     assert bad.returncode == 1 and "--short-epochs 0: at least 1" in bad.stderr
+
+
+GAP = Path(__file__).resolve().parents[1] / "benchmarks" / "dev" / "baseline_gap.py"
+
+
+def _sweep_record(path: Path, name: str, final: float, cpu: str | None) -> Path:
+    branches = {b: {"avg_auc": final - 0.01 * i, "avg_acc": 0.7} for i, b in enumerate(("final", "clinical", "derm",
+                                                                                       "fusion"))}
+    record = {"rows": [{"name": name, "minutes": 12.5, "valid": {**branches, "cases": 203}}]}
+    if cpu:
+        record["host"] = {"cpu": cpu, "cores": 2}
+    path.write_text(json.dumps(record))
+    return path
+
+
+def test_baseline_gap_tables_each_row_against_the_plain_fine_tune(tmp_path):
+    plain = tmp_path / "plain.json"
+    plain.write_text(json.dumps({"valid_weighted": [84.3, 73.0], "valid_clin": [70.1, 60.0], "valid_derm": [80.2, 70.0],
+                                 "valid_fusion": [83.9, 72.0], "minutes": 18.0}))
+    before = _sweep_record(tmp_path / "before.json", "baseline-recipe", 0.8305, None)   # an older sweep: no host
+    now = _sweep_record(tmp_path / "now.json", "baseline-recipe", 0.8412, "Some CPU")
+    out = tmp_path / "results" / "gap"
+    result = _script(GAP, "--plain", plain, "--row", f"before={before}:baseline-recipe",
+                     "--row", f"views resized once={now}:baseline-recipe", "--cpu", "Some CPU", "--out", out)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = (out.parent / "gap.md").read_text().splitlines()
+    assert lines[4].startswith("| plain fine-tune") and "| 84.30 |  |" in lines[4]
+    assert lines[5].startswith("| before | 83.05 | -1.25 |") and lines[6].startswith("| views resized once | 84.12 | -0.18 |")
+    assert json.loads((out.parent / "gap.json").read_text())["rows"][2]["minutes"] == 12.5
+    other = _script(GAP, "--plain", plain, "--row", f"now={now}:baseline-recipe", "--cpu", "Another CPU", "--out", out)
+    assert other.returncode != 0 and "compare on one CPU" in other.stderr
+    missing = _script(GAP, "--plain", plain, "--row", f"now={now}:pre-logits", "--cpu", "Some CPU", "--out", out)
+    assert missing.returncode != 0 and "no configuration 'pre-logits'" in missing.stderr
