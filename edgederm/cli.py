@@ -221,6 +221,10 @@ class RecipeFlags:
     branch_weights_tta: bool | None = None
     melanoma_sensitivity: float | None = None
     final_weights: str | None = None
+    ema_decay: float | None = None
+    mixup_alpha: float | None = None
+    cutmix_alpha: float | None = None
+    mix_prob: float | None = None
 
 
 def _as_flags(values: dict) -> list[str]:
@@ -284,6 +288,16 @@ def train_command(
              "multiples of 90 degrees, brightness x0.85-1.15; test with --crop zoom); each limit can be changed "
              "in a config file's [train] table.")] = None,
     label_smoothing: Annotated[Optional[float], typer.Option(help="Cross-entropy label smoothing.")] = None,
+    ema_decay: Annotated[Optional[float], typer.Option(
+        help="Exponential moving average of the weights, decay per step (e.g. 0.998; 0: off): valid scores it "
+             "and the run keeps it (its best or last epoch, --final-weights). Needs --swa-epochs 0.")] = None,
+    mixup_alpha: Annotated[Optional[float], typer.Option(
+        help="Mixup: lam ~ Beta(alpha, alpha), one draw for both photos of a case (0: off).")] = None,
+    cutmix_alpha: Annotated[Optional[float], typer.Option(
+        help="CutMix: lam ~ Beta(alpha, alpha), the same box in both photos (0: off); with mixup on too, each "
+             "mixed batch takes one of the two with probability 0.5.")] = None,
+    mix_prob: Annotated[Optional[float], typer.Option(
+        help="The chance a batch is mixed at all under mixup / CutMix (default 1).")] = None,
     melanoma_sensitivity: Annotated[Optional[float], typer.Option(
         help="The valid melanoma sensitivity (0-1, default 0.9) at which the expected seven-point score's and "
              "P(MEL)'s thresholds are chosen after training; they travel to every bundle.")] = None,
@@ -313,7 +327,8 @@ def train_command(
         augment=augment, class_weights=class_weights, seed=seed, workers=workers, amp=amp,
         pretrained_clinical=pretrained_clinical, pretrained_derm=pretrained_derm, optimizer=optimizer,
         schedule=schedule, augment_policy=augment_policy, label_smoothing=label_smoothing,
-        branch_weights_tta=branch_weights_tta, melanoma_sensitivity=melanoma_sensitivity, final_weights=final_weights)
+        branch_weights_tta=branch_weights_tta, melanoma_sensitivity=melanoma_sensitivity, final_weights=final_weights,
+        ema_decay=ema_decay, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, mix_prob=mix_prob)
     if nproc > 1:
         run_flags = {"data": data, "out": out, "preset": preset, "config": config, "resume": resume, "quiet": quiet}
         _relaunch_under_torchrun(nproc, {**run_flags, **asdict(model_flags), **asdict(recipe_flags)})

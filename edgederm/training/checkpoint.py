@@ -2,8 +2,8 @@
 
 A checkpoint is a folder `checkpoints/epoch-NNNN/`:
     model.safetensors   weights + model config (edgederm.models.io)
-    state.safetensors   optimiser tensors, SWA model tensors, torch RNG state
-    state.json          epoch, optimiser hyper-parameters, scheduler state, best score
+    state.safetensors   optimiser tensors, SWA model tensors, moving-average (EMA) tensors, torch RNG state
+    state.json          epoch, optimiser hyper-parameters, scheduler state, best score, EMA updates so far
 It is written under a temporary name and renamed when complete; then
 `checkpoints/last.json` is replaced atomically to point at it, and older
 folders are removed. A crash at any moment leaves `last.json` pointing at a
@@ -46,8 +46,10 @@ def _join_optimizer_state(tensors: dict[str, torch.Tensor], plain: dict) -> dict
     return {"state": state, "param_groups": plain["param_groups"]}
 
 
-def save_checkpoint(run_dir: Path, epoch: int, model, optimizer, scheduler, swa_model, best_score: float) -> Path:
-    """Save the state after `epoch` (0-based) finished; returns the folder."""
+def save_checkpoint(run_dir: Path, epoch: int, model, optimizer, scheduler, swa_model, best_score: float,
+                    ema=None, ema_updates: int = 0) -> Path:
+    """Save the state after `epoch` (0-based) finished; returns the folder. `ema`: the moving average of the
+    weights (timm's ModelEmaV3) or None, `ema_updates`: the optimizer steps it has averaged."""
     root = run_dir / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"epoch-{epoch:04d}"
@@ -63,9 +65,12 @@ def save_checkpoint(run_dir: Path, epoch: int, model, optimizer, scheduler, swa_
     if swa_model is not None:
         for k, v in swa_model.state_dict().items():
             tensors[f"swa.{k}"] = v.detach().cpu().contiguous()
+    if ema is not None:
+        for k, v in ema.state_dict().items():
+            tensors[f"ema.{k}"] = v.detach().cpu().contiguous()
     save_file(tensors, str(tmp / "state.safetensors"))
     (tmp / "state.json").write_text(json.dumps({
-        "epoch": epoch, "best_score": best_score, "optimizer": optimizer_plain,
+        "epoch": epoch, "best_score": best_score, "ema_updates": ema_updates, "optimizer": optimizer_plain,
         "scheduler": {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"},
     }, indent=1))
     shutil.rmtree(final, ignore_errors=True)
@@ -79,8 +84,8 @@ def save_checkpoint(run_dir: Path, epoch: int, model, optimizer, scheduler, swa_
     return final
 
 
-def load_checkpoint(run_dir: Path, model, optimizer, scheduler, swa_model) -> tuple[int, float]:
-    """Restore the last checkpoint into the given objects; returns (epoch, best score)."""
+def load_checkpoint(run_dir: Path, model, optimizer, scheduler, swa_model, ema=None) -> tuple[int, float, int]:
+    """Restore the last checkpoint into the given objects; returns (epoch, best score, EMA updates)."""
     pointer = run_dir / "checkpoints" / POINTER
     if not pointer.is_file():
         raise ConfigError(f"{run_dir}: no checkpoint to resume from ({pointer} is missing)")
@@ -104,9 +109,15 @@ def load_checkpoint(run_dir: Path, model, optimizer, scheduler, swa_model) -> tu
     if swa_model is not None:
         swa_state = {k[len("swa."):]: v for k, v in tensors.items() if k.startswith("swa.")}
         swa_model.load_state_dict(renamed_from_features_only(swa_state, swa_model.state_dict(), folder))
+    if ema is not None:
+        ema_state = {k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")}
+        if not ema_state:
+            raise ConfigError(f"{folder / 'state.safetensors'}: the checkpoint has no moving average of the weights "
+                              "(ema_decay) to resume")
+        ema.load_state_dict(renamed_from_features_only(ema_state, ema.state_dict(), folder))
     torch.set_rng_state(tensors["rng.torch"])
     if torch.cuda.is_available():
         cuda_states = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
         if len(cuda_states) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(cuda_states)
-    return state["epoch"], state["best_score"]
+    return state["epoch"], state["best_score"], state.get("ema_updates", 0)

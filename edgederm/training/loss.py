@@ -1,6 +1,7 @@
 """L = w_C L_clinical + w_D L_derm + w_FU L_fusion, each the sum of the eight tasks' cross-entropies.
 The weights are 1 but for the single-shared network's biased loss (TrainConfig.loss_weight_*).
-The clinical-only network adds w_LOC L_location, its auxiliary body-location task."""
+The clinical-only network adds w_LOC L_location, its auxiliary body-location task.
+Under mixup / CutMix (edgederm.training.mixup) each cross-entropy is lam CE(y_a) + (1 - lam) CE(y_b)."""
 from __future__ import annotations
 
 import torch
@@ -43,3 +44,18 @@ def multitask_loss(branch_logits: dict[str, torch.Tensor], targets: torch.Tensor
         total = total + location_weight * F.cross_entropy(branch_logits["location"].float(), targets[:, L.NUM_TASKS],
                                                           label_smoothing=label_smoothing)
     return total
+
+
+def mixed_multitask_loss(branch_logits: dict[str, torch.Tensor], targets: torch.Tensor,
+                         partner_targets: torch.Tensor, lam: float,
+                         class_weights: list[torch.Tensor] | None = None, label_smoothing: float = 0.0,
+                         branch_weights: dict[str, float] | None = None, location_weight: float = 1.0) -> torch.Tensor:
+    """The loss of a mixed batch (edgederm.training.mixup): lam x the loss against each case's own targets
+    plus (1 - lam) x the loss against its partner's, for every task of every branch and the body-location
+    task alike (every term of `multitask_loss` is linear in its cross-entropy). lam = 1: `multitask_loss`."""
+    own = multitask_loss(branch_logits, targets, class_weights, label_smoothing, branch_weights, location_weight)
+    if lam >= 1.0:
+        return own
+    theirs = multitask_loss(branch_logits, partner_targets, class_weights, label_smoothing, branch_weights,
+                            location_weight)
+    return lam * own + (1.0 - lam) * theirs

@@ -30,6 +30,7 @@ from edgederm.errors import ConfigError
 OPTIMIZERS = ("adam", "adamw", "sgd")      # sgd: momentum 0.9, Nesterov
 # Without SWA, which epoch's weights a run keeps: the best on valid (valid then also picks the epoch, so its
 # valid score flatters it), or the last (a plain fine-tuning baseline's: valid only searches branch weights).
+# With the moving average on (ema_decay), they are the average's: its best valid epoch, or its last.
 FINAL_WEIGHTS = ("best", "last")
 SCHEDULES = ("cosine", "linear", "constant", "onecycle")
 # One-cycle (Smith & Topin 2017), as torch's OneCycleLR draws it, stepped per epoch: from lr / 25 up to lr
@@ -61,6 +62,15 @@ class TrainConfig:
     contrast_limit: float | None = None
     crop_scale: float | None = None       # crop-flip-rot90: enlarge the photo this much, then crop at random
     label_smoothing: float = 0.0
+    # Exponential moving average of the weights (timm's ModelEmaV3), the alternative to SWA: 0 = off, else the
+    # decay per optimizer step (e.g. 0.998). Valid then scores the average, and final_weights picks among its
+    # epochs (best or last).
+    ema_decay: float = 0.0
+    # Mixup / CutMix across the photo pair (edgederm.training.mixup): Beta(alpha, alpha), 0 = off each; with
+    # both on a mixed batch takes either with probability 0.5; mix_prob: the chance a batch is mixed at all.
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    mix_prob: float = 1.0
     # per-branch loss weights: the single-shared network's "biased loss" weights dermoscopy above clinical
     loss_weight_clinical: float = 1.0
     loss_weight_derm: float = 1.0
@@ -95,6 +105,15 @@ class TrainConfig:
             problems.append(f"final_weights {self.final_weights!r} is not one of {', '.join(FINAL_WEIGHTS)}")
         elif self.final_weights != "best" and self.swa_epochs:
             problems.append("final_weights applies without SWA only (with SWA the average is kept); set swa_epochs 0")
+        if not (self.ema_decay == 0 or 0 < self.ema_decay < 1):
+            problems.append("ema_decay must be 0 (off) or between 0 and 1, e.g. 0.998")
+        elif self.ema_decay and self.swa_epochs:
+            problems.append("ema_decay needs swa_epochs 0 (the moving average and SWA are alternatives: "
+                            "set one of them)")
+        if self.mixup_alpha < 0 or self.cutmix_alpha < 0:
+            problems.append("mixup_alpha and cutmix_alpha must be >= 0 (0: off)")
+        if not 0 <= self.mix_prob <= 1:
+            problems.append("mix_prob must be between 0 and 1")
         if self.schedule not in SCHEDULES:
             problems.append(f"schedule {self.schedule!r} is not one of {', '.join(SCHEDULES)}")
         if not 0 <= self.label_smoothing < 1:
@@ -123,6 +142,11 @@ class TrainConfig:
         return policy(self.augment_policy, shift_limit=self.shift_limit, scale_limit=self.scale_limit,
                       rotate_limit=self.rotate_limit, brightness_limit=self.brightness_limit,
                       contrast_limit=self.contrast_limit, crop_scale=self.crop_scale)
+
+    @property
+    def mixes(self) -> bool:
+        """Whether batches are mixed (mixup or CutMix on)."""
+        return self.mixup_alpha > 0 or self.cutmix_alpha > 0
 
     @property
     def swa_start(self) -> int:

@@ -4,16 +4,22 @@
       config.json          resolved model, train and preprocessing config, data path, versions
       metrics.jsonl        one line per epoch: loss, throughput, lr, validation AUC / ACC (null where not scored)
       checkpoints/         the last epoch's resumable state (edgederm.training.checkpoint)
-      best.safetensors     weights with the best validation averaged AUC
+      best.safetensors     weights with the best validation averaged AUC (with ema_decay: the moving average's)
       swa.safetensors      the stochastic-weight average (BatchNorm statistics recomputed)
-      model.safetensors    the final model (SWA; without it the best or the last epoch's) with searched branch weights
+      model.safetensors    the final model (SWA; without it the best or the last epoch's, of the moving average
+                           with ema_decay) with searched branch weights
       branch_weights.json  W_C, W_D, W_FU, the metric searched and its validation score
       calibration.json     temperatures and melanoma thresholds fitted on valid (also in the weights' metadata)
       ranks/rank<r>.json   under torch.distributed: batches and samples each rank saw, weights hash
 
-Randomness is a function of (seed, epoch): each epoch reseeds torch and its
-sampler, so a run resumed after epoch k draws exactly what the uninterrupted
-run would have drawn (on the CPU, bit for bit).
+Randomness is a function of (seed, epoch): each epoch reseeds torch, its
+sampler and the mixup / CutMix generator, so a run resumed after epoch k draws
+exactly what the uninterrupted run would have drawn (on the CPU, bit for bit).
+
+With `ema_decay` an exponential moving average of the weights (timm's
+ModelEmaV3, updated after every optimizer step; its first update copies the
+weights) is what valid scores, best.safetensors keeps and the run ends with;
+checkpoints carry it, so a resumed run ends with the same average.
 """
 from __future__ import annotations
 
@@ -25,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from timm.utils import ModelEmaV3
 from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from tqdm import tqdm
@@ -44,7 +51,8 @@ from edgederm.scoring.metrics import compute_metrics
 from edgederm.scoring.weighted_average import weighted_final
 from edgederm.training.branch_weights import METRIC, search_branch_weights
 from edgederm.training.checkpoint import load_checkpoint, save_checkpoint
-from edgederm.training.loss import class_weights_from_counts, multitask_loss
+from edgederm.training.loss import class_weights_from_counts, mixed_multitask_loss
+from edgederm.training.mixup import NO_MIX, BatchMixer, partner
 from edgederm.training.recipe import TrainConfig
 
 FINAL = "model.safetensors"
@@ -94,6 +102,15 @@ def _device(dist: Dist) -> torch.device:
 
 def _epoch_seed(seed: int, epoch: int) -> int:
     return seed * 1_000_003 + epoch
+
+
+MIX_STREAM = 1 << 40      # keeps the mixing generator's seeds apart from the sampler's
+
+
+def _mix_seed(seed: int, epoch: int, rank: int) -> int:
+    """The mixup / CutMix generator's seed: its own stream per (seed, epoch, rank), so the augmentation and the
+    shuffle draw the same with mixing on or off, and each rank draws its own mixtures."""
+    return MIX_STREAM + _epoch_seed(seed, epoch) * 1024 + rank
 
 
 def _weights_digest(model: torch.nn.Module) -> str:
@@ -184,6 +201,7 @@ class TrainSession:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     swa_model: AveragedModel | None
+    ema: ModelEmaV3 | None                # the moving average of the weights (ema_decay), None when off
     class_weights: torch.Tensor | None
     loss_weights: dict[str, float]
     use_amp: bool
@@ -191,12 +209,18 @@ class TrainSession:
     scaler: torch.amp.GradScaler | None   # None until the end of `setup`
     start_epoch: int = 0
     best_score: float = float("-inf")
+    ema_updates: int = 0                  # optimizer steps averaged so far (checkpointed: a resumed run goes on)
     batches_seen: int = 0
     samples_seen: int = 0
 
     @property
     def on_cuda(self) -> bool:
         return self.device.type == "cuda"
+
+    @property
+    def scored(self) -> BranchNet:
+        """The weights valid scores and best.safetensors keeps: the moving average when on, else the model."""
+        return self.ema.module if self.ema is not None else self.model
 
 
 @dataclass
@@ -274,7 +298,8 @@ def _build_model(model_cfg: ModelConfig, cfg: TrainConfig, resume: bool, device:
 
 
 def _optimization(model: BranchNet, cfg: TrainConfig):
-    """(optimizer, scheduler, SWA average or None): fusion blocks and heads at lr, encoders at lr x scale."""
+    """(optimizer, scheduler, SWA average or None, moving average or None): fusion blocks and heads at lr,
+    encoders at lr x scale."""
     encoder_params = [p for encoder in model.encoders() for p in encoder.parameters()]
     in_encoders = {id(p) for p in encoder_params}
     optimizer = make_optimizer(cfg, [
@@ -283,7 +308,10 @@ def _optimization(model: BranchNet, cfg: TrainConfig):
     ])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cfg.lr_factor)
     swa_model = AveragedModel(model) if cfg.swa_epochs else None
-    return optimizer, scheduler, swa_model
+    # On the unwrapped model, on its device, in its dtype (float32: AMP autocasts activations, not weights).
+    # Without warm-up: timm's decay warm-up is sized for ~1e4+ steps, a run here makes a few hundred.
+    ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema_decay else None
+    return optimizer, scheduler, swa_model, ema
 
 
 def _start_or_resume(s: TrainSession, resume: bool) -> None:
@@ -291,7 +319,8 @@ def _start_or_resume(s: TrainSession, resume: bool) -> None:
     epochs that have a checkpoint."""
     run_dir, dist = s.run_dir, s.dist
     if resume:
-        last_epoch, s.best_score = load_checkpoint(run_dir, s.model, s.optimizer, s.scheduler, s.swa_model)
+        last_epoch, s.best_score, s.ema_updates = load_checkpoint(run_dir, s.model, s.optimizer, s.scheduler,
+                                                                  s.swa_model, s.ema)
         s.start_epoch = last_epoch + 1
     elif dist.main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -317,7 +346,7 @@ def setup(data: Path, run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, r
     on_cuda = device.type == "cuda"
     train_cases, train_set, plain_train_set, valid_set, per_process = _datasets(data, model_cfg, cfg, dist)
     model, initial_weights = _build_model(model_cfg, cfg, resume, device, dist, initial_weights)
-    optimizer, scheduler, swa_model = _optimization(model, cfg)
+    optimizer, scheduler, swa_model, ema = _optimization(model, cfg)
     class_weights = None
     if cfg.class_weights:
         class_weights = class_weights_from_counts(torch.tensor([c.labels for c in train_cases]))
@@ -327,7 +356,7 @@ def setup(data: Path, run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, r
         data=data, run_dir=run_dir, model_cfg=model_cfg, cfg=cfg, dist=dist, device=device,
         initial_weights=initial_weights, train_set=train_set, plain_train_set=plain_train_set,
         valid_loader=None, per_process=per_process, model=model, net=model, optimizer=optimizer,
-        scheduler=scheduler, swa_model=swa_model, class_weights=class_weights,
+        scheduler=scheduler, swa_model=swa_model, ema=ema, class_weights=class_weights,
         # per branch; a network's branches other than the two-photo ones weigh 1
         loss_weights={b: getattr(cfg, f"loss_weight_{b}", 1.0) for b in model.branches},
         use_amp=use_amp, amp_dtype=amp_dtype, scaler=None)
@@ -353,11 +382,22 @@ def _epoch_loader(s: TrainSession, epoch: int) -> DataLoader:
                       drop_last=True, pin_memory=s.on_cuda)
 
 
+def _epoch_mixer(s: TrainSession, epoch: int) -> BatchMixer | None:
+    """This epoch's mixup / CutMix, its generator seeded from (seed, epoch, rank); None when off."""
+    cfg = s.cfg
+    if not cfg.mixes:
+        return None
+    generator = torch.Generator().manual_seed(_mix_seed(cfg.seed, epoch, s.dist.rank))
+    return BatchMixer(cfg.mixup_alpha, cfg.cutmix_alpha, cfg.mix_prob, generator)
+
+
 def train_one_epoch(s: TrainSession, epoch: int, progress: bool) -> EpochStats:
-    """One pass over the train split, then BatchNorm statistics averaged over ranks, the schedule stepped
-    and the SWA average updated."""
+    """One pass over the train split (batches mixed under mixup / CutMix, the moving average updated after
+    each step), then BatchNorm statistics averaged over ranks, the schedule stepped and the SWA average
+    updated."""
     cfg, device = s.cfg, s.device
     loader = _epoch_loader(s, epoch)
+    mixer = _epoch_mixer(s, epoch)
     s.net.train()
     started, total_loss, n_batches, n_samples = time.perf_counter(), 0.0, 0, 0
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", dynamic_ncols=True,
@@ -365,15 +405,19 @@ def train_one_epoch(s: TrainSession, epoch: int, progress: bool) -> EpochStats:
     for *inputs, targets in bar:
         inputs = [x.to(device, non_blocking=True) for x in inputs]
         targets = targets.to(device, non_blocking=True)
+        inputs, draw = mixer(inputs) if mixer is not None else (inputs, NO_MIX)
         if cfg.channels_last:
             inputs = [x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x for x in inputs]
         with torch.autocast(device.type, dtype=s.amp_dtype, enabled=s.use_amp):
-            loss = multitask_loss(s.net(*inputs), targets, s.class_weights, cfg.label_smoothing,
-                                  s.loss_weights, cfg.loss_weight_location)
+            loss = mixed_multitask_loss(s.net(*inputs), targets, partner(targets), draw.lam, s.class_weights,
+                                        cfg.label_smoothing, s.loss_weights, cfg.loss_weight_location)
         s.optimizer.zero_grad(set_to_none=True)
         s.scaler.scale(loss).backward()
         s.scaler.step(s.optimizer)
         s.scaler.update()
+        if s.ema is not None:
+            s.ema_updates += 1
+            s.ema.update(s.model, step=s.ema_updates)     # step 1 copies the weights, then decay per step
         total_loss += loss.detach().item()
         n_batches += 1
         n_samples += len(targets)
@@ -382,6 +426,8 @@ def train_one_epoch(s: TrainSession, epoch: int, progress: bool) -> EpochStats:
     s.batches_seen += n_batches
     s.samples_seen += n_samples
     s.dist.average_buffers(s.model)
+    if s.ema is not None:    # each rank averaged its own BatchNorm statistics: every rank holds the same average
+        s.dist.average_buffers(s.ema.module)
     s.scheduler.step()
     if s.swa_model is not None and epoch >= cfg.swa_start:
         s.swa_model.update_parameters(s.model)
@@ -403,15 +449,18 @@ def _end_epoch(s: TrainSession, epoch: int, stats: EpochStats, progress: bool) -
               "pairs_per_second": round(stats.samples * s.dist.world_size / stats.seconds, 2),
               "valid_avg_auc": None, "valid_avg_acc": None}
     if s.cfg.validates(epoch):
-        metrics = validate(s.model, s.valid_loader, s.device)
+        metrics = validate(s.scored, s.valid_loader, s.device)
         record.update(valid_avg_auc=metrics["avg_auc"], valid_avg_acc=metrics["avg_acc"])
         if metrics["avg_auc"] > s.best_score:
             s.best_score = metrics["avg_auc"]
-            save_weights(s.model, s.run_dir / "best.safetensors",
-                         extra={"epoch": epoch, "valid_avg_auc": s.best_score, "initial_weights": s.initial_weights})
+            extra = {"epoch": epoch, "valid_avg_auc": s.best_score, "initial_weights": s.initial_weights}
+            if s.ema is not None:
+                extra["weights_of"] = "ema"
+            save_weights(s.scored, s.run_dir / "best.safetensors", extra=extra)
     with open(s.run_dir / "metrics.jsonl", "a") as f:
         f.write(json.dumps(record) + "\n")
-    save_checkpoint(s.run_dir, epoch, s.model, optimizer, s.scheduler, s.swa_model, s.best_score)
+    save_checkpoint(s.run_dir, epoch, s.model, optimizer, s.scheduler, s.swa_model, s.best_score, s.ema,
+                    s.ema_updates)
     if progress:
         scored = (f"  valid AUC {100 * record['valid_avg_auc']:.1f}  ACC {100 * record['valid_avg_acc']:.1f}"
                   if record["valid_avg_auc"] is not None else "")
@@ -438,10 +487,11 @@ def finish(s: TrainSession) -> Path:
         save_weights(swa_model.module, run_dir / "swa.safetensors", extra={"swa_epochs": cfg.swa_epochs,
                                                                           "initial_weights": initial_weights})
         final, source = swa_model.module, "swa"
-    elif cfg.final_weights == "last":
-        final, source = s.model, "last"
-    else:
-        final, source = load_model(run_dir / "best.safetensors").to(device), "best"
+    elif cfg.final_weights == "last":   # with ema_decay: the moving average after the last epoch
+        final, source = s.scored, "ema-last" if s.ema is not None else "last"
+    else:   # best.safetensors holds the moving average's best valid epoch when it is on
+        final = load_model(run_dir / "best.safetensors").to(device)
+        source = "ema-best" if s.ema is not None else "best"
     # W_C, W_D, W_FU are searched on the outputs they will weight: the single view the model and every bundle
     # run; with branch_weights_tta also on 6-view TTA outputs, stored beside them for `evaluate --tta`.
     branch_probs, labels = predict_branches(final, valid_loader, device)
