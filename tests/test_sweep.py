@@ -72,7 +72,12 @@ def test_sweep_trains_ranks_on_valid_and_resumes(synthetic_release, tmp_path):
         assert cells[8] == f"{op['referred_percent']:.1f}"
     assert result["host"]["cpu"] and result["host"]["cpu"] in table and "valid MEL spec. @ sens." in table
 
-    # resumable: finished runs are scored again, not trained again; without --report-test no test scores
+    # resumable: finished runs are scored again, not trained again; without --report-test no test scores. A run
+    # that predates a knob (its config.json lacks the key) did what the knob's default does: still the same run.
+    config = out / "runs" / "pre-logits" / "config.json"
+    saved = json.loads(config.read_text())
+    del saved["train"]["final_weights"], saved["train"]["ema_decay"]
+    config.write_text(json.dumps(saved))
     again = _sweep("--data", synthetic_release, "--grid", grid, "--out", out)
     assert again.returncode == 0, again.stderr[-2000:]
     assert again.stdout.count("finished, scoring it again without training") == 3

@@ -39,7 +39,7 @@ import json
 import sys
 import time
 import tomllib
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 from edgederm.benchmarks.host import host_facts
@@ -120,8 +120,12 @@ def write_results(out: Path, stem: str, result: dict, markdown: str) -> None:
 
 
 def _same_config(run: Path, model_cfg: ModelConfig, train_cfg: TrainConfig) -> bool:
+    """Whether a run folder trained `model_cfg` / `train_cfg`. A key the run's config.json predates (a knob added
+    since, whose default is what every run did before) reads as its default."""
     saved = json.loads((run / "config.json").read_text())
-    return saved["model"] == model_cfg.to_dict() and saved["train"] == train_cfg.to_dict()
+    recipe_defaults = {f.name: f.default for f in fields(TrainConfig)}
+    return (ModelConfig.from_saved(saved["model"]) == model_cfg
+            and {**recipe_defaults, **saved["train"]} == train_cfg.to_dict())
 
 
 def run_one(name: str, model_cfg: ModelConfig, train_cfg: TrainConfig, data: Path, out: Path,
