@@ -257,7 +257,9 @@ def apply_gate(rows: list[dict], reference: str | None, settings: GateSettings,
             fit = row["_calibration"] if row.get("tta") and row.get("_calibration") else ref["_calibration"]
             report = calibration_report(fit, row["_probabilities"], labels)
             row["calibration"] = {"ece_percent": {t: 100 * c["ece_calibrated"] for t, c in report["tasks"].items()},
-                                  "melanoma": report["melanoma"], "operating_point": report["operating_point"]}
+                                  "melanoma": report["melanoma"], "operating_point": report["operating_point"],
+                                  # the same reading on valid, where its threshold was chosen (None: a fit that predates the record)
+                                  "valid_operating_point": fit.get("valid_operating_point")}
     for row in rows:
         row.pop("_probabilities", None)
         row.pop("_calibration", None)

@@ -166,9 +166,10 @@ def clinic_table(report: dict) -> tuple[str, list[str], list[list[str]]] | None:
              f"calibration error over the 8 tasks, and sensitivity / specificity for DIAG MEL "
              f"({first['seven_point_argmax']['positives']} melanomas) of each reading{thresholds}.")
     intro += (" The clinic's operating point is the reading `diagnose` reports (the expected score when valid "
-              "chose its threshold): the share of patients it refers is what a clinic plans by.")
+              "chose its threshold): the share of patients it refers is what a clinic plans by; beside it, what "
+              "that reading gave on valid, where its threshold was chosen.")
     header = (["variant", "mean ECE (%)"] + [f"{title} sens / spec" for _, title in readings]
-              + ["clinic: spec / referred"])
+              + ["clinic: spec / referred", "on valid: spec @ sens"])
     rows = []
     for v in variants:
         c = _calibration(v)
@@ -177,8 +178,16 @@ def clinic_table(report: dict) -> tuple[str, list[str], list[list[str]]] | None:
                     + [f"{_fmt(c['melanoma'][k]['sensitivity'], '.1f', 100)} / "
                        f"{_fmt(c['melanoma'][k]['specificity'], '.1f', 100)}" for k, _ in readings]
                     + ["-" if op is None
-                       else f"{_fmt(op['specificity'], '.1f', 100)} / {op['referred_percent']:.1f} %"])
+                       else f"{_fmt(op['specificity'], '.1f', 100)} / {op['referred_percent']:.1f} %"]
+                    + [_valid_point(c.get("valid_operating_point"))])
     return intro, header, rows
+
+
+def _valid_point(op: dict | None) -> str:
+    """The clinic's reading on valid, where its threshold was chosen ("-" for fits that predate the record)."""
+    if not op:
+        return "-"
+    return f"{_fmt(op['specificity'], '.1f', 100)} @ {_fmt(op['sensitivity'], '.1f', 100)}"
 
 
 def clinic_lines(report: dict) -> list[str]:

@@ -96,6 +96,10 @@ def test_fit_on_valid_then_report_on_another_split():
     mel = labels[valid][:, L.TASK_KEYS.index("DIAG")] == L.class_index("DIAG", "MEL")
     mel_p = calibrated[:, L.TASK_SLICES["DIAG"]][:, L.class_index("DIAG", "MEL")]
     assert (mel_p[mel] >= fit["melanoma_probability_threshold"]).mean() >= 0.9      # the target holds on valid
+    # the fit carries what its threshold gives on valid: the clinic's figure reports show for the model
+    on_valid = fit["valid_operating_point"]
+    assert on_valid == calibration_report(fit, probs[valid], labels[valid])["operating_point"]
+    assert on_valid["sensitivity"] >= 0.9 and 0 < on_valid["specificity"] < 1
     report = calibration_report(fit, probs[test], labels[test])
     assert all(c["ece_calibrated"] < c["ece"] for c in report["tasks"].values())
     assert set(report["melanoma"]) == {"seven_point_argmax", "seven_point_expected", "melanoma_probability"}

@@ -237,6 +237,10 @@ def test_bench_gate_reports_and_fastest_variant(bundles, synthetic_release, tmp_
     assert (point["specificity"], point["referred_percent"]) == (expected["specificity"], expected["referred_percent"])
     assert f"{100 * point['specificity']:.1f} / {point['referred_percent']:.1f} %" in md
     assert "clinic: spec / referred" in md
+    # beside it, that reading on valid, where its threshold was chosen (carried by the fit)
+    on_valid = torch_calibration["valid_operating_point"]
+    assert on_valid == fit["valid_operating_point"] and on_valid["reading"] == "seven_point_expected"
+    assert f"{100 * on_valid['specificity']:.1f} @ {100 * on_valid['sensitivity']:.1f}" in md
     assert torch_gate["seven_point_reading"].startswith("expected seven-point score >= ")
     # what each variant's float operations ran in: read back from OpenVINO, recorded in the report
     assert rows[bundles["openvino-int8"].name]["float_precision"] == "f32"

@@ -167,6 +167,9 @@ def fit_calibration(probs: np.ndarray, labels: np.ndarray, target: float = DEFAU
             expected_seven_point_score(calibrated), melanoma, target)}
         fit["melanoma_probability_threshold"] = threshold_for_sensitivity(melanoma_probability(calibrated),
                                                                           melanoma, target)
+    # what the chosen threshold gives on the split it was chosen on: the clinic's figure a sweep ranks beside the
+    # AUC, carried with the fit so reports show it for the model a bundle holds
+    fit["valid_operating_point"] = calibration_report(fit, probs, labels)["operating_point"]
     return fit
 
 
