@@ -274,3 +274,16 @@ def chromium_or_skip() -> str:
             pytest.fail(missing)
         pytest.skip(missing)
     return path
+
+
+def crash_after_checkpoint(monkeypatch, after_epoch: int | None = None) -> None:
+    """Make training die (KeyboardInterrupt, as Ctrl-C) right after the checkpoint of `after_epoch` (0-based;
+    None: the first one) is written, so a test can resume it; monkeypatch.undo() or a new setattr restores it."""
+    import edgederm.training.trainer as trainer_module
+    real_save = trainer_module.save_checkpoint
+
+    def save_then_crash(run_dir, epoch, *args):
+        real_save(run_dir, epoch, *args)
+        if after_epoch is None or epoch == after_epoch:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(trainer_module, "save_checkpoint", save_then_crash)

@@ -24,7 +24,7 @@ from edgederm.training.loss import class_weights_from_counts, mixed_multitask_lo
 from edgederm.training.mixup import NO_MIX, BatchMixer, MixDraw, cutmix_box, draw_mix, mix_inputs
 from edgederm.training.recipe import TrainConfig
 from edgederm.training.trainer import train, validate
-from tests.helpers import FAST_TRAINING, fast_configs
+from tests.helpers import FAST_TRAINING, crash_after_checkpoint, fast_configs
 
 # batches of 4: three optimizer steps an epoch on the 15 train cases (batches of 8 would make one, and the
 # average's first update copies the weights)
@@ -99,20 +99,14 @@ def test_ema_is_what_valid_scores_and_what_the_run_keeps(ema_run, synthetic_rele
 
 def test_an_interrupted_ema_run_resumes_to_the_same_weights(ema_run, synthetic_release, tmp_path, monkeypatch):
     straight, _ = ema_run
-    real_save = trainer_module.save_checkpoint
-
-    def save_then_crash(run_dir, epoch, *args):
-        real_save(run_dir, epoch, *args)
-        if epoch == 1:
-            raise KeyboardInterrupt   # killed after the second epoch's checkpoint
-    monkeypatch.setattr(trainer_module, "save_checkpoint", save_then_crash)
+    crash_after_checkpoint(monkeypatch, after_epoch=1)     # killed after the second epoch's checkpoint
     run = tmp_path / "resumed"
     model_cfg, train_cfg = fast_configs(**EMA, final_weights="last")
     with pytest.raises(KeyboardInterrupt):
         train(synthetic_release, run, model_cfg, train_cfg, progress=False)
     folder = run / "checkpoints" / json.loads((run / "checkpoints" / "last.json").read_text())["dir"]
     assert any(k.startswith("ema.") for k in load_file(folder / "state.safetensors"))
-    monkeypatch.setattr(trainer_module, "save_checkpoint", real_save)
+    monkeypatch.undo()
     train(synthetic_release, run, model_cfg, train_cfg, resume=True, progress=False)
     for name in ("model.safetensors", "best.safetensors"):
         _assert_same(load_file(run / name), load_file(straight / name))
@@ -264,15 +258,10 @@ def test_a_mixed_run_repeats_and_resumes_bit_for_bit(synthetic_release, tmp_path
     model_cfg, train_cfg = fast_configs(epochs=2, batch_size=4, swa_epochs=0, final_weights="last",
                                         mixup_alpha=0.4, cutmix_alpha=1.0)
     train(synthetic_release, tmp_path / "straight", model_cfg, train_cfg, progress=False)
-    real_save = trainer_module.save_checkpoint
-
-    def save_then_crash(run_dir, epoch, *args):
-        real_save(run_dir, epoch, *args)
-        raise KeyboardInterrupt
-    monkeypatch.setattr(trainer_module, "save_checkpoint", save_then_crash)
+    crash_after_checkpoint(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         train(synthetic_release, tmp_path / "resumed", model_cfg, train_cfg, progress=False)
-    monkeypatch.setattr(trainer_module, "save_checkpoint", real_save)
+    monkeypatch.undo()
     train(synthetic_release, tmp_path / "resumed", model_cfg, train_cfg, resume=True, progress=False)
     _assert_same(load_file(tmp_path / "resumed" / "model.safetensors"),
                  load_file(tmp_path / "straight" / "model.safetensors"))

@@ -11,13 +11,12 @@ from edgederm import labels as L
 from edgederm.errors import ConfigError
 from edgederm.scoring.metrics import averaged_auc
 from edgederm.models.io import load_model
-from edgederm.training import trainer as trainer_module
 from edgederm.training.branch_weights import search_branch_weights, weight_grid
 from edgederm.training.loss import class_weights_from_counts, multitask_loss
 from edgederm.presets import get_preset, resolve_config
 from edgederm.training.recipe import TrainConfig
 from edgederm.training.trainer import train
-from tests.helpers import fast_configs
+from tests.helpers import crash_after_checkpoint, fast_configs
 
 def test_paper_recipe_defaults():
     paper = get_preset("paper").recipe
@@ -187,19 +186,13 @@ def test_a_checkpoint_from_before_encoder_rates_is_a_one_line_error(trained_run,
 
 
 def test_resumed_run_matches_the_uninterrupted_one(trained_run, synthetic_release, tmp_path, monkeypatch):
-    real_save = trainer_module.save_checkpoint
-
-    def save_then_crash(run_dir, epoch, *args):
-        real_save(run_dir, epoch, *args)
-        if epoch == 1:
-            raise KeyboardInterrupt   # killed after the second epoch's checkpoint
-    monkeypatch.setattr(trainer_module, "save_checkpoint", save_then_crash)
+    crash_after_checkpoint(monkeypatch, after_epoch=1)     # killed after the second epoch's checkpoint
     run = tmp_path / "resumed"
     model_cfg, train_cfg = fast_configs()
     with pytest.raises(KeyboardInterrupt):
         train(synthetic_release, run, model_cfg, train_cfg, progress=False)
     assert not (run / "model.safetensors").exists()
-    monkeypatch.setattr(trainer_module, "save_checkpoint", real_save)
+    monkeypatch.undo()
     train(synthetic_release, run, model_cfg, train_cfg, resume=True, progress=False)
     epochs = [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [0, 1, 2]                                  # same number of epochs, none lost
