@@ -190,3 +190,20 @@ def test_baseline_gap_tables_each_row_against_the_plain_fine_tune(tmp_path):
     assert other.returncode != 0 and "compare on one CPU" in other.stderr
     missing = _script(GAP, "--plain", plain, "--row", f"now={now}:pre-logits", "--cpu", "Some CPU", "--out", out)
     assert missing.returncode != 0 and "no configuration 'pre-logits'" in missing.stderr
+
+
+def test_repeat_runs_reuse_the_sweeps_run_for_the_grids_own_seed(synthetic_release, tmp_path):
+    """With --out the sweep's folder, the seed the grid trains with is the sweep's run, scored again and not
+    trained again; the other seeds train beside it."""
+    grid = tmp_path / "grid.toml"
+    grid.write_text(GRID.replace("seed = 7", "seed = 1"))
+    out = tmp_path / "sweep"
+    swept = _sweep("--data", synthetic_release, "--grid", grid, "--out", out, "--only", "pre-logits")
+    assert swept.returncode == 0, swept.stderr[-2000:]
+    repeats = _repeats("--data", synthetic_release, "--grid", grid, "--out", out, "--seeds", 2, "--only", "pre-logits")
+    assert repeats.returncode == 0, repeats.stderr[-2000:]
+    assert "pre-logits: finished, scoring it again without training" in repeats.stdout
+    assert "pre-logits-seed0: training" in repeats.stdout and not (out / "runs" / "pre-logits-seed1").exists()
+    (row,) = json.loads((out / "repeats.json").read_text())["rows"]
+    sweep_auc = json.loads((out / "sweep.json").read_text())["rows"][0]["valid"]["final"]["avg_auc"]
+    assert row["seeds"] == [0, 1] and row["values"]["avg_auc"][1] == sweep_auc
