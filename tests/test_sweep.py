@@ -190,6 +190,10 @@ def test_baseline_gap_tables_each_row_against_the_plain_fine_tune(tmp_path):
     assert other.returncode != 0 and "compare on one CPU" in other.stderr
     missing = _script(GAP, "--plain", plain, "--row", f"now={now}:pre-logits", "--cpu", "Some CPU", "--out", out)
     assert missing.returncode != 0 and "no configuration 'pre-logits'" in missing.stderr
+    absent = _script(GAP, "--plain", tmp_path / "nope.json", "--row", f"now={now}:baseline-recipe", "--cpu", "Some CPU",
+                     "--out", tmp_path / "other" / "gap")
+    assert absent.returncode != 0 and absent.stderr.strip().endswith("nope.json: plain fine-tune result not found")
+    assert not (tmp_path / "other").exists()
 
 
 def test_repeat_runs_reuse_the_sweeps_run_for_the_grids_own_seed(synthetic_release, tmp_path):

@@ -30,8 +30,17 @@ BRANCHES = (("final", "valid_weighted"), ("clinical", "valid_clin"), ("derm", "v
             ("fusion", "valid_fusion"))
 
 
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SystemExit(f"error: {path}: {what} not found") from None
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"error: {path}: not JSON ({e.msg} at line {e.lineno})") from None
+
+
 def plain_row(path: Path) -> dict:
-    record = json.loads(path.read_text())
+    record = _read_json(path, "plain fine-tune result")
     missing = [key for _, key in BRANCHES if key not in record]
     if missing:
         raise SystemExit(f"error: {path}: no {', '.join(missing)} (a plain fine-tune's valid figures)")
@@ -45,10 +54,7 @@ def sweep_row(spec: str) -> dict:
     path, _, name = where.rpartition(":")
     if not (label and path and name):
         raise SystemExit(f"error: --row {spec!r}: expected LABEL=SWEEP_JSON:CONFIGURATION")
-    try:
-        sweep = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise SystemExit(f"error: {path}: sweep result not found") from None
+    sweep = _read_json(Path(path), "sweep result")
     row = next((r for r in sweep["rows"] if r["name"] == name), None)
     if row is None:
         raise SystemExit(f"error: {path}: no configuration {name!r}")
