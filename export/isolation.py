@@ -17,9 +17,13 @@ inherit the lock held forever. Not "spawn": a fresh interpreter per bundle
 paid those imports again each time (2-6 s a bundle; the test suite's
 exports took minutes longer). Where forkserver does not exist (Windows),
 spawn it is. Arguments are pickled; the worker sends its log lines back as
-they come and then its result or its exception. When it dies of a signal
-instead, the caller gets a `NativeCrash`: one line naming the bundle, the
-signal, this CPU and its int8 instructions, and what to try.
+they come and then its result or its exception (a result that does not
+pickle comes back as an error). When it dies of a signal instead, the caller
+gets a `NativeCrash`: one line naming the bundle, the signal and its usual
+cause: SIGKILL is most often the out-of-memory killer; SIGSEGV, SIGILL and
+the other faults are a crash in native code, with this CPU, its int8
+instructions and what to try. A worker that has reported but does not exit
+is terminated after EXIT_TIMEOUT_S; its result stands.
 """
 from __future__ import annotations
 
@@ -37,6 +41,7 @@ from edgederm.errors import EdgeDermError
 WORKAROUND = "ONEDNN_MAX_CPU_ISA=AVX512_CORE_VNNI (no AMX kernels)"
 # What the workers import, loaded once in the forkserver (the format functions' module and NNCF).
 PRELOAD = ["edgederm.export.bundles", "nncf"]
+EXIT_TIMEOUT_S = 30.0     # how long a worker that has reported may take to exit before it is terminated
 
 
 class NativeCrash(EdgeDermError):
@@ -50,7 +55,12 @@ def run_isolated(function: Callable[..., Any], *args: Any, what: str, log: Calla
     context = _context()
     receiver, sender = context.Pipe(duplex=False)
     worker = context.Process(target=_worker, args=(sender, function, args), name=f"edgederm {what}")
-    worker.start()
+    try:
+        worker.start()
+    except BaseException:
+        receiver.close()           # no worker holds either end: close both, or each failed start leaks two
+        sender.close()
+        raise
     sender.close()                 # the worker holds the only writer: its death ends the parent's reads
     outcome = None
     try:
@@ -63,11 +73,16 @@ def run_isolated(function: Callable[..., Any], *args: Any, what: str, log: Calla
                 log(payload)
             else:
                 outcome = (kind, payload)
-        worker.join()
+        # it has reported (or closed its end): what is left is the interpreter's exit, which a native
+        # library's exit handler can hang; the result is in hand either way
+        worker.join(timeout=EXIT_TIMEOUT_S)
     finally:
-        if worker.is_alive():      # Ctrl-C or an error here: the worker's staged work is abandoned with it
+        if worker.is_alive():      # Ctrl-C, an error here, or a worker that hangs on exit: abandoned
             worker.terminate()
-            worker.join()
+            worker.join(timeout=EXIT_TIMEOUT_S)
+            if worker.is_alive():
+                worker.kill()
+                worker.join()
         receiver.close()
     if outcome is None:
         raise NativeCrash(crash_message(what, worker.exitcode))
@@ -93,20 +108,33 @@ def _context():
     return context
 
 
+# What a signal that ends a worker usually means. SIGKILL is not a fault of the code that ran: the kernel's
+# out-of-memory killer sends it, as does `kill -9`; the AMX workaround would send the user the wrong way.
+NATIVE_FAULTS = (signal.SIGSEGV, signal.SIGILL, signal.SIGBUS, signal.SIGFPE, signal.SIGABRT)
+
+
 def crash_message(what: str, exitcode: int | None) -> str:
-    """One line: the work, how the worker died, this CPU and its int8 instructions, the workaround."""
-    if exitcode is not None and exitcode < 0:
-        try:
-            died = f"was killed by {signal.Signals(-exitcode).name}"
-        except ValueError:
-            died = f"was killed by signal {-exitcode}"
-    else:
-        died = f"exited with code {exitcode} before reporting"
+    """One line: the work, how the worker died and its usual cause; for a native fault, this CPU, its int8
+    instructions and the workaround."""
+    number = -exitcode if exitcode is not None and exitcode < 0 else None
+    try:
+        name = None if number is None else signal.Signals(number).name
+    except ValueError:
+        name = f"signal {number}"
+    if number == signal.SIGKILL:
+        return (f"{what}: the export worker was killed by SIGKILL, most often the system running out of memory "
+                "(see `dmesg` for the out-of-memory killer), or someone killing it; nothing of it was written. "
+                "Free memory, export fewer targets at once, or use a smaller --calibration-cases")
+    if number is None or number not in NATIVE_FAULTS:
+        died = (f"was killed by {name}" if number is not None
+                else f"exited with code {exitcode} before reporting")
+        return (f"{what}: the export worker {died}; nothing of it was written. No native fault was reported: "
+                "look above for what stopped it")
     facts = host_facts()
     flags = ", ".join(facts["int8_instructions"]) or "none"
-    return (f"{what}: the export worker {died} inside native code (OpenVINO, onnxruntime or NNCF); nothing of it "
-            f"was written. CPU: {facts['cpu']} (int8 instructions: {flags}). On CPUs with AMX, retry with "
-            f"{WORKAROUND} before the command")
+    return (f"{what}: the export worker was killed by {name} inside native code (OpenVINO, onnxruntime or NNCF); "
+            f"nothing of it was written. CPU: {facts['cpu']} (int8 instructions: {flags}). On CPUs with AMX, "
+            f"retry with {WORKAROUND} before the command")
 
 
 def _worker(sender, function: Callable[..., Any], args: tuple) -> None:
@@ -118,7 +146,11 @@ def _worker(sender, function: Callable[..., Any], args: tuple) -> None:
     except BaseException as error:      # noqa: BLE001 - every failure goes back to the caller, Ctrl-C included
         result = ("error", _picklable(error))
     try:
-        sender.send(result)
+        try:
+            sender.send(result)
+        except Exception as error:      # noqa: BLE001 - a result that does not pickle is the function's error
+            sender.send(("error", RuntimeError(f"the worker's result could not be sent back: "
+                                               f"{type(error).__name__}: {error}")))
     finally:
         sender.close()
 

@@ -43,6 +43,19 @@ def kill_self(signal_number: int, log) -> None:
     os.kill(os.getpid(), signal_number)
 
 
+def unpicklable_result(log):
+    """A result the worker cannot send back: a lambda does not pickle."""
+    return lambda: None
+
+
+def report_then_hang(log) -> str:
+    """Returns, then keeps the worker from exiting: a non-daemon thread the interpreter waits for."""
+    import threading
+    import time
+    threading.Thread(target=time.sleep, args=(3600,), daemon=False).start()
+    return "reported"
+
+
 def add(a: int, b: int, log) -> int:
     log(f"adding {a} and {b}")
     return a + b

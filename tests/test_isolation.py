@@ -14,7 +14,7 @@ from edgederm.cli import app
 from edgederm.errors import ConfigError
 from edgederm.export.isolation import WORKAROUND, NativeCrash, run_isolated
 from edgederm.runtime.bundle import read_manifest
-from tests.helpers import add, kill_self, raise_config_error, segfault_on_int8
+from tests.helpers import add, kill_self, raise_config_error, report_then_hang, segfault_on_int8, unpicklable_result
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,6 +40,47 @@ def test_a_worker_killed_by_a_signal_is_a_one_line_error(signal_number):
     assert message.startswith(f"openvino int8 bundle: the export worker was killed by {signal_number.name}")
     assert f"CPU: {facts['cpu']} (int8 instructions: {', '.join(facts['int8_instructions']) or 'none'})" in message
     assert WORKAROUND in message and "ONEDNN_MAX_CPU_ISA=AVX512_CORE_VNNI" in message
+
+
+def test_a_worker_killed_by_sigkill_is_named_as_out_of_memory_not_as_a_native_crash():
+    with pytest.raises(NativeCrash) as caught:
+        run_isolated(kill_self, signal.SIGKILL, what="openvino int8 bundle", log=print)
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith("openvino int8 bundle: the export worker was killed by SIGKILL")
+    assert "out of memory" in message and WORKAROUND not in message
+
+
+def test_a_result_that_cannot_be_sent_back_is_an_error_not_a_crash():
+    with pytest.raises(RuntimeError, match="result could not be sent back") as caught:
+        run_isolated(unpicklable_result, what="pickling", log=print)
+    assert not isinstance(caught.value, NativeCrash)
+
+
+def test_a_worker_that_hangs_after_reporting_is_ended_and_its_result_kept(monkeypatch):
+    import time
+
+    import edgederm.export.isolation as isolation
+    monkeypatch.setattr(isolation, "EXIT_TIMEOUT_S", 1.0)
+    started = time.perf_counter()
+    assert run_isolated(report_then_hang, what="hanging", log=print) == "reported"
+    assert time.perf_counter() - started < 30
+
+
+def test_a_worker_that_cannot_start_leaks_no_pipe(monkeypatch):
+    import os
+
+    import edgederm.export.isolation as isolation
+    context = isolation._context()
+
+    def failing_start(self):
+        raise OSError("no processes left")
+    monkeypatch.setattr(type(context.Process(target=print)), "start", failing_start)
+    before, caught = len(os.listdir("/proc/self/fd")), []
+    for _ in range(3):     # the errors are kept, as a caller that reports them keeps their tracebacks (and frames)
+        with pytest.raises(OSError, match="no processes left") as error:
+            run_isolated(add, 1, 2, what="adding", log=print)
+        caught.append(error)
+    assert len(os.listdir("/proc/self/fd")) == before
 
 
 def test_a_crashed_int8_bundle_is_an_error_and_the_other_bundles_are_written(trained_run, synthetic_release,
