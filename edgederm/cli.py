@@ -422,6 +422,10 @@ def export_command(
         "INT8: when plain PTQ fails, fine-tune the quantized network on the train split to agree with the FP32 "
         "model (distillation; one training serves every target of the command)."))] = True,
     qat_epochs: Annotated[Optional[int], typer.Option(help="Epochs of that fine-tuning (default 3).")] = None,
+    int8_method: Annotated[str, typer.Option(help=(
+        "INT8: search (default: the attempts above in order, the first that passes), or one attempt on purpose: "
+        "ptq, qat or blocks (the most sensitive blocks in float). Which attempt a search reaches depends on the "
+        "CPU; a forced one is still gated, and refused when it fails."))] = "search",
     calibration_cases: Annotated[Optional[int], typer.Option(help="Calibration cases (default 300, or the whole "
                                                                    "split if smaller).")] = None,
     calibration_split: Annotated[str, typer.Option(help="Split the calibration cases come from.")] = "train",
@@ -440,7 +444,7 @@ def export_command(
     written = export(ExportRequest(run=run, target=target, precisions=precision, data=data, out=out,
                                    max_auc_drop=max_auc_drop, max_flip_rate=max_flip_rate,
                                    accuracy_control=accuracy_control, qat=qat, qat_epochs=qat_epochs,
-                                   calibration_cases=calibration_cases,
+                                   int8_method=int8_method, calibration_cases=calibration_cases,
                                    calibration_split=calibration_split,
                                    eval_split=None if eval_split == "none" else eval_split, seed=seed,
                                    tta=tta, force=force), log=lambda m: typer.echo(m, err=as_json))

@@ -28,7 +28,6 @@ from edgederm.export.formats import Target
 from edgederm.export.onnxruntime_scoring import onnxruntime_session, run_onnx
 from edgederm.runtime.bundle import write_manifest
 from edgederm.runtime.engine import INT8_FP16_ONNX
-from edgederm.scoring.gate import agreement
 from edgederm.scoring.metrics import compute_metrics
 from edgederm.staging import destination_name
 
@@ -53,6 +52,7 @@ class BundleContext:
     workdir: Path                                                     # scratch space of this target
     accuracy_control: bool = False
     qat: qat.QatJob | None = None       # the INT8 search's QAT attempt (export/qat.py); None: skipped
+    int8_method: str = "search"         # the whole INT8 search, or one attempt (int8_gate.INT8_METHODS)
 
 
 def new_manifest(ctx: BundleContext, target: Target, precision: str, graphs: list[str]) -> dict:
@@ -114,11 +114,7 @@ def openvino_bundle(ctx: BundleContext, target: Target, precision: str, director
         candidates.mkdir(parents=True, exist_ok=True)
 
         def accuracy_control():
-            limit = valid.settings.max_flip_rate
-            return openvino_export.quantize_for_agreement(
-                model.clone(), ctx.calib, ctx.has_attention, valid.inputs,
-                lambda probs, cases: agreement(valid.reference[cases], probs, valid.calibration),
-                (limit or 100.0) / 100)
+            return openvino_export.quantize_for_agreement(model.clone(), ctx.calib, ctx.has_attention, valid)
 
         def student():
             graphs = qat.qat_graphs(ctx.qat, ctx.calib, ctx.has_attention, log)
@@ -129,7 +125,7 @@ def openvino_bundle(ctx: BundleContext, target: Target, precision: str, director
             model, plain, lambda m, blocks: openvino_export.keep_in_float(m, model, blocks),
             lambda candidate: saved_ir_scorer(candidate, candidates),
             accuracy_control if ctx.accuracy_control else None, valid, log,
-            qat=None if ctx.qat is None else student)
+            qat=None if ctx.qat is None else student, method=ctx.int8_method)
         if int8 is None:
             raise int8_gate.refuse(attempts, valid, "openvino")
         model = openvino_export.finalize(int8)
@@ -192,7 +188,8 @@ def jetson_bundle(ctx: BundleContext, target: Target, precision: str, directory:
 
         quantizer = tensorrt_export.QdqQuantizer(ctx.onnx_fp32, ctx.calib, ctx.workdir / "qdq")
         graph, attempts, ranking = int8_gate.search_jetson(quantizer, out, predictor, valid, log,
-                                                           qat=None if ctx.qat is None else student)
+                                                           qat=None if ctx.qat is None else student,
+                                                           method=ctx.int8_method)
         if graph is None:
             raise int8_gate.refuse(attempts, valid, "jetson")
         graphs.insert(0, "model.int8.onnx")

@@ -62,6 +62,7 @@ class ExportRequest:
     accuracy_control: bool = False         # OpenVINO INT8: NNCF accuracy control when no block set passes
     qat: bool = True                       # INT8: quantization-aware fine-tuning when plain PTQ fails
     qat_epochs: int | None = None          # None: QatSettings' default
+    int8_method: str = "search"            # INT8: the search, or one attempt on purpose (int8_gate.INT8_METHODS)
     calibration_cases: int | None = None
     calibration_split: str = "train"
     eval_split: str | None = "test"       # None: no accuracy figures (e.g. random-init latency studies)
@@ -200,9 +201,17 @@ def plan_request(req: ExportRequest) -> ExportPlan:
     if calibrated and req.data is None:
         raise ConfigError(f"--data is required: {target.name} {', '.join(calibrated)} needs calibration cases")
     if (req.max_auc_drop is not None or req.max_flip_rate is not None or req.accuracy_control
-            or req.qat_epochs is not None) and "int8" not in precisions:
-        raise ConfigError("--max-auc-drop, --max-flip-rate, --accuracy-control and --qat-epochs are the INT8 "
-                          "gate's: they apply to --precision int8 only")
+            or req.qat_epochs is not None or req.int8_method != "search") and "int8" not in precisions:
+        raise ConfigError("--max-auc-drop, --max-flip-rate, --accuracy-control, --qat-epochs and --int8-method are "
+                          "the INT8 gate's: they apply to --precision int8 only")
+    if req.int8_method not in int8_gate.INT8_METHODS:
+        raise ConfigError(f"--int8-method {req.int8_method!r}: one of {', '.join(int8_gate.INT8_METHODS)}")
+    if req.int8_method == "qat" and not req.qat:
+        raise ConfigError("--int8-method qat asks for quantization-aware fine-tuning and --no-qat turns it off: "
+                          "drop one of them")
+    if req.accuracy_control and req.int8_method != "search":
+        raise ConfigError(f"--accuracy-control is the search's last attempt; --int8-method {req.int8_method} makes "
+                          "one attempt only: drop one of them")
     if req.max_flip_rate is not None:
         GateSettings(max_flip_rate=req.max_flip_rate)          # its range is checked before any work
     if req.tta is not None:
@@ -352,6 +361,7 @@ class ExportSession:
             calib=self.calib, evaluation=self.evaluation,
             valid=None if valid is None else replace(valid, settings=settings), reference=self.reference,
             eval_split=self.first.eval_split, workdir=workdir, accuracy_control=req.accuracy_control,
+            int8_method=req.int8_method,
             # one student for the pass: its folder is shared by the targets (export/qat.py)
             qat=None if self.qat_settings is None else qat.QatJob(self.weights, self.first.data,
                                                                   self.workdir / "qat", self.qat_settings, self.views))

@@ -58,6 +58,10 @@ from edgederm.export.sensitivity import Ranking, block_of, group_blocks, rank_bl
 from edgederm.scoring.gate import GateSettings, judge
 
 METHOD_QAT = "QAT distilled from FP32"
+# `--int8-method`: the search (default), or one attempt on purpose. Which attempt a search reaches depends on
+# how plain PTQ fares, and so on the CPU (training is bit-reproducible per CPU, not across CPUs); forcing one
+# is how the tests run every path on every CPU, and how a user compares them on their own model.
+INT8_METHODS = ("search", "ptq", "qat", "blocks")
 MAX_EXCLUDED_SHARE = 0.25      # never keep more than a quarter of the blocks in float
 # An attempt is chosen on valid only if it also keeps its flips within half the limit. Choosing the first
 # graph that passes is a selection, and a selected graph changes more decisions on new cases than on the
@@ -100,6 +104,9 @@ class Attempt:
         return self.result.get("verdict") == "pass"
 
     def describe(self) -> dict:
+        if "auc" not in self.result:        # refused before it ran (not loadable, not in the target's form)
+            return {"method": self.method, "kept_in_float": self.kept_in_float, "why": self.why,
+                    "verdict": self.result["verdict"], "reasons": self.result["reasons"], **self.details}
         auc, flips = self.result["auc"], self.result["flips"]
         return {"method": self.method, "kept_in_float": self.kept_in_float, "why": self.why,
                 "verdict": self.result["verdict"], "reasons": self.result["reasons"],
@@ -135,6 +142,39 @@ def judge_on_valid(valid: ValidSplit, attempt: Attempt, probabilities: np.ndarra
     return attempt
 
 
+def refused(attempt: Attempt, reason: str, log: Callable[[str], None]) -> Attempt:
+    """`attempt` failed before it could be judged (its graph could not be built, loaded, run or checked)."""
+    attempt.result = {"verdict": "fail", "reasons": [reason]}
+    log(f"  {attempt.method}: refused, {reason}")
+    return attempt
+
+
+def _one_line(error: Exception) -> str:
+    first = (str(error).strip().splitlines() or [""])[0]
+    return f"{type(error).__name__}: {first[:300]}"
+
+
+def _built(build: Callable[[], object]) -> tuple[object | None, str]:
+    """(what `build()` returns, "") or (None, why it failed): a candidate that cannot be made is refused, and the
+    search goes on."""
+    try:
+        return build(), ""
+    except Exception as error:      # noqa: BLE001 - whatever NNCF or the exporter raises, the candidate is out
+        return None, f"no graph ({_one_line(error)})"
+
+
+def judge_candidate(valid: ValidSplit, attempt: Attempt, probabilities: Callable[[], np.ndarray],
+                    log: Callable[[str], None]) -> Attempt:
+    """`judge_on_valid` on `probabilities()`, which builds, loads and runs the candidate: a graph that
+    onnxruntime or OpenVINO cannot load or run is a refused attempt with the reason, and the search goes
+    on (an export never dies of one candidate)."""
+    try:
+        result = probabilities()
+    except Exception as error:      # noqa: BLE001 - whatever the runtime raises, the candidate is out
+        return refused(attempt, f"could not be built, loaded or run ({_one_line(error)})", log)
+    return judge_on_valid(valid, attempt, result, log)
+
+
 def _limit(settings: GateSettings) -> str:
     return "none" if settings.max_flip_rate is None else f"{settings.max_flip_rate:g} %"
 
@@ -148,7 +188,7 @@ def _selection_limit(settings: GateSettings) -> float | None:
 
 def record(attempts: list[Attempt], valid: ValidSplit, ranking: Ranking | None) -> dict:
     """The manifest's `int8_gate`: every attempt, which one the bundle holds, and the sensitivity ranking."""
-    chosen = next((i for i, a in enumerate(attempts) if a.passed), None)
+    chosen = len(attempts) - 1 if attempts and attempts[-1].passed else None     # a search stops at its pass
     return {"split": "valid", "cases": len(valid.labels), "gate": valid.settings.describe(),
             "attempts": [a.describe() for a in attempts], "chosen": chosen,
             "sensitivity": None if ranking is None else ranking.to_dict()}
@@ -162,9 +202,16 @@ def refuse(attempts: list[Attempt], valid: ValidSplit, target: str) -> NoPassing
                          "wider --max-auc-drop / --max-flip-rate may help")
 
 
-def _excluded(attempt: Attempt, ranking: Ranking, count: int) -> str:
-    return (f"plain PTQ failed the gate on valid ({attempt.result['reasons'][0]}); these blocks move the "
-            f"probabilities most when quantized alone ({ranking.describe(count)}; {len(ranking.cases)} valid cases)")
+def _because(plain: Attempt | None, method: str) -> str:
+    """Why an attempt after plain PTQ is made: plain PTQ's failure, or the user's --int8-method."""
+    if method != "search" or plain is None:
+        return f"asked for (--int8-method {method})"
+    return f"plain PTQ failed the gate on valid ({plain.result['reasons'][0]})"
+
+
+def _excluded(because: str, ranking: Ranking, count: int) -> str:
+    return (f"{because}; these blocks move the probabilities most when quantized alone "
+            f"({ranking.describe(count)}; {len(ranking.cases)} valid cases)")
 
 
 def _rank(operations: list[str], predict_alone: Callable[[list[str]], np.ndarray], plain: np.ndarray,
@@ -178,26 +225,48 @@ def _rank(operations: list[str], predict_alone: Callable[[list[str]], np.ndarray
     return ranking
 
 
-def _qat_attempt(plain: Attempt, details: dict) -> Attempt:
+def _qat_attempt(because: str, details: dict) -> Attempt:
     in_float = details.get("in_float", [])
-    return Attempt(METHOD_QAT, in_float, f"plain PTQ failed the gate on valid ({plain.result['reasons'][0]}): the "
-                   "quantized network fine-tuned on the train split to agree with the FP32 model"
-                   + (f"; {', '.join(in_float)} in float (a light encoder: little time, much of the "
-                      "disagreement)" if in_float else ""), details={"qat": details})
+    return Attempt(METHOD_QAT, in_float, f"{because}: the quantized network fine-tuned on the train split to agree "
+                   "with the FP32 model" + (f"; {', '.join(in_float)} in float (a light encoder: little time, much "
+                                            "of the disagreement)" if in_float else ""), details={"qat": details})
 
 
-def exclusion_search(ranking: Ranking, plain: Attempt, build: Callable[[list[str]], np.ndarray],
+def _check_method(method: str, qat: Callable | None) -> None:
+    if method not in INT8_METHODS:
+        raise ConfigError(f"--int8-method {method!r}: one of {', '.join(INT8_METHODS)}")
+    if method == "qat" and qat is None:
+        raise ConfigError("--int8-method qat: quantization-aware fine-tuning is off (--no-qat); drop one of them")
+
+
+def _plain(valid: ValidSplit, name: str, probabilities: Callable[[], np.ndarray], method: str,
+           log: Callable[[str], None]) -> tuple[Attempt, np.ndarray | None]:
+    """Plain PTQ judged on valid, and its probabilities (None when it could not run): the first attempt of a
+    search, and what ranks the blocks."""
+    kept: list[np.ndarray] = []
+
+    def run() -> np.ndarray:
+        kept.append(probabilities())
+        return kept[0]
+    if method == "blocks":
+        log(f"  {name}: ranks the blocks (--int8-method blocks: not a candidate itself)")
+    attempt = judge_candidate(valid, Attempt(name), run, log)
+    return attempt, (kept[0] if kept else None)
+
+
+def exclusion_search(ranking: Ranking, plain: Attempt | None, build: Callable[[list[str]], np.ndarray],
                      valid: ValidSplit, log: Callable[[str], None], attempts: list[Attempt],
                      method: Callable[[int], str] = lambda count: f"{count} most sensitive block(s) in float",
                      why: Callable[[int], str] | None = None) -> int | None:
     """Keep the top 1, 2, 4, ... blocks in float (up to MAX_EXCLUDED_SHARE of them); `build(blocks)` makes
     that model and returns its valid probabilities; `method(count)` and `why(count)` name and explain each
-    attempt (default: INT8's). Appends every attempt to `attempts`; returns the passing count, or None."""
+    attempt (default: INT8's, after `plain` failed). Appends every attempt to `attempts` (one whose graph
+    cannot be built or run is refused, and the search goes on); returns the passing count, or None."""
     limit = max(1, int(len(ranking.blocks) * MAX_EXCLUDED_SHARE))
     for count in _exclusion_counts(limit):
         blocks = ranking.top(count)
-        reason = _excluded(plain, ranking, count) if why is None else why(count)
-        attempt = judge_on_valid(valid, Attempt(method(count), blocks, reason), build(blocks), log)
+        reason = _excluded(_because(plain, "search"), ranking, count) if why is None else why(count)
+        attempt = judge_candidate(valid, Attempt(method(count), blocks, reason), lambda: build(blocks), log)
         attempts.append(attempt)
         if attempt.passed:
             return count
@@ -216,22 +285,36 @@ def quantized_ops(model) -> set[str]:
 def search_openvino(fp32_model, plain, keep_in_float: Callable[[object, list[str]], object],
                     run: Callable[[object], Callable], accuracy_control: Callable[[], object] | None,
                     valid: ValidSplit, log: Callable[[str], None],
-                    qat: Callable[[], tuple[object, dict]] | None = None
+                    qat: Callable[[], tuple[object, dict]] | None = None, method: str = "search"
                     ) -> tuple[object, list[Attempt], Ranking | None]:
     """(the first passing INT8 model or None, every attempt, the sensitivity ranking). `plain` is NNCF's
     INT8 model; `keep_in_float(model, names)` returns a copy with those operations' blocks in float;
     `run(model)` returns a predict function; `qat()`, when given, returns the QAT student's model and its
-    record (export/qat.py); `accuracy_control()`, when given, returns NNCF's agreement-controlled model."""
-    plain_probs = valid.predictions(run(plain))
-    attempts = [judge_on_valid(valid, Attempt("plain PTQ (NNCF)"), plain_probs, log)]
-    if attempts[0].passed:
-        return plain, attempts, None
-    if qat is not None:
-        student, details = qat()
-        attempts.append(judge_on_valid(valid, _qat_attempt(attempts[0], details), valid.predictions(run(student)),
-                                       log))
-        if attempts[-1].passed:
-            return student, attempts, None
+    record (export/qat.py); `accuracy_control()`, when given, returns NNCF's agreement-controlled model.
+    `method` (INT8_METHODS): the whole search, or only the attempt named."""
+    _check_method(method, qat)
+    attempts: list[Attempt] = []
+    first, plain_probs = None, None
+    if method != "qat":
+        first, plain_probs = _plain(valid, "plain PTQ (NNCF)", lambda: valid.predictions(run(plain)), method, log)
+        if method != "blocks":
+            attempts.append(first)
+            if first.passed or method == "ptq":
+                return (plain if first.passed else None), attempts, None
+    because = _because(first, method)
+    if method in ("search", "qat") and qat is not None:
+        student, reason = _built(qat)
+        if student is None:
+            attempt = refused(_qat_attempt(because, {}), reason, log)
+        else:
+            student, details = student
+            attempt = judge_candidate(valid, _qat_attempt(because, details), lambda: valid.predictions(run(student)),
+                                      log)
+        attempts.append(attempt)
+        if attempt.passed or method == "qat":
+            return (student if attempt.passed else None), attempts, None
+    if plain_probs is None:         # plain PTQ could not run: nothing to rank the blocks by
+        return None, attempts, None
     operations = sorted(quantized_ops(plain))
     blocks = group_blocks(operations)
 
@@ -240,48 +323,53 @@ def search_openvino(fp32_model, plain, keep_in_float: Callable[[object, list[str
         return valid.predictions(run(keep_in_float(plain, [b for b in blocks if b != mine])), cases)
 
     ranking = _rank(operations, alone, plain_probs, valid, log)
-    count = exclusion_search(ranking, attempts[0], lambda blocks: valid.predictions(
-        run(keep_in_float(plain, blocks))), valid, log, attempts)
+    count = exclusion_search(ranking, first, lambda blocks: valid.predictions(
+        run(keep_in_float(plain, blocks))), valid, log, attempts, why=lambda count: _excluded(because, ranking, count))
     if count is not None:
         return keep_in_float(plain, ranking.top(count)), attempts, ranking
-    if accuracy_control is None:
+    if accuracy_control is None or method != "search":
         return None, attempts, ranking
     log("  no block set passes: NNCF accuracy control, agreement with the FP32 decisions as its metric")
-    controlled = accuracy_control()
-    reverted = sorted(set(operations) - quantized_ops(controlled))
-    attempt = Attempt("NNCF accuracy control (agreement)", reverted,
-                      f"plain PTQ failed the gate on valid ({attempts[0].result['reasons'][0]}) and no set of up to "
-                      f"{MAX_EXCLUDED_SHARE:.0%} of the blocks passed; NNCF returned {len(reverted)} operation(s) "
-                      "that cost the most agreement on valid to float")
-    attempts.append(judge_on_valid(valid, attempt, valid.predictions(run(controlled)), log))
+    attempt = Attempt("NNCF accuracy control (agreement)", [],
+                      f"{because} and no set of up to {MAX_EXCLUDED_SHARE:.0%} of the blocks passed; NNCF returns the "
+                      "operations that cost the most agreement on valid to float")
+    controlled, reason = _built(accuracy_control)
+    if controlled is None:
+        attempts.append(refused(attempt, reason, log))
+        return None, attempts, ranking
+    attempt.kept_in_float = sorted(set(operations) - quantized_ops(controlled))
+    attempts.append(judge_candidate(valid, attempt, lambda: valid.predictions(run(controlled)), log))
     return (controlled if attempt.passed else None), attempts, ranking
 
 
 # --- Jetson (TensorRT Q/DQ) ------------------------------------------------------
 
 def search_jetson(quantizer, out: Path, run: Callable[[Path], Callable], valid: ValidSplit,
-                  log: Callable[[str], None], qat: Callable[[Path], tuple[list[str], dict]] | None = None
-                  ) -> tuple[Path | None, list[Attempt], Ranking | None]:
+                  log: Callable[[str], None], qat: Callable[[Path], tuple[list[str], dict]] | None = None,
+                  method: str = "search") -> tuple[Path | None, list[Attempt], Ranking | None]:
     """(the first passing Q/DQ graph at `out` or None, every attempt, the sensitivity ranking).
     `quantizer` is an export.tensorrt_export.QdqQuantizer; `run(graph)` returns a predict function;
     `qat(out)`, when given, writes the QAT student's Q/DQ graph at `out` and returns the problems
-    export/jetson_check.py finds in it and the student's record: a graph with problems is refused."""
-    graph = quantizer.quantize(out)
-    plain = valid.predictions(run(graph))
-    attempts = [judge_on_valid(valid, Attempt("plain PTQ (symmetric Q/DQ)"), plain, log)]
-    if attempts[0].passed:
-        return graph, attempts, None
-    if qat is not None:
-        problems, details = qat(out)
-        attempt = judge_on_valid(valid, _qat_attempt(attempts[0], details), valid.predictions(run(out)), log)
-        if problems:       # a graph TensorRT would not take is no candidate, whatever its score
-            attempt.result["verdict"] = "fail"
-            attempt.result["reasons"].insert(0, f"not in TensorRT's form ({len(problems)} problem(s), first: "
-                                                f"{problems[0]})")
-            log(f"  {attempt.method}: refused, {attempt.result['reasons'][0]}")
+    export/jetson_check.py finds in it and the student's record: a graph with problems is refused before
+    anything loads it. `method` (INT8_METHODS): the whole search, or only the attempt named."""
+    _check_method(method, qat)
+    attempts: list[Attempt] = []
+    first, plain = None, None
+    if method != "qat":
+        first, plain = _plain(valid, "plain PTQ (symmetric Q/DQ)", lambda: valid.predictions(run(quantizer.quantize(out))),
+                              method, log)
+        if method != "blocks":
+            attempts.append(first)
+            if first.passed or method == "ptq":
+                return (out if first.passed else None), attempts, None
+    because = _because(first, method)
+    if method in ("search", "qat") and qat is not None:
+        attempt = _qat_student(qat, out, run, valid, because, log)
         attempts.append(attempt)
-        if attempt.passed:
-            return out, attempts, None
+        if attempt.passed or method == "qat":
+            return (out if attempt.passed else None), attempts, None
+    if plain is None:
+        return None, attempts, None
     with tempfile.TemporaryDirectory(prefix="edgederm-sensitivity-") as tmp:
         one = Path(tmp) / "alone.onnx"
         ranking = _rank(quantizer.layers(), lambda ops, cases: valid.predictions(
@@ -290,10 +378,25 @@ def search_jetson(quantizer, out: Path, run: Callable[[Path], Callable], valid: 
     def build(blocks: list[str]) -> np.ndarray:
         return valid.predictions(run(quantizer.quantize(out, exclude=ranking.operations(blocks))))
 
-    count = exclusion_search(ranking, attempts[0], build, valid, log, attempts)
+    count = exclusion_search(ranking, first, build, valid, log, attempts,
+                             why=lambda count: _excluded(because, ranking, count))
     if count is None:
         return None, attempts, ranking
     return quantizer.quantize(out, exclude=ranking.operations(ranking.top(count))), attempts, ranking
+
+
+def _qat_student(qat: Callable[[Path], tuple[list[str], dict]], out: Path, run: Callable[[Path], Callable],
+                 valid: ValidSplit, because: str, log: Callable[[str], None]) -> Attempt:
+    """The QAT attempt for Jetson: the student's Q/DQ graph written at `out`, refused unread when it is not in
+    TensorRT's form (an op onnxruntime may not even load, such as NNCF's own FakeQuantize), else judged."""
+    built, reason = _built(lambda: qat(out))
+    if built is None:
+        return refused(_qat_attempt(because, {}), reason, log)
+    problems, details = built
+    attempt = _qat_attempt(because, details)
+    if problems:       # a graph TensorRT would not take is no candidate, whatever its score: not even loaded
+        return refused(attempt, f"not in TensorRT's form ({len(problems)} problem(s), first: {problems[0]})", log)
+    return judge_candidate(valid, attempt, lambda: valid.predictions(run(out)), log)
 
 
 def _exclusion_counts(limit: int) -> list[int]:

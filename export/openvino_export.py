@@ -22,7 +22,7 @@ The INT8 search scores saved IR (export/bundles.py), not the in-memory NNCF mode
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import openvino as ov
@@ -31,6 +31,9 @@ from edgederm import labels as L
 from edgederm.calibration.adapters import nncf_dataset
 from edgederm.calibration.selection import CalibrationSet
 from edgederm.runtime.openvino_backend import GATED_PRECISION, compile_static, ran_with
+
+if TYPE_CHECKING:
+    from edgederm.export.int8_gate import ValidSplit
 
 
 def convert(onnx_path: Path) -> ov.Model:
@@ -114,14 +117,19 @@ def quantize_int8(model: ov.Model, calib: CalibrationSet, transformer: bool, **n
     return nncf.quantize(model, nncf_dataset(calib), **arguments)
 
 
-def quantize_for_agreement(model: ov.Model, calib: CalibrationSet, transformer: bool, inputs: tuple[np.ndarray, ...],
-                           agreement: Callable[[np.ndarray, list[int]], float],
-                           max_disagreement: float) -> ov.Model:
-    """NNCF accuracy control with agreement as its metric: `agreement(probs, indices)` is the share of the
-    given valid cases whose decisions match the FP32 model's (1.0 for FP32 itself); NNCF returns
-    quantized operations to float, the most harmful first, until it is within `max_disagreement`. Each
-    case's probabilities go back with the metric, so NNCF ranks its quantizers by how far they move the
-    outputs (its normalised squared error) rather than by a handful of flips."""
+def quantize_for_agreement(model: ov.Model, calib: CalibrationSet, transformer: bool, valid: ValidSplit) -> ov.Model:
+    """NNCF accuracy control with agreement as its metric: the share of the valid cases whose decisions (read
+    as the device reads them, `valid.calibration`) match the FP32 model's (1.0 for FP32 itself); NNCF returns
+    quantized operations to float, the most harmful first, until the disagreement is within the gate's flip
+    limit. Each case's probabilities go back with the metric, so NNCF ranks its quantizers by how far they
+    move the outputs (its normalised squared error) rather than by a handful of flips."""
+    from edgederm.scoring.gate import agreement as decisions_kept
+    inputs = valid.inputs
+    max_disagreement = (valid.settings.max_flip_rate or 100.0) / 100
+
+    def agreement(probs: np.ndarray, cases: list[int]) -> float:
+        return decisions_kept(valid.reference[cases], probs, valid.calibration)
+
     import nncf
     items = [(tuple(x[i:i + 1] for x in inputs), i) for i in range(len(inputs[0]))]
     validation_set = nncf.Dataset(items, lambda item: dict(zip(calib.names, item[0])))

@@ -138,6 +138,15 @@ def qat_graphs(job: QatJob, calib: CalibrationSet, transformer: bool, log: Calla
 
 
 def _train_and_export(job: QatJob, calib: CalibrationSet, transformer: bool, log: Callable[[str], None]) -> dict:
+    student, record = train_student(job, calib, transformer, log)
+    export_student(student, calib, job.workdir, job.views)
+    return record
+
+
+def train_student(job: QatJob, calib: CalibrationSet, transformer: bool, log: Callable[[str], None]
+                  ) -> tuple[object, dict]:
+    """The quantized student fine-tuned toward the run's FP32 model, and its record (the manifest's
+    int8_gate.qat)."""
     import torch
 
     from edgederm.models.io import load_model
@@ -155,18 +164,25 @@ def _train_and_export(job: QatJob, calib: CalibrationSet, transformer: bool, log
     log(f"  QAT: {s.epochs} epoch(s) on {len(loader.dataset)} train cases, teacher {job.weights.name} (frozen)"
         + (f"; in float: {', '.join(in_float)} (under {s.light_share:.0%} of the FLOPs)" if in_float else ""))
     history = distill(student, teacher, loader, s, log)
-    example = tuple(torch.from_numpy(x[:2]) for x in calib.inputs)
-    (job.workdir / "openvino").mkdir(exist_ok=True)
+    return student, {"tool": "nncf.quantize (PyTorch), fine-tuned with distillation", "split": "train",
+                     "cases": len(loader.dataset), "settings": asdict(s), "loss_per_epoch": history,
+                     "quantizers": "symmetric signed int8, zero point 0, overflow fix (7-bit weights) on every layer",
+                     "in_float": list(in_float), "teacher_sha256": sha256_file(job.weights),
+                     "minutes": round((time.perf_counter() - started) / 60, 2)}
+
+
+def export_student(student, calib: CalibrationSet, workdir: Path, views: tuple[str, ...] = NO_TTA) -> QatGraphs:
+    """The student's OpenVINO IR (`workdir/openvino/model.xml`) and Q/DQ graph (`workdir/model.int8.onnx`);
+    the record is left empty (train_student's)."""
     import openvino as ov
+    import torch
+    example = tuple(torch.from_numpy(x[:2]) for x in calib.inputs)
+    (workdir / "openvino").mkdir(parents=True, exist_ok=True)
     # trained on single views; the graphs average the bundle's views as the FP32 reference does
-    ov.save_model(to_openvino(student, example, job.views), str(job.workdir / "openvino" / "model.xml"),
+    ov.save_model(to_openvino(student, example, views), str(workdir / "openvino" / "model.xml"),
                   compress_to_fp16=False)
-    to_qdq_onnx(student, example, job.workdir / "model.int8.onnx", job.views)
-    return {"tool": "nncf.quantize (PyTorch), fine-tuned with distillation", "split": "train",
-            "cases": len(loader.dataset), "settings": asdict(s), "loss_per_epoch": history,
-            "quantizers": "symmetric signed int8, zero point 0, overflow fix (7-bit weights) on every layer",
-            "in_float": list(in_float),
-            "teacher_sha256": sha256_file(job.weights), "minutes": round((time.perf_counter() - started) / 60, 2)}
+    to_qdq_onnx(student, example, workdir / "model.int8.onnx", views)
+    return QatGraphs(workdir / "openvino" / "model.xml", workdir / "model.int8.onnx", {})
 
 
 def light_encoders(model, share: float) -> tuple[str, ...]:
@@ -307,7 +323,7 @@ def to_qdq_onnx(student, example: tuple, path: Path, views: tuple[str, ...] = NO
 
     from edgederm.export.onnx_export import OPSET, OUTPUT_NAMES, FusedProbabilities
     from edgederm.export.tensorrt_export import tensorrt_form
-    stripped = nncf.strip(student, do_copy=True, strip_format=nncf.StripFormat.NATIVE, example_input=example)
+    stripped = native_strip(student, example)
     names = list(student.input_names)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
@@ -320,6 +336,31 @@ def to_qdq_onnx(student, example: tuple, path: Path, views: tuple[str, ...] = NO
     onnx.save(model, str(path))
     return path
 
+
+
+def native_strip(student, example: tuple):
+    """`nncf.strip(NATIVE)`, every quantizer torch's FakeQuantize. NNCF 3 gives the inputs of some operations
+    one shared quantizer (one scale for an Add's or a Concat's inputs: in `clinical-only`, the global token's
+    LayerNorm, the selection's sum and the interaction's residual), and its strip replaces a shared quantizer
+    at the first of its hooks only (it walks the hooks with duplicates removed). The others kept NNCF's own
+    quantizer, which the exporter writes as `org.openvinotoolkit::FakeQuantize`: an op neither TensorRT nor
+    onnxruntime loads. Each of them gets the FakeQuantize the first one got."""
+    import nncf
+    from nncf.torch.function_hook.wrapper import get_hook_storage
+    from nncf.torch.quantization.layers import BaseQuantizer
+    groups: dict[int, list[str]] = {}
+    for name, module in get_hook_storage(student).named_hooks(remove_duplicate=False):
+        if isinstance(module, BaseQuantizer):
+            groups.setdefault(id(module), []).append(name)
+    stripped = nncf.strip(student, do_copy=True, strip_format=nncf.StripFormat.NATIVE, example_input=example)
+    storage = get_hook_storage(stripped)
+    for names in groups.values():
+        native = [storage.get_submodule(n) for n in names if not isinstance(storage.get_submodule(n), BaseQuantizer)]
+        if not native:
+            raise ConfigError(f"QAT: nncf.strip left the quantizer at {names[0]} as NNCF's own: no Q/DQ form for it")
+        for name in names:
+            storage.set_submodule(name, native[0])
+    return stripped
 
 
 def _constants_as_initializers(model):

@@ -18,7 +18,7 @@ from edgederm.models.clinical_only import LesionSelection
 from edgederm.models.config import ModelConfig
 from edgederm.models.io import load_model, save_weights
 from edgederm.presets import resolve_config
-from tests.helpers import FAST_TRAINING, bench_against_torch, export_for_devices, read_meta, write_meta
+from tests.helpers import bench_against_torch, export_for_devices, read_meta, write_meta
 
 runner = CliRunner()
 
@@ -79,15 +79,6 @@ def test_an_unknown_body_location_is_refused_before_training(release_copy):
         L.metadata_index({"sex": "male"}, "location")
     # a two-photo model does not read the column
     assert len(PairDataset.for_model(cases, resolve_config("tiny")[0])) == len(cases)
-
-
-@pytest.fixture(scope="module")
-def clinical_only_run(synthetic_release, tmp_path_factory):
-    from edgederm.training.trainer import train
-    run = tmp_path_factory.mktemp("clinical-only") / "clinical-only-tiny"
-    model_cfg, train_cfg = resolve_config("clinical-only-tiny", train_overrides=FAST_TRAINING)
-    train(synthetic_release, run, model_cfg, train_cfg, progress=False)
-    return run
 
 
 def test_clinical_only_trains_evaluates_exports_and_diagnoses(clinical_only_run, synthetic_release, tmp_path):

@@ -23,7 +23,7 @@ from edgederm.models.config import ModelConfig
 from edgederm.models.io import load_model, save_weights
 from edgederm.training.loss import multitask_loss
 from edgederm.presets import resolve_config
-from tests.helpers import (FACTS, FAST_TRAINING, FakeBuilderTrt, bench_against_torch, export_for_devices, read_meta,
+from tests.helpers import (FACTS, FakeBuilderTrt, bench_against_torch, export_for_devices, read_meta,
                            write_meta)
 
 runner = CliRunner()
@@ -97,16 +97,6 @@ def test_metadata_is_one_hot_from_the_release_and_an_unknown_value_is_refused(re
     with pytest.raises(ConfigError, match="a jif-mmfa model has an encoder per photo"):
         ModelConfig(architecture="jif-mmfa", clinical_encoder="resnet10t", derm_encoder="resnet10t",
                     shared_encoder=True)
-
-
-@pytest.fixture(scope="module")
-def jif_run(synthetic_release, tmp_path_factory):
-    from edgederm.training.trainer import train
-    run = tmp_path_factory.mktemp("jif-mmfa") / "jif-mmfa-tiny"
-    model_cfg, train_cfg = resolve_config("jif-mmfa-tiny", model_overrides={"img_size": 64},
-                                          train_overrides=FAST_TRAINING)
-    train(synthetic_release, run, model_cfg, train_cfg, progress=False)
-    return run
 
 
 def _words(text: str) -> str:

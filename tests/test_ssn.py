@@ -17,7 +17,6 @@ from edgederm.models.config import ModelConfig
 from edgederm.models.io import load_model, save_weights
 from edgederm.training.loss import multitask_loss
 from edgederm.presets import get_preset, resolve_config
-from tests.helpers import FAST_TRAINING
 
 runner = CliRunner()
 
@@ -79,15 +78,6 @@ def test_the_biased_loss_weights_the_branches():
     assert get_preset("ssn-tiny").recipe.loss_weight_clinical == 0.5
     with pytest.raises(ConfigError, match="loss weights must be >= 0"):
         resolve_config("ssn-tiny", train_overrides={"loss_weight_clinical": -1.0})
-
-
-@pytest.fixture(scope="module")
-def ssn_run(synthetic_release, tmp_path_factory):
-    from edgederm.training.trainer import train
-    run = tmp_path_factory.mktemp("ssn") / "ssn-tiny"
-    model_cfg, train_cfg = resolve_config("ssn-tiny", model_overrides={"img_size": 64}, train_overrides=FAST_TRAINING)
-    train(synthetic_release, run, model_cfg, train_cfg, progress=False)
-    return run
 
 
 def test_ssn_trains_exports_passes_the_gate_and_diagnoses(ssn_run, synthetic_release, tmp_path):

@@ -50,7 +50,7 @@ from edgederm.calibration.selection import build_calibration_set
 from edgederm.data.inputs import load_arrays
 from edgederm.data.release import read_release
 from edgederm.scoring.calibration import stored_calibration
-from edgederm.scoring.gate import GateSettings, agreement, judge
+from edgederm.scoring.gate import GateSettings, judge
 from edgederm.export import int8_gate, openvino_export, qat
 from edgederm.export.onnx_export import export_onnx, run_torch
 from edgederm.export.onnxruntime_scoring import onnxruntime_session, run_onnx
@@ -126,9 +126,8 @@ def build_methods(run: Path, data: Path, work: Path, accuracy_control: bool, log
         kind = "transformer type" if as_transformer else "default type"
         name = f"NNCF accuracy control (agreement), {kind}" if control else f"NNCF, {kind}, blocks in float (search)"
         plain = openvino_export.quantize_int8(fp32.clone(), calib, as_transformer)
-        control_fn = (lambda: openvino_export.quantize_for_agreement(
-            fp32.clone(), calib, as_transformer, vc, vd, lambda probs, cases: agreement(valid.reference[cases], probs),
-            valid.settings.max_flip_rate / 100)) if control else None
+        control_fn = (lambda: openvino_export.quantize_for_agreement(fp32.clone(), calib, as_transformer, valid)
+                      ) if control else None
         int8, attempts, _ = int8_gate.search_openvino(
             fp32, plain, lambda m, blocks: openvino_export.keep_in_float(m, fp32, blocks), run_ov,
             control_fn, valid, quiet)
