@@ -171,6 +171,7 @@ def bench_variant(variant: Variant, device: str, batch_sizes: list[int], warmup:
                    size_mb=sum(f["bytes"] for f in manifest["files"].values()) / 1e6,
                    weights_sha256=manifest["source"]["sha256"],    # which trained model the bundle holds
                    tta=(manifest.get("tta") or {}).get("views"),   # views built into the graph, if any
+                   quantization=manifest.get("quantization"),      # INT8: the chosen method, what stayed float
                    _calibration=stored_calibration(manifest))             # its temperatures and thresholds, if fitted
         rng = np.random.default_rng(seed)
         row["latency"] = []

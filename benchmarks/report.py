@@ -29,11 +29,30 @@ def _ci(interval) -> str:
     return "-" if not interval else f"[{interval[0]:.2f}, {interval[1]:.2f}]"
 
 
+def quantization_label(quantization: dict | None, float_precision: str | None = None) -> str | None:
+    """'QAT; clinical encoder fp32': how an INT8 bundle was quantized (its manifest's `quantization`, the
+    attempt the export's gate chose) and what it kept in float, in the precision those operations ran in
+    (`float_precision` read back from the backend; f32 where it cannot say). None for a float bundle."""
+    if not quantization or "method" not in quantization:
+        return None
+    method, kept = quantization["method"], quantization.get("kept_in_float") or []
+    ran = "bf16" if float_precision == "bf16" else "fp16" if float_precision == "f16" else "fp32"
+    if method.startswith("QAT"):          # kept: whole encoders by attribute name
+        return "QAT" + "".join(f"; {name.replace('_', ' ')} {ran}" for name in kept)
+    if method.startswith("NNCF accuracy control"):
+        return f"accuracy control; {len(kept)} op(s) {ran}"
+    if kept:                              # blocks (module paths) in float
+        return f"PTQ; {len(kept)} block(s) {ran}"
+    return "PTQ"
+
+
 def _precision_cell(row: dict) -> str:
-    """'int8 (float ops f32)': the bundle's precision and, where the backend reads it back, the precision its
-    float operations really ran in (reports written before it was recorded show the bundle's alone)."""
+    """'int8 (QAT; clinical encoder fp32; float ops f32)': the bundle's precision, how it was quantized and
+    what stayed in float, and, where the backend reads it back, the precision its float operations really
+    ran in (reports written before these were recorded show what they have)."""
     ran = row.get("float_precision")
-    cell = f"{row['precision']} (float ops {ran})" if ran else row["precision"]
+    notes = [n for n in (quantization_label(row.get("quantization"), ran), ran and f"float ops {ran}") if n]
+    cell = f"{row['precision']} ({'; '.join(notes)})" if notes else row["precision"]
     return cell + (f", TTA {len(row['tta'])} views" if row.get("tta") else "")
 
 

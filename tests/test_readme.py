@@ -75,3 +75,26 @@ def test_a_block_missing_everywhere_is_an_error(tmp_path):
     page.write_text(text.replace("<!-- figures:preset-table -->", "").replace("<!-- /figures:preset-table -->", ""))
     result = _check(readme)
     assert result.returncode != 0 and "no <!-- figures:preset-table --> block" in result.stderr
+
+
+def test_the_quickstart_block_names_how_each_int8_variant_was_quantized():
+    """The README's quickstart table and headline say which attempt the export's gate chose for each INT8
+    variant and what stayed in float (from the bench report's rows, which copy the manifest's record)."""
+    import json
+
+    sys.path.insert(0, str(REPO / "benchmarks" / "dev"))
+    try:
+        import readme_figures
+    finally:
+        sys.path.pop(0)
+    report = json.loads((REPO / "benchmarks" / "results" / "quickstart.json").read_text())
+    for row in report["variants"]:
+        if row["name"].endswith("-openvino-int8"):
+            row["quantization"] = {"method": "QAT distilled from FP32", "kept_in_float": ["clinical_encoder"]}
+            row["float_precision"] = "f32"
+        elif "jetson-int8" in row["name"]:
+            row["quantization"] = {"method": "4 most sensitive block(s) in float", "kept_in_float": list("abcd")}
+    block = readme_figures.quickstart_block(report)
+    assert "-openvino-int8 (QAT; clinical encoder fp32) |" in block
+    assert "OpenVINO INT8 (QAT; clinical encoder fp32, " in block
+    assert "-jetson-int8@onnxruntime (PTQ; 4 block(s) fp32) |" in block

@@ -245,7 +245,11 @@ def test_bench_gate_reports_and_fastest_variant(bundles, synthetic_release, tmp_
     # what each variant's float operations ran in: read back from OpenVINO, recorded in the report
     assert rows[bundles["openvino-int8"].name]["float_precision"] == "f32"
     assert rows[bundles["onnx-fp32"].name]["float_precision"] is None
-    assert "| int8 (float ops f32) |" in md
+    # and how each INT8 variant was quantized, with what stayed in float (the attempt its export chose)
+    int8_row = rows[bundles["openvino-int8"].name]
+    assert int8_row["quantization"] == read_manifest(bundles["openvino-int8"])["quantization"]
+    assert int8_row["quantization"]["method"] == "plain PTQ (NNCF)"
+    assert "| int8 (PTQ; float ops f32) |" in md
     assert "confident, " in md and "confident_flips" in torch_gate["flips"]["diagnosis"]
 
 

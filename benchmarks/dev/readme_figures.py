@@ -26,6 +26,8 @@ import re
 import sys
 from pathlib import Path
 
+from edgederm.benchmarks.report import quantization_label
+
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "benchmarks" / "results"
 QUICKSTART = RESULTS / "quickstart.json"
@@ -59,7 +61,9 @@ def _int8_speedup(report: dict) -> str:
         return ""
     instructions = ", ".join(report["host"].get("int8_instructions", [])) or "none"
     ratio = fp32["latency"][0]["mean_ms"] / int8["latency"][0]["mean_ms"]
-    return (f"OpenVINO INT8 ({int8['verdict']}) runs the model {ratio:.2f}x as fast as OpenVINO FP32 (batch 1, "
+    how = quantization_label(int8.get("quantization"), int8.get("float_precision"))
+    return (f"OpenVINO INT8 ({how + ', ' if how else ''}{int8['verdict']}) runs the model {ratio:.2f}x as fast as "
+            f"OpenVINO FP32 (batch 1, "
             f"this run; the CPU's int8 dot-product instructions: {instructions}). ")
 
 
@@ -89,7 +93,8 @@ def quickstart_block(report: dict) -> str:
         drop = f"{auc['drop_points']:.2f} [{auc['ci_points'][0]:.2f}, {auc['ci_points'][1]:.2f}]" if auc else "-"
         upper = f"{auc['upper_bound_points']:.2f}" if auc else "-"
         flips = r.get("gate", {}).get("flips", {})
-        lines.append(f"| {r['name']} | {100 * r['accuracy']['avg_auc']:.2f} | {drop} | {upper} | "
+        how = quantization_label(r.get("quantization"), r.get("float_precision"))
+        lines.append(f"| {r['name']}{f' ({how})' if how else ''} | {100 * r['accuracy']['avg_auc']:.2f} | {drop} | {upper} | "
                      f"{_flips(flips.get('diagnosis'))} | {_flips(flips.get('seven_point'))} | "
                      f"{r['latency'][0]['mean_ms']:.1f} ms | "
                      + "".join(f"{e['mean_ms']:.0f} ms ({100 * e['decode_preprocess_share']:.0f} % decoding) | "
