@@ -179,12 +179,12 @@ class _Quantizer:
     """A stand-in for tensorrt_export.QdqQuantizer: plain PTQ flips a third of the diagnoses, any graph with
     blocks in float keeps the reference's answers."""
 
-    def __init__(self, valid):
+    def __init__(self, valid, layers: int = 4):
         self.valid = valid
-        self.written = {}
+        self.names = [f"/model/block{i}/Conv" for i in range(layers)]
 
     def layers(self):
-        return ["/model/a/Conv", "/model/b/Conv", "/model/c/Conv", "/model/d/Conv"]
+        return self.names
 
     def quantize(self, out, only=None, exclude=None, check=True):
         out.write_text(json.dumps({"exclude": exclude or [], "only": only or []}))
@@ -252,3 +252,29 @@ def test_a_candidate_that_cannot_be_loaded_is_a_refused_attempt_and_nothing_pass
     message = str(int8_gate.refuse(attempts, valid, "jetson"))
     assert "\n" not in message and message.startswith("jetson int8: no INT8 graph passes")
     assert "plain PTQ (symmetric Q/DQ): could not be built, loaded or run" in message
+
+
+def test_the_search_keeps_1_2_4_blocks_in_float_until_one_passes(tmp_path):
+    """Plain PTQ flips a third of the diagnoses; a graph passes only with at least 2 blocks in float: the
+    attempts are plain PTQ, 1 block (fails), 2 blocks (passes, chosen). With `blocks` forced the same, less
+    plain PTQ; with `ptq` forced, plain PTQ alone, refused."""
+    valid = _valid_split()
+
+    def run(graph):
+        spec = json.loads(graph.read_text())
+        probabilities = valid.reference if len(spec["exclude"]) >= 2 else _flipped(valid.reference, 0.3)
+        return lambda index: probabilities[index[:, 0].astype(int)]
+
+    graph, attempts, ranking = int8_gate.search_jetson(_Quantizer(valid, 16), tmp_path / "int8.onnx", run, valid,
+                                                       lambda m: None)
+    assert [a.method for a in attempts] == ["plain PTQ (symmetric Q/DQ)", "1 most sensitive block(s) in float",
+                                            "2 most sensitive block(s) in float"]
+    assert [a.passed for a in attempts] == [False, False, True] and json.loads(graph.read_text())["exclude"]
+    assert int8_gate.record(attempts, valid, ranking)["chosen"] == 2
+    _, forced, _ = int8_gate.search_jetson(_Quantizer(valid, 16), tmp_path / "b.onnx", run, valid, lambda m: None,
+                                           method="blocks")
+    assert [a.method for a in forced] == [a.method for a in attempts[1:]]
+    assert forced[0].why.startswith("asked for (--int8-method blocks)")
+    graph, only, ranking = int8_gate.search_jetson(_Quantizer(valid, 16), tmp_path / "p.onnx", run, valid,
+                                                   lambda m: None, method="ptq")
+    assert graph is None and ranking is None and [a.method for a in only] == ["plain PTQ (symmetric Q/DQ)"]
