@@ -239,10 +239,13 @@ def _check_method(method: str, qat: Callable | None) -> None:
         raise ConfigError("--int8-method qat: quantization-aware fine-tuning is off (--no-qat); drop one of them")
 
 
-def _plain(valid: ValidSplit, name: str, probabilities: Callable[[], np.ndarray], method: str,
-           log: Callable[[str], None]) -> tuple[Attempt, np.ndarray | None]:
-    """Plain PTQ judged on valid, and its probabilities (None when it could not run): the first attempt of a
-    search, and what ranks the blocks."""
+def _plain_step(valid: ValidSplit, name: str, probabilities: Callable[[], np.ndarray], method: str,
+                log: Callable[[str], None]) -> tuple[list[Attempt], Attempt | None, np.ndarray | None, bool]:
+    """Plain PTQ as `method` wants it: (the attempts so far, its attempt, its probabilities (None when it could
+    not run or was skipped), whether the search ends here). Judged and listed first (search, ptq), judged only
+    to rank the blocks (blocks: not a candidate itself), or skipped (qat)."""
+    if method == "qat":
+        return [], None, None, False
     kept: list[np.ndarray] = []
 
     def run() -> np.ndarray:
@@ -251,7 +254,10 @@ def _plain(valid: ValidSplit, name: str, probabilities: Callable[[], np.ndarray]
     if method == "blocks":
         log(f"  {name}: ranks the blocks (--int8-method blocks: not a candidate itself)")
     attempt = judge_candidate(valid, Attempt(name), run, log)
-    return attempt, (kept[0] if kept else None)
+    probs = kept[0] if kept else None
+    if method == "blocks":
+        return [], attempt, probs, False
+    return [attempt], attempt, probs, attempt.passed or method == "ptq"
 
 
 def exclusion_search(ranking: Ranking, plain: Attempt | None, build: Callable[[list[str]], np.ndarray],
@@ -293,14 +299,10 @@ def search_openvino(fp32_model, plain, keep_in_float: Callable[[object, list[str
     record (export/qat.py); `accuracy_control()`, when given, returns NNCF's agreement-controlled model.
     `method` (INT8_METHODS): the whole search, or only the attempt named."""
     _check_method(method, qat)
-    attempts: list[Attempt] = []
-    first, plain_probs = None, None
-    if method != "qat":
-        first, plain_probs = _plain(valid, "plain PTQ (NNCF)", lambda: valid.predictions(run(plain)), method, log)
-        if method != "blocks":
-            attempts.append(first)
-            if first.passed or method == "ptq":
-                return (plain if first.passed else None), attempts, None
+    attempts, first, plain_probs, done = _plain_step(valid, "plain PTQ (NNCF)", lambda: valid.predictions(run(plain)),
+                                                     method, log)
+    if done:
+        return (plain if first.passed else None), attempts, None
     because = _because(first, method)
     if method in ("search", "qat") and qat is not None:
         student, reason = _built(qat)
@@ -353,15 +355,10 @@ def search_jetson(quantizer, out: Path, run: Callable[[Path], Callable], valid: 
     export/jetson_check.py finds in it and the student's record: a graph with problems is refused before
     anything loads it. `method` (INT8_METHODS): the whole search, or only the attempt named."""
     _check_method(method, qat)
-    attempts: list[Attempt] = []
-    first, plain = None, None
-    if method != "qat":
-        first, plain = _plain(valid, "plain PTQ (symmetric Q/DQ)", lambda: valid.predictions(run(quantizer.quantize(out))),
-                              method, log)
-        if method != "blocks":
-            attempts.append(first)
-            if first.passed or method == "ptq":
-                return (out if first.passed else None), attempts, None
+    attempts, first, plain, done = _plain_step(valid, "plain PTQ (symmetric Q/DQ)",
+                                               lambda: valid.predictions(run(quantizer.quantize(out))), method, log)
+    if done:
+        return (out if first.passed else None), attempts, None
     because = _because(first, method)
     if method in ("search", "qat") and qat is not None:
         attempt = _qat_student(qat, out, run, valid, because, log)
