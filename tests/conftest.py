@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from edgederm.data.synth import write_synthetic_release
-from tests.helpers import FAST_TRAINING, fast_configs
+from tests.helpers import fast_configs, train_family_run
 
 # pytester: tests/test_isolation.py runs a small test session of its own to show a crash in a fixture
 # fails that fixture's tests only.
@@ -55,29 +55,19 @@ def bundles(trained_run, synthetic_release, tmp_path_factory) -> dict[str, Path]
     return written
 
 
-def _family_run(release: Path, folder: Path, preset: str, size: int | None = 64) -> Path:
-    from edgederm.presets import resolve_config
-    from edgederm.training.trainer import train
-    run = folder / preset
-    model_cfg, train_cfg = resolve_config(preset, model_overrides={} if size is None else {"img_size": size},
-                                          train_overrides=FAST_TRAINING)
-    train(release, run, model_cfg, train_cfg, progress=False)
-    return run
-
-
 # One finished run of each other model family, 3 epochs, 64 px (clinical-only: its preset's 128, where its
 # lesion selection finds the patches it picks): shared by the family's own tests and the
 # INT8 paths every family goes through (tests/test_int8_paths.py).
 @pytest.fixture(scope="session")
 def clinical_only_run(synthetic_release, tmp_path_factory) -> Path:
-    return _family_run(synthetic_release, tmp_path_factory.mktemp("clinical-only"), "clinical-only-tiny", size=None)
+    return train_family_run(synthetic_release, tmp_path_factory.mktemp("clinical-only"), "clinical-only-tiny", size=None)
 
 
 @pytest.fixture(scope="session")
 def ssn_run(synthetic_release, tmp_path_factory) -> Path:
-    return _family_run(synthetic_release, tmp_path_factory.mktemp("ssn"), "ssn-tiny")
+    return train_family_run(synthetic_release, tmp_path_factory.mktemp("ssn"), "ssn-tiny")
 
 
 @pytest.fixture(scope="session")
 def jif_run(synthetic_release, tmp_path_factory) -> Path:
-    return _family_run(synthetic_release, tmp_path_factory.mktemp("jif-mmfa"), "jif-mmfa-tiny")
+    return train_family_run(synthetic_release, tmp_path_factory.mktemp("jif-mmfa"), "jif-mmfa-tiny")

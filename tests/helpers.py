@@ -152,6 +152,17 @@ def write_indexes(root: Path, splits: dict[str, list[int]]) -> None:
 FAST_TRAINING = {"epochs": 3, "batch_size": 8, "swa_epochs": 1, "warmup_epochs": 0, "seed": 7, "validate_every": 1}
 
 
+def train_family_run(release: Path, folder: Path, preset: str, size: int | None = 64) -> Path:
+    """A finished run of `preset` (FAST_TRAINING: 3 epochs) in folder/preset; `size` None: the preset's own."""
+    from edgederm.presets import resolve_config
+    from edgederm.training.trainer import train
+    run = folder / preset
+    model_cfg, train_cfg = resolve_config(preset, model_overrides={} if size is None else {"img_size": size},
+                                          train_overrides=FAST_TRAINING)
+    train(release, run, model_cfg, train_cfg, progress=False)
+    return run
+
+
 def fast_configs(**train_overrides):
     from edgederm.presets import resolve_config
     return resolve_config("tiny", model_overrides={"img_size": 64},
