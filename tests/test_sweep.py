@@ -141,6 +141,16 @@ def test_repeat_runs_train_one_run_per_seed_and_report_mean_and_std(synthetic_re
     on_valid = json.loads((out / "repeats.json").read_text())
     assert on_valid["split"] == "valid" and on_valid["cases"] != result["cases"]
     assert "valid split" in (out / "repeats.md").read_text()
+    # a row with views of its own (the grid's `tta`) is scored with them, as the sweep scores it
+    flip = _repeats("--data", synthetic_release, "--grid", grid, "--out", out, "--seeds", 1, "--only", "flip-tta")
+    assert flip.returncode == 0, flip.stderr[-2000:]
+    (flip_row,) = json.loads((out / "repeats.json").read_text())["rows"]
+    from edgederm.evaluation.evaluate import evaluate_run
+    run = out / "runs" / "flip-tta-seed0"
+    assert flip_row["tta"] == "flip"
+    assert flip_row["values"]["avg_auc"][0] == evaluate_run(run, synthetic_release, "valid", tta="flip")["branches"][
+        "final"]["avg_auc"] != evaluate_run(run, synthetic_release, "valid")["branches"]["final"]["avg_auc"]
+    assert "| flip | the default run scored with flip TTA |" in (out / "repeats.md").read_text()
     bad = _repeats("--data", synthetic_release, "--grid", grid, "--out", out, "--seeds", 0)
     assert bad.returncode == 1 and bad.stderr.strip() == "error: --seeds must be >= 1, got 0"
 
