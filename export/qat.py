@@ -20,8 +20,9 @@ trained to give the FP32 model's answers instead:
    under a constraint on disagreement with it.
 3. The student is exported twice: OpenVINO IR (`ov.convert_model` on the torch model: NNCF's
    FakeQuantize ops as they are) and a Q/DQ ONNX graph for TensorRT (`nncf.strip` to torch's
-   FakeQuantize at every hook, shared quantizers included (`native_strip`), then the TorchScript exporter: QuantizeLinear / DequantizeLinear pairs, opset 17),
-   put in TensorRT's form by `tensorrt_export.tensorrt_form`.
+   FakeQuantize at every hook, shared quantizers included (`native_strip`), then the TorchScript
+   exporter: QuantizeLinear / DequantizeLinear pairs, opset 17), put in TensorRT's form by
+   `tensorrt_export.tensorrt_form`.
 
 Choices, and why:
 - One student serves both targets: every quantizer symmetric and signed int8 with zero point 0
