@@ -97,8 +97,19 @@ def rank_blocks(operations: list[str], predict_alone: Callable[[list[str]], np.n
     model with only `ops` quantized; `reference` holds the FP32 probabilities on the same cases."""
     started = time.perf_counter()
     members = group_blocks(operations, block)
-    scores = [(block, normalised_squared_error(predict_alone(ops), reference))
-              for block, ops in tqdm(members.items(), desc="block sensitivity", unit="block", disable=not progress,
-                                     leave=False)]
+    scores = [(name, _score_alone(predict_alone, ops, reference))
+              for name, ops in tqdm(members.items(), desc="block sensitivity", unit="block", disable=not progress,
+                                    leave=False)]
     scores.sort(key=lambda item: -item[1])
     return Ranking(scores, members, case_ids, time.perf_counter() - started)
+
+
+def _score_alone(predict_alone: Callable[[list[str]], np.ndarray], ops: list[str], reference: np.ndarray) -> float:
+    """A block's score; infinite when the model with it alone quantized cannot be compiled or run here. Found
+    with oneDNN capped at AVX2 (`ONEDNN_MAX_CPU_ISA`): some clinical-only blocks, quantized alone, had no int8
+    inner-product kernel and the whole export died in the ranking. Ranked first, such a block is the first
+    kept in float, which is what lets the candidates compile."""
+    try:
+        return normalised_squared_error(predict_alone(ops), reference)
+    except Exception:      # noqa: BLE001 - OpenVINO's and onnxruntime's compile errors carry no common type
+        return float("inf")

@@ -53,6 +53,22 @@ def test_blocks_group_operations_by_module_path_and_rank_by_their_own_damage():
     assert ranking.operations(ranking.top(1)) == [ops[2]] and ranking.blocks[-1][1] == 0.0
 
 
+def test_a_block_that_cannot_run_quantized_alone_ranks_first():
+    """A block whose alone-quantized model does not compile on this CPU (oneDNN capped at AVX2 had no int8
+    inner-product kernel for some) is ranked most sensitive, so it is the first kept in float; the ranking
+    does not stop the export."""
+    ops = ["/model/a/x/y/Conv", "/model/b/x/y/Conv", "/model/c/x/y/Conv"]
+    reference = np.random.default_rng(1).dirichlet(np.ones(24), 6)
+
+    def alone(members):
+        if members[0].startswith("/model/b/"):
+            raise RuntimeError("could not create a primitive descriptor for the inner product")
+        return reference + (0.1 if members[0].startswith("/model/a/") else 0.0)
+    ranking = rank_blocks(ops, alone, reference, [str(i) for i in range(6)], progress=False)
+    assert ranking.top(3) == ["/model/b/x/y", "/model/a/x/y", "/model/c/x/y"]
+    assert ranking.blocks[0][1] == float("inf")
+
+
 # The blocks' search is forced (`--int8-method blocks`) with the gate wide open: which attempt a search reaches
 # depends on how plain PTQ fares on the CPU at hand, and margins tuned between plain PTQ's bound and the blocks'
 # on one CPU (as these tests once had) hold on that CPU only. The order of the search (1, 2, 4, ... blocks until
