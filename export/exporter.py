@@ -204,11 +204,7 @@ def plan_request(req: ExportRequest) -> ExportPlan:
             or req.qat_epochs is not None or req.int8_method != "search") and "int8" not in precisions:
         raise ConfigError("--max-auc-drop, --max-flip-rate, --accuracy-control, --qat-epochs and --int8-method are "
                           "the INT8 gate's: they apply to --precision int8 only")
-    if req.int8_method not in int8_gate.INT8_METHODS:
-        raise ConfigError(f"--int8-method {req.int8_method!r}: one of {', '.join(int8_gate.INT8_METHODS)}")
-    if req.int8_method == "qat" and not req.qat:
-        raise ConfigError("--int8-method qat asks for quantization-aware fine-tuning and --no-qat turns it off: "
-                          "drop one of them")
+    int8_gate.check_method(req.int8_method, req.qat)
     if req.accuracy_control and req.int8_method != "search":
         raise ConfigError(f"--accuracy-control is the search's last attempt; --int8-method {req.int8_method} makes "
                           "one attempt only: drop one of them")

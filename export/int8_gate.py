@@ -232,11 +232,14 @@ def _qat_attempt(because: str, details: dict) -> Attempt:
                                             "of the disagreement)" if in_float else ""), details={"qat": details})
 
 
-def _check_method(method: str, qat: Callable | None) -> None:
+def check_method(method: str, qat: bool) -> None:
+    """`--int8-method` against the request (`qat`: QAT turned on): the exporter checks it before any work,
+    and each search again for its own callers."""
     if method not in INT8_METHODS:
         raise ConfigError(f"--int8-method {method!r}: one of {', '.join(INT8_METHODS)}")
-    if method == "qat" and qat is None:
-        raise ConfigError("--int8-method qat: quantization-aware fine-tuning is off (--no-qat); drop one of them")
+    if method == "qat" and not qat:
+        raise ConfigError("--int8-method qat asks for quantization-aware fine-tuning and --no-qat turns it off: "
+                          "drop one of them")
 
 
 def _plain_step(valid: ValidSplit, name: str, probabilities: Callable[[], np.ndarray], method: str,
@@ -298,7 +301,7 @@ def search_openvino(fp32_model, plain, keep_in_float: Callable[[object, list[str
     `run(model)` returns a predict function; `qat()`, when given, returns the QAT student's model and its
     record (export/qat.py); `accuracy_control()`, when given, returns NNCF's agreement-controlled model.
     `method` (INT8_METHODS): the whole search, or only the attempt named."""
-    _check_method(method, qat)
+    check_method(method, qat is not None)
     attempts, first, plain_probs, done = _plain_step(valid, "plain PTQ (NNCF)", lambda: valid.predictions(run(plain)),
                                                      method, log)
     if done:
@@ -354,7 +357,7 @@ def search_jetson(quantizer, out: Path, run: Callable[[Path], Callable], valid: 
     `qat(out)`, when given, writes the QAT student's Q/DQ graph at `out` and returns the problems
     export/jetson_check.py finds in it and the student's record: a graph with problems is refused before
     anything loads it. `method` (INT8_METHODS): the whole search, or only the attempt named."""
-    _check_method(method, qat)
+    check_method(method, qat is not None)
     attempts, first, plain, done = _plain_step(valid, "plain PTQ (symmetric Q/DQ)",
                                                lambda: valid.predictions(run(quantizer.quantize(out))), method, log)
     if done:
