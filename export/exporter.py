@@ -200,10 +200,14 @@ def plan_request(req: ExportRequest) -> ExportPlan:
     calibrated = [p for p in precisions if p in target.calibrated]
     if calibrated and req.data is None:
         raise ConfigError(f"--data is required: {target.name} {', '.join(calibrated)} needs calibration cases")
-    if (req.max_auc_drop is not None or req.max_flip_rate is not None or req.accuracy_control
-            or req.qat_epochs is not None or req.int8_method != "search") and "int8" not in precisions:
-        raise ConfigError("--max-auc-drop, --max-flip-rate, --accuracy-control, --qat-epochs and --int8-method are "
-                          "the INT8 gate's: they apply to --precision int8 only")
+    # the gate's limits also judge a Jetson FP16 graph (TensorRT runs it as typed: export/fp16_typing.py)
+    gated = "int8" in precisions or (target.name == "jetson" and req.data is not None)
+    if (req.max_auc_drop is not None or req.max_flip_rate is not None) and not gated:
+        raise ConfigError("--max-auc-drop and --max-flip-rate are the gate's: they apply to --precision int8, and to "
+                          "a jetson fp16 graph judged on --data")
+    if (req.accuracy_control or req.qat_epochs is not None or req.int8_method != "search") and "int8" not in precisions:
+        raise ConfigError("--accuracy-control, --qat-epochs and --int8-method are the INT8 search's: they apply to "
+                          "--precision int8 only")
     int8_gate.check_method(req.int8_method, req.qat)
     if req.accuracy_control and req.int8_method != "search":
         raise ConfigError(f"--accuracy-control is the search's last attempt; --int8-method {req.int8_method} makes "
@@ -307,7 +311,10 @@ class ExportSession:
         meta = read_metadata(weights)
         calibration = stored_calibration(meta)
         valid = None
-        if wants_int8 or first.tta:
+        # the valid split judges INT8, refits --tta's thresholds, and gates every Jetson FP16 graph (TensorRT runs it
+        # as typed, and FP16 rounding can cost decisions: export/fp16_typing.py)
+        gates_fp16 = release is not None and any(plan.target.name == "jetson" for plan in plans)
+        if wants_int8 or first.tta or gates_fp16:
             valid, calibration = _valid_split(release, model, preprocess, views, first.seed, calibration,
                                               first.tta)
         source = {"run": str(first.run), "weights": str(weights), "sha256": sha256_file(weights),

@@ -49,6 +49,15 @@ def typed_operations(model: onnx.ModelProto) -> list[str]:
             if n.name and n.op_type not in _NOT_TYPED and n.op_type not in FP16_OP_BLOCK_LIST]
 
 
+def float32_operations(model: onnx.ModelProto, kept: list[str]) -> list[str]:
+    """Every node a graph typed FP16 with `kept` in FP32 still computes in FP32: `kept`, and the operations the
+    conversion never types (FP16_OP_BLOCK_LIST: LayerNormalization, Softmax, TopK, ...). What TensorRT 10 must pin
+    to FP32 (edgederm/runtime/engine.py) to run the typed graph the gate judged from the FP32-typed one."""
+    from edgederm.export.tensorrt_export import FP16_OP_BLOCK_LIST
+    mine = set(kept)
+    return [n.name for n in model.graph.node if n.name and (n.name in mine or n.op_type in FP16_OP_BLOCK_LIST)]
+
+
 def _block(operation: str) -> str:
     return block_of(operation) if operation.startswith("/model/") else OUTSIDE_THE_NETWORK
 
@@ -89,15 +98,22 @@ def search(source: Path, out: Path, convert: Callable[[Path, Path, list[str]], P
         why=lambda count: (f"typed FP16 whole, the graph failed the gate on valid ({failed}); these blocks move "
                            f"the probabilities most when typed FP16 alone ({ranking.describe(count)})"))
     if count is not None:
+        attempts[-1].kept_operations = ranking.operations(ranking.top(count))
         return out, attempts, record
     out.unlink(missing_ok=True)
     return None, attempts, record
 
 
-def describe(graph: Path | None, attempts: list[int8_gate.Attempt], ranking: dict | None) -> dict:
-    """The manifest's record of one typed graph."""
-    chosen = attempts[-1] if graph is not None else None
+def describe(graph: Path | None, attempts: list[int8_gate.Attempt], ranking: dict | None,
+             source: Path | None = None) -> dict:
+    """The manifest's record of one typed graph: whether the gate passed it (`gate`), the blocks it keeps FP32 and,
+    with `source` (the graph it was typed from), every node it computes in FP32 (`float32_operations`), which a
+    TensorRT 10 build pins (edgederm/runtime/engine.py). `attempts` empty: a graph typed whole, never judged."""
+    chosen = attempts[-1] if attempts and attempts[-1].passed else None
+    kept = [] if chosen is None else chosen.kept_operations
+    fp32 = None if source is None else float32_operations(onnx.load(str(source), load_external_data=False), kept)
     return {"graph": None if graph is None else graph.name, "for": "TensorRT 11 (strongly typed)",
-            "kept_in_float32": [] if chosen is None else chosen.kept_in_float,
+            "gate": "passed" if chosen is not None else "failed",
+            "kept_in_float32": [] if chosen is None else chosen.kept_in_float, "fp32_operations": fp32,
             "attempts": [a.describe() for a in attempts], "sensitivity": ranking,
-            "valid": attempts[-1].describe()}
+            "valid": attempts[-1].describe() if attempts else None}

@@ -98,6 +98,7 @@ class Attempt:
     why: str = ""
     result: dict = field(default_factory=dict)
     details: dict = field(default_factory=dict)      # what the method itself records (QAT: export/qat.py)
+    kept_operations: list[str] = field(default_factory=list)    # the operations of kept_in_float's blocks, when known
 
     @property
     def passed(self) -> bool:

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from edgederm.cli import app
 from edgederm.errors import ConfigError
-from edgederm.runtime.engine import INSTALL_HINT, BuildPlan, trtexec_command
+from edgederm.runtime.engine import INSTALL_HINT
 from edgederm.export.exporter import ExportRequest, export
 from edgederm.export.formats import parse_request
 from edgederm.export.onnxruntime_scoring import onnxruntime_session
@@ -138,8 +138,8 @@ def test_bad_requests_are_one_line_and_leave_nothing(trained_run, synthetic_rele
         (["--run", str(trained_run), "--target", "jetson"], "--data is required: jetson int8 needs calibration"),
         (["--run", str(trained_run), "--target", "openvino", "--precision", "int8", "--data", str(synthetic_release),
           "--calibration-cases", "5000"], "fewer than the 5000 calibration cases"),
-        (["--run", str(trained_run), "--target", "onnx", "--max-auc-drop", "0.5"], "apply to --precision int8 only"),
-        (["--run", str(trained_run), "--target", "onnx", "--max-flip-rate", "5"], "apply to --precision int8 only"),
+        (["--run", str(trained_run), "--target", "onnx", "--max-auc-drop", "0.5"], "apply to --precision int8, and to a jetson fp16"),
+        (["--run", str(trained_run), "--target", "onnx", "--max-flip-rate", "5"], "apply to --precision int8, and to a jetson fp16"),
         (["--run", str(trained_run), "--target", "jetson", "--data", str(synthetic_release), "--max-flip-rate", "-1"],
          "--max-flip-rate -1: a share of cases, between 0 and 100 percent"),
     ]
@@ -156,17 +156,6 @@ def test_existing_bundle_is_kept_without_force(bundles):
     result = runner.invoke(app, ["export", "--run", run, "--target", "onnx", "--out", str(bundles["onnx-fp32"].parent)])
     assert result.exit_code == 1 and "already exists (use --force" in result.output
     assert (bundles["onnx-fp32"] / "manifest.json").read_bytes() == before
-
-
-def test_build_plan_follows_the_tensorrt_version():
-    assert BuildPlan.for_version("8.5.2", "int8") == BuildPlan(8, "int8", True, ("INT8", "FP16"))
-    assert BuildPlan.for_version("10.3.0", "fp16") == BuildPlan(10, "fp16", False, ("FP16",))
-    assert BuildPlan.for_version("11.4.1", "int8").builder_flags == ()
-    shapes = {"clinical": ([1, 3, 64, 64], [1, 3, 64, 64], [8, 3, 64, 64])}
-    line8 = trtexec_command(BuildPlan.for_version("8.6.2", "int8"), "m.onnx", "m.engine", "t.cache", 512, shapes)
-    assert "--workspace=512" in line8 and "--int8 --fp16" in line8 and "--maxShapes=clinical:8x3x64x64" in line8
-    line11 = trtexec_command(BuildPlan.for_version("11.0.0", "int8"), "m.onnx", "m.engine", "t.cache", 512, shapes)
-    assert "--memPoolSize=workspace:512M" in line11 and "--int8" not in line11 and "--fp16" not in line11
 
 
 def test_engine_build_refuses_other_bundles(bundles):
@@ -194,6 +183,31 @@ def test_engine_build_with_tensorrt(bundles, tmp_path):
     manifest = read_manifest(copy)
     assert manifest["engine"]["file"] == "model.engine" and "tensorrt" in manifest["engine"]
     assert "trtexec --onnx=" in result.output and manifest["engine"]["profiles"] == [[1, 1], [2, 8]]
+
+
+def test_an_fp16_jetson_bundle_is_gated_with_data_and_says_so_without(trained_run, synthetic_release, tmp_path):
+    """An FP16-only Jetson export judges its graph on valid whenever --data is given (export/fp16_typing.py); without
+    it the manifest says `not gated`, and `engine build` will not use that graph unless told --ungated."""
+    from edgederm.runtime.engine import BuildPlan, EngineError
+    from edgederm.export.fp16_typing import float32_operations
+    gated, = export(ExportRequest(run=trained_run, target="jetson", precisions="fp16", data=synthetic_release,
+                                  out=tmp_path / "with", max_auc_drop=50.0, max_flip_rate=100.0), log=lambda m: None)
+    record = read_manifest(gated)["fp16"]
+    assert record["gate"] == "passed" and record["attempts"][0]["method"] == "FP16 graph"
+    assert record["valid"]["verdict"] == "pass" and record["valid"]["diagnosis_flip_percent"] is not None
+    plan = BuildPlan.for_bundle("10.3.0", "fp16", read_manifest(gated))
+    assert plan.gated and plan.builder_flags[0] == "FP16"
+    ungated, = export(ExportRequest(run=trained_run, target="jetson", precisions="fp16", out=tmp_path / "without"),
+                      log=lambda m: None)
+    manifest = read_manifest(ungated)
+    assert manifest["fp16"]["gate"] == "not gated" and manifest["fp16"]["attempts"] == []
+    assert "without --data" in manifest["fp16"]["why"]
+    # what it computes in FP32 is recorded all the same (LayerNorm, Softmax, ...): a --ungated build pins it
+    fp32 = float32_operations(onnx.load(str(ungated / "model.fp16.onnx")), [])
+    assert set(manifest["fp16"]["fp32_operations"]) == set(fp32) and fp32
+    with pytest.raises(EngineError, match="its FP16 graph was not gated"):
+        BuildPlan.for_bundle("10.3.0", "fp16", manifest, ungated)
+    assert BuildPlan.for_bundle("10.3.0", "fp16", manifest, ungated, ungated=True).fp32_operations == tuple(fp32)
 
 
 def test_targets_exported_side_by_side_equal_one_at_a_time(bundles, trained_run, synthetic_release, tmp_path):
