@@ -459,12 +459,19 @@ def engine_build_command(
     precision: Annotated[Optional[str], typer.Option(help="int8 or fp16 (default: the bundle's).")] = None,
     workspace_mb: Annotated[int, typer.Option(help="TensorRT builder workspace limit, MiB.")] = 1024,
     max_batch: Annotated[int, typer.Option(help="Largest batch the engine accepts.")] = 8,
+    ungated: Annotated[bool, typer.Option(help="Build an FP16 graph that failed its gate at export or was never "
+                                               "judged (exported without --data); the engine is marked not "
+                                               "gated.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the manifest's engine record as JSON.")] = False,
 ):
-    """Build a TensorRT engine on this device; adds it and the device facts to the manifest."""
+    """Build a TensorRT engine on this device from what the export's gate approved (docs/device.md); adds it,
+    its build settings and the device facts to the manifest."""
+    from edgederm.runtime.bundle import read_manifest
     from edgederm.runtime.engine import build_engine
     path = build_engine(bundle, precision=precision, workspace_mb=workspace_mb, max_batch=max_batch,
-                        log=typer.echo)
-    typer.echo(f"wrote {path}")
+                        log=lambda m: typer.echo(m, err=as_json), ungated=ungated)
+    engine = read_manifest(bundle)["engine"]
+    typer.echo(json.dumps(engine, indent=2) if as_json else f"wrote {path}: {engine['settings']['label']}")
 
 
 # Long by its option declarations (typer reads options from the signature) and its two input forms (a pair, a CSV).

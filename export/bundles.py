@@ -27,7 +27,7 @@ from edgederm.export import fp16_typing, int8_gate, jetson_check, openvino_expor
 from edgederm.export.formats import Target
 from edgederm.export.onnxruntime_scoring import onnxruntime_session, run_onnx
 from edgederm.runtime.bundle import write_manifest
-from edgederm.runtime.engine import INT8_FP16_ONNX
+from edgederm.runtime.engine import INT8_FP16_ONNX, BuildPlan
 from edgederm.scoring.metrics import compute_metrics
 from edgederm.staging import destination_name
 
@@ -150,30 +150,35 @@ def _onnx_predictor(graph: Path) -> Callable[..., np.ndarray]:
     return lambda *x: run_onnx(session, *x)
 
 
-def _fp16_graph(ctx: BundleContext, precision: str, directory: Path, graphs: list[str], manifest: dict,
-                log: Log) -> None:
-    """`model.fp16.onnx`, judged on valid when the export has it (export/fp16_typing.py): TensorRT 11 runs it as
-    typed, so FP16 rounding is judged like INT8's and the blocks that lose the decisions stay FP32."""
-    if ctx.valid is None:      # no release at hand (an FP16 bundle alone): nothing to gate on
-        tensorrt_export.convert_fp16(ctx.onnx_fp32, directory / "model.fp16.onnx")
+def _fp16_graph(ctx: BundleContext, precision: str, directory: Path, manifest: dict, log: Log) -> None:
+    """`model.fp16.onnx`, judged on valid when the export has the release (export/fp16_typing.py): FP16 rounding is
+    judged like INT8's and the blocks that lose the decisions stay FP32. The record (`manifest["fp16"]`) says
+    whether the gate passed it and which nodes compute in FP32; `engine build` reads it (runtime/engine.py) and
+    builds a graph that failed or was never judged only when asked with --ungated."""
+    out = directory / "model.fp16.onnx"
+    if ctx.valid is None:      # exported without --data: nothing to judge it on, and the record says so
+        tensorrt_export.convert_fp16(ctx.onnx_fp32, out)
+        manifest["fp16"] = {**fp16_typing.describe(out, [], None, ctx.onnx_fp32), "gate": "not gated",
+                            "why": "exported without --data: no valid split to judge the FP16 graph on"}
         return
-    kept, attempts, ranking = fp16_typing.search(ctx.onnx_fp32, directory / "model.fp16.onnx",
-                                                 tensorrt_export.convert_fp16, _onnx_predictor, ctx.valid,
-                                                 "FP16 graph", log)
-    manifest["fp16"] = fp16_typing.describe(kept, attempts, ranking)
+    kept, attempts, ranking = fp16_typing.search(ctx.onnx_fp32, out, tensorrt_export.convert_fp16, _onnx_predictor,
+                                                 ctx.valid, "FP16 graph", log)
     if kept is None and precision == "fp16":
         raise int8_gate.NoPassingInt8("jetson fp16: no FP16 graph passes the gate on the valid split; tried "
                                       + "; ".join(f"{a.method}: {a.result['reasons'][0]}" for a in attempts)
                                       + ". No bundle written")
     if kept is None:
-        graphs.remove("model.fp16.onnx")
+        # an INT8 bundle keeps the whole-FP16 graph, marked failed: `engine build --precision fp16 --ungated` can
+        # still build it, and nothing builds it without saying so
+        tensorrt_export.convert_fp16(ctx.onnx_fp32, out)
+    manifest["fp16"] = fp16_typing.describe(out, attempts, ranking, ctx.onnx_fp32)
 
 
 def jetson_bundle(ctx: BundleContext, target: Target, precision: str, directory: Path, log: Log) -> None:
     graphs = ["model.fp16.onnx"]
     manifest = new_manifest(ctx, target, precision, graphs)
     if precision != "int8":
-        _fp16_graph(ctx, precision, directory, graphs, manifest, log)
+        _fp16_graph(ctx, precision, directory, manifest, log)
     if precision == "int8":
         valid = ctx.valid
         log(f"jetson int8: symmetric Q/DQ on {len(ctx.calib)} calibration cases, gated on the valid split "
@@ -194,7 +199,7 @@ def jetson_bundle(ctx: BundleContext, target: Target, precision: str, directory:
             raise int8_gate.refuse(attempts, valid, "jetson")
         graphs.insert(0, "model.int8.onnx")
         # after the INT8 search: a refused INT8 bundle needs no FP16 graph, and its search would cost minutes
-        _fp16_graph(ctx, precision, directory, graphs, manifest, log)
+        _fp16_graph(ctx, precision, directory, manifest, log)
         manifest["calibration_set"] = ctx.calib.describe()
         manifest["quantization"] = _quantization(attempts, tensorrt_export.QDQ_QUANTIZER,
                                                  ops=tensorrt_export.QUANTIZED_OPS)
@@ -207,7 +212,7 @@ def jetson_bundle(ctx: BundleContext, target: Target, precision: str, directory:
                                                       "FP16-typed INT8 graph, for TensorRT 11", log)
         if typed is not None:
             graphs.append(typed.name)
-        manifest["int8_fp16"] = fp16_typing.describe(typed, attempts, ranking)
+        manifest["int8_fp16"] = fp16_typing.describe(typed, attempts, ranking, graph)
     # What TensorRT 10.3 needs, checked statically (no TensorRT here): a graph that fails it is a bug in
     # this exporter, and a Jetson would find it only after copying and building; nothing is written.
     for graph in graphs:
@@ -236,7 +241,17 @@ def _jetson_readme(manifest: dict, name: str) -> str:
     metadata = (f" `{METADATA_INPUT}`: float32 N x {L.METADATA_SIZE}, one-hot, in this order: "
                 + "; ".join(f"{field} ({', '.join(values)})" for field, values in L.METADATA_FIELDS.items()) + "."
                 if any(i["name"] == METADATA_INPUT for i in manifest["inputs"]) else "")
-    flags = "--int8 --fp16" if manifest["precision"] == "int8" else "--fp16"
+    # TensorRT 10's settings from the gate's record (runtime/engine.py); an FP16 graph never judged is built by hand
+    # as by `engine build --ungated`
+    plan = BuildPlan.for_bundle("10.3.0", manifest["precision"], manifest, name, ungated=True)
+    flags = " ".join("--" + f.lower() for f in plan.builder_flags if f != "OBEY_PRECISION_CONSTRAINTS")
+    pins = (f"`edgederm engine build` also pins the {len(plan.fp32_operations)} nodes the gate judged in FP32 "
+            "(manifest.json `" + ("int8_fp16" if manifest["precision"] == "int8" else "fp16") + ".fp32_operations`); "
+            "by hand add `--precisionConstraints=obey --layerPrecisions=NODE:fp32,... --layerOutputTypes=NODE:fp32,...` "
+            "for them.\n   " if plan.fp32_operations else "")
+    if manifest["precision"] == "int8" and plan.float_ops == "fp32":
+        pins = ("The INT8 flag alone: the FP16-typed INT8 graph did not pass the gate, so the layers outside "
+                "Q/DQ run FP32, as they were judged.\n   ")
     typed = ("; build from `model.int8.fp16.onnx` there (the INT8 graph typed FP16 outside Q/DQ)"
              if INT8_FP16_ONNX in manifest["graphs"] else "")
     return f"""# {name}: EdgeDerm bundle for NVIDIA Jetson (TensorRT)
@@ -263,7 +278,7 @@ JetPack release in the manifest, and prints the trtexec line below.
          --minShapes={shapes.format(1, 1)} --optShapes={shapes.format(1, 1)} \\
          --maxShapes={shapes.format(8, 8)}
 
-   On TensorRT 8.6 use `--workspace=1024` instead of `--memPoolSize`. On TensorRT 11
+   {pins}On TensorRT 8.6 use `--workspace=1024` instead of `--memPoolSize`. On TensorRT 11
    drop `{flags}`: networks are strongly typed and take their precision from the graph{typed}.
    `edgederm engine build` also adds a second optimisation profile tuned for batch 8.
 3. Inputs: {inputs}, float32 N x 3 x {size} x {size}, RGB, resized to

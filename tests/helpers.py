@@ -212,13 +212,66 @@ FACTS = {"tensorrt": "10.3.0", "gpu": "Orin", "compute_capability": "8.7", "sm_c
          "board": "NVIDIA Jetson AGX Orin Developer Kit", "l4t": "36.4.0"}
 
 
+class FakeLayer:
+    """A network layer as build_engine sees it: a name, a settable precision, outputs with a type."""
+
+    def __init__(self, name: str, dtypes: list[str]):
+        self.name, self.dtypes, self.precision, self.output_types = name, dtypes, None, {}
+
+    @property
+    def num_outputs(self) -> int:
+        return len(self.dtypes)
+
+    def get_output(self, index: int):
+        return SimpleNamespace(dtype=self.dtypes[index])
+
+    def set_output_type(self, index: int, dtype: str) -> None:
+        self.output_types[index] = dtype
+
+
+class FakeNetwork:
+    """The layers TensorRT's ONNX parser makes of a graph, named by its rule (onnx-tensorrt's registerLayer): a
+    node's first layer takes the node's name, each further layer `<node>_<counter>` (one counter for the whole
+    network), and a name already taken gets a suffix too. Convolutions and matrix products get a second layer (as a
+    bias or reshape would), and one layer comes from no node (a constant), so the name mapping is exercised."""
+
+    def __init__(self):
+        self.layers, self._names, self._counter = [], set(), 0
+
+    def _unique(self, base: str) -> str:
+        name = base
+        while name in self._names:
+            name, self._counter = f"{base}_{self._counter}", self._counter + 1
+        self._names.add(name)
+        return name
+
+    def parse(self, path: str) -> None:
+        import onnx
+        self.layers.append(FakeLayer(self._unique("(Unnamed Layer* 0) [Constant]"), ["float32"]))
+        for node in onnx.load(path, load_external_data=False).graph.node:
+            if node.op_type == "Constant":          # no layer (the parser keeps it as weights)
+                continue
+            dtypes = {"Shape": ["int64"], "TopK": ["float32", "int64"]}.get(node.op_type, ["float32"] * len(node.output))
+            self.layers.append(FakeLayer(self._unique(node.name), dtypes))
+            if node.op_type in ("Conv", "MatMul", "Gemm"):
+                self.layers.append(FakeLayer(self._unique(node.name), ["float32"]))
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    def get_layer(self, index: int) -> FakeLayer:
+        return self.layers[index]
+
+
 class FakeBuilderTrt(SimpleNamespace):
-    """What build_engine asks of tensorrt, recording what it was asked."""
+    """What build_engine asks of tensorrt, recording what it was asked: the flags of each builder config
+    (`configs`), the parsed graphs and their networks' layers (`networks`)."""
 
     def __init__(self, cache_accepted: bool = True, build_ok: bool = True, version: str = "10.3.0"):
-        super().__init__(__version__=version, log=[])
+        super().__init__(__version__=version, log=[], float32="float32", float16="float16", int64="int64")
         self.cache_accepted, self.build_ok, self.profiles, self.cache_sets = cache_accepted, build_ok, [], []
-        self.parsed = []
+        self.parsed, self.configs, self.networks = [], [], []
         outer = self
         class Logger:
             WARNING = 2
@@ -228,7 +281,7 @@ class FakeBuilderTrt(SimpleNamespace):
         self.Logger = Logger
         self.NetworkDefinitionCreationFlag = SimpleNamespace(EXPLICIT_BATCH=0)
         self.MemoryPoolType = SimpleNamespace(WORKSPACE="workspace")
-        self.BuilderFlag = SimpleNamespace(INT8="int8", FP16="fp16")
+        self.BuilderFlag = SimpleNamespace(INT8="int8", FP16="fp16", OBEY_PRECISION_CONSTRAINTS="obey")
 
         class Cache:
             def __init__(self, data):
@@ -240,6 +293,7 @@ class FakeBuilderTrt(SimpleNamespace):
         class Config:
             def __init__(self):
                 self.flags, self.cache = [], None
+                outer.configs.append(self)
 
             def set_memory_pool_limit(self, pool, size):
                 pass
@@ -270,12 +324,30 @@ class FakeBuilderTrt(SimpleNamespace):
             def set_shape(self, name, low, opt, high):
                 self.shapes[name] = (low[0], opt[0], high[0])
 
+        def create_network(flags):
+            outer.networks.append(FakeNetwork())
+            return outer.networks[-1]
+
+        def parse(network, path):
+            outer.parsed.append(path)
+            network.parse(path)
+            return True
+
         self.Builder = lambda logger: SimpleNamespace(
-            create_network=lambda flags: "network", create_builder_config=Config,
+            create_network=create_network, create_builder_config=Config,
             create_optimization_profile=Profile,
             build_serialized_network=lambda network, config: b"ENGINE" if outer.build_ok else None)
         self.OnnxParser = lambda network, logger: SimpleNamespace(
-            parse_from_file=lambda path: outer.parsed.append(path) is None, num_errors=0)
+            parse_from_file=lambda path: parse(network, path), num_errors=0)
+
+    @property
+    def flags(self) -> list[str]:
+        """The flags of the last build."""
+        return self.configs[-1].flags
+
+    def pinned(self) -> dict[str, dict]:
+        """The last build's layers set to FP32: name -> their output types."""
+        return {layer.name: layer.output_types for layer in self.networks[-1].layers if layer.precision == "float32"}
 
 
 # --- a real browser (test_report_browser, test_serve_browser) ------------------------
