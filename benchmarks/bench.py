@@ -168,6 +168,9 @@ def bench_variant(variant: Variant, device: str, batch_sizes: list[int], warmup:
         manifest = predictor.manifest
         row.update(backend=predictor.backend, target=manifest["target"], precision=predictor.precision,
                    float_precision=predictor.float_precision,     # what it ran its float operations in, read back
+                   runs_as=predictor.runs_as,      # a TensorRT engine's settings: flags, FP32 pins, gated or not
+                   engine_ungated=((manifest.get("engine") or {}).get("settings") or {}).get("gate") == "ungated"
+                   and predictor.backend == "tensorrt",
                    size_mb=sum(f["bytes"] for f in manifest["files"].values()) / 1e6,
                    weights_sha256=manifest["source"]["sha256"],    # which trained model the bundle holds
                    tta=(manifest.get("tta") or {}).get("views"),   # views built into the graph, if any
@@ -228,27 +231,64 @@ def speedup_vs_own_torch(rows: list[dict]) -> None:
             row["speedup_vs_own_torch_fp32"] = own["latency"][0]["mean_ms"] / row["latency"][0]["mean_ms"]
 
 
+def _like(row: dict, other: dict) -> bool:
+    """The same trained weights behind the same test-time views: what two rows must share for their decisions to
+    be compared (a flip then comes from the precision alone)."""
+    return (row.get("weights_sha256") == other.get("weights_sha256")
+            and (row.get("tta") or None) == (other.get("tta") or None))
+
+
+def own_reference(row: dict, ref: dict, rows: list[dict]) -> dict | None:
+    """The row `row` is gated against: the bench's reference when it holds the same weights and views; else an FP32
+    bundle of this bench that does (the same target first); None when there is none."""
+    if _like(row, ref):
+        return ref
+    same = [r for r in rows if r is not row and r["status"] == "ok" and r["precision"] == "fp32"
+            and "_probabilities" in r and _like(row, r)]
+    same.sort(key=lambda r: r["target"] != row["target"])
+    return same[0] if same else None
+
+
+def _needed(row: dict) -> str:
+    """'needs an FP32 bundle of weights 1a2b3c4d with TTA views identity, hflip in this bench': the reference a row
+    that cannot be compared would need, in one line."""
+    views = f"TTA views {', '.join(row['tta'])}" if row.get("tta") else "no TTA views"
+    return (f"not comparable with the reference: it needs an FP32 bundle of the same weights "
+            f"({row['weights_sha256'][:8]}) with {views} in this bench (export --precision fp32"
+            f"{' --tta ...' if row.get('tta') else ''} of the same run)")
+
+
 def apply_gate(rows: list[dict], reference: str | None, settings: GateSettings,
                labels: np.ndarray | None = None, case_ids: list[str] | None = None) -> None:
-    """Speed-up against the reference, and the gate's verdict where accuracy was measured."""
+    """Speed-up against the reference, and the gate's verdict where accuracy was measured: each row against the
+    FP32 bundle of its own weights and views (`own_reference`), never a silent mixed comparison."""
     speedup_vs_own_torch(rows)
     tta_latency_cost(rows)
     ref = next((r for r in rows if r["name"] == reference and r["status"] == "ok"), None)
+    owns = {id(row): own_reference(row, ref, rows) for row in rows
+            if ref is not None and row["status"] == "ok" and row is not ref}
+    # an FP32 bundle other rows are gated against is their reference: its own views are no quantization error
+    references = {id(own) for own in owns.values() if own is not None}
     for row in rows:
         if row["status"] != "ok":
             row["verdict"] = "fail"
             continue
         if ref is not None:
             row["speedup_vs_reference"] = ref["latency"][0]["mean_ms"] / row["latency"][0]["mean_ms"]
-        if row is ref:
+        own = owns.get(id(row))
+        if row is ref or id(row) in references:
             row["verdict"] = "reference"
         elif ref is None or "_probabilities" not in row or "_probabilities" not in ref:
             row["verdict"] = "not gated"     # no reference or no --data: speed only
+        elif own is None:
+            row["verdict"], row["not_comparable"] = "not comparable", _needed(row)
         else:
             # decisions read as the reference reads them on the device (its fitted reading, if any)
-            row["gate"] = judge(ref["_probabilities"], row["_probabilities"], labels, case_ids, settings,
-                                ref.get("_calibration"))
-            row["verdict"] = row["gate"]["verdict"]
+            row["gate"] = judge(own["_probabilities"], row["_probabilities"], labels, case_ids, settings,
+                                own.get("_calibration"))
+            row["gated_against"] = own["name"]
+            # an engine built --ungated from a graph the export's gate did not pass: measured, never approved
+            row["verdict"] = "not gated" if row.get("engine_ungated") else row["gate"]["verdict"]
     for row in rows:
         # calibration and melanoma operating points of each variant, with the reference's fitted temperatures
         # and thresholds (the ones its bundle carries): what a clinic gets from this variant
@@ -337,6 +377,7 @@ def run_bench(bundles: list[str], reference: str | None, data: Path | None, spli
     reference_name = Variant.parse(reference).name if reference else None
     labels = next(iter(evaluations.values()))[1] if evaluations else None
     apply_gate(rows, reference_name, gate, labels, case_ids)
+    # "not comparable" is no verdict a device can act on: the report fails until the like reference is benched
     passing = [r for r in rows if r["verdict"] in ("pass", "reference", "not gated")]
     fastest = min(passing, key=lambda r: r["latency"][0]["mean_ms"])["name"] if passing else None
     return {"host": host_facts(), "jetson_telemetry": tegrastats.summary(), "device": device,

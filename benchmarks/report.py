@@ -51,7 +51,11 @@ def _precision_cell(row: dict) -> str:
     what stayed in float, and, where the backend reads it back, the precision its float operations really
     ran in (reports written before these were recorded show what they have)."""
     ran = row.get("float_precision")
-    notes = [n for n in (quantization_label(row.get("quantization"), ran), ran and f"float ops {ran}") if n]
+    quantized = quantization_label(row.get("quantization"), ran)
+    if row.get("runs_as"):     # a TensorRT engine: its flags and FP32 pins say more (edgederm/runtime/engine.py)
+        cell = row["runs_as"] + (f"; {quantized}" if quantized else "")
+        return cell + (f", TTA {len(row['tta'])} views" if row.get("tta") else "")
+    notes = [n for n in (quantized, ran and f"float ops {ran}") if n]
     cell = f"{row['precision']} ({'; '.join(notes)})" if notes else row["precision"]
     return cell + (f", TTA {len(row['tta'])} views" if row.get("tta") else "")
 
@@ -99,6 +103,20 @@ def gate_line(report: dict) -> str:
             f"{2 * g['max_auc_drop']:g} points{flips}.{reading}")
 
 
+def _reasons(row: dict, reference: str | None) -> list[str]:
+    """Why a row got its verdict: the gate's reasons, what it was gated against when not the bench's reference (a
+    TTA bundle against the FP32 bundle of its views), why it could not be compared, or that its engine was built
+    --ungated."""
+    if row.get("not_comparable"):
+        return [row["not_comparable"]]
+    reasons = list(row.get("gate", {}).get("reasons", []))
+    if row.get("gated_against") and row["gated_against"] != reference:
+        reasons.insert(0, f"gated against {row['gated_against']}, its own weights and views")
+    if row.get("engine_ungated"):
+        reasons.append("engine built with --ungated from a graph the export's gate did not pass")
+    return reasons
+
+
 def summary_rows(report: dict) -> list[dict]:
     """One flat row per variant: what the terminal, the Markdown and the HTML summary tables show."""
     rows = []
@@ -116,7 +134,7 @@ def summary_rows(report: dict) -> list[dict]:
             "diagnosis_flips": gate.get("flips", {}).get("diagnosis"),
             "seven_point_flips": gate.get("flips", {}).get("seven_point"),
             "melanoma_sensitivity": gate.get("melanoma_sensitivity"),
-            "verdict": r["verdict"], "reasons": gate.get("reasons", []),
+            "verdict": r["verdict"], "reasons": _reasons(r, report.get("reference")),
         })
     return rows
 
@@ -334,7 +352,7 @@ th:first-child,td:first-child{text-align:left}
 th{background:#f2f2f2}
 .verdict{font-weight:600;border-radius:3px;padding:1px 6px}
 .pass{background:#d8f0d8;color:#175c17}.fail{background:#f8d4d4;color:#8a1414}
-.reference{background:#dde6f5;color:#1e3f73}.not-gated,.no-AUC,.ok{background:#eee;color:#444}
+.reference{background:#dde6f5;color:#1e3f73}.not-comparable{background:#fbe6c8;color:#7a4a06}.not-gated,.no-AUC,.ok{background:#eee;color:#444}
 .note{color:#555;font-size:.9em}
 img{max-width:100%;height:auto}
 details{margin:.4em 0}

@@ -22,6 +22,8 @@ from edgederm.models.io import load_model
 from edgederm.models.tta import VIEW_SETS, tta_probabilities
 from edgederm.runtime import load_bundle
 from edgederm.runtime.bundle import read_manifest
+from edgederm.scoring.calibration import stored_calibration
+from edgederm.scoring.gate import GateSettings, judge
 
 WIDE = {"max_auc_drop": 50.0, "max_flip_rate": 100.0}     # 8 valid cases (see conftest.bundles)
 
@@ -112,7 +114,6 @@ def test_every_graph_averages_the_views_and_the_int8_ones_are_gated_against_them
 
 def test_diagnose_bench_and_the_clinic_app_take_a_tta_bundle(tta_bundles, bundles, synthetic_release, tmp_path):
     from edgederm.benchmarks.bench import run_bench
-    from edgederm.scoring.gate import GateSettings
     from edgederm.serve.app import create_app
     from edgederm.serve.server import build_clinic
     case = read_release(synthetic_release).split("test")[0]
@@ -131,19 +132,48 @@ def test_diagnose_bench_and_the_clinic_app_take_a_tta_bundle(tta_bundles, bundle
     assert answers[0]["calibrated"] and answers[0]["diagnosis"].keys() == answers[1]["diagnosis"].keys()
     for label, p in answers[0]["diagnosis"].items():
         assert p == pytest.approx(answers[1]["diagnosis"][label], abs=1e-4)
-    report = run_bench([str(bundles["onnx-fp32"]), str(tta_bundles["onnx"])], reference=str(bundles["onnx-fp32"]),
-                       data=synthetic_release, split="test", batch_sizes=[1], warmup=1, runs=3,
-                       gate=GateSettings(**WIDE), photos=[], e2e_runs=1)
+    # bench pairs like with like: the TTA INT8 bundle is gated against the FP32 bundle of its own views, read at
+    # that bundle's refitted thresholds, under the gate's default limits
+    plain_ref, tta_fp32, tta_int8 = bundles["onnx-fp32"], tta_bundles["onnx"], tta_bundles["openvino"]
+    report = run_bench([str(plain_ref), str(tta_fp32), str(tta_int8)], reference=str(plain_ref), data=synthetic_release,
+                       split="test", batch_sizes=[1], warmup=1, runs=3, gate=GateSettings(), photos=[], e2e_runs=1)
     rows = {r["name"]: r for r in report["variants"]}
-    cost = rows[tta_bundles["onnx"].name]["tta_latency_cost"]
-    assert cost["views"] == 2 and cost["versus"] == bundles["onnx-fp32"].name and cost["ratio"] > 0
-    assert rows[tta_bundles["onnx"].name]["tta"] == ["identity", "hflip"]
+    assert rows[tta_fp32.name]["verdict"] == "reference" and rows[tta_int8.name]["gated_against"] == tta_fp32.name
+    cost = rows[tta_fp32.name]["tta_latency_cost"]
+    assert cost["views"] == 2 and cost["versus"] == plain_ref.name and cost["ratio"] > 0
+    assert rows[tta_fp32.name]["tta"] == ["identity", "hflip"]
     # its clinic figures are read with its own thresholds, refitted on the TTA outputs
-    own = read_manifest(tta_bundles["onnx"])["calibration"]["seven_point"]["threshold"]
-    assert rows[tta_bundles["onnx"].name]["calibration"]["operating_point"]["threshold"] == own
-    plain = read_manifest(bundles["onnx-fp32"])["calibration"]["seven_point"]["threshold"]
+    own = read_manifest(tta_fp32)["calibration"]["seven_point"]["threshold"]
+    assert rows[tta_fp32.name]["calibration"]["operating_point"]["threshold"] == own
+    plain = read_manifest(plain_ref)["calibration"]["seven_point"]["threshold"]
     assert own != plain          # the refit moved it (else this test could not tell which fit bench read with)
-    assert rows[bundles["onnx-fp32"].name]["calibration"]["operating_point"]["threshold"] == plain
+    assert rows[plain_ref.name]["calibration"]["operating_point"]["threshold"] == plain
+    # the mixed comparison bench no longer makes: the same INT8 outputs judged against the plain reference, at its
+    # thresholds, charge the views' own changes to quantization
+    cases = read_release(synthetic_release).split("test")
+    labels, ids = np.array([c.labels for c in cases]), [c.case_id for c in cases]
+
+    def probabilities(path):
+        predictor = load_bundle(path)
+        return predictor.run_batched(*load_arrays(cases, predictor.preprocess, predictor.input_names))
+
+    def judged(reference, variant):
+        return judge(outputs[reference], outputs[variant], labels, ids, GateSettings(),
+                     stored_calibration(read_manifest(reference)))
+
+    outputs = {path: probabilities(path) for path in (plain_ref, tta_fp32, tta_int8)}
+    like, mixed, views_alone = judged(tta_fp32, tta_int8), judged(plain_ref, tta_int8), judged(plain_ref, tta_fp32)
+    assert rows[tta_int8.name]["gate"]["flips"] == like["flips"] and rows[tta_int8.name]["verdict"] == like["verdict"]
+    # FP32 against FP32, the views alone change decisions (else this test could not tell the pairings apart), and
+    # that is what the plain reference counted against the INT8 bundle: it fails there
+    assert views_alone["flips"]["seven_point"]["flips"] + views_alone["flips"]["diagnosis"]["flips"] > 0
+    assert mixed["verdict"] == "fail" and mixed["flips"] != like["flips"]
+    # without the like reference in the bench, the TTA INT8 row is not compared at all, and the report says why
+    alone = run_bench([str(plain_ref), str(tta_int8)], reference=str(plain_ref), data=synthetic_release, split="test",
+                      batch_sizes=[1], warmup=1, runs=2, gate=GateSettings(), photos=[], e2e_runs=1)
+    row = alone["variants"][-1]
+    assert row["verdict"] == "not comparable" and "gate" not in row and not alone["gate_passed"]
+    assert "TTA views identity, hflip" in row["not_comparable"] and "--tta" in row["not_comparable"]
     clinic, _ = build_clinic(tta_bundles["onnx"], tmp_path / "clinic")
     with TestClient(create_app(clinic), base_url="http://127.0.0.1:8000") as client:
         files = {"clinical": ("c.jpg", case.clinical.read_bytes(), "image/jpeg"),

@@ -56,13 +56,17 @@ class Predictor:
         self.precision = manifest["precision"]
         # the precision the backend reports its float operations run in (OpenVINO reads it back); None: not reported
         self.float_precision: str | None = None
+        # what the backend was built to run, where the precision does not say it all (a TensorRT engine's flags
+        # and FP32 pins, runtime/engine.py); None: the precision says it
+        self.runs_as: str | None = None
         self.calibration: dict | None = stored_calibration(manifest)    # temperatures and thresholds, when fitted
         self._pool: ThreadPoolExecutor | None = None     # made on first use, for decoding photos
 
     @property
     def name(self) -> str:
         views = (self.manifest.get("tta") or {}).get("views")    # test-time views built into the graph
-        return f"{self.bundle.name} ({self.backend}{f', TTA {len(views)} views' if views else ''})"
+        runs = f", {self.runs_as}" if self.runs_as else ""
+        return f"{self.bundle.name} ({self.backend}{runs}{f', TTA {len(views)} views' if views else ''})"
 
     # --- backends implement this -------------------------------------------
     def _forward(self, *inputs: np.ndarray) -> np.ndarray:

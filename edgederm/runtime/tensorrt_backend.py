@@ -58,6 +58,10 @@ class TensorRTPredictor(Predictor):
                                 f"rebuild it here: edgederm engine build --bundle {bundle}")
         self.max_batch = engine_info["max_batch"]
         self.precision = engine_info.get("precision", self.precision)     # what the engine runs, not the graph
+        settings = engine_info.get("settings")      # engines built before the settings were recorded have none
+        if settings:
+            self.float_precision = "f16" if settings["float_ops"] == "fp16" else "f32"    # OpenVINO's names
+            self.runs_as = settings["label"]
         self.trt = trt
         self.engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(
             (bundle / engine_info["file"]).read_bytes())
