@@ -11,7 +11,7 @@ from edgederm.cli import app
 from edgederm.errors import ConfigError
 from edgederm.models.config import ModelConfig
 from edgederm.presets import get_preset, paper_row, preset_names, register_preset
-from edgederm.training.recipe import EDGE_RECIPE, PAPER_RECIPE, TINY_RECIPE
+from edgederm.training.recipe import EDGE_RECIPE, FINE_TUNE_SWA_RECIPE, PAPER_RECIPE, TINY_RECIPE
 
 PAPER_ROWS = ("paper", "sff-cat", "aff-cat", "aff-bab", "aff-aab")
 
@@ -25,7 +25,7 @@ def test_every_preset_names_its_recipe():
     loss = {"loss_weight_clinical", "loss_weight_image", "loss_weight_metadata", "source"}
     for name in preset_names():
         recipe = get_preset(name).recipe
-        base = min((PAPER_RECIPE, TINY_RECIPE, EDGE_RECIPE), key=lambda b: len(_changed(recipe, b)))
+        base = min((PAPER_RECIPE, TINY_RECIPE, EDGE_RECIPE, FINE_TUNE_SWA_RECIPE), key=lambda b: len(_changed(recipe, b)))
         assert _changed(recipe, base) <= loss, name
     for row in (*PAPER_ROWS, "clinical-only-paper"):
         assert get_preset(row).recipe is PAPER_RECIPE

@@ -197,7 +197,17 @@ PAPER_RECIPE = TrainConfig()
 TINY_RECIPE = TrainConfig(epochs=16, batch_size=24, lr=2e-3, weight_decay=1e-4, warmup_epochs=1, swa_epochs=4,
                           swa_lr=2e-4, validate_every=8, amp=False, pretrained_clinical="none", pretrained_derm="none",
                           source="tiny: CPU smoke recipe; Adam 2e-3 (random init), cosine, SWA last 4 of 16")
-EDGE_RECIPE = TrainConfig(epochs=30, batch_size=24, lr=1e-3, encoder_lr_scale=0.1, weight_decay=1e-4, warmup_epochs=2,
-                          swa_epochs=5, swa_lr=1e-4,
-                          source="edge: fine-tuning ImageNet encoders; Adam 1e-3 (encoders 1e-4), 2 warm-up epochs, "
-                                 "cosine, SWA last 5 of 30")
+# Fine-tuning ImageNet encoders as a plain fine-tune does: one AdamW rate for every parameter, one cycle, the best
+# valid epoch, random crops with flips and quarter turns. Chosen for `edge` on the real release's valid split over
+# three seeds (84.8 averaged AUC against 82.6 for the SWA recipe below: docs/training.md, "The real release in the
+# loop"); `edge`'s model takes the matching dropout 0.3 and zoom crop (edgederm.presets).
+EDGE_RECIPE = TrainConfig(epochs=25, batch_size=24, optimizer="adamw", lr=3e-4, encoder_lr_scale=1.0, weight_decay=1e-2,
+                          schedule="onecycle", warmup_epochs=0, swa_epochs=0, augment_policy="crop-flip-rot90",
+                          source="edge: fine-tuning ImageNet encoders; AdamW 3e-4 for every parameter (weight decay "
+                                 "1e-2), one-cycle over 25 epochs, best valid epoch, crop-flip-rot90")
+# edge's recipe before the valid sweep replaced it: the families built on edge's encoders (clinical-only, jif-mmfa)
+# keep it until their own valid evidence says otherwise (they were not re-measured on the real release).
+FINE_TUNE_SWA_RECIPE = TrainConfig(epochs=30, batch_size=24, lr=1e-3, encoder_lr_scale=0.1, weight_decay=1e-4,
+                                   warmup_epochs=2, swa_epochs=5, swa_lr=1e-4,
+                                   source="fine-tuning ImageNet encoders with SWA; Adam 1e-3 (encoders 1e-4), 2 warm-up "
+                                          "epochs, cosine, SWA last 5 of 30")
