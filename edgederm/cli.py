@@ -422,6 +422,9 @@ def export_command(
         "INT8: when plain PTQ fails, fine-tune the quantized network on the train split to agree with the FP32 "
         "model (distillation; one training serves every target of the command)."))] = True,
     qat_epochs: Annotated[Optional[int], typer.Option(help="Epochs of that fine-tuning (default 3).")] = None,
+    qat_minutes: Annotated[Optional[float], typer.Option(help=(
+        "A time budget for that fine-tuning: no epoch starts that would end past it; the time it will take is "
+        "said after its first steps."))] = None,
     int8_method: Annotated[str, typer.Option(help=(
         "INT8: search (default: the attempts above in order, the first that passes), or one attempt on purpose: "
         "ptq, qat or blocks (the most sensitive blocks in float). Which attempt a search reaches depends on the "
@@ -444,7 +447,8 @@ def export_command(
     written = export(ExportRequest(run=run, target=target, precisions=precision, data=data, out=out,
                                    max_auc_drop=max_auc_drop, max_flip_rate=max_flip_rate,
                                    accuracy_control=accuracy_control, qat=qat, qat_epochs=qat_epochs,
-                                   int8_method=int8_method, calibration_cases=calibration_cases,
+                                   qat_minutes=qat_minutes, int8_method=int8_method,
+                                   calibration_cases=calibration_cases,
                                    calibration_split=calibration_split,
                                    eval_split=None if eval_split == "none" else eval_split, seed=seed,
                                    tta=tta, force=force), log=lambda m: typer.echo(m, err=as_json))

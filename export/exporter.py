@@ -62,6 +62,7 @@ class ExportRequest:
     accuracy_control: bool = False         # OpenVINO INT8: NNCF accuracy control when no block set passes
     qat: bool = True                       # INT8: quantization-aware fine-tuning when plain PTQ fails
     qat_epochs: int | None = None          # None: QatSettings' default
+    qat_minutes: float | None = None       # QAT's time budget; None: every epoch
     int8_method: str = "search"            # INT8: the search, or one attempt on purpose (int8_gate.INT8_METHODS)
     calibration_cases: int | None = None
     calibration_split: str = "train"
@@ -184,7 +185,8 @@ def export(req: ExportRequest, log: Callable[[str], None] = print) -> list[Path]
     return export_many([req], log)
 
 
-_SHARED = ("run", "data", "calibration_cases", "calibration_split", "eval_split", "seed", "qat", "qat_epochs", "tta")
+_SHARED = ("run", "data", "calibration_cases", "calibration_split", "eval_split", "seed", "qat", "qat_epochs",
+           "qat_minutes", "tta")
 
 
 class ExportPlan(NamedTuple):
@@ -192,6 +194,12 @@ class ExportPlan(NamedTuple):
     req: ExportRequest
     target: Target
     destinations: dict[str, Path]
+
+
+def qat_settings_of(req: ExportRequest) -> qat.QatSettings:
+    """QAT's settings: the defaults, with the request's epochs and time budget."""
+    given = {"epochs": req.qat_epochs, "minutes": req.qat_minutes}
+    return qat.QatSettings(seed=req.seed, **{k: v for k, v in given.items() if v is not None})
 
 
 def plan_request(req: ExportRequest) -> ExportPlan:
@@ -205,9 +213,12 @@ def plan_request(req: ExportRequest) -> ExportPlan:
     if (req.max_auc_drop is not None or req.max_flip_rate is not None) and not gated:
         raise ConfigError("--max-auc-drop and --max-flip-rate are the gate's: they apply to --precision int8, and to "
                           "a jetson fp16 graph judged on --data")
-    if (req.accuracy_control or req.qat_epochs is not None or req.int8_method != "search") and "int8" not in precisions:
-        raise ConfigError("--accuracy-control, --qat-epochs and --int8-method are the INT8 search's: they apply to "
-                          "--precision int8 only")
+    if (req.accuracy_control or req.qat_epochs is not None or req.qat_minutes is not None
+            or req.int8_method != "search") and "int8" not in precisions:
+        raise ConfigError("--accuracy-control, --qat-epochs, --qat-minutes and --int8-method are the INT8 search's: "
+                          "they apply to --precision int8 only")
+    if req.qat_epochs is not None or req.qat_minutes is not None:
+        qat_settings_of(req)          # their ranges are checked before any work
     int8_gate.check_method(req.int8_method, req.qat)
     if req.accuracy_control and req.int8_method != "search":
         raise ConfigError(f"--accuracy-control is the search's last attempt; --int8-method {req.int8_method} makes "
@@ -290,8 +301,7 @@ class ExportSession:
         wants_int8 = any("int8" in plan.destinations for plan in plans)
         qat_settings = None
         if wants_int8 and first.qat:
-            qat_settings = qat.QatSettings(seed=first.seed, **({} if first.qat_epochs is None
-                                                               else {"epochs": first.qat_epochs}))
+            qat_settings = qat_settings_of(first)
             qat.check_can_train(first.run, first.data)
 
         views = NO_TTA if first.tta is None else VIEW_SETS[first.tta]

@@ -80,10 +80,16 @@ class QatSettings:
     light_share: float = 0.1          # an encoder under this share of the model's FLOPs stays in float
     augment: bool = False
     seed: int = 0
+    scale_lr: float | None = None     # Adam's rate for the quantizers' scales (None: `lr`, one rate for both)
+    minutes: float | None = None      # a budget: no epoch starts that would end past it (None: every epoch)
 
     def __post_init__(self):
         if self.epochs < 1:
             raise ConfigError(f"--qat-epochs {self.epochs}: at least 1 (use --no-qat to skip QAT)")
+        if self.minutes is not None and self.minutes <= 0:
+            raise ConfigError(f"--qat-minutes {self.minutes:g}: a budget must be positive (use --no-qat to skip QAT)")
+        if self.scale_lr is not None and self.scale_lr <= 0:
+            raise ConfigError("QAT: the quantizer scales' learning rate must be positive")
         if self.lr <= 0 or self.temperature <= 0 or min(self.distill_weight, self.fused_weight, self.task_weight) < 0:
             raise ConfigError("QAT: the learning rate and temperature must be positive and the loss weights "
                               "non-negative")
@@ -164,9 +170,12 @@ def train_student(job: QatJob, calib: CalibrationSet, transformer: bool, log: Ca
     loader = _train_loader(job, teacher.cfg)
     log(f"  QAT: {s.epochs} epoch(s) on {len(loader.dataset)} train cases, teacher {job.weights.name} (frozen)"
         + (f"; in float: {', '.join(in_float)} (under {s.light_share:.0%} of the FLOPs)" if in_float else ""))
-    history = distill(student, teacher, loader, s, log)
+    monitor = Monitor.of(job, teacher)
+    epochs: list[dict] = []
+    history = distill(student, teacher, loader, s, log, monitor=monitor, epochs=epochs)
     return student, {"tool": "nncf.quantize (PyTorch), fine-tuned with distillation", "split": "train",
                      "cases": len(loader.dataset), "settings": asdict(s), "loss_per_epoch": history,
+                     "epochs": epochs, "monitored": monitor.describe(),
                      "quantizers": "symmetric signed int8, zero point 0, overflow fix (7-bit weights) on every layer",
                      "in_float": list(in_float), "teacher_sha256": sha256_file(job.weights),
                      "minutes": round((time.perf_counter() - started) / 60, 2)}
@@ -267,15 +276,97 @@ def distillation_loss(student_out: dict, teacher_out: dict, targets, weights, s:
     return s.distill_weight * distill + s.fused_weight * fused + s.task_weight * task
 
 
-def distill(student, teacher, loader, s: QatSettings, log: Callable[[str], None]) -> list[float]:
-    """Fine-tune `student` toward `teacher` in place; the mean loss per epoch."""
+MONITOR_CASES = 64     # fixed train and valid cases the student is measured on after every epoch
+
+
+@dataclass
+class Monitor:
+    """How far the student is from its teacher after each epoch, on fixed cases of train (what it learns from) and
+    of valid (what the gate will judge; watched only, never used to choose): the P_FI diagnosis flip rate and the
+    mean |P_FI student - P_FI teacher|. The loss alone cannot say whether the student is moving toward the teacher:
+    on the real `edge` model it swung between epochs while the disagreement grew."""
+    inputs: dict[str, tuple]           # split -> the cases' input tensors
+    reference: dict[str, object]       # split -> the teacher's P_FI on them
+    weights: object                    # the branch weights P_FI averages with
+    branches: tuple[str, ...]
+
+    @classmethod
+    def of(cls, job: QatJob, teacher) -> "Monitor":
+        import numpy as np
+        import torch
+
+        from edgederm.data.inputs import load_arrays
+        from edgederm.data.release import read_release
+        release = read_release(job.data)
+        inputs, reference = {}, {}
+        for split in ("train", "valid"):
+            cases = release.split(split)
+            if not cases:
+                continue
+            chosen = np.random.default_rng(job.settings.seed).permutation(len(cases))[:MONITOR_CASES]
+            arrays = load_arrays([cases[i] for i in sorted(chosen)], teacher.cfg.preprocess(), teacher.input_names)
+            inputs[split] = tuple(torch.from_numpy(x) for x in arrays)
+        monitor = cls(inputs, {}, teacher.branch_weights, teacher.branches)
+        monitor.reference = {split: monitor.p_fi(teacher, split) for split in inputs}
+        return monitor
+
+    def p_fi(self, model, split: str):
+        import torch
+
+        from edgederm.models.heads import fused_probabilities
+        arrays = self.inputs[split]
+        with torch.no_grad():
+            return torch.cat([fused_probabilities(model(*(x[i:i + 16] for x in arrays)), self.weights, self.branches)
+                              for i in range(0, len(arrays[0]), 16)])
+
+    def measure(self, student) -> dict:
+        from edgederm import labels as L
+        diagnosis = slice(0, L.NUM_CLASSES[0])
+        found = {}
+        for split, reference in self.reference.items():
+            probabilities = self.p_fi(student, split)
+            flips = (probabilities[:, diagnosis].argmax(1) != reference[:, diagnosis].argmax(1)).float().mean()
+            found[split] = {"diagnosis_flip_percent": round(100 * float(flips), 2),
+                            "mean_abs_dp": round(float((probabilities - reference).abs().mean()), 5)}
+        return found
+
+    def describe(self) -> dict:
+        return {split: len(x[0]) for split, x in self.inputs.items()}
+
+
+def _optimizer(student, s: QatSettings):
+    """Adam over the student's trainable parameters; the quantizers' scales at `scale_lr` when it is set."""
     import torch
-    optimizer = torch.optim.Adam([p for p in student.parameters() if p.requires_grad], lr=s.lr)
+    from nncf.torch.function_hook.wrapper import get_hook_storage
+    trainable = [p for p in student.parameters() if p.requires_grad]
+    if s.scale_lr is None:
+        return torch.optim.Adam(trainable, lr=s.lr)
+    scales = {id(p) for p in get_hook_storage(student).parameters() if p.requires_grad}
+    return torch.optim.Adam([{"params": [p for p in trainable if id(p) not in scales], "lr": s.lr},
+                             {"params": [p for p in trainable if id(p) in scales], "lr": s.scale_lr}])
+
+
+def distill(student, teacher, loader, s: QatSettings, log: Callable[[str], None], monitor: Monitor | None = None,
+            epochs: list[dict] | None = None) -> list[float]:
+    """Fine-tune `student` toward `teacher` in place; the mean loss per epoch. With `monitor`, each epoch's record
+    (loss, seconds, the monitor's figures) is appended to `epochs`. The first steps' pace gives the time it will
+    take, said before the rest runs; with a `minutes` budget no epoch starts that would end past it."""
+    import torch
+    from tqdm import tqdm
+    optimizer = _optimizer(student, s)
     student.eval()     # BatchNorm statistics and dropout stay the teacher's (module docstring)
-    history = []
+    history, started = [], time.perf_counter()
+    budget = None if s.minutes is None else 60 * s.minutes
     for epoch in range(s.epochs):
-        started, total = time.perf_counter(), 0.0
-        for *inputs, targets in loader:
+        elapsed = time.perf_counter() - started
+        if budget is not None and history and elapsed + elapsed / len(history) > budget:
+            log(f"  QAT: stopped after {len(history)} of {s.epochs} epoch(s): another would end past the "
+                f"{s.minutes:g}-minute budget ({elapsed / 60:.1f} min so far)")
+            break
+        epoch_started, total = time.perf_counter(), 0.0
+        bar = tqdm(loader, desc=f"QAT epoch {epoch + 1}/{s.epochs}", unit="batch", leave=False,
+                   postfix={} if budget is None else {"budget": f"{s.minutes:g} min"})
+        for step, (*inputs, targets) in enumerate(bar):
             with torch.no_grad():
                 teacher_out = teacher(*inputs)
             loss = distillation_loss(student(*inputs), teacher_out, targets, teacher.branch_weights, s,
@@ -284,8 +375,19 @@ def distill(student, teacher, loader, s: QatSettings, log: Callable[[str], None]
             loss.backward()
             optimizer.step()
             total += float(loss.detach())
+            if epoch == 0 and step == 2:     # the pace of three steps: what the whole will take
+                per_step = (time.perf_counter() - epoch_started) / 3
+                log(f"  QAT: about {per_step * len(loader) * s.epochs / 60:.1f} min for {s.epochs} epoch(s) of "
+                    f"{len(loader)} steps" + ("" if budget is None else f" (budget {s.minutes:g} min)"))
         history.append(round(total / len(loader), 5))
-        log(f"  QAT epoch {epoch + 1}/{s.epochs}: loss {history[-1]:.4f} ({time.perf_counter() - started:.0f} s)")
+        record = {"epoch": epoch + 1, "loss": history[-1], "seconds": round(time.perf_counter() - epoch_started, 1)}
+        if monitor is not None:
+            record.update(monitor.measure(student))
+        if epochs is not None:
+            epochs.append(record)
+        log(f"  QAT epoch {epoch + 1}/{s.epochs}: loss {history[-1]:.4f} ({record['seconds']:.0f} s)"
+            + "".join(f"; {split}: flips {m['diagnosis_flip_percent']:.1f} %, mean |dp| {m['mean_abs_dp']:.4f}"
+                      for split, m in record.items() if isinstance(m, dict)))
     return history
 
 

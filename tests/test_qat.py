@@ -44,12 +44,45 @@ def test_distillation_freezes_the_teacher_and_moves_the_student_toward_it(traine
     train = calib.inputs                                               # the train split's cases
     start = _disagreement(student, teacher, train)
     assert start > 0                                                   # quantization changed something
-    loader = qat._train_loader(qat.QatJob(weights, synthetic_release, trained_run, TEST_SETTINGS), teacher.cfg)
-    history = qat.distill(student, teacher, loader, TEST_SETTINGS, log=lambda m: None)
+    job = qat.QatJob(weights, synthetic_release, trained_run, TEST_SETTINGS)
+    loader = qat._train_loader(job, teacher.cfg)
+    monitor, epochs, lines = qat.Monitor.of(job, teacher), [], []
+    history = qat.distill(student, teacher, loader, TEST_SETTINGS, log=lines.append, monitor=monitor, epochs=epochs)
     assert len(history) == TEST_SETTINGS.epochs and history[-1] < history[0]
     assert _disagreement(student, teacher, train) < start
+    # every epoch measured on fixed train and valid cases; the time it would take said after the first steps
+    assert [e["epoch"] for e in epochs] == [1, 2, 3, 4] and [e["loss"] for e in epochs] == history
+    assert monitor.describe() == {"train": min(qat.MONITOR_CASES, len(calib)), "valid": 8}
+    assert epochs[-1]["train"]["mean_abs_dp"] < _monitored_start(monitor, teacher, calib, has_attention(teacher))
+    assert any(line.startswith("  QAT: about ") and "min for 4 epoch(s)" in line for line in lines)
+    assert "; valid: flips" in lines[-1]
     assert all(torch.equal(v, before_teacher[k]) for k, v in teacher.state_dict().items())
     assert not any(p.requires_grad for p in teacher.parameters())
+
+
+def _monitored_start(monitor, teacher, calib, transformer) -> float:
+    """The monitor's train disagreement of a freshly quantized student (before any step)."""
+    return monitor.measure(qat.quantized_student(teacher, calib, transformer))["train"]["mean_abs_dp"]
+
+
+def test_a_time_budget_stops_qat_between_epochs_and_scales_can_have_their_own_rate(trained_run, synthetic_release):
+    weights = trained_run / "model.safetensors"
+    teacher = load_model(weights).eval()
+    calib = build_calibration_set(read_release(synthetic_release), teacher.cfg.preprocess(), "train", None, 0,
+                                  teacher.input_names)
+    student = qat.quantized_student(teacher, calib, has_attention(teacher))
+    settings = qat.QatSettings(epochs=3, lr=1e-5, batch_size=4, minutes=1e-4, scale_lr=1e-3)
+    optimizer = qat._optimizer(student, settings)
+    from nncf.torch.function_hook.wrapper import get_hook_storage
+    scales = {id(p) for p in get_hook_storage(student).parameters() if p.requires_grad}   # scales, not bit counts
+    assert [g["lr"] for g in optimizer.param_groups] == [1e-5, 1e-3] and scales
+    assert {id(p) for p in optimizer.param_groups[1]["params"]} == scales
+    assert not scales & {id(p) for p in optimizer.param_groups[0]["params"]}
+    loader = qat._train_loader(qat.QatJob(weights, synthetic_release, trained_run, settings), teacher.cfg)
+    lines = []
+    history = qat.distill(student, teacher, loader, settings, log=lines.append)
+    assert len(history) == 1               # a 6 ms budget: the first epoch runs, no second one starts
+    assert any("stopped after 1 of 3 epoch(s): another would end past the 0.0001-minute budget" in line for line in lines)
 
 
 def test_qat_graphs_are_trained_once_and_the_qdq_graph_has_tensorrts_form(trained_run, synthetic_release, tmp_path):
@@ -129,6 +162,9 @@ def test_qat_needs_a_training_run_a_train_split_and_sane_settings(trained_run, r
         ([*base, "--precision", "int8", "--data", str(release_copy), "--qat-epochs", "0"],
          "--qat-epochs 0: at least 1 (use --no-qat to skip QAT)"),
         ([*base, "--precision", "fp32", "--qat-epochs", "2"], "apply to --precision int8 only"),
+        ([*base, "--precision", "int8", "--data", str(release_copy), "--qat-minutes", "0"],
+         "--qat-minutes 0: a budget must be positive"),
+        ([*base, "--precision", "fp32", "--qat-minutes", "5"], "apply to --precision int8 only"),
     ]
     [bundle] = export(ExportRequest(run=trained_run, target="torch", out=tmp_path / "bundles"), log=lambda m: None)
     cases.append((["export", "--run", str(bundle), *base[3:], "--precision", "int8", "--data", str(release_copy)],
@@ -181,6 +217,8 @@ def test_the_qat_attempt_records_how_its_student_was_trained(trained_run, synthe
         assert record["settings"]["epochs"] == 2 and record["settings"]["fused_weight"] == 10.0
         assert record["teacher_sha256"] == sha256_file(trained_run / "model.safetensors") and record["minutes"] > 0
         assert record["split"] == "train" and len(record["loss_per_epoch"]) == 2
+        assert [e["epoch"] for e in record["epochs"]] == [1, 2] and set(record["monitored"]) == {"train", "valid"}
+        assert {"diagnosis_flip_percent", "mean_abs_dp"} == set(record["epochs"][-1]["valid"])
         chosen = attempts[manifest["int8_gate"]["chosen"]]
         assert manifest["quantization"]["method"] == chosen["method"]
         if chosen["method"] == int8_gate.METHOD_QAT:
