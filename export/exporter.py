@@ -196,6 +196,12 @@ class ExportPlan(NamedTuple):
     destinations: dict[str, Path]
 
 
+def gates_fp16(target: Target, data: Path | None) -> bool:
+    """Whether the valid split judges the target's FP16 graphs: a Jetson's, whenever the release is given (TensorRT
+    runs them as typed, and FP16 rounding can cost decisions: export/fp16_typing.py)."""
+    return target.name == "jetson" and data is not None
+
+
 def qat_settings_of(req: ExportRequest) -> qat.QatSettings:
     """QAT's settings: the defaults, with the request's epochs and time budget."""
     given = {"epochs": req.qat_epochs, "minutes": req.qat_minutes}
@@ -208,9 +214,8 @@ def plan_request(req: ExportRequest) -> ExportPlan:
     calibrated = [p for p in precisions if p in target.calibrated]
     if calibrated and req.data is None:
         raise ConfigError(f"--data is required: {target.name} {', '.join(calibrated)} needs calibration cases")
-    # the gate's limits also judge a Jetson FP16 graph (TensorRT runs it as typed: export/fp16_typing.py)
-    gated = "int8" in precisions or (target.name == "jetson" and req.data is not None)
-    if (req.max_auc_drop is not None or req.max_flip_rate is not None) and not gated:
+    if ((req.max_auc_drop is not None or req.max_flip_rate is not None)
+            and "int8" not in precisions and not gates_fp16(target, req.data)):
         raise ConfigError("--max-auc-drop and --max-flip-rate are the gate's: they apply to --precision int8, and to "
                           "a jetson fp16 graph judged on --data")
     if (req.accuracy_control or req.qat_epochs is not None or req.qat_minutes is not None
@@ -321,10 +326,8 @@ class ExportSession:
         meta = read_metadata(weights)
         calibration = stored_calibration(meta)
         valid = None
-        # the valid split judges INT8, refits --tta's thresholds, and gates every Jetson FP16 graph (TensorRT runs it
-        # as typed, and FP16 rounding can cost decisions: export/fp16_typing.py)
-        gates_fp16 = release is not None and any(plan.target.name == "jetson" for plan in plans)
-        if wants_int8 or first.tta or gates_fp16:
+        # the valid split judges INT8, refits --tta's thresholds, and gates a Jetson's FP16 graphs
+        if wants_int8 or first.tta or any(gates_fp16(plan.target, first.data) for plan in plans):
             valid, calibration = _valid_split(release, model, preprocess, views, first.seed, calibration,
                                               first.tta)
         source = {"run": str(first.run), "weights": str(weights), "sha256": sha256_file(weights),

@@ -285,49 +285,36 @@ class Monitor:
     of valid (what the gate will judge; watched only, never used to choose): the P_FI diagnosis flip rate and the
     mean |P_FI student - P_FI teacher|. The loss alone cannot say whether the student is moving toward the teacher:
     on the real `edge` model it swung between epochs while the disagreement grew."""
-    inputs: dict[str, tuple]           # split -> the cases' input tensors
+    inputs: dict[str, tuple]           # split -> the cases' input arrays
     reference: dict[str, object]       # split -> the teacher's P_FI on them
-    weights: object                    # the branch weights P_FI averages with
-    branches: tuple[str, ...]
 
     @classmethod
     def of(cls, job: QatJob, teacher) -> "Monitor":
         import numpy as np
-        import torch
 
         from edgederm.data.inputs import load_arrays
         from edgederm.data.release import read_release
+        from edgederm.export.onnx_export import run_torch
         release = read_release(job.data)
-        inputs, reference = {}, {}
+        inputs = {}
         for split in ("train", "valid"):
             cases = release.split(split)
-            if not cases:
-                continue
-            chosen = np.random.default_rng(job.settings.seed).permutation(len(cases))[:MONITOR_CASES]
-            arrays = load_arrays([cases[i] for i in sorted(chosen)], teacher.cfg.preprocess(), teacher.input_names)
-            inputs[split] = tuple(torch.from_numpy(x) for x in arrays)
-        monitor = cls(inputs, {}, teacher.branch_weights, teacher.branches)
-        monitor.reference = {split: monitor.p_fi(teacher, split) for split in inputs}
-        return monitor
-
-    def p_fi(self, model, split: str):
-        import torch
-
-        from edgederm.models.heads import fused_probabilities
-        arrays = self.inputs[split]
-        with torch.no_grad():
-            return torch.cat([fused_probabilities(model(*(x[i:i + 16] for x in arrays)), self.weights, self.branches)
-                              for i in range(0, len(arrays[0]), 16)])
+            if cases:
+                chosen = np.random.default_rng(job.settings.seed).permutation(len(cases))[:MONITOR_CASES]
+                inputs[split] = load_arrays([cases[i] for i in sorted(chosen)], teacher.cfg.preprocess(),
+                                            teacher.input_names)
+        return cls(inputs, {split: run_torch(teacher, *arrays) for split, arrays in inputs.items()})
 
     def measure(self, student) -> dict:
         from edgederm import labels as L
+        from edgederm.export.onnx_export import run_torch
         diagnosis = slice(0, L.NUM_CLASSES[0])
         found = {}
         for split, reference in self.reference.items():
-            probabilities = self.p_fi(student, split)
-            flips = (probabilities[:, diagnosis].argmax(1) != reference[:, diagnosis].argmax(1)).float().mean()
+            probabilities = run_torch(student, *self.inputs[split])
+            flips = (probabilities[:, diagnosis].argmax(1) != reference[:, diagnosis].argmax(1)).mean()
             found[split] = {"diagnosis_flip_percent": round(100 * float(flips), 2),
-                            "mean_abs_dp": round(float((probabilities - reference).abs().mean()), 5)}
+                            "mean_abs_dp": round(float(abs(probabilities - reference).mean()), 5)}
         return found
 
     def describe(self) -> dict:
