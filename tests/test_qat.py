@@ -225,3 +225,35 @@ def test_the_qat_attempt_records_how_its_student_was_trained(trained_run, synthe
             assert manifest["quantization"]["kept_in_float"] == ["clinical_encoder"]
         records.append(record)
     assert records[0] == records[1]
+
+
+def test_the_overflow_fix_halves_the_weight_ranges_of_the_layers_it_names(trained_run, synthetic_release):
+    """NNCF's overflow fix (7-bit weights) doubles a weight quantizer's scale (half its levels) and leaves activations
+    alone: on every layer with "enable", on the first layer(s) only with the default, nowhere with "disable"."""
+    from nncf.torch.function_hook.wrapper import get_hook_storage
+    teacher = load_model(trained_run / "model.safetensors").eval()
+    calib = build_calibration_set(read_release(synthetic_release), teacher.cfg.preprocess(), "train", None, 0,
+                                  teacher.input_names)
+    assert qat.QatSettings().overflow_fix == "first_layer_only"
+
+    def scales(fix: str) -> dict[str, torch.Tensor]:
+        student = qat.quantized_student(teacher, calib, has_attention(teacher), overflow_fix=fix)
+        return {name: q.scale.detach().clone() for name, q in get_hook_storage(student).named_hooks()}
+
+    plain = scales("disable")
+
+    def widened(fix: str) -> set[str]:
+        found = set()
+        for name, scale in scales(fix).items():
+            ratio = scale / plain[name]
+            if torch.allclose(ratio, torch.full_like(ratio, 2.0), rtol=0.01):
+                found.add(name)
+            else:
+                assert torch.allclose(ratio, torch.ones_like(ratio)), name     # nothing else moves
+        return found
+
+    everywhere, first = widened("enable"), widened("first_layer_only")
+    assert len(everywhere) > 10 and all(name.endswith("__1.0") for name in everywhere)    # port 1: the weights
+    assert first and first < everywhere
+    with pytest.raises(Exception, match="overflow fix 'sometimes'"):
+        qat.QatSettings(overflow_fix="sometimes")
