@@ -28,18 +28,17 @@ Choices, and why:
 - One student serves both targets: every quantizer symmetric and signed int8 with zero point 0
   (TensorRT takes nothing else; OpenVINO runs it as well), so an export pass trains once. The
   OpenVINO and Jetson workers share it through a lock in the pass's scratch folder (`qat_graphs`).
-- NNCF's overflow fix (weights on 7 bits) on the first layer only, as NNCF's OpenVINO PTQ (the
-  search's first attempt) does by default. CPUs without VNNI (AVX2) multiply int8 with vpmaddubsw,
-  whose int16 pair sums can saturate with 8-bit weights; the first layer, fed the photo's full
-  range, is where that happens. On every layer (`overflow_fix="enable"`, the former default) the fix
-  halves every weight's precision: on the real `edge` model, NNCF's PTQ of the student before any
-  fine-tuning disagreed with FP32 by a mean |dp| of 0.034 on the 203 valid cases with 14 diagnosis
-  flips, against 0.018 and 8 flips with the first layer only (0.017 and 9 with no fix at all), and
-  QAT from that start could not close the gap. The cost is on AVX2 CPUs: measured on the quickstart
-  model on an AMD EPYC (AVX2), with no fix at all the torch student and its OpenVINO IR differed by
-  up to 0.19, 0.02 with the fix everywhere; the first layer alone was not measured there (no AVX2
-  CPU since, and `ONEDNN_MAX_CPU_ISA=AVX2` does not reproduce its int8 arithmetic). The gate judges
-  the OpenVINO IR on the export machine's CPU, as for every PTQ bundle.
+- NNCF's overflow fix (weights on 7 bits), chosen by the CPU that trains and gates the student
+  (`overflow_fix_for`). CPUs without VNNI (AVX2) multiply int8 with vpmaddubsw, whose int16 pair
+  sums can saturate with 8-bit weights: there the fix is on every layer, as it always was (measured
+  on the quickstart model on an AMD EPYC (AVX2): the torch student and its OpenVINO IR differed by up
+  to 0.19 without the fix, 0.02 with it). On a CPU with VNNI or AMX (int32 sums) it is on the first
+  layer only, as in NNCF's OpenVINO PTQ (the search's first attempt): on every layer it halves every
+  weight's precision, and on the real `edge` model NNCF's PTQ of the student, before any
+  fine-tuning, disagreed with FP32 by a mean |dp| of 0.034 on the 203 valid cases with 14 diagnosis
+  flips, against 0.018 and 8 flips with the first layer only (0.017 and 9 with no fix). A bundle
+  exported on a VNNI CPU and run on an AVX2 one may compute otherwise than it was gated, as any
+  NNCF PTQ bundle may: `edgederm bench` judges it again on the device.
 - A light encoder stays in float (`light_encoders`: under 10 % of the model's FLOPs). Measured on the
   quickstart model (NNCF's 8-bit PTQ in torch, 121 valid cases): its MobileNetV3-Small, 3 % of the
   FLOPs, causes most of the disagreement (mean |probability difference| 0.0051 with it quantized,
@@ -73,8 +72,10 @@ from edgederm.errors import ConfigError
 from edgederm.models.tta import NO_TTA
 
 
-# NNCF's OverflowFix values: 7-bit weights on every layer, on the first only, or nowhere
-OVERFLOW_FIXES = ("enable", "first_layer_only", "disable")
+# NNCF's OverflowFix values: 7-bit weights on every layer, on the first only, or nowhere; "auto" picks by this CPU
+OVERFLOW_FIXES = ("auto", "enable", "first_layer_only", "disable")
+# int8 dot products with int32 sums (no int16 saturation to fix); /proc/cpuinfo's names
+INT32_DOT_PRODUCTS = ("avx512_vnni", "avx_vnni", "amx_int8")
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,7 @@ class QatSettings:
     seed: int = 0
     scale_lr: float | None = None     # Adam's rate for the quantizers' scales (None: `lr`, one rate for both)
     minutes: float | None = None      # a budget: no epoch starts that would end past it (None: every epoch)
-    overflow_fix: str = "first_layer_only"   # NNCF's OverflowFix (module docstring: why not on every layer)
+    overflow_fix: str = "auto"        # NNCF's OverflowFix, or auto (`overflow_fix_for`; module docstring: why)
 
     def __post_init__(self):
         if self.epochs < 1:
@@ -180,17 +181,22 @@ def train_student(job: QatJob, calib: CalibrationSet, transformer: bool, log: Ca
     for p in teacher.parameters():
         p.requires_grad_(False)
     in_float = light_encoders(teacher, s.light_share)
-    student = quantized_student(teacher, calib, transformer, in_float, s.overflow_fix)
+    overflow_fix = overflow_fix_for(s.overflow_fix)
+    student = quantized_student(teacher, calib, transformer, in_float, overflow_fix)
     loader = _train_loader(job, teacher.cfg)
     log(f"  QAT: {s.epochs} epoch(s) on {len(loader.dataset)} train cases, teacher {job.weights.name} (frozen)"
         + (f"; in float: {', '.join(in_float)} (under {s.light_share:.0%} of the FLOPs)" if in_float else ""))
     monitor = Monitor.of(job, teacher)
+    start = monitor.measure(student)      # where the fine-tuning starts: the quantized student as calibrated
+    log("  QAT start: " + "; ".join(f"{split}: flips {m['diagnosis_flip_percent']:.1f} %, mean |dp| "
+                                    f"{m['mean_abs_dp']:.4f}" for split, m in start.items()))
     epochs: list[dict] = []
     history = distill(student, teacher, loader, s, log, monitor=monitor, epochs=epochs)
     return student, {"tool": "nncf.quantize (PyTorch), fine-tuned with distillation", "split": "train",
                      "cases": len(loader.dataset), "settings": asdict(s), "loss_per_epoch": history,
-                     "epochs": epochs, "monitored": monitor.describe(),
-                     "quantizers": f"symmetric signed int8, zero point 0, overflow fix {s.overflow_fix}",
+                     "start": start, "epochs": epochs, "monitored": monitor.describe(),
+                     "quantizers": f"symmetric signed int8, zero point 0, overflow fix {overflow_fix}"
+                                   + (" (auto, by this CPU)" if s.overflow_fix == "auto" else ""),
                      "in_float": list(in_float), "teacher_sha256": sha256_file(job.weights),
                      "minutes": round((time.perf_counter() - started) / 60, 2)}
 
@@ -207,6 +213,18 @@ def export_student(student, calib: CalibrationSet, workdir: Path, views: tuple[s
                   compress_to_fp16=False)
     to_qdq_onnx(student, example, workdir / "model.int8.onnx", views)
     return QatGraphs(workdir / "openvino" / "model.xml", workdir / "model.int8.onnx", {})
+
+
+def overflow_fix_for(setting: str, cpu_flags: set[str] | None = None) -> str:
+    """NNCF's OverflowFix value for `setting`: "auto" is the first layer only where this CPU sums int8 products in
+    int32 (VNNI, AMX), every layer where it does not (AVX2: int16 pair sums that 8-bit weights can saturate, and
+    the gate judges the OpenVINO graph on this CPU)."""
+    if setting != "auto":
+        return setting
+    if cpu_flags is None:
+        from edgederm.benchmarks.host import _cpuinfo
+        cpu_flags = _cpuinfo()[1]
+    return "first_layer_only" if cpu_flags & set(INT32_DOT_PRODUCTS) else "enable"
 
 
 def light_encoders(model, share: float) -> tuple[str, ...]:

@@ -100,6 +100,9 @@ def test_qat_graphs_are_trained_once_and_the_qdq_graph_has_tensorrts_form(traine
     assert record["split"] == "train" and record["cases"] == len(release.split("train"))
     assert record["teacher_sha256"] == sha256_file(trained_run / "model.safetensors")
     assert record["settings"]["epochs"] == 4 and len(record["loss_per_epoch"]) == 4 and record["minutes"] >= 0
+    # where it started (the calibrated student) and where it ended, on the same monitored cases
+    assert record["start"]["train"]["mean_abs_dp"] > record["epochs"][-1]["train"]["mean_abs_dp"]
+    assert any(line.startswith("  QAT start: train: flips ") for line in lines)
     assert record["in_float"] == ["clinical_encoder"]       # the tiny preset's MobileNetV3-Small: 3 % of FLOPs
     import openvino as ov
     model = ov.Core().read_model(str(graphs.openvino_xml))
@@ -234,7 +237,12 @@ def test_the_overflow_fix_halves_the_weight_ranges_of_the_layers_it_names(traine
     teacher = load_model(trained_run / "model.safetensors").eval()
     calib = build_calibration_set(read_release(synthetic_release), teacher.cfg.preprocess(), "train", None, 0,
                                   teacher.input_names)
-    assert qat.QatSettings().overflow_fix == "first_layer_only"
+    # by default the CPU decides: every layer where int8 products are summed in int16 (AVX2), the first elsewhere
+    assert qat.QatSettings().overflow_fix == "auto"
+    assert qat.overflow_fix_for("auto", {"avx2", "fma"}) == "enable"
+    assert qat.overflow_fix_for("auto", {"avx2", "avx512_vnni"}) == qat.overflow_fix_for("auto", {"amx_int8"}) \
+        == "first_layer_only"
+    assert qat.overflow_fix_for("disable", {"avx2"}) == "disable"
 
     def scales(fix: str) -> dict[str, torch.Tensor]:
         student = qat.quantized_student(teacher, calib, has_attention(teacher), overflow_fix=fix)

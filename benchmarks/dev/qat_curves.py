@@ -1,0 +1,153 @@
+"""Is QAT converging? The student's distance from its FP32 teacher before and after every epoch, per setting.
+
+For one trained run and a release, each setting quantizes the run as the export does (the same calibration cases,
+model type and light encoder in float) and fine-tunes the student (export/qat.py's `train_student`). Its monitor
+measures the P_FI diagnosis flip rate and the mean |P_FI student - P_FI teacher| on fixed train cases (what the
+student learns from) and fixed valid cases (what the gate will judge), once before the first step and after every
+epoch. No graph is exported and nothing is gated: the export log gives the gate's verdict; this gives the curves.
+
+    python benchmarks/dev/qat_curves.py --run RUN --data RELEASE --out benchmarks/results/real-qat-curves \\
+        --setting "7-bit weights everywhere, Adam 3e-5=overflow_fix:enable" \\
+        --setting "7-bit first layer, Adam 3e-5=" \\
+        --setting "7-bit first layer, weights 1e-6, scales 1e-5=lr:1e-6,scale_lr:1e-5"
+    python benchmarks/dev/qat_curves.py --plot benchmarks/results/real-qat-curves.json    # the figure again
+
+A setting is `LABEL=FIELD:VALUE,...` over QatSettings' fields (nothing after `=`: the defaults). Writes OUT.json
+(every setting's record), OUT.md (a table) and OUT.png (the curves, drawn from the JSON alone).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import fields, replace
+from pathlib import Path
+
+from edgederm.errors import ConfigError, EdgeDermError
+from edgederm.export import qat
+
+
+def parse_setting(text: str) -> tuple[str, qat.QatSettings]:
+    """`LABEL=FIELD:VALUE,...` -> (label, settings); values take the type of the field's default."""
+    label, _, spec = text.partition("=")
+    if not label or not _:
+        raise ConfigError(f"--setting {text!r}: expected LABEL=FIELD:VALUE,... (nothing after '=' for the defaults)")
+    known = {f.name: f for f in fields(qat.QatSettings)}
+    settings = qat.QatSettings()
+    for item in filter(None, spec.split(",")):
+        name, _, value = item.partition(":")
+        if name not in known:
+            raise ConfigError(f"--setting {label!r}: no QAT setting {name!r} (one of {', '.join(known)})")
+        default = getattr(settings, name)
+        kind = type(default) if default is not None else float
+        try:
+            converted = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
+        except ValueError:
+            raise ConfigError(f"--setting {label!r}: {name} {value!r} is not a {kind.__name__}") from None
+        settings = replace(settings, **{name: converted})
+    return label, settings
+
+
+def measure(run: Path, data: Path, settings: list[tuple[str, qat.QatSettings]], work: Path) -> dict:
+    from edgederm.benchmarks.host import host_facts
+    from edgederm.calibration.selection import build_calibration_set
+    from edgederm.data.release import read_release
+    from edgederm.export.openvino_export import has_attention
+    from edgederm.models.io import load_model
+    model = load_model(run / "model.safetensors")
+    calib = build_calibration_set(read_release(data), model.cfg.preprocess(), names=model.input_names)  # as export
+    rows = []
+    for label, s in settings:
+        print(f"{label}: training the student", flush=True)
+        job = qat.QatJob(run / "model.safetensors", data, work, s)
+        _, record = qat.train_student(job, calib, has_attention(model), print)
+        rows.append({"label": label, **{k: record[k] for k in ("settings", "start", "epochs", "monitored",
+                                                               "minutes", "in_float", "quantizers")}})
+    host = host_facts()
+    return {"run": str(run), "data": str(data), "calibration_cases": len(calib),
+            "host": {"cpu": host["cpu"], "cores": host["cores"]}, "rows": rows}
+
+
+def markdown(result: dict) -> str:
+    rows = result["rows"]
+    cases = rows[0]["monitored"]
+    lines = [f"QAT of `{Path(result['run']).name}` on `{result['data']}`: the student against its FP32 teacher on "
+             f"{cases.get('train', 0)} fixed train and {cases.get('valid', 0)} fixed valid cases, before fine-tuning "
+             f"(epoch 0) and after each epoch; minutes on {result['host']['cpu']} ({result['host']['cores']} cores).",
+             "", "| setting | epoch | train flips % | train mean abs dp | valid flips % | valid mean abs dp | minutes |",
+             "|---|---|---|---|---|---|---|"]
+    for row in rows:
+        for epoch, point in enumerate([row["start"], *row["epochs"]]):
+            lines.append(f"| {row['label'] if epoch == 0 else ''} | {epoch} | "
+                         f"{point['train']['diagnosis_flip_percent']:.1f} | {point['train']['mean_abs_dp']:.4f} | "
+                         f"{point['valid']['diagnosis_flip_percent']:.1f} | {point['valid']['mean_abs_dp']:.4f} | "
+                         + (f"{row['minutes']:.1f} |" if epoch == 0 else " |"))
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict, path: Path) -> None:
+    """Mean |dp| per epoch, train and valid side by side, one line per setting."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+    figure, axes = plt.subplots(1, 2, figsize=(10, 3.6 + 0.25 * len(result["rows"])), sharey=True)
+    for split, axis in zip(("train", "valid"), axes):
+        for row in result["rows"]:
+            points = [row["start"], *row["epochs"]]
+            axis.plot(range(len(points)), [p[split]["mean_abs_dp"] for p in points], marker="o", label=row["label"])
+        axis.set_title(f"{split} cases ({result['rows'][0]['monitored'].get(split, 0)})")
+        axis.set_xlabel("epoch (0: quantized, before fine-tuning)")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.grid(alpha=0.3)
+    axes[0].set_ylabel("mean |P_FI student - P_FI FP32|")
+    axes[0].set_ylim(bottom=0)
+    handles, labels = axes[0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="lower center", fontsize=8, frameon=False)
+    figure.suptitle(f"QAT of {Path(result['run']).name}: distance from the FP32 teacher")
+    figure.tight_layout(rect=(0, 0.06 + 0.05 * len(result["rows"]), 1, 1))
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def write(result: dict, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".json.partial")
+    tmp.write_text(json.dumps(result, indent=1) + "\n")
+    plot(result, out.with_suffix(".png"))
+    out.with_suffix(".md").write_text(markdown(result))
+    tmp.replace(out.with_suffix(".json"))
+    print(markdown(result))
+    print(f"wrote {out.with_suffix('.json')}, .md and .png")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", type=Path, help="a finished training run")
+    parser.add_argument("--data", type=Path, help="its release (the train and valid splits are read)")
+    parser.add_argument("--out", type=Path, help="OUT.json, OUT.md and OUT.png are written")
+    parser.add_argument("--setting", action="append", default=[], help="LABEL=FIELD:VALUE,... (repeatable)")
+    parser.add_argument("--plot", type=Path, metavar="JSON", help="draw the figure and table again from a result file")
+    args = parser.parse_args(argv)
+    try:
+        if args.plot:
+            if not args.plot.is_file():
+                raise ConfigError(f"{args.plot}: result file not found")
+            write(json.loads(args.plot.read_text()), args.plot.with_suffix(""))
+            return 0
+        if not (args.run and args.data and args.out and args.setting):
+            raise ConfigError("--run, --data, --out and at least one --setting are needed (or --plot JSON)")
+        settings = [parse_setting(text) for text in args.setting]      # every error before any training
+        if not (args.run / "model.safetensors").is_file():
+            raise ConfigError(f"{args.run}: no model.safetensors (not a finished run)")
+        import tempfile
+        with tempfile.TemporaryDirectory() as work:
+            write(measure(args.run, args.data, settings, Path(work)), args.out)
+    except EdgeDermError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

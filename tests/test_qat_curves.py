@@ -1,0 +1,57 @@
+"""benchmarks/dev/qat_curves.py on the session's trained tiny run: per setting, the student's distance from its
+teacher before fine-tuning and after each epoch, as JSON, a table and a figure drawn from the JSON alone."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "dev" / "qat_curves.py"
+
+
+def _curves(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True, timeout=900)
+
+
+def test_curves_record_the_start_and_every_epoch_per_setting(trained_run, synthetic_release, tmp_path):
+    out = tmp_path / "results" / "curves"
+    done = _curves("--run", trained_run, "--data", synthetic_release, "--out", out,
+                   "--setting", "everywhere=overflow_fix:enable,epochs:2,batch_size:4,lr:1e-5",
+                   "--setting", "first layer=overflow_fix:first_layer_only,epochs:1,batch_size:4,augment:true",
+                   "--setting", "by this CPU=epochs:1,batch_size:4")
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out.with_suffix(".json").read_text())
+    first, second, by_cpu = result["rows"]
+    assert first["label"] == "everywhere" and first["settings"]["overflow_fix"] == "enable"
+    assert first["settings"]["lr"] == 1e-5 and second["settings"]["augment"] is True
+    assert second["settings"]["overflow_fix"] == "first_layer_only" and "first_layer_only" in second["quantizers"]
+    assert by_cpu["settings"]["overflow_fix"] == "auto" and "(auto, by this CPU)" in by_cpu["quantizers"]
+    assert [e["epoch"] for e in first["epochs"]] == [1, 2] and len(second["epochs"]) == 1
+    for row in result["rows"]:
+        assert {"train", "valid"} == set(row["start"]) < set(row["epochs"][-1])
+        assert row["start"]["train"]["mean_abs_dp"] > 0          # quantized: not the teacher
+    # 7-bit weights everywhere start farther from the teacher than on the first layer only
+    assert first["start"]["train"]["mean_abs_dp"] > second["start"]["train"]["mean_abs_dp"]
+    table = out.with_suffix(".md").read_text()
+    assert "| everywhere | 0 |" in table and table.count("\n| ") == 1 + 3 + 2 + 2    # header, epochs 0-2, 0-1, 0-1
+    png = out.with_suffix(".png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the figure and table again from the JSON alone
+    png.unlink()
+    again = _curves("--plot", out.with_suffix(".json"))
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert png.is_file() and out.with_suffix(".md").read_text() == table
+
+
+def test_a_bad_setting_or_run_is_one_line_and_writes_nothing(trained_run, synthetic_release, tmp_path):
+    out = tmp_path / "results" / "curves"
+    unknown = _curves("--run", trained_run, "--data", synthetic_release, "--out", out, "--setting", "x=speed:2")
+    assert unknown.returncode == 1 and unknown.stderr.strip().startswith("error: --setting 'x': no QAT setting 'speed'")
+    assert len(unknown.stderr.strip().splitlines()) == 1
+    bad_value = _curves("--run", trained_run, "--data", synthetic_release, "--out", out,
+                        "--setting", "x=overflow_fix:sometimes")
+    assert bad_value.returncode == 1 and "overflow fix 'sometimes'" in bad_value.stderr
+    no_run = _curves("--run", tmp_path, "--data", synthetic_release, "--out", out, "--setting", "x=")
+    assert no_run.returncode == 1 and "no model.safetensors" in no_run.stderr
+    missing = _curves("--plot", tmp_path / "nope.json")
+    assert missing.returncode == 1 and "nope.json: result file not found" in missing.stderr
+    assert not out.parent.exists()
