@@ -74,9 +74,13 @@ def test_sweep_trains_ranks_on_valid_and_resumes(synthetic_release, tmp_path):
 
     # resumable: finished runs are scored again, not trained again; without --report-test no test scores. A run
     # that predates a knob (its config.json lacks the key) did what the knob's default does: still the same run.
+    # So is one whose recipe was described otherwise, or named an SWA rate it never used (no SWA here): another
+    # grid's base for the same training.
     config = out / "runs" / "pre-logits" / "config.json"
     saved = json.loads(config.read_text())
     del saved["train"]["final_weights"], saved["train"]["ema_decay"]
+    assert saved["train"]["swa_epochs"] == 0
+    saved["train"].update(source="another grid's description", swa_lr=saved["train"]["swa_lr"] * 7)
     config.write_text(json.dumps(saved))
     again = _sweep("--data", synthetic_release, "--grid", grid, "--out", out)
     assert again.returncode == 0, again.stderr[-2000:]
@@ -221,3 +225,15 @@ def test_repeat_runs_reuse_the_sweeps_run_for_the_grids_own_seed(synthetic_relea
     (row,) = json.loads((out / "repeats.json").read_text())["rows"]
     sweep_auc = json.loads((out / "sweep.json").read_text())["rows"][0]["valid"]["final"]["avg_auc"]
     assert row["seeds"] == [0, 1] and row["values"]["avg_auc"][1] == sweep_auc
+
+
+def test_every_shipped_grid_resolves(tmp_path):
+    """The grids under benchmarks/dev/grids name real knobs with valid values (a dry run resolves each
+    configuration through `train --config`'s checks, trains nothing)."""
+    grids = sorted((SCRIPT.parent / "grids").glob("*.toml"))
+    assert len(grids) >= 5
+    for grid in grids:
+        dry = _sweep("--data", tmp_path, "--grid", grid, "--out", tmp_path / "out", "--dry-run")
+        assert dry.returncode == 0, f"{grid.name}: {dry.stderr[-500:]}"
+        assert len(dry.stdout.splitlines()) >= 1
+    assert not (tmp_path / "out").exists()

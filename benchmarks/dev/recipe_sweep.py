@@ -119,13 +119,22 @@ def write_results(out: Path, stem: str, result: dict, markdown: str) -> None:
     print(f"wrote {out / (stem + '.json')} and {out / (stem + '.md')}")
 
 
+def training_of(train: dict) -> dict:
+    """What of a recipe changes the weights it trains: all of it but `source` (a description) and, without SWA,
+    `swa_lr` (never used). Two grids whose bases name the same training differently then share its run."""
+    kept = {k: v for k, v in train.items() if k != "source"}
+    if not kept.get("swa_epochs"):
+        kept.pop("swa_lr", None)
+    return kept
+
+
 def _same_config(run: Path, model_cfg: ModelConfig, train_cfg: TrainConfig) -> bool:
     """Whether a run folder trained `model_cfg` / `train_cfg`. A key the run's config.json predates (a knob added
     since, whose default is what every run did before) reads as its default."""
     saved = json.loads((run / "config.json").read_text())
     recipe_defaults = {f.name: f.default for f in fields(TrainConfig)}
     return (ModelConfig.from_saved(saved["model"]) == model_cfg
-            and {**recipe_defaults, **saved["train"]} == train_cfg.to_dict())
+            and training_of({**recipe_defaults, **saved["train"]}) == training_of(train_cfg.to_dict()))
 
 
 def run_one(name: str, model_cfg: ModelConfig, train_cfg: TrainConfig, data: Path, out: Path,
@@ -220,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         trained: dict[str, str] = {}       # a configuration's training, as JSON -> the run that trains it
         for config, model_cfg, train_cfg in resolved:
-            key = json.dumps({"model": model_cfg.to_dict(), "train": train_cfg.to_dict()}, sort_keys=True)
+            key = json.dumps({"model": model_cfg.to_dict(), "train": training_of(train_cfg.to_dict())}, sort_keys=True)
             run_name = trained.setdefault(key, config["name"])
             row = run_one(config["name"], model_cfg, train_cfg, args.data, args.out, args.report_test,
                           tta=config.get("tta"), run_name=run_name)
