@@ -237,8 +237,8 @@ def test_the_overflow_fix_halves_the_weight_ranges_of_the_layers_it_names(traine
     teacher = load_model(trained_run / "model.safetensors").eval()
     calib = build_calibration_set(read_release(synthetic_release), teacher.cfg.preprocess(), "train", None, 0,
                                   teacher.input_names)
-    # by default the CPU decides: every layer where int8 products are summed in int16 (AVX2), the first elsewhere
-    assert qat.QatSettings().overflow_fix == "auto"
+    # "auto": every layer where int8 products are summed in int16 (AVX2), the first where VNNI/AMX sum in int32
+    assert qat.QatSettings().overflow_fix == "enable"
     assert qat.overflow_fix_for("auto", {"avx2", "fma"}) == "enable"
     assert qat.overflow_fix_for("auto", {"avx2", "avx512_vnni"}) == qat.overflow_fix_for("auto", {"amx_int8"}) \
         == "first_layer_only"

@@ -17,7 +17,7 @@ def test_curves_record_the_start_and_every_epoch_per_setting(trained_run, synthe
     done = _curves("--run", trained_run, "--data", synthetic_release, "--out", out,
                    "--setting", "everywhere=overflow_fix:enable,epochs:2,batch_size:4,lr:1e-5",
                    "--setting", "first layer=overflow_fix:first_layer_only,epochs:1,batch_size:4,augment:true",
-                   "--setting", "by this CPU=epochs:1,batch_size:4")
+                   "--setting", "by this CPU=overflow_fix:auto,epochs:1,batch_size:4")
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(out.with_suffix(".json").read_text())
     first, second, by_cpu = result["rows"]
