@@ -225,8 +225,8 @@ def overflow_fix_for(setting: str, cpu_flags: set[str] | None = None) -> str:
     if setting != "auto":
         return setting
     if cpu_flags is None:
-        from edgederm.benchmarks.host import _cpuinfo
-        cpu_flags = _cpuinfo()[1]
+        from edgederm.benchmarks.host import host_facts
+        cpu_flags = set(host_facts()["int8_instructions"])
     return "first_layer_only" if cpu_flags & set(INT32_DOT_PRODUCTS) else "enable"
 
 
