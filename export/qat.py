@@ -191,8 +191,7 @@ def train_student(job: QatJob, calib: CalibrationSet, transformer: bool, log: Ca
         + (f"; in float: {', '.join(in_float)} (under {s.light_share:.0%} of the FLOPs)" if in_float else ""))
     monitor = Monitor.of(job, teacher)
     start = monitor.measure(student)      # where the fine-tuning starts: the quantized student as calibrated
-    log("  QAT start: " + "; ".join(f"{split}: flips {m['diagnosis_flip_percent']:.1f} %, mean |dp| "
-                                    f"{m['mean_abs_dp']:.4f}" for split, m in start.items()))
+    log(f"  QAT start: {Monitor.line(start)}")
     epochs: list[dict] = []
     history = distill(student, teacher, loader, s, log, monitor=monitor, epochs=epochs)
     return student, {"tool": "nncf.quantize (PyTorch), fine-tuned with distillation", "split": "train",
@@ -356,6 +355,12 @@ class Monitor:
     def describe(self) -> dict:
         return {split: len(x[0]) for split, x in self.inputs.items()}
 
+    @staticmethod
+    def line(measured: dict) -> str:
+        """`measure`'s figures as the log prints them."""
+        return "; ".join(f"{split}: flips {m['diagnosis_flip_percent']:.1f} %, mean |dp| {m['mean_abs_dp']:.4f}"
+                         for split, m in measured.items())
+
 
 def _optimizer(student, s: QatSettings):
     """Adam over the student's trainable parameters; the quantizers' scales at `scale_lr` when it is set."""
@@ -408,9 +413,9 @@ def distill(student, teacher, loader, s: QatSettings, log: Callable[[str], None]
             record.update(monitor.measure(student))
         if epochs is not None:
             epochs.append(record)
+        figures = {split: m for split, m in record.items() if isinstance(m, dict)}
         log(f"  QAT epoch {epoch + 1}/{s.epochs}: loss {history[-1]:.4f} ({record['seconds']:.0f} s)"
-            + "".join(f"; {split}: flips {m['diagnosis_flip_percent']:.1f} %, mean |dp| {m['mean_abs_dp']:.4f}"
-                      for split, m in record.items() if isinstance(m, dict)))
+            + (f"; {Monitor.line(figures)}" if figures else ""))
     return history
 
 

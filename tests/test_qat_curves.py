@@ -52,6 +52,11 @@ def test_a_bad_setting_or_run_is_one_line_and_writes_nothing(trained_run, synthe
     assert bad_value.returncode == 1 and "overflow fix 'sometimes'" in bad_value.stderr
     no_run = _curves("--run", tmp_path, "--data", synthetic_release, "--out", out, "--setting", "x=")
     assert no_run.returncode == 1 and "no model.safetensors" in no_run.stderr
+    bad_json = tmp_path / "bad.json"
+    bad_json.write_text('{"rows": [{"label": "x"}]}')
+    unreadable = _curves("--plot", bad_json)
+    assert unreadable.returncode == 1 and "bad.json: not a qat_curves result" in unreadable.stderr
+    assert len(unreadable.stderr.strip().splitlines()) == 1 and not list(tmp_path.glob("bad.*[!n]"))
     missing = _curves("--plot", tmp_path / "nope.json")
     assert missing.returncode == 1 and "nope.json: result file not found" in missing.stderr
     assert not out.parent.exists()

@@ -29,10 +29,10 @@ from edgederm.export import qat
 
 def parse_setting(text: str) -> tuple[str, qat.QatSettings]:
     """`LABEL=FIELD:VALUE,...` -> (label, settings); values take the type of the field's default."""
-    label, _, spec = text.partition("=")
-    if not label or not _:
+    label, equals, spec = text.partition("=")
+    if not label or not equals:
         raise ConfigError(f"--setting {text!r}: expected LABEL=FIELD:VALUE,... (nothing after '=' for the defaults)")
-    known = {f.name: f for f in fields(qat.QatSettings)}
+    known = [f.name for f in fields(qat.QatSettings)]
     settings = qat.QatSettings()
     for item in filter(None, spec.split(",")):
         name, _, value = item.partition(":")
@@ -106,18 +106,26 @@ def plot(result: dict, path: Path) -> None:
     figure.legend(handles, labels, loc="lower center", fontsize=8, frameon=False)
     figure.suptitle(f"QAT of {Path(result['run']).name}: distance from the FP32 teacher")
     figure.tight_layout(rect=(0, 0.06 + 0.05 * len(result["rows"]), 1, 1))
-    figure.savefig(path, dpi=110)
+    figure.savefig(path, dpi=110, format="png")
     plt.close(figure)
 
 
 def write(result: dict, out: Path) -> None:
+    """OUT.json, OUT.md and OUT.png; the table and figure are made before anything is written, so a result file
+    they cannot read leaves the old files as they were."""
     out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        table = markdown(result)
+        figure = out.with_name(out.name + ".png.partial")
+        plot(result, figure)
+    except (KeyError, IndexError, TypeError) as e:
+        raise ConfigError(f"{out.with_suffix('.json')}: not a qat_curves result ({type(e).__name__}: {e})") from None
+    figure.replace(out.with_suffix(".png"))
+    out.with_suffix(".md").write_text(table)
     tmp = out.with_name(out.name + ".json.partial")
     tmp.write_text(json.dumps(result, indent=1) + "\n")
-    plot(result, out.with_suffix(".png"))
-    out.with_suffix(".md").write_text(markdown(result))
     tmp.replace(out.with_suffix(".json"))
-    print(markdown(result))
+    print(table)
     print(f"wrote {out.with_suffix('.json')}, .md and .png")
 
 
@@ -133,7 +141,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.plot:
             if not args.plot.is_file():
                 raise ConfigError(f"{args.plot}: result file not found")
-            write(json.loads(args.plot.read_text()), args.plot.with_suffix(""))
+            try:
+                result = json.loads(args.plot.read_text())
+            except ValueError as e:
+                raise ConfigError(f"{args.plot}: not JSON ({e})") from None
+            write(result, args.plot.with_suffix(""))
             return 0
         if not (args.run and args.data and args.out and args.setting):
             raise ConfigError("--run, --data, --out and at least one --setting are needed (or --plot JSON)")
