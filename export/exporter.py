@@ -379,8 +379,9 @@ class ExportSession:
             eval_split=self.first.eval_split, workdir=workdir, accuracy_control=req.accuracy_control,
             int8_method=req.int8_method,
             # one student for the pass: its folder is shared by the targets (export/qat.py)
-            qat=None if self.qat_settings is None else qat.QatJob(self.weights, self.first.data,
-                                                                  self.workdir / "qat", self.qat_settings, self.views))
+            qat=None if self.qat_settings is None else qat.QatJob(
+                self.weights, self.first.data, self.workdir / "qat", self.qat_settings, self.views,
+                (self.calibration or {}).get("temperatures")))
 
     def export_target(self, plan: ExportPlan, workdir: Path) -> list[Path]:
         """One target's bundles, each staged and renamed into place; returns those written. A refused INT8

@@ -58,6 +58,14 @@ Choices, and why:
 - The student runs in eval mode while it trains: BatchNorm statistics and dropout as the teacher
   has them, so the fine-tuning spends itself on the rounding, not on relearning the data.
 - No augmentation by default: the student learns to agree on photos as the device sees them.
+- Three settings are off by default and there to be measured on a real model (benchmarks/dev/qat_curves.py
+  judges each student with the export's gate): `mix_alpha` distils on mixup of the pairs, teacher and student
+  on the same mixture ("function matching", Beyer et al., CVPR 2022: the student learns the teacher's function
+  between the train cases, where new cases' near ties lie); `score_weight` adds the squared difference of the
+  seven-point expected score with the run's fitted temperatures (the reading the device refers by, which the
+  per-task KL weighs only indirectly); `signed=False` keeps NNCF's unsigned ranges for activations that are
+  never negative (one bit more for them, OpenVINO only: TensorRT takes signed int8 alone, and the Q/DQ graph of
+  such a student is refused by the Jetson check).
 """
 from __future__ import annotations
 
@@ -98,6 +106,9 @@ class QatSettings:
     scale_lr: float | None = None     # Adam's rate for the quantizers' scales (None: `lr`, one rate for both)
     minutes: float | None = None      # a budget: no epoch starts that would end past it (None: every epoch)
     overflow_fix: str = "enable"      # NNCF's OverflowFix, or "auto" (`overflow_fix_for`; module docstring: why)
+    mix_alpha: float = 0.0            # distil on mixup of the pairs, lam ~ Beta(a, a) (0: the photos as they are)
+    score_weight: float = 0.0         # squared difference of the seven-point expected score (the device's reading)
+    signed: bool = True               # every quantizer signed, as TensorRT takes them (False: OpenVINO only)
 
     def __post_init__(self):
         if self.epochs < 1:
@@ -106,9 +117,14 @@ class QatSettings:
             raise ConfigError(f"--qat-minutes {self.minutes:g}: a budget must be positive (use --no-qat to skip QAT)")
         if self.overflow_fix not in OVERFLOW_FIXES:
             raise ConfigError(f"QAT: overflow fix {self.overflow_fix!r}: not one of {', '.join(OVERFLOW_FIXES)}")
+        if self.mix_alpha < 0:
+            raise ConfigError(f"QAT: mixup alpha {self.mix_alpha:g}: must be 0 (off) or positive")
+        if self.mix_alpha > 0 and self.task_weight > 0:
+            raise ConfigError("QAT: mixup inputs have no labels of their own: a task loss needs mix_alpha 0")
         if self.scale_lr is not None and self.scale_lr <= 0:
             raise ConfigError("QAT: the quantizer scales' learning rate must be positive")
-        if self.lr <= 0 or self.temperature <= 0 or min(self.distill_weight, self.fused_weight, self.task_weight) < 0:
+        if self.lr <= 0 or self.temperature <= 0 or min(self.distill_weight, self.fused_weight, self.task_weight,
+                                                        self.score_weight) < 0:
             raise ConfigError("QAT: the learning rate and temperature must be positive and the loss weights "
                               "non-negative")
 
@@ -121,6 +137,7 @@ class QatJob:
     workdir: Path                     # shared by the pass's targets: one training serves them all
     settings: QatSettings = field(default_factory=QatSettings)
     views: tuple[str, ...] = NO_TTA          # test-time views the exported graphs average (edgederm.models.tta)
+    temperatures: dict[str, float] | None = None   # the run's fitted temperatures: the seven-point score as read
 
 
 @dataclass
@@ -185,7 +202,7 @@ def train_student(job: QatJob, calib: CalibrationSet, transformer: bool, log: Ca
         p.requires_grad_(False)
     in_float = light_encoders(teacher, s.light_share)
     overflow_fix = overflow_fix_for(s.overflow_fix)
-    student = quantized_student(teacher, calib, transformer, in_float, overflow_fix)
+    student = quantized_student(teacher, calib, transformer, in_float, overflow_fix, s.signed)
     loader = _train_loader(job, teacher.cfg)
     log(f"  QAT: {s.epochs} epoch(s) on {len(loader.dataset)} train cases, teacher {job.weights.name} (frozen)"
         + (f"; in float: {', '.join(in_float)} (under {s.light_share:.0%} of the FLOPs)" if in_float else ""))
@@ -193,11 +210,13 @@ def train_student(job: QatJob, calib: CalibrationSet, transformer: bool, log: Ca
     start = monitor.measure(student)      # where the fine-tuning starts: the quantized student as calibrated
     log(f"  QAT start: {Monitor.line(start)}")
     epochs: list[dict] = []
-    history = distill(student, teacher, loader, s, log, monitor=monitor, epochs=epochs)
+    history = distill(student, teacher, loader, s, log, monitor=monitor, epochs=epochs, temperatures=job.temperatures)
     return student, {"tool": "nncf.quantize (PyTorch), fine-tuned with distillation", "split": "train",
                      "cases": len(loader.dataset), "settings": asdict(s), "loss_per_epoch": history,
                      "start": start, "epochs": epochs, "monitored": monitor.describe(),
-                     "quantizers": f"symmetric signed int8, zero point 0, overflow fix {overflow_fix}"
+                     "quantizers": "symmetric int8, zero point 0, "
+                                   + ("every quantizer signed" if s.signed else "unsigned where never negative")
+                                   + f", overflow fix {overflow_fix}"
                                    + (" (auto, by this CPU)" if s.overflow_fix == "auto" else ""),
                      "in_float": list(in_float), "teacher_sha256": sha256_file(job.weights),
                      "minutes": round((time.perf_counter() - started) / 60, 2)}
@@ -241,9 +260,10 @@ def light_encoders(model, share: float) -> tuple[str, ...]:
 
 
 def quantized_student(teacher, calib: CalibrationSet, transformer: bool, in_float: tuple[str, ...] = (),
-                      overflow_fix: str = "enable"):
-    """A copy of `teacher` with NNCF's quantizers, calibrated on `calib`, every quantizer signed;
-    the modules `in_float` (attribute names) keep no quantizer; `overflow_fix`: NNCF's OverflowFix value."""
+                      overflow_fix: str = "enable", signed: bool = True):
+    """A copy of `teacher` with NNCF's quantizers, calibrated on `calib`, every quantizer signed (`signed`; else
+    NNCF's unsigned ranges for activations that are never negative); the modules `in_float` (attribute names)
+    keep no quantizer; `overflow_fix`: NNCF's OverflowFix value."""
     import nncf
     import torch
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
@@ -265,7 +285,7 @@ def quantized_student(teacher, calib: CalibrationSet, transformer: bool, in_floa
     # NNCF gives activations that are never negative (after ReLU) unsigned ranges; TensorRT takes signed
     # int8 only. One bit of their range is lost, and the fine-tuning retrains their scales around it.
     for _, quantizer in get_hook_storage(student).named_hooks():
-        if isinstance(quantizer, SymmetricQuantizer) and not quantizer.signed:
+        if signed and isinstance(quantizer, SymmetricQuantizer) and not quantizer.signed:
             quantizer.signed = True
     return student
 
@@ -286,8 +306,23 @@ def _train_loader(job: QatJob, cfg):
                                        generator=generator, num_workers=0)
 
 
+def seven_point_score(p_fi, temperatures: dict[str, float] | None = None):
+    """The expected seven-point score of N x 24 probabilities (torch), each criterion's task rescaled by its
+    fitted temperature as the device reads it (edgederm.scoring.calibration)."""
+    import torch
+
+    from edgederm import labels as L
+    score = 0.0
+    for task, cls, points in L.SEVEN_POINT_CRITERIA:
+        probs = p_fi[:, L.TASK_SLICES[task]]
+        if temperatures and task in temperatures:
+            probs = torch.softmax(probs.clamp_min(1e-8).log() / temperatures[task], 1)
+        score = score + points * probs[:, L.class_index(task, cls)]
+    return score
+
+
 def distillation_loss(student_out: dict, teacher_out: dict, targets, weights, s: QatSettings,
-                      branches: tuple[str, ...]):
+                      branches: tuple[str, ...], temperatures: dict[str, float] | None = None):
     """The loss of the module docstring; `weights` are the model's branch weights (P_FI)."""
     import torch.nn.functional as F
 
@@ -307,8 +342,13 @@ def distillation_loss(student_out: dict, teacher_out: dict, targets, weights, s:
     teacher_p = split_tasks(fused_probabilities(teacher_out, weights, branches))
     for p_s, p_t in zip(student_p.values(), teacher_p.values()):
         fused = fused + F.kl_div(p_s.clamp_min(1e-8).log(), p_t, reduction="batchmean")
-    task = multitask_loss({b: student_out[b] for b in branches}, targets)
-    return s.distill_weight * distill + s.fused_weight * fused + s.task_weight * task
+    task = multitask_loss({b: student_out[b] for b in branches}, targets) if s.task_weight else 0.0
+    score = 0.0
+    if s.score_weight:
+        student_fi = fused_probabilities(student_out, weights, branches)
+        teacher_fi = fused_probabilities(teacher_out, weights, branches)
+        score = (seven_point_score(student_fi, temperatures) - seven_point_score(teacher_fi, temperatures)).pow(2).mean()
+    return s.distill_weight * distill + s.fused_weight * fused + s.task_weight * task + s.score_weight * score
 
 
 MONITOR_CASES = 64     # fixed train and valid cases the student is measured on after every epoch
@@ -375,13 +415,18 @@ def _optimizer(student, s: QatSettings):
 
 
 def distill(student, teacher, loader, s: QatSettings, log: Callable[[str], None], monitor: Monitor | None = None,
-            epochs: list[dict] | None = None) -> list[float]:
+            epochs: list[dict] | None = None, temperatures: dict[str, float] | None = None) -> list[float]:
     """Fine-tune `student` toward `teacher` in place; the mean loss per epoch. With `monitor`, each epoch's record
     (loss, seconds, the monitor's figures) is appended to `epochs`. The first steps' pace gives the time it will
     take, said before the rest runs; with a `minutes` budget no epoch starts that would end past it."""
     import torch
     from tqdm import tqdm
+
+    from edgederm.training.mixup import BatchMixer
     optimizer = _optimizer(student, s)
+    # teacher and student see the same mixture: the student matches the teacher's function between the train
+    # cases too, where the near ties of new cases lie (module docstring)
+    mix = BatchMixer(s.mix_alpha, 0.0, 1.0, torch.Generator().manual_seed(s.seed)) if s.mix_alpha > 0 else None
     student.eval()     # BatchNorm statistics and dropout stay the teacher's (module docstring)
     history, started = [], time.perf_counter()
     budget = None if s.minutes is None else 60 * s.minutes
@@ -395,10 +440,12 @@ def distill(student, teacher, loader, s: QatSettings, log: Callable[[str], None]
         bar = tqdm(loader, desc=f"QAT epoch {epoch + 1}/{s.epochs}", unit="batch", leave=False,
                    postfix={} if budget is None else {"budget": f"{s.minutes:g} min"})
         for step, (*inputs, targets) in enumerate(bar):
+            if mix is not None:
+                inputs, _ = mix(inputs)
             with torch.no_grad():
                 teacher_out = teacher(*inputs)
             loss = distillation_loss(student(*inputs), teacher_out, targets, teacher.branch_weights, s,
-                                     teacher.branches)
+                                     teacher.branches, temperatures)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

@@ -265,3 +265,72 @@ def test_the_overflow_fix_halves_the_weight_ranges_of_the_layers_it_names(traine
     assert first and first < everywhere
     with pytest.raises(Exception, match="overflow fix 'sometimes'"):
         qat.QatSettings(overflow_fix="sometimes")
+
+
+def test_unsigned_activations_are_kept_only_when_asked(trained_run, synthetic_release):
+    """`signed` (the default, TensorRT's form) turns every quantizer signed; `signed=False` keeps NNCF's unsigned
+    ranges for activations that are never negative (one more bit for them: an OpenVINO-only student)."""
+    from nncf.torch.function_hook.wrapper import get_hook_storage
+    from nncf.torch.quantization.layers import SymmetricQuantizer
+    teacher = load_model(trained_run / "model.safetensors").eval()
+    calib = build_calibration_set(read_release(synthetic_release), teacher.cfg.preprocess(), "train", None, 0,
+                                  teacher.input_names)
+
+    def unsigned(signed: bool) -> int:
+        student = qat.quantized_student(teacher, calib, has_attention(teacher), signed=signed)
+        return sum(isinstance(q, SymmetricQuantizer) and not q.signed for _, q in get_hook_storage(student).named_hooks())
+
+    assert unsigned(True) == 0 and unsigned(False) > 0
+    assert qat.QatSettings().signed
+
+
+def test_mixup_distillation_shows_teacher_and_student_the_same_mixed_pair(trained_run, synthetic_release):
+    """With `mix_alpha`, each batch is mixed with its reverse before either network sees it: both get the same
+    tensors, and they are not the loader's."""
+    weights = trained_run / "model.safetensors"
+    teacher = load_model(weights).eval()
+    calib = build_calibration_set(read_release(synthetic_release), teacher.cfg.preprocess(), "train", None, 0,
+                                  teacher.input_names)
+    student = qat.quantized_student(teacher, calib, has_attention(teacher))
+    settings = qat.QatSettings(epochs=1, lr=1e-5, batch_size=4, mix_alpha=1.0)
+    loader = qat._train_loader(qat.QatJob(weights, synthetic_release, trained_run, settings), teacher.cfg)
+    first_batch = [x.clone() for x in next(iter(loader))[:-1]]
+    seen = {"teacher": [], "student": []}
+    teacher.register_forward_pre_hook(lambda m, args: seen["teacher"].append([a.clone() for a in args]))
+    student.register_forward_pre_hook(lambda m, args: seen["student"].append([a.clone() for a in args]))
+    qat.distill(student, teacher, loader, settings, log=lambda line: None)
+    assert len(seen["teacher"]) == len(seen["student"]) == len(loader)
+    assert all(torch.equal(t, s) for ts, ss in zip(seen["teacher"], seen["student"]) for t, s in zip(ts, ss))
+    assert not torch.equal(seen["teacher"][0][0], first_batch[0])          # mixed, not the photos as loaded
+    assert seen["teacher"][0][0].shape == first_batch[0].shape
+    with pytest.raises(Exception, match="mixup alpha -1"):
+        qat.QatSettings(mix_alpha=-1)
+    with pytest.raises(Exception, match="a task loss needs mix_alpha 0"):
+        qat.QatSettings(mix_alpha=1.0, task_weight=0.1)
+
+
+def test_the_score_term_is_the_squared_difference_of_the_devices_seven_point_reading():
+    """`seven_point_score` is the calibrated expected score the device reads (edgederm.scoring.calibration), and
+    `score_weight` adds exactly its mean squared student-teacher difference to the loss."""
+    from edgederm import labels as L
+    from edgederm.scoring.calibration import apply_temperatures, expected_seven_point_score
+    rng = np.random.default_rng(0)
+    temperatures = {"PN": 1.3, "STR": 0.8, "DaG": 1.5}
+
+    def outputs() -> dict:
+        return {"fusion": torch.from_numpy(rng.normal(size=(6, sum(L.NUM_CLASSES))).astype(np.float32))}
+
+    student, teacher = outputs(), outputs()
+    from edgederm.models.heads import fused_probabilities
+    weights = torch.tensor([1.0])          # P_FI of one branch: its own probabilities
+    p_student = fused_probabilities(student, weights, ("fusion",))
+    expected = expected_seven_point_score(apply_temperatures(p_student.numpy().astype(np.float64), temperatures))
+    assert np.allclose(qat.seven_point_score(p_student, temperatures).numpy(), expected, atol=1e-5)
+    targets = torch.zeros(6, len(L.TASK_KEYS), dtype=torch.long)
+    plain = qat.QatSettings()
+    scored = qat.QatSettings(score_weight=5.0)
+    p_teacher = fused_probabilities(teacher, weights, ("fusion",))
+    gap = (qat.seven_point_score(p_student, temperatures) - qat.seven_point_score(p_teacher, temperatures)).pow(2).mean()
+    added = (qat.distillation_loss(student, teacher, targets, weights, scored, ("fusion",), temperatures)
+             - qat.distillation_loss(student, teacher, targets, weights, plain, ("fusion",), temperatures))
+    assert gap > 0 and torch.allclose(added, 5.0 * gap, rtol=1e-4)

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from edgederm.data.release import read_release
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "dev" / "qat_curves.py"
 
 
@@ -17,7 +19,7 @@ def test_curves_record_the_start_and_every_epoch_per_setting(trained_run, synthe
     done = _curves("--run", trained_run, "--data", synthetic_release, "--out", out,
                    "--setting", "everywhere=overflow_fix:enable,epochs:2,batch_size:4,lr:1e-5",
                    "--setting", "first layer=overflow_fix:first_layer_only,epochs:1,batch_size:4,augment:true",
-                   "--setting", "by this CPU=overflow_fix:auto,epochs:1,batch_size:4")
+                   "--setting", "by this CPU=overflow_fix:auto,epochs:1,batch_size:4,mix_alpha:1.0,signed:false")
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(out.with_suffix(".json").read_text())
     first, second, by_cpu = result["rows"]
@@ -25,14 +27,27 @@ def test_curves_record_the_start_and_every_epoch_per_setting(trained_run, synthe
     assert first["settings"]["lr"] == 1e-5 and second["settings"]["augment"] is True
     assert second["settings"]["overflow_fix"] == "first_layer_only" and "first_layer_only" in second["quantizers"]
     assert by_cpu["settings"]["overflow_fix"] == "auto" and "(auto, by this CPU)" in by_cpu["quantizers"]
+    assert by_cpu["settings"]["mix_alpha"] == 1.0 and "unsigned where never negative" in by_cpu["quantizers"]
+    assert "every quantizer signed" in first["quantizers"]
     assert [e["epoch"] for e in first["epochs"]] == [1, 2] and len(second["epochs"]) == 1
     for row in result["rows"]:
         assert {"train", "valid"} == set(row["start"]) < set(row["epochs"][-1])
         assert row["start"]["train"]["mean_abs_dp"] > 0          # quantized: not the teacher
     # 7-bit weights everywhere start farther from the teacher than on the first layer only
     assert first["start"]["train"]["mean_abs_dp"] > second["start"]["train"]["mean_abs_dp"]
+    # every student judged by the export's gate on every valid case
+    valid_cases = len(read_release(synthetic_release).split("valid"))
+    for row in result["rows"]:
+        gate = row["gate"]
+        assert gate["cases"] == valid_cases and gate["verdict"] in ("pass", "fail")
+        assert 0 <= gate["diagnosis_flips"] <= valid_cases and 0 <= gate["seven_point_flips"] <= valid_cases
+        assert gate["mean_abs_dp"] > 0 and gate["mean_abs_score_difference"] >= 0
+        assert (gate["verdict"] == "pass") == (not gate["reasons"])
+    assert 0 <= result["near_ties"]["diagnosis"] <= valid_cases
     table = out.with_suffix(".md").read_text()
-    assert "| everywhere | 0 |" in table and table.count("\n| ") == 1 + 3 + 2 + 2    # header, epochs 0-2, 0-1, 0-1
+    curves, gated = table.split("Each trained student judged by the export's gate")
+    assert "| everywhere | 0 |" in curves and curves.count("\n| ") == 1 + 3 + 2 + 2    # header, epochs 0-2, 0-1, 0-1
+    assert f"on all {valid_cases} valid cases" in gated and gated.count("\n| ") == 1 + 3
     png = out.with_suffix(".png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the figure and table again from the JSON alone

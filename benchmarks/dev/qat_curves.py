@@ -4,7 +4,11 @@ For one trained run and a release, each setting quantizes the run as the export 
 model type and light encoder in float) and fine-tunes the student (export/qat.py's `train_student`). Its monitor
 measures the P_FI diagnosis flip rate and the mean |P_FI student - P_FI teacher| on fixed train cases (what the
 student learns from) and fixed valid cases (what the gate will judge), once before the first step and after every
-epoch. No graph is exported and nothing is gated: the export log gives the gate's verdict; this gives the curves.
+epoch. Then each trained student is judged by the export's gate (export/int8_gate.py, the selection limit included)
+on *every* valid case, with the run's fitted reading as the device reads it: the torch student, not its exported
+graph (the export's own verdict on its OpenVINO graph can differ by a case or two). Beside the flips: the mean
+|dp| and the mean |seven-point expected score student - teacher| on all valid cases, and how many FP32 decisions
+on valid are near ties (won by under 0.03): what a flip count can be read against.
 
     python benchmarks/dev/qat_curves.py --run RUN --data RELEASE --out benchmarks/results/real-qat-curves \\
         --setting "7-bit weights everywhere, Adam 3e-5=overflow_fix:enable" \\
@@ -48,23 +52,80 @@ def parse_setting(text: str) -> tuple[str, qat.QatSettings]:
     return label, settings
 
 
+NEAR_TIE = 0.03      # an FP32 decision won by less than this (probability; the reading: half its score distance)
+
+
+def valid_split(release, model, calibration: dict | None):
+    """The valid split as the export's gate reads it (export/int8_gate.ValidSplit): inputs, labels, the FP32
+    reference, the default gate settings and the run's fitted reading."""
+    import numpy as np
+
+    from edgederm.data.inputs import load_arrays
+    from edgederm.export.int8_gate import ValidSplit
+    from edgederm.export.onnx_export import run_torch
+    from edgederm.scoring.gate import GateSettings
+    cases = release.split("valid")
+    if not cases:
+        raise ConfigError(f"{release.root}: the valid split is empty: the gate judges the students on it")
+    inputs = load_arrays(cases, model.cfg.preprocess(), model.input_names)
+    return ValidSplit(inputs, np.array([c.labels for c in cases]), [c.case_id for c in cases],
+                      run_torch(model, *inputs), GateSettings(), calibration)
+
+
+def near_ties(valid) -> dict:
+    """How many FP32 decisions on valid were won by under NEAR_TIE: the cases a small disagreement can flip."""
+    from edgederm import labels as L
+    from edgederm.scoring.gate import reading_margins, top_two_margin
+    diagnosis = top_two_margin(valid.reference[:, L.TASK_SLICES["DIAG"]])
+    reading = (reading_margins(valid.reference, valid.reference, valid.calibration)
+               if (valid.calibration or {}).get("seven_point", {}).get("reading") == "expected" else None)
+    return {"margin": NEAR_TIE, "diagnosis": int((diagnosis < NEAR_TIE).sum()),
+            "seven_point": None if reading is None else int((reading < NEAR_TIE).sum())}
+
+
+def gate_student(student, valid, label: str) -> dict:
+    """The export's verdict on the torch student, with its distance from the teacher on every valid case."""
+    import numpy as np
+
+    from edgederm.export import int8_gate
+    from edgederm.export.onnx_export import run_torch
+    from edgederm.scoring.calibration import apply_temperatures, expected_seven_point_score
+    probabilities = run_torch(student, *valid.inputs)
+    result = int8_gate.judge_on_valid(valid, int8_gate.Attempt(label), probabilities, print).result
+    temperatures = (valid.calibration or {}).get("temperatures", {})
+    score = [expected_seven_point_score(apply_temperatures(p, temperatures)) for p in (probabilities, valid.reference)]
+    flips, auc = result["flips"], result["auc"]
+    return {"cases": len(valid.labels), "verdict": result["verdict"], "reasons": result["reasons"],
+            "auc_drop_points": round(auc["drop_points"], 3), "upper_bound_points": round(auc["upper_bound_points"], 3),
+            "diagnosis_flips": flips["diagnosis"]["flips"], "seven_point_flips": flips["seven_point"]["flips"],
+            "confident_flips": {k: f["confident_flips"] for k, f in flips.items()},
+            "mean_abs_dp": round(float(np.abs(probabilities - valid.reference).mean()), 5),
+            "mean_abs_score_difference": round(float(np.abs(score[0] - score[1]).mean()), 4)}
+
+
 def measure(run: Path, data: Path, settings: list[tuple[str, qat.QatSettings]], work: Path) -> dict:
     from edgederm.benchmarks.host import host_facts
     from edgederm.calibration.selection import build_calibration_set
     from edgederm.data.release import read_release
     from edgederm.export.openvino_export import has_attention
-    from edgederm.models.io import load_model
-    model = load_model(run / "model.safetensors")
-    calib = build_calibration_set(read_release(data), model.cfg.preprocess(), names=model.input_names)  # as export
+    from edgederm.models.io import load_model, read_metadata
+    from edgederm.scoring.calibration import stored_calibration
+    weights = run / "model.safetensors"
+    model = load_model(weights).eval()
+    release = read_release(data)
+    calib = build_calibration_set(release, model.cfg.preprocess(), names=model.input_names)  # as export
+    calibration = stored_calibration(read_metadata(weights))
+    valid = valid_split(release, model, calibration)
     rows = []
     for label, s in settings:
         print(f"{label}: training the student", flush=True)
-        job = qat.QatJob(run / "model.safetensors", data, work, s)
-        _, record = qat.train_student(job, calib, has_attention(model), print)
+        job = qat.QatJob(weights, data, work, s, temperatures=(calibration or {}).get("temperatures"))
+        student, record = qat.train_student(job, calib, has_attention(model), print)
         rows.append({"label": label, **{k: record[k] for k in ("settings", "start", "epochs", "monitored",
-                                                               "minutes", "in_float", "quantizers")}})
+                                                               "minutes", "in_float", "quantizers")},
+                     "gate": gate_student(student, valid, label)})
     host = host_facts()
-    return {"run": str(run), "data": str(data), "calibration_cases": len(calib),
+    return {"run": str(run), "data": str(data), "calibration_cases": len(calib), "near_ties": near_ties(valid),
             "host": {"cpu": host["cpu"], "cores": host["cores"]}, "rows": rows}
 
 
@@ -82,6 +143,21 @@ def markdown(result: dict) -> str:
                          f"{point['train']['diagnosis_flip_percent']:.1f} | {point['train']['mean_abs_dp']:.4f} | "
                          f"{point['valid']['diagnosis_flip_percent']:.1f} | {point['valid']['mean_abs_dp']:.4f} | "
                          + (f"{row['minutes']:.1f} |" if epoch == 0 else " |"))
+    gated = [row for row in rows if "gate" in row]      # results written before the gate was added have none
+    if gated:
+        ties = result["near_ties"]
+        reading = "" if ties["seven_point"] is None else f" and {ties['seven_point']} seven-point readings"
+        lines += ["", f"Each trained student judged by the export's gate on all {gated[0]['gate']['cases']} valid cases "
+                  f"(the torch student; margin 1 AUC point, at most 2 % of cases flipped, 1 % to be chosen). On valid "
+                  f"{ties['diagnosis']} FP32 diagnoses{reading} were won by under {ties['margin']:g}.", "",
+                  "| setting | AUC drop (upper bound) | diagnosis flips (clear calls) | seven-point flips (clear calls) "
+                  "| mean abs dp | mean abs score difference | verdict |", "|---|---|---|---|---|---|---|"]
+        for row in gated:
+            g = row["gate"]
+            lines.append(f"| {row['label']} | {g['auc_drop_points']:.2f} ({g['upper_bound_points']:.2f}) | "
+                         f"{g['diagnosis_flips']} ({g['confident_flips']['diagnosis']}) | "
+                         f"{g['seven_point_flips']} ({g['confident_flips']['seven_point']}) | {g['mean_abs_dp']:.4f} | "
+                         f"{g['mean_abs_score_difference']:.3f} | {g['verdict']} |")
     return "\n".join(lines) + "\n"
 
 
