@@ -64,8 +64,7 @@ Choices, and why:
   between the train cases, where new cases' near ties lie); `score_weight` adds the squared difference of the
   seven-point expected score with the run's fitted temperatures (the reading the device refers by, which the
   per-task KL weighs only indirectly); `signed=False` keeps NNCF's unsigned ranges for activations that are
-  never negative (one bit more for them, OpenVINO only: TensorRT takes signed int8 alone, and the Q/DQ graph of
-  such a student is refused by the Jetson check).
+  never negative (one bit more for them; for OpenVINO only: TensorRT takes signed int8 alone).
 """
 from __future__ import annotations
 
