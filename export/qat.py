@@ -64,7 +64,10 @@ Choices, and why:
   between the train cases, where new cases' near ties lie); `score_weight` adds the squared difference of the
   seven-point expected score with the run's fitted temperatures (the reading the device refers by, which the
   per-task KL weighs only indirectly); `signed=False` keeps NNCF's unsigned ranges for activations that are
-  never negative (one bit more for them; for OpenVINO only: TensorRT takes signed int8 alone).
+  never negative (one bit more for them; for OpenVINO only: TensorRT takes signed int8 alone). On the real
+  `edge` model (203 valid cases; benchmarks/results/real-qat-gate.md) none passed: mixup took the diagnosis
+  flips from 5 to 3 and left the seven-point flips at 7, the score term helped nothing (5 and 8), unsigned
+  activations came closest (valid mean |dp| 0.0140 against 0.0155; 5 and 6 flips). So they stay off.
 """
 from __future__ import annotations
 
