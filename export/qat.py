@@ -14,6 +14,7 @@ trained to give the FP32 model's answers instead:
        distill_weight * T^2 * sum over branches and the eight tasks of KL(teacher_T || student_T)
      + fused_weight   * sum over the eight tasks of KL(teacher P_FI || student P_FI)
      + task_weight    * the training loss (cross-entropy on the labels)
+     + score_weight   * mean (expected seven-point score of student P_FI - of teacher P_FI)^2
    The second term is on what the device decides from (P_FI); the first keeps every branch close,
    since the branches are what P_FI averages. Rostamizadeh et al., "Churn reduction via
    distillation" (ICLR 2022, arXiv 2106.02654): distilling from the reference model is training
