@@ -249,8 +249,8 @@ def plan_pass(requests: list[ExportRequest]) -> list[ExportPlan]:
     return plans
 
 
-def _valid_split(release: Release, model: BranchNet, preprocess: PreprocessConfig, views: tuple[str, ...],
-                 seed: int, calibration: dict | None, tta: str | None):
+def valid_split(release: Release, model: BranchNet, preprocess: PreprocessConfig, views: tuple[str, ...],
+                seed: int, calibration: dict | None, tta: str | None):
     """(the valid split for the INT8 gate, the calibration bundles carry): with --tta, the temperatures
     and thresholds are refitted on the valid split's TTA outputs."""
     cases = release.split("valid")
@@ -328,7 +328,7 @@ class ExportSession:
         valid = None
         # the valid split judges INT8, refits --tta's thresholds, and gates a Jetson's FP16 graphs
         if wants_int8 or first.tta or any(gates_fp16(plan.target, first.data) for plan in plans):
-            valid, calibration = _valid_split(release, model, preprocess, views, first.seed, calibration,
+            valid, calibration = valid_split(release, model, preprocess, views, first.seed, calibration,
                                               first.tta)
         source = {"run": str(first.run), "weights": str(weights), "sha256": sha256_file(weights),
                   "weights_of": meta.get("source"),

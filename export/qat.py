@@ -341,15 +341,13 @@ def distillation_loss(student_out: dict, teacher_out: dict, targets, weights, s:
                                                  F.log_softmax(teacher_logits / t, 1),
                                                  log_target=True, reduction="batchmean")
     fused = 0.0
-    student_p = split_tasks(fused_probabilities(student_out, weights, branches))
-    teacher_p = split_tasks(fused_probabilities(teacher_out, weights, branches))
-    for p_s, p_t in zip(student_p.values(), teacher_p.values()):
+    student_fi = fused_probabilities(student_out, weights, branches)
+    teacher_fi = fused_probabilities(teacher_out, weights, branches)
+    for p_s, p_t in zip(split_tasks(student_fi).values(), split_tasks(teacher_fi).values()):
         fused = fused + F.kl_div(p_s.clamp_min(1e-8).log(), p_t, reduction="batchmean")
     task = multitask_loss({b: student_out[b] for b in branches}, targets) if s.task_weight else 0.0
     score = 0.0
     if s.score_weight:
-        student_fi = fused_probabilities(student_out, weights, branches)
-        teacher_fi = fused_probabilities(teacher_out, weights, branches)
         score = (seven_point_score(student_fi, temperatures) - seven_point_score(teacher_fi, temperatures)).pow(2).mean()
     return s.distill_weight * distill + s.fused_weight * fused + s.task_weight * task + s.score_weight * score
 

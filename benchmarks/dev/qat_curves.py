@@ -55,23 +55,6 @@ def parse_setting(text: str) -> tuple[str, qat.QatSettings]:
 NEAR_TIE = 0.03      # an FP32 decision won by less than this (probability; the reading: half its score distance)
 
 
-def valid_split(release, model, calibration: dict | None):
-    """The valid split as the export's gate reads it (export/int8_gate.ValidSplit): inputs, labels, the FP32
-    reference, the default gate settings and the run's fitted reading."""
-    import numpy as np
-
-    from edgederm.data.inputs import load_arrays
-    from edgederm.export.int8_gate import ValidSplit
-    from edgederm.export.onnx_export import run_torch
-    from edgederm.scoring.gate import GateSettings
-    cases = release.split("valid")
-    if not cases:
-        raise ConfigError(f"{release.root}: the valid split is empty: the gate judges the students on it")
-    inputs = load_arrays(cases, model.cfg.preprocess(), model.input_names)
-    return ValidSplit(inputs, np.array([c.labels for c in cases]), [c.case_id for c in cases],
-                      run_torch(model, *inputs), GateSettings(), calibration)
-
-
 def near_ties(valid) -> dict:
     """How many FP32 decisions on valid were won by under NEAR_TIE: the cases a small disagreement can flip."""
     from edgederm import labels as L
@@ -107,15 +90,18 @@ def measure(run: Path, data: Path, settings: list[tuple[str, qat.QatSettings]], 
     from edgederm.benchmarks.host import host_facts
     from edgederm.calibration.selection import build_calibration_set
     from edgederm.data.release import read_release
+    from edgederm.export.exporter import valid_split
     from edgederm.export.openvino_export import has_attention
     from edgederm.models.io import load_model, read_metadata
+    from edgederm.models.tta import NO_TTA
     from edgederm.scoring.calibration import stored_calibration
     weights = run / "model.safetensors"
     model = load_model(weights).eval()
     release = read_release(data)
     calib = build_calibration_set(release, model.cfg.preprocess(), names=model.input_names)  # as export
-    calibration = stored_calibration(read_metadata(weights))
-    valid = valid_split(release, model, calibration)
+    # the valid split, its FP32 reference and the gate's settings exactly as the export builds them
+    valid, calibration = valid_split(release, model, model.cfg.preprocess(), NO_TTA, 0,
+                                     stored_calibration(read_metadata(weights)), None)
     rows = []
     for label, s in settings:
         print(f"{label}: training the student", flush=True)
