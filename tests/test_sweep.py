@@ -88,6 +88,10 @@ def test_sweep_trains_ranks_on_valid_and_resumes(synthetic_release, tmp_path):
     rows_again = json.loads((out / "sweep.json").read_text())["rows"]
     assert [r["valid"] for r in rows_again] == [r["valid"] for r in rows]
     assert not any("test" in r for r in rows_again)
+    # and the shared run is found when --only names the later row alone
+    alone = _sweep("--data", synthetic_release, "--grid", grid, "--out", out, "--only", "flip-tta")
+    assert alone.returncode == 0 and "flip-tta: finished, scoring it again without training" in alone.stdout
+    assert json.loads((out / "sweep.json").read_text())["rows"][0]["run"] == by_name["pre-logits"]["run"]
 
 
 def test_sweep_refuses_a_changed_configuration_and_a_bad_grid(synthetic_release, tmp_path):
@@ -109,6 +113,22 @@ def test_sweep_refuses_a_changed_configuration_and_a_bad_grid(synthetic_release,
     assert views.returncode == 1 and "[[config]] flip-tta: tta 'flop': not one of flip, flip4, six" in views.stderr
     missing = _sweep("--data", synthetic_release, "--grid", tmp_path / "nope.toml", "--out", out)
     assert missing.returncode == 1 and "nope.toml: grid file not found" in missing.stderr
+
+
+def test_sweep_tables_the_branches_jif_mmfa_has(synthetic_release, tmp_path):
+    """jif-mmfa scores an image, a metadata and a joint branch, not P_C / P_D: the table shows the branches the
+    model has."""
+    grid = tmp_path / "grid.toml"
+    grid.write_text(GRID.replace('preset = "tiny"', 'preset = "jif-mmfa-tiny"').split("[[config]]")[0]
+                    + '[[config]]\nname = "jif"\nnote = "jif-mmfa-tiny"\n')
+    out = tmp_path / "sweep"
+    swept = _sweep("--data", synthetic_release, "--grid", grid, "--out", out)
+    assert swept.returncode == 0, swept.stderr[-2000:]
+    (row,) = json.loads((out / "sweep.json").read_text())["rows"]
+    assert set(row["valid"]) == {"final", "image", "metadata", "fusion", "cases", "operating_point"}
+    head, _, cells = (out / "sweep.md").read_text().splitlines()[2:5]
+    assert "| valid AUC P_FI | P_I | P_M | P_FU | valid ACC P_FI |" in head and "P_C" not in head
+    assert f"| {100 * row['valid']['metadata']['avg_auc']:.2f} |" in cells
 
 
 REPEATS = Path(__file__).resolve().parents[1] / "benchmarks" / "dev" / "repeat_runs.py"
@@ -145,12 +165,15 @@ def test_repeat_runs_train_one_run_per_seed_and_report_mean_and_std(synthetic_re
     on_valid = json.loads((out / "repeats.json").read_text())
     assert on_valid["split"] == "valid" and on_valid["cases"] != result["cases"]
     assert "valid split" in (out / "repeats.md").read_text()
-    # a row with views of its own (the grid's `tta`) is scored with them, as the sweep scores it
+    # a row with views of its own (the grid's `tta`) is scored with them, as the sweep scores it, on the runs of
+    # the earlier row that trains the same (pre-logits), even when --only names it alone
     flip = _repeats("--data", synthetic_release, "--grid", grid, "--out", out, "--seeds", 1, "--only", "flip-tta")
     assert flip.returncode == 0, flip.stderr[-2000:]
+    assert "pre-logits-seed0: finished, scoring it again without training" in flip.stdout
+    assert not (out / "runs" / "flip-tta-seed0").exists()
     (flip_row,) = json.loads((out / "repeats.json").read_text())["rows"]
     from edgederm.evaluation.evaluate import evaluate_run
-    run = out / "runs" / "flip-tta-seed0"
+    run = out / "runs" / "pre-logits-seed0"
     assert flip_row["tta"] == "flip"
     assert flip_row["values"]["avg_auc"][0] == evaluate_run(run, synthetic_release, "valid", tta="flip")["branches"][
         "final"]["avg_auc"] != evaluate_run(run, synthetic_release, "valid")["branches"]["final"]["avg_auc"]

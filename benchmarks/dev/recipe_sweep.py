@@ -25,7 +25,8 @@ defaults change on valid evidence alone. A configuration with
 `branch_weights_tta` is scored with 6-view TTA (and its TTA-searched weights);
 one with `tta = "flip"` (or "flip4", "six") is scored with those views
 (edgederm.models.tta), and when its training equals an earlier
-configuration's it is scored on that configuration's run, not trained again.
+configuration's in the grid it is scored on that configuration's run, not
+trained again, whether or not --only names the earlier one.
 Writes DIR/sweep.json and DIR/sweep.md,
 sorted by P_FI's valid averaged AUC, with minutes of training per run, the
 clinic's figure beside the AUC (melanoma specificity and patients referred at
@@ -51,7 +52,9 @@ from edgederm.presets import resolve_config
 from edgederm.training.recipe import TrainConfig
 from edgederm.training.trainer import FINAL, train
 
-BRANCH_NAMES = {"final": "P_FI", "clinical": "P_C", "derm": "P_D", "fusion": "P_FU"}
+# every branch a model family scores: the two-encoder models P_C, P_D, P_FU; jif-mmfa P_I (both photos), P_M (the
+# metadata), P_FU (joint); P_FI, their weighted average, for all
+BRANCH_NAMES = {"final": "P_FI", "clinical": "P_C", "derm": "P_D", "image": "P_I", "metadata": "P_M", "fusion": "P_FU"}
 
 
 def read_grid(path: Path) -> tuple[str, dict, list[dict]]:
@@ -107,6 +110,20 @@ def resolve_grid(grid: Path, only: list[str] | None = None,
     if short_epochs is not None:
         resolved = [(c, model, shortened(train, short_epochs)) for c, model, train in resolved]
     return preset, resolved
+
+
+def training_key(model_cfg: ModelConfig, train_cfg: TrainConfig) -> str:
+    """What a configuration trains, as JSON: two configurations with the same key train the same weights."""
+    return json.dumps({"model": model_cfg.to_dict(), "train": training_of(train_cfg.to_dict())}, sort_keys=True)
+
+
+def run_names(grid: Path, short_epochs: int | None = None) -> dict[str, str]:
+    """Each configuration's run folder name: the first configuration of the whole grid that trains the same. Rows
+    that differ only in how they are scored (their views) then share one training, whichever of them --only
+    names and in whichever invocation."""
+    _, resolved = resolve_grid(grid, None, short_epochs)
+    owner: dict[str, str] = {}
+    return {c["name"]: owner.setdefault(training_key(model, train), c["name"]) for c, model, train in resolved}
 
 
 def write_results(out: Path, stem: str, result: dict, markdown: str) -> None:
@@ -166,7 +183,7 @@ def run_one(name: str, model_cfg: ModelConfig, train_cfg: TrainConfig, data: Pat
            "branch_features": model_cfg.branch_features, "fusion": model_cfg.fusion, "img_size": model_cfg.img_size}
     for split, evaluation in scores.items():
         row[split] = {b: {"avg_auc": evaluation["branches"][b]["avg_auc"], "avg_acc": evaluation["branches"][b]["avg_acc"]}
-                      for b in BRANCH_NAMES}
+                      for b in BRANCH_NAMES if b in evaluation["branches"]}
         row[split]["cases"] = evaluation["cases"]
         # the clinic's figure: the reading diagnose reports, at the threshold chosen on valid for the run's
         # melanoma sensitivity (90 % by default)
@@ -179,7 +196,9 @@ def _percent(value: float | None) -> str:
 
 
 def table(rows: list[dict], report_test: bool) -> str:
-    head = ["#", "configuration", "valid AUC P_FI", "P_C", "P_D", "P_FU", "valid ACC P_FI",
+    # the branches the rows' models have, in BRANCH_NAMES' order; a row without one shows "-"
+    branches = [b for b in BRANCH_NAMES if b != "final" and any(b in row["valid"] for row in rows)]
+    head = ["#", "configuration", "valid AUC P_FI", *(BRANCH_NAMES[b] for b in branches), "valid ACC P_FI",
             "valid MEL spec. @ sens.", "referred %"]
     if report_test:
         head += ["test AUC P_FI", "test ACC P_FI"]
@@ -188,7 +207,7 @@ def table(rows: list[dict], report_test: bool) -> str:
     for i, row in enumerate(rows, 1):
         valid = row["valid"]
         cells = [str(i), f"`{row['name']}`", f"{100 * valid['final']['avg_auc']:.2f}",
-                 *(f"{100 * valid[b]['avg_auc']:.2f}" for b in ("clinical", "derm", "fusion")),
+                 *(f"{100 * valid[b]['avg_auc']:.2f}" if b in valid else "-" for b in branches),
                  f"{100 * valid['final']['avg_acc']:.2f}"]
         op = valid.get("operating_point")       # absent in records written before it was kept
         cells += ([f"{_percent(op['specificity'])} @ {_percent(op['sensitivity'])}", f"{op['referred_percent']:.1f}"]
@@ -227,12 +246,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         args.out.mkdir(parents=True, exist_ok=True)
         rows = []
-        trained: dict[str, str] = {}       # a configuration's training, as JSON -> the run that trains it
+        shared = run_names(args.grid, args.short_epochs)
         for config, model_cfg, train_cfg in resolved:
-            key = json.dumps({"model": model_cfg.to_dict(), "train": training_of(train_cfg.to_dict())}, sort_keys=True)
-            run_name = trained.setdefault(key, config["name"])
             row = run_one(config["name"], model_cfg, train_cfg, args.data, args.out, args.report_test,
-                          tta=config.get("tta"), run_name=run_name)
+                          tta=config.get("tta"), run_name=shared[config["name"]])
             rows.append({**row, "note": config.get("note", "")})
     except EdgeDermError as e:
         print(f"error: {e}", file=sys.stderr)

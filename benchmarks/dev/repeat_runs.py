@@ -11,9 +11,11 @@ per row); each configuration trains once per seed (0 .. N-1, the `seed` of its
 recipe replaced) into DIR/runs/NAME-seedS, resumable like the sweep. The seed
 the grid itself trains with keeps the sweep's folder, DIR/runs/NAME: with
 `--out` the sweep's folder, a row the sweep trained is scored, not trained
-again. Every run is scored on `--split`: valid by default, because defaults
-change on valid evidence alone (test for the paper's tables, with 6-view TTA
-when asked, as the paper evaluates); the standard deviation is the sample one
+again; a row whose training equals an earlier row's (one that differs only in
+its views) is scored on that row's runs, as the sweep does. Every run is
+scored on `--split`: valid by default, because defaults change on valid
+evidence alone (test for the paper's tables, with 6-view TTA when asked, as
+the paper evaluates); the standard deviation is the sample one
 (ddof 1), as a mean of ten runs "± std" is usually reported. Writes
 DIR/repeats.json (every run's figures) and DIR/repeats.md: one row per
 configuration, best mean AVG AUC first, with AVG AUC, AVG ACC and parameters,
@@ -32,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from recipe_sweep import resolve_grid, run_one, write_results  # noqa: E402
+from recipe_sweep import resolve_grid, run_names, run_one, write_results  # noqa: E402
 
 from edgederm import labels as L  # noqa: E402
 from edgederm.errors import ConfigError, EdgeDermError  # noqa: E402
@@ -109,13 +111,15 @@ def main(argv: list[str] | None = None) -> int:
         preset, resolved = resolve_grid(args.grid, args.only)
         args.out.mkdir(parents=True, exist_ok=True)
         rows, cases = [], 0
+        shared = run_names(args.grid)
         for config, model_cfg, train_cfg in resolved:
             runs = []
             # --tta: six views for every row (the paper's tables); else each row's own, as the sweep scores it
             views = True if args.tta else (config.get("tta") or train_cfg.branch_weights_tta or False)
             for seed in range(args.seeds):
                 # the grid's own seed trains in the sweep's folder name, so a sweep's run is reused
-                name = config["name"] if seed == train_cfg.seed else f"{config['name']}-seed{seed}"
+                owner = shared[config["name"]]
+                name = owner if seed == train_cfg.seed else f"{owner}-seed{seed}"
                 run_one(name, model_cfg, replace(train_cfg, seed=seed), args.data, args.out, report_test=False)
                 evaluation = evaluate_run(args.out / "runs" / name, args.data, split=args.split, tta=views)
                 cases = evaluation["cases"]
