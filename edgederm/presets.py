@@ -139,7 +139,9 @@ register_preset("aff-aab", ModelConfig(clinical_encoder=_MOBILENET, derm_encoder
 # the AAB fusion scores 84.8 ± 0.5 and late fusion (`pre_logits`) 85.0 ± 0.4, within their noise, so the
 # asymmetric fusion stays. 7.90 M parameters in all. Two leads of one seed did not hold over three
 # (benchmarks/results/real-edge-160-past-baseline-repeats.md): mixup across the pair 84.4 ± 0.4, EfficientNet-Lite2
-# on the dermoscopy photo 84.2 ± 0.5.
+# on the dermoscopy photo 84.2 ± 0.5. What held on every seed is more views at test, not training: the same runs
+# read with six views (`evaluate --tta`) score 85.7 ± 0.5, with four (`export --tta flip4`) 85.5 ± 0.5, against the
+# two flip views' 84.8 (benchmarks/results/real-edge-160-views-repeats.md).
 register_preset("edge", ModelConfig(clinical_encoder="tf_efficientnet_lite0", derm_encoder="tf_efficientnet_lite1",
                                     fusion="aab", normalization="inception", fusion_features="fused+pre_logits",
                                     drop_rate=0.3, crop="zoom"),
