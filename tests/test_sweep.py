@@ -1,6 +1,7 @@
 """benchmarks/dev/recipe_sweep.py end to end on the synthetic release: two tiny
 configurations of one epoch, ranked on valid, resumable, and its refusals."""
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -113,6 +114,22 @@ def test_sweep_refuses_a_changed_configuration_and_a_bad_grid(synthetic_release,
     assert views.returncode == 1 and "[[config]] flip-tta: tta 'flop': not one of flip, flip4, six" in views.stderr
     missing = _sweep("--data", synthetic_release, "--grid", tmp_path / "nope.toml", "--out", out)
     assert missing.returncode == 1 and "nope.toml: grid file not found" in missing.stderr
+
+
+def test_sweep_starts_again_a_run_stopped_before_its_first_checkpoint(synthetic_release, tmp_path):
+    """A run killed during its first epoch has a config.json and no checkpoint: the sweep trains it from the start
+    (it used to try to resume it and stop with "no checkpoint to resume from")."""
+    grid = tmp_path / "grid.toml"
+    grid.write_text(GRID)
+    out = tmp_path / "sweep"
+    assert _sweep("--data", synthetic_release, "--grid", grid, "--out", out, "--only", "pre-logits").returncode == 0
+    run = out / "runs" / "pre-logits"
+    for path in run.iterdir():                     # what a run holds before its first checkpoint
+        if path.name != "config.json":
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    again = _sweep("--data", synthetic_release, "--grid", grid, "--out", out, "--only", "pre-logits")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"pre-logits: training -> {run}" in again.stdout and (run / "model.safetensors").is_file()
 
 
 def test_sweep_tables_the_branches_jif_mmfa_has(synthetic_release, tmp_path):

@@ -18,9 +18,10 @@ for `edgederm train --config`):
 
 Each configuration trains into DIR/runs/NAME. Resumable: a finished run
 (model.safetensors) is scored without training again, a started one resumes
-from its last checkpoint, and a run whose saved config differs from the grid's
-is refused (rename it or delete the folder). Every branch (P_C, P_D, P_FU and
-the weighted P_FI) is scored on valid; test only with --report-test, because
+from its last checkpoint (one stopped before its first starts again), and a
+run whose saved config differs from the grid's is refused (rename it or
+delete the folder). Every branch (P_C, P_D, P_FU, or jif-mmfa's P_I, P_M,
+P_FU, and the weighted P_FI) is scored on valid; test only with --report-test, because
 defaults change on valid evidence alone. A configuration with
 `branch_weights_tta` is scored with 6-view TTA (and its TTA-searched weights);
 one with `tta = "flip"` (or "flip4", "six") is scored with those views
@@ -37,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 import tomllib
@@ -49,6 +51,7 @@ from edgederm.evaluation.evaluate import evaluate_run
 from edgederm.models.tta import views_of
 from edgederm.models.config import ModelConfig
 from edgederm.presets import resolve_config
+from edgederm.training.checkpoint import POINTER
 from edgederm.training.recipe import TrainConfig
 from edgederm.training.trainer import FINAL, train
 
@@ -166,7 +169,11 @@ def run_one(name: str, model_cfg: ModelConfig, train_cfg: TrainConfig, data: Pat
     if (run / FINAL).is_file():
         print(f"{name}: finished, scoring it again without training")
     else:
-        resume = (run / "config.json").is_file()
+        resume = (run / "checkpoints" / POINTER).is_file()
+        if (run / "config.json").is_file() and not resume:
+            # stopped before its first checkpoint: nothing to resume, and the folder holds no epoch, so the same
+            # configuration (checked above) starts again instead of refusing to resume
+            shutil.rmtree(run)
         print(f"{name}: training{' (resuming)' if resume else ''} -> {run}")
         started = time.perf_counter()
         train(data, run, model_cfg, train_cfg, resume=resume)
