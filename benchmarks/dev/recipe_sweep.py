@@ -21,8 +21,8 @@ Each configuration trains into DIR/runs/NAME. Resumable: a finished run
 from its last checkpoint (one stopped before its first starts again), and a
 run whose saved config differs from the grid's is refused (rename it or
 delete the folder). Every branch (P_C, P_D, P_FU, or jif-mmfa's P_I, P_M,
-P_FU, and the weighted P_FI) is scored on valid; test only with --report-test, because
-defaults change on valid evidence alone. A configuration with
+P_FU, and the weighted P_FI) is scored on valid; test only with
+--report-test, because defaults change on valid evidence alone. A configuration with
 `branch_weights_tta` is scored with 6-view TTA (and its TTA-searched weights);
 one with `tta = "flip"` (or "flip4", "six") is scored with those views
 (edgederm.models.tta), and when its training equals an earlier
