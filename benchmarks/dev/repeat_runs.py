@@ -15,8 +15,8 @@ again; a row whose training equals an earlier row's (one that differs only in
 its views) is scored on that row's runs, as the sweep does. Every run is
 scored on `--split`: valid by default, because defaults change on valid
 evidence alone (test for the paper's tables, with 6-view TTA when asked, as
-the paper evaluates); the standard deviation is the sample one
-(ddof 1), as a mean of ten runs "± std" is usually reported. Writes
+the paper evaluates); the standard deviation is the sample one (ddof 1), as a
+mean of ten runs "± std" is usually reported. Writes
 DIR/repeats.json (every run's figures) and DIR/repeats.md: one row per
 configuration, best mean AVG AUC first, with AVG AUC, AVG ACC and parameters,
 then mean ± std of every category's AUC and every task's accuracy.
@@ -116,9 +116,9 @@ def main(argv: list[str] | None = None) -> int:
             runs = []
             # --tta: six views for every row (the paper's tables); else each row's own, as the sweep scores it
             views = True if args.tta else (config.get("tta") or train_cfg.branch_weights_tta or False)
+            owner = shared[config["name"]]        # the row whose runs this one reads (itself, unless views differ)
             for seed in range(args.seeds):
                 # the grid's own seed trains in the sweep's folder name, so a sweep's run is reused
-                owner = shared[config["name"]]
                 name = owner if seed == train_cfg.seed else f"{owner}-seed{seed}"
                 run_one(name, model_cfg, replace(train_cfg, seed=seed), args.data, args.out, report_test=False)
                 evaluation = evaluate_run(args.out / "runs" / name, args.data, split=args.split, tta=views)
