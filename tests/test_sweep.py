@@ -277,3 +277,23 @@ def test_every_shipped_grid_resolves(tmp_path):
         assert dry.returncode == 0, f"{grid.name}: {dry.stderr[-500:]}"
         assert len(dry.stdout.splitlines()) >= 1
     assert not (tmp_path / "out").exists()
+
+
+def test_the_rows_each_preset_took_train_what_the_preset_trains(tmp_path):
+    """`edge` took edge-160.toml's `edge-baseline-recipe` and `jif-mmfa` took jif-mmfa-160.toml's `jif-edge-recipe`
+    (valid evidence over three seeds): the committed figures describe the presets only while the rows and the
+    presets train the same, at the grids' 160 px."""
+    from dataclasses import replace
+
+    from edgederm.presets import get_preset
+    sys.path.insert(0, str(SCRIPT.parent))
+    from recipe_sweep import training_of
+    for grid, row, preset in (("edge-160.toml", "edge-baseline-recipe", "edge"),
+                              ("jif-mmfa-160.toml", "jif-edge-recipe", "jif-mmfa")):
+        dry = _sweep("--data", tmp_path, "--grid", SCRIPT.parent / "grids" / grid, "--out", tmp_path / "out",
+                     "--dry-run", "--only", row)
+        assert dry.returncode == 0, dry.stderr[-500:]
+        (resolved,) = [json.loads(line) for line in dry.stdout.splitlines()]
+        chosen = get_preset(preset)
+        assert resolved["model"] == replace(chosen.model, img_size=160).to_dict(), grid
+        assert training_of(resolved["train"]) == training_of(chosen.recipe.to_dict()), grid

@@ -205,8 +205,8 @@ EDGE_RECIPE = TrainConfig(epochs=25, batch_size=24, optimizer="adamw", lr=3e-4, 
                           schedule="onecycle", warmup_epochs=0, swa_epochs=0, augment_policy="crop-flip-rot90",
                           source="edge: fine-tuning ImageNet encoders; AdamW 3e-4 for every parameter (weight decay "
                                  "1e-2), one-cycle over 25 epochs, best valid epoch, crop-flip-rot90")
-# edge's recipe before the valid sweep replaced it: the families built on edge's encoders (clinical-only, jif-mmfa)
-# keep it until their own valid evidence says otherwise (they were not re-measured on the real release).
+# edge's recipe before the valid sweep replaced it: clinical-only, built on edge's encoders, keeps it until its own
+# valid evidence says otherwise (it was not re-measured on the real release); jif-mmfa was, and left it.
 FINE_TUNE_SWA_RECIPE = TrainConfig(epochs=30, batch_size=24, lr=1e-3, encoder_lr_scale=0.1, weight_decay=1e-4,
                                    warmup_epochs=2, swa_epochs=5, swa_lr=1e-4,
                                    source="fine-tuning ImageNet encoders with SWA; Adam 1e-3 (encoders 1e-4), 2 warm-up "
