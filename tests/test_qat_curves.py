@@ -43,11 +43,17 @@ def test_curves_record_the_start_and_every_epoch_per_setting(trained_run, synthe
         assert 0 <= gate["diagnosis_flips"] <= valid_cases and 0 <= gate["seven_point_flips"] <= valid_cases
         assert gate["mean_abs_dp"] > 0 and gate["mean_abs_score_difference"] >= 0
         assert (gate["verdict"] == "pass") == (not gate["reasons"])
+        for decision, count in (("diagnosis", gate["diagnosis_flips"]), ("seven_point", gate["seven_point_flips"])):
+            margins = [c["margin"] for c in gate["flipped"][decision]]
+            assert len(margins) == count and margins == sorted(margins) and min(margins, default=0) >= 0
+            assert sum(m > 0.1 for m in margins) == gate["confident_flips"][decision]
     assert 0 <= result["near_ties"]["diagnosis"] <= valid_cases
     table = out.with_suffix(".md").read_text()
     curves, gated = table.split("Each trained student judged by the export's gate")
     assert "| everywhere | 0 |" in curves and curves.count("\n| ") == 1 + 3 + 2 + 2    # header, epochs 0-2, 0-1, 0-1
+    gated, margins = gated.split("The FP32 margin of every decision each student changed")
     assert f"on all {valid_cases} valid cases" in gated and gated.count("\n| ") == 1 + 3
+    assert margins.count("\n| ") == 1 + 3 and "| everywhere | " in margins
     png = out.with_suffix(".png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the figure and table again from the JSON alone
@@ -55,6 +61,23 @@ def test_curves_record_the_start_and_every_epoch_per_setting(trained_run, synthe
     again = _curves("--plot", out.with_suffix(".json"))
     assert again.returncode == 0, again.stderr[-2000:]
     assert png.is_file() and out.with_suffix(".md").read_text() == table
+
+
+def test_tta_gates_teacher_and_student_read_with_the_bundles_views(trained_run, synthetic_release, tmp_path):
+    setting = "one epoch=epochs:1,batch_size:4"
+    plain, flipped = tmp_path / "plain", tmp_path / "flipped"
+    for out, extra in ((plain, []), (flipped, ["--tta", "flip"])):
+        done = _curves("--run", trained_run, "--data", synthetic_release, "--out", out, "--setting", setting, *extra)
+        assert done.returncode == 0, done.stderr[-2000:]
+    plain_result, flipped_result = (json.loads(out.with_suffix(".json").read_text()) for out in (plain, flipped))
+    assert plain_result["views"] == ["identity"] and flipped_result["views"] == ["identity", "hflip"]
+    # the same student (the same seed, trained on single views either way) ...
+    assert plain_result["rows"][0]["start"] == flipped_result["rows"][0]["start"]
+    # ... judged on what the bundle would compute: both models' P_FI averaged over the views
+    plain_gate, flipped_gate = plain_result["rows"][0]["gate"], flipped_result["rows"][0]["gate"]
+    assert plain_gate["mean_abs_dp"] != flipped_gate["mean_abs_dp"]
+    assert "read with 2 views (identity, hflip)" in flipped.with_suffix(".md").read_text()
+    assert "read with" not in plain.with_suffix(".md").read_text()
 
 
 def test_a_bad_setting_or_run_is_one_line_and_writes_nothing(trained_run, synthetic_release, tmp_path):

@@ -8,12 +8,14 @@ epoch. Then each trained student is judged by the export's gate (export/int8_gat
 on *every* valid case, with the run's fitted reading as the device reads it: the torch student, not its exported
 graph (the export's own verdict on its OpenVINO graph can differ by a case or two). Beside the flips: the mean
 |dp| and the mean |seven-point expected score student - teacher| on all valid cases, and how many FP32 decisions
-on valid are near ties (won by under 0.03): what a flip count can be read against.
+on valid are near ties (won by under 0.03): what a flip count can be read against. With `--tta flip` or `flip4`
+the gate reads as a bundle exported with `--tta` does: the teacher's and the student's P_FI averaged over the views,
+the thresholds refitted on the teacher's valid TTA outputs; the student trains on single views, as the export's does.
 
     python benchmarks/dev/qat_curves.py --run RUN --data RELEASE --out benchmarks/results/real-qat-curves \\
         --setting "7-bit weights everywhere, Adam 3e-5=overflow_fix:enable" \\
         --setting "7-bit first layer, Adam 3e-5=" \\
-        --setting "7-bit first layer, weights 1e-6, scales 1e-5=lr:1e-6,scale_lr:1e-5"
+        --setting "7-bit first layer, weights 1e-6, scales 1e-5=lr:1e-6,scale_lr:1e-5" [--tta flip4]
     python benchmarks/dev/qat_curves.py --plot benchmarks/results/real-qat-curves.json    # the figure again
 
 A setting is `LABEL=FIELD:VALUE,...` over QatSettings' fields (nothing after `=`: the defaults). Writes OUT.json
@@ -29,6 +31,7 @@ from pathlib import Path
 
 from edgederm.errors import ConfigError, EdgeDermError
 from edgederm.export import qat
+from edgederm.models.tta import EXPORT_VIEW_SETS
 
 
 def parse_setting(text: str) -> tuple[str, qat.QatSettings]:
@@ -66,14 +69,15 @@ def near_ties(valid) -> dict:
             "seven_point": None if reading is None else int((reading < NEAR_TIE).sum())}
 
 
-def gate_student(student, valid, label: str) -> dict:
-    """The export's verdict on the torch student, with its distance from the teacher on every valid case."""
+def gate_student(student, valid, label: str, views: tuple[str, ...]) -> dict:
+    """The export's verdict on the torch student read with `views`, with its distance from the teacher on every
+    valid case."""
     import numpy as np
 
     from edgederm.export import int8_gate
     from edgederm.export.onnx_export import run_torch
     from edgederm.scoring.calibration import apply_temperatures, expected_seven_point_score
-    probabilities = run_torch(student, *valid.inputs)
+    probabilities = run_torch(student, *valid.inputs, views=views)
     result = int8_gate.judge_on_valid(valid, int8_gate.Attempt(label), probabilities, print).result
     temperatures = (valid.calibration or {}).get("temperatures", {})
     score = [expected_seven_point_score(apply_temperatures(p, temperatures)) for p in (probabilities, valid.reference)]
@@ -82,36 +86,42 @@ def gate_student(student, valid, label: str) -> dict:
             "auc_drop_points": round(auc["drop_points"], 3), "upper_bound_points": round(auc["upper_bound_points"], 3),
             "diagnosis_flips": flips["diagnosis"]["flips"], "seven_point_flips": flips["seven_point"]["flips"],
             "confident_flips": {k: f["confident_flips"] for k, f in flips.items()},
+            # how close each changed FP32 decision was, and whether the change moved toward the truth or away
+            "flipped": {k: sorted(({"margin": c["reference_margin"], "direction": c["direction"]}
+                                   for c in f["flipped"]), key=lambda c: c["margin"]) for k, f in flips.items()},
             "mean_abs_dp": round(float(np.abs(probabilities - valid.reference).mean()), 5),
             "mean_abs_score_difference": round(float(np.abs(score[0] - score[1]).mean()), 4)}
 
 
-def measure(run: Path, data: Path, settings: list[tuple[str, qat.QatSettings]], work: Path) -> dict:
+def measure(run: Path, data: Path, settings: list[tuple[str, qat.QatSettings]], work: Path,
+            tta: str | None = None) -> dict:
     from edgederm.benchmarks.host import host_facts
     from edgederm.calibration.selection import build_calibration_set
     from edgederm.data.release import read_release
     from edgederm.export.exporter import valid_split
     from edgederm.export.openvino_export import has_attention
     from edgederm.models.io import load_model, read_metadata
-    from edgederm.models.tta import NO_TTA
+    from edgederm.models.tta import NO_TTA, VIEW_SETS
     from edgederm.scoring.calibration import stored_calibration
     weights = run / "model.safetensors"
     model = load_model(weights).eval()
     release = read_release(data)
     calib = build_calibration_set(release, model.cfg.preprocess(), names=model.input_names)  # as export
     # the valid split, its FP32 reference and the gate's settings exactly as the export builds them
-    valid, calibration = valid_split(release, model, model.cfg.preprocess(), NO_TTA, 0,
-                                     stored_calibration(read_metadata(weights)), None)
+    views = NO_TTA if tta is None else VIEW_SETS[tta]
+    valid, calibration = valid_split(release, model, model.cfg.preprocess(), views, 0,
+                                     stored_calibration(read_metadata(weights)), tta)
     rows = []
     for label, s in settings:
         print(f"{label}: training the student", flush=True)
-        job = qat.QatJob(weights, data, work, s, temperatures=(calibration or {}).get("temperatures"))
+        job = qat.QatJob(weights, data, work, s, views=views, temperatures=(calibration or {}).get("temperatures"))
         student, record = qat.train_student(job, calib, has_attention(model), print)
         rows.append({"label": label, **{k: record[k] for k in ("settings", "start", "epochs", "monitored",
                                                                "minutes", "in_float", "quantizers")},
-                     "gate": gate_student(student, valid, label)})
+                     "gate": gate_student(student, valid, label, views)})
     host = host_facts()
     return {"run": str(run), "data": str(data), "calibration_cases": len(calib), "near_ties": near_ties(valid),
+            "views": list(views),
             "host": {"cpu": host["cpu"], "cores": host["cores"]}, "rows": rows}
 
 
@@ -133,8 +143,11 @@ def markdown(result: dict) -> str:
     if gated:
         ties = result["near_ties"]
         reading = "" if ties["seven_point"] is None else f" and {ties['seven_point']} seven-point readings"
+        views = result.get("views", ["identity"])      # results written before --tta read single views
+        read = "" if len(views) <= 1 else (f", teacher and student read with {len(views)} views ({', '.join(views)}) "
+                                           f"and the thresholds refitted on them, as `export --tta` does")
         lines += ["", f"Each trained student judged by the export's gate on all {gated[0]['gate']['cases']} valid cases "
-                  f"(the torch student; margin 1 AUC point, at most 2 % of cases flipped, 1 % to be chosen). On valid "
+                  f"(the torch student{read}; margin 1 AUC point, at most 2 % of cases flipped, 1 % to be chosen). On valid "
                   f"{ties['diagnosis']} FP32 diagnoses{reading} were won by under {ties['margin']:g}.", "",
                   "| setting | AUC drop (upper bound) | diagnosis flips (clear calls) | seven-point flips (clear calls) "
                   "| mean abs dp | mean abs score difference | verdict |", "|---|---|---|---|---|---|---|"]
@@ -144,6 +157,16 @@ def markdown(result: dict) -> str:
                          f"{g['diagnosis_flips']} ({g['confident_flips']['diagnosis']}) | "
                          f"{g['seven_point_flips']} ({g['confident_flips']['seven_point']}) | {g['mean_abs_dp']:.4f} | "
                          f"{g['mean_abs_score_difference']:.3f} | {g['verdict']} |")
+        flipped = [row for row in gated if "flipped" in row["gate"]]     # recorded since the flips' margins were kept
+        if flipped:
+            lines += ["", "The FP32 margin of every decision each student changed, smallest first (+: the change moved "
+                      "toward the truth, -: away from it, no sign: neither was right):", "",
+                      "| setting | diagnosis | seven-point reading |", "|---|---|---|"]
+            sign = {"toward": "+", "away": "-", "neither": ""}
+            for row in flipped:
+                cells = [", ".join(f"{sign[c['direction']]}{c['margin']:.3f}" for c in row["gate"]["flipped"][k]) or "-"
+                         for k in ("diagnosis", "seven_point")]
+                lines.append(f"| {row['label']} | {cells[0]} | {cells[1]} |")
     return "\n".join(lines) + "\n"
 
 
@@ -197,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, help="its release (the train and valid splits are read)")
     parser.add_argument("--out", type=Path, help="OUT.json, OUT.md and OUT.png are written")
     parser.add_argument("--setting", action="append", default=[], help="LABEL=FIELD:VALUE,... (repeatable)")
+    parser.add_argument("--tta", choices=EXPORT_VIEW_SETS, help="gate teacher and student read with these views, as "
+                        "a bundle exported with --tta (default: the photos as they are)")
     parser.add_argument("--plot", type=Path, metavar="JSON", help="draw the figure and table again from a result file")
     args = parser.parse_args(argv)
     try:
@@ -216,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"{args.run}: no model.safetensors (not a finished run)")
         import tempfile
         with tempfile.TemporaryDirectory() as work:
-            write(measure(args.run, args.data, settings, Path(work)), args.out)
+            write(measure(args.run, args.data, settings, Path(work), args.tta), args.out)
     except EdgeDermError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
