@@ -8,9 +8,11 @@ epoch. Then each trained student is judged by the export's gate (export/int8_gat
 on *every* valid case, with the run's fitted reading as the device reads it: the torch student, not its exported
 graph (the export's own verdict on its OpenVINO graph can differ by a case or two). Beside the flips: the mean
 |dp| and the mean |seven-point expected score student - teacher| on all valid cases, and how many FP32 decisions
-on valid are near ties (won by under 0.03): what a flip count can be read against. With `--tta flip` or `flip4`
-the gate reads as a bundle exported with `--tta` does: the teacher's and the student's P_FI averaged over the views,
-the thresholds refitted on the teacher's valid TTA outputs; the student trains on single views, as the export's does.
+on valid are near ties (won by under 0.03): what a flip count can be read against; and, for every decision a
+student changed, how close the FP32 decision was and whether the change moved toward the truth. With `--tta flip`
+or `flip4` the gate reads as a bundle exported with `--tta` does: the teacher's and the student's P_FI averaged over
+the views, the thresholds refitted on the teacher's valid TTA outputs; the student trains on single views, as the
+export's does.
 
     python benchmarks/dev/qat_curves.py --run RUN --data RELEASE --out benchmarks/results/real-qat-curves \\
         --setting "7-bit weights everywhere, Adam 3e-5=overflow_fix:enable" \\
