@@ -279,14 +279,14 @@ def test_every_shipped_grid_resolves(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_the_rows_each_preset_took_train_what_the_preset_trains(tmp_path):
+def test_the_rows_each_preset_took_train_what_the_preset_trains(tmp_path, monkeypatch):
     """`edge` took edge-160.toml's `edge-baseline-recipe` and `jif-mmfa` took jif-mmfa-160.toml's `jif-edge-recipe`
     (valid evidence over three seeds): the committed figures describe the presets only while the rows and the
     presets train the same, at the grids' 160 px."""
     from dataclasses import replace
 
     from edgederm.presets import get_preset
-    sys.path.insert(0, str(SCRIPT.parent))
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
     from recipe_sweep import training_of
     for grid, row, preset in (("edge-160.toml", "edge-baseline-recipe", "edge"),
                               ("jif-mmfa-160.toml", "jif-edge-recipe", "jif-mmfa")):
