@@ -88,6 +88,8 @@ def test_a_bad_setting_or_run_is_one_line_and_writes_nothing(trained_run, synthe
     bad_value = _curves("--run", trained_run, "--data", synthetic_release, "--out", out,
                         "--setting", "x=overflow_fix:sometimes")
     assert bad_value.returncode == 1 and "overflow fix 'sometimes'" in bad_value.stderr
+    six = _curves("--run", trained_run, "--data", synthetic_release, "--out", out, "--setting", "x=", "--tta", "six")
+    assert six.returncode == 1 and six.stderr.strip() == "error: --tta 'six': not one of flip, flip4"
     no_run = _curves("--run", tmp_path, "--data", synthetic_release, "--out", out, "--setting", "x=")
     assert no_run.returncode == 1 and "no model.safetensors" in no_run.stderr
     bad_json = tmp_path / "bad.json"

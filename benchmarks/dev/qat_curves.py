@@ -33,7 +33,7 @@ from pathlib import Path
 
 from edgederm.errors import ConfigError, EdgeDermError
 from edgederm.export import qat
-from edgederm.models.tta import EXPORT_VIEW_SETS
+from edgederm.models.tta import EXPORT_VIEW_SETS, views_of
 
 
 def parse_setting(text: str) -> tuple[str, qat.QatSettings]:
@@ -222,8 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, help="its release (the train and valid splits are read)")
     parser.add_argument("--out", type=Path, help="OUT.json, OUT.md and OUT.png are written")
     parser.add_argument("--setting", action="append", default=[], help="LABEL=FIELD:VALUE,... (repeatable)")
-    parser.add_argument("--tta", choices=EXPORT_VIEW_SETS, help="gate teacher and student read with these views, as "
-                        "a bundle exported with --tta (default: the photos as they are)")
+    parser.add_argument("--tta", metavar="|".join(EXPORT_VIEW_SETS), help="gate teacher and student read with these "
+                        "views, as a bundle exported with --tta (default: the photos as they are)")
     parser.add_argument("--plot", type=Path, metavar="JSON", help="draw the figure and table again from a result file")
     args = parser.parse_args(argv)
     try:
@@ -239,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
         if not (args.run and args.data and args.out and args.setting):
             raise ConfigError("--run, --data, --out and at least one --setting are needed (or --plot JSON)")
         settings = [parse_setting(text) for text in args.setting]      # every error before any training
+        if args.tta is not None:
+            views_of(args.tta, EXPORT_VIEW_SETS)      # one line naming the view sets a bundle can build in
         if not (args.run / "model.safetensors").is_file():
             raise ConfigError(f"{args.run}: no model.safetensors (not a finished run)")
         import tempfile
