@@ -36,23 +36,24 @@ from edgederm.export import qat
 from edgederm.models.tta import EXPORT_VIEW_SETS, views_of
 
 
-def parse_setting(text: str) -> tuple[str, qat.QatSettings]:
-    """`LABEL=FIELD:VALUE,...` -> (label, settings); values take the type of the field's default."""
+def parse_setting(text: str, flag: str = "--setting") -> tuple[str, qat.QatSettings]:
+    """`LABEL=FIELD:VALUE,...` -> (label, settings); values take the type of the field's default. `flag`: the
+    option the text came from, named in the errors."""
     label, equals, spec = text.partition("=")
     if not label or not equals:
-        raise ConfigError(f"--setting {text!r}: expected LABEL=FIELD:VALUE,... (nothing after '=' for the defaults)")
+        raise ConfigError(f"{flag} {text!r}: expected LABEL=FIELD:VALUE,... (nothing after '=' for the defaults)")
     known = [f.name for f in fields(qat.QatSettings)]
     settings = qat.QatSettings()
     for item in filter(None, spec.split(",")):
         name, _, value = item.partition(":")
         if name not in known:
-            raise ConfigError(f"--setting {label!r}: no QAT setting {name!r} (one of {', '.join(known)})")
+            raise ConfigError(f"{flag} {label!r}: no QAT setting {name!r} (one of {', '.join(known)})")
         default = getattr(settings, name)
         kind = type(default) if default is not None else float
         try:
             converted = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
         except ValueError:
-            raise ConfigError(f"--setting {label!r}: {name} {value!r} is not a {kind.__name__}") from None
+            raise ConfigError(f"{flag} {label!r}: {name} {value!r} is not a {kind.__name__}") from None
         settings = replace(settings, **{name: converted})
     return label, settings
 
@@ -74,12 +75,17 @@ def near_ties(valid) -> dict:
 def gate_student(student, valid, label: str, views: tuple[str, ...]) -> dict:
     """The export's verdict on the torch student read with `views`, with its distance from the teacher on every
     valid case."""
+    from edgederm.export.onnx_export import run_torch
+    return gate_probabilities(run_torch(student, *valid.inputs, views=views), valid, label)
+
+
+def gate_probabilities(probabilities, valid, label: str) -> dict:
+    """The export's verdict on a variant's probabilities on the valid cases (`valid.reference`'s rows), with its
+    distance from the reference: the changed decisions' FP32 margins, mean |dp|, the seven-point score's."""
     import numpy as np
 
     from edgederm.export import int8_gate
-    from edgederm.export.onnx_export import run_torch
     from edgederm.scoring.calibration import apply_temperatures, expected_seven_point_score
-    probabilities = run_torch(student, *valid.inputs, views=views)
     result = int8_gate.judge_on_valid(valid, int8_gate.Attempt(label), probabilities, print).result
     temperatures = (valid.calibration or {}).get("temperatures", {})
     score = [expected_seven_point_score(apply_temperatures(p, temperatures)) for p in (probabilities, valid.reference)]
