@@ -72,3 +72,29 @@ def test_the_check_finds_a_call_with_one_argument_too_many(tmp_path):
                       "openvino_export.quantize_for_agreement(1, 2, 3, 4, 5)\n")
     [found] = _calls_that_do_not_bind(script)
     assert found.startswith("broken.py:2: openvino_export.quantize_for_agreement(...): too many positional")
+
+
+def test_the_methods_table_renders_under_its_name_with_clear_calls_where_recorded(tmp_path):
+    """`int8_methods.py --render --name NAME` writes NAME.md from NAME.json; a row that records its confident
+    flips shows them (valid and test), a row from before they were recorded shows none."""
+    import json
+    import subprocess
+    import sys
+    result = json.loads((DEV.parents[0] / "results" / "int8-methods.json").read_text())
+    newer, older = [m for m in result["methods"] if "median_ms" in m and m["runtime"] == "openvino"
+                    and m["method"] != "OpenVINO FP32"][:2]
+    newer["valid_confident_flips"] = {"diagnosis": 2, "seven_point": 0}
+    for decision, clear in (("diagnosis", 1), ("seven_point", 0)):
+        newer["test_flips"][decision]["confident_flips"] = clear
+    result["methods"] = [newer, older]
+    (tmp_path / "real-x.json").write_text(json.dumps(result))
+    done = subprocess.run([sys.executable, str(DEV / "int8_methods.py"), "--render", "--results", str(tmp_path),
+                           "--name", "real-x"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = {line.split(" | ")[0][2:]: line for line in (tmp_path / "real-x.md").read_text().splitlines()
+            if line.startswith("| ") and " | openvino | " in line}
+    flips = newer["test_flips"]["diagnosis"]
+    assert "%; clear calls 2 / 0)" in rows[newer["method"]]
+    assert f"({flips['flips']}, 1 clear; at most" in rows[newer["method"]]
+    assert "clear" not in rows[older["method"]]
+    assert not (tmp_path / "int8-methods.md").exists()

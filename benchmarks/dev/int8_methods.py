@@ -24,13 +24,17 @@ MinMax calibration; percentile calibration; the most sensitive blocks kept out
 of Q/DQ. Quantization-aware fine-tuning distilled from FP32 (export/qat.py, the
 export's third attempt): one student per row pair, exported to OpenVINO and to
 the Q/DQ graph, with every encoder quantized and with the light encoder in float
-(the export's default).
+(the export's default; one row where the light share leaves no encoder in float,
+as on `edge`). `--qat-setting LABEL=FIELD:VALUE,...` adds a student trained with
+other QatSettings (the syntax of qat_curves.py's --setting), in OpenVINO and,
+where its quantizers are signed, as the Q/DQ graph.
 
     python benchmarks/dev/int8_methods.py --run quickstart/runs/tiny --data quickstart/synth
 
-On the real release: --run RUN --data /path/to/release_v0 (the valid and test
-splits are read as `edgederm export` reads them). Prints the table; writes
-benchmarks/results/int8-methods.md and .json (--results elsewhere).
+On the real release: --run RUN --data /path/to/release_v0 --name real-int8-methods
+(the valid and test splits are read as `edgederm export` reads them). Prints the
+table; writes benchmarks/results/NAME.md and .json (NAME: int8-methods unless
+--name; --results for another folder).
 """
 from __future__ import annotations
 
@@ -44,11 +48,13 @@ from typing import Callable
 
 import numpy as np
 import openvino as ov
+from qat_curves import parse_setting           # benchmarks/dev: the same LABEL=FIELD:VALUE syntax
 
 from edgederm.benchmarks.host import host_facts
 from edgederm.calibration.selection import build_calibration_set
 from edgederm.data.inputs import load_arrays
 from edgederm.data.release import read_release
+from edgederm.errors import ConfigError
 from edgederm.scoring.calibration import stored_calibration
 from edgederm.scoring.gate import GateSettings, judge
 from edgederm.export import int8_gate, openvino_export, qat
@@ -101,7 +107,8 @@ def _timed(build: Callable[[], Method]) -> Method:
     return method
 
 
-def build_methods(run: Path, data: Path, work: Path, accuracy_control: bool, log) -> tuple[list[Method], dict]:
+def build_methods(run: Path, data: Path, work: Path, accuracy_control: bool, log,
+                  qat_settings: list[tuple[str, "qat.QatSettings"]] = ()) -> tuple[list[Method], dict]:
     import nncf
     model = load_model(run / "model.safetensors").eval()
     preprocess = model.cfg.preprocess()
@@ -150,21 +157,28 @@ def build_methods(run: Path, data: Path, work: Path, accuracy_control: bool, log
                           note=f"refused: {tried.method}: {tried.result['reasons'][0]}")
         return _onnx("Q/DQ, blocks in float (search)", graph, tried.kept_in_float, note=tried.method)
 
-    students: dict[float, qat.QatGraphs] = {}
+    students: dict[str, qat.QatGraphs] = {}
 
-    def qat_method(light_share: float, runtime: str) -> Method:
-        """One student per `light_share`, trained on first use; its training minutes on both its rows."""
-        if light_share not in students:
-            job = qat.QatJob(run / "model.safetensors", data, work / f"qat-{light_share}",
-                             qat.QatSettings(light_share=light_share))
-            students[light_share] = qat.qat_graphs(job, calib, transformer, quiet)
-        graphs = students[light_share]
+    def qat_method(settings: qat.QatSettings, runtime: str, label: str = "") -> Method:
+        """One student per settings, trained on first use; its training minutes on both its rows."""
+        key = repr(settings)
+        if key not in students:
+            job = qat.QatJob(run / "model.safetensors", data, work / f"qat-{len(students)}", settings)
+            students[key] = qat.qat_graphs(job, calib, transformer, quiet)
+        graphs = students[key]
         in_float = graphs.record["in_float"]
-        name = "QAT distilled from FP32" + (f", {' and '.join(in_float)} in float" if in_float else "")
+        name = "QAT distilled from FP32" + (f", {' and '.join(in_float)} in float" if in_float else "") \
+            + (f", {label}" if label else "")
         method = (_openvino(name, openvino_export.read(graphs.openvino_xml), kept=in_float) if runtime == "openvino"
                   else _onnx(f"Q/DQ {name}", graphs.qdq_onnx, in_float))
         method.minutes = graphs.record["minutes"]
         return method
+
+    # the export's student keeps encoders under its light share in float; where none is that light (`edge`:
+    # both EfficientNet-Lites are quantized) it is the every-encoder student, trained and listed once
+    every_encoder = qat.QatSettings(light_share=0.0)
+    students_by_default = [every_encoder] + ([qat.QatSettings()]
+                                             if qat.light_encoders(model, qat.QatSettings().light_share) else [])
 
     from onnxruntime.quantization import CalibrationMethod
     kind = "transformer type" if transformer else "default type"       # what the export uses
@@ -177,15 +191,16 @@ def build_methods(run: Path, data: Path, work: Path, accuracy_control: bool, log
         lambda: ov_search(False, as_transformer=False),
         lambda: ov_search(False, as_transformer=True),
         *([lambda: ov_search(True, as_transformer=transformer)] if accuracy_control else []),
-        lambda: qat_method(0.0, "openvino"),
-        lambda: qat_method(qat.QatSettings().light_share, "openvino"),
+        *[lambda s=s: qat_method(s, "openvino") for s in students_by_default],
+        *[lambda s=s, label=label: qat_method(s, "openvino", label) for label, s in qat_settings],
         lambda: _onnx("onnxruntime FP32", onnx_fp32),
         lambda: qdq_method("Q/DQ plain PTQ (MinMax)", QdqQuantizer(onnx_fp32, calib, work / "minmax")),
         lambda: qdq_method("Q/DQ, percentile calibration", QdqQuantizer(onnx_fp32, calib, work / "percentile",
                                                                           CalibrationMethod.Percentile)),
         qdq_search,
-        lambda: qat_method(0.0, "onnxruntime"),
-        lambda: qat_method(qat.QatSettings().light_share, "onnxruntime"),
+        *[lambda s=s: qat_method(s, "onnxruntime") for s in students_by_default],
+        # TensorRT takes signed int8 only: an unsigned student has no Q/DQ row
+        *[lambda s=s, label=label: qat_method(s, "onnxruntime", label) for label, s in qat_settings if s.signed],
     ]
     methods = []
     for build in builders:
@@ -227,10 +242,11 @@ def score(methods: list[Method], context: dict) -> list[dict]:
             ms = float(np.median(m.times_ms))
             row.update({"valid_verdict": on_valid["verdict"], "valid_reasons": on_valid["reasons"],
                         "valid_flips_percent": {k: f["rate_percent"] for k, f in on_valid["flips"].items()},
+                        "valid_confident_flips": {k: f["confident_flips"] for k, f in on_valid["flips"].items()},
                         "test_auc_drop_points": on_test["auc"]["drop_points"],
                         "test_ci_points": on_test["auc"]["ci_points"],
                         "test_flips": {k: {x: f[x] for x in ("flips", "cases", "rate_percent", "upper_bound_percent",
-                                                             "toward_truth", "away_from_truth")}
+                                                             "toward_truth", "away_from_truth", "confident_flips")}
                                        for k, f in on_test["flips"].items()},
                         "test_melanoma_sensitivity": on_test["melanoma_sensitivity"],
                         "test_verdict": on_test["verdict"], "median_ms": ms,
@@ -253,6 +269,8 @@ def markdown(result: dict) -> str:
              f"{host['cores']} cores (int8 instructions: {', '.join(host['int8_instructions']) or 'none'}). "
              "Valid: the export's gate (AUC margin 1 point, at most 2 % of cases flipped, 1 % to be chosen). "
              "Test: against PyTorch FP32, AUC drop with its paired-bootstrap 95 % interval, flips with their one-sided 95 % upper bound. "
+             + ("Clear calls: flips of decisions the FP32 model won by more than 0.1. "
+                if any("valid_confident_flips" in r for r in result["methods"]) else "") +
              f"Latency: model call, batch 1, median of {result['timed_runs']} runs per method, round-robin.", "",
              "| method | runtime | in float | valid verdict (flips: diagnosis / seven-point) | test AUC drop [95 % CI] "
              "| test diagnosis flips | test seven-point flips | melanomas referred | ms | vs FP32 | minutes |",
@@ -266,14 +284,17 @@ def markdown(result: dict) -> str:
 
         def flip(key):
             f = fl[key]
-            return f"{f['rate_percent']:.1f} % ({f['flips']}; at most {f['upper_bound_percent']:.1f} %)"
+            clear = f", {f['confident_flips']} clear" if "confident_flips" in f else ""    # older results: none
+            return f"{f['rate_percent']:.1f} % ({f['flips']}{clear}; at most {f['upper_bound_percent']:.1f} %)"
+        clear = r.get("valid_confident_flips")
+        clear = f"; clear calls {clear['diagnosis']} / {clear['seven_point']}" if clear else ""
         encoders = any("/" not in k for k in r["kept_in_float"])      # QAT keeps whole encoders, not blocks
         kept = (", ".join(r["kept_in_float"]) if encoders
                 else f"{len(r['kept_in_float'])} block(s)" if r["kept_in_float"] else "-")
         melanoma = ("-" if not mel["melanomas"] else
                     f"{mel['reference_percent']:.1f} -> {mel['variant_percent']:.1f} %")
         lines.append(f"| {r['method']} | {r['runtime']} | {kept} | {r['valid_verdict']} ({v['diagnosis']:.1f} / "
-                     f"{v['seven_point']:.1f} %) | {r['test_auc_drop_points']:.2f} [{r['test_ci_points'][0]:.2f}, "
+                     f"{v['seven_point']:.1f} %{clear}) | {r['test_auc_drop_points']:.2f} [{r['test_ci_points'][0]:.2f}, "
                      f"{r['test_ci_points'][1]:.2f}] | {flip('diagnosis')} | {flip('seven_point')} | {melanoma} | "
                      f"{r['median_ms']:.2f} | {r['speedup_vs_fp32']:.2f}x | {r['minutes']:.1f} |")
     passing = [r for r in result["methods"] if r.get("valid_verdict") == "pass" and r["method"] not in FP32_REFERENCES]
@@ -291,17 +312,24 @@ def main() -> None:
     parser.add_argument("--accuracy-control", action="store_true", help="Also NNCF accuracy control (minutes).")
     parser.add_argument("--runs", type=int, default=40, help="Timed runs per method and round.")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--qat-setting", action="append", default=[],
+                        help="LABEL=FIELD:VALUE,... over QatSettings: one more student (repeatable).")
     parser.add_argument("--results", type=Path, default=RESULTS)
-    parser.add_argument("--render", action="store_true", help="Only rewrite int8-methods.md from the .json.")
+    parser.add_argument("--name", default="int8-methods", help="The results' file stem (default: int8-methods).")
+    parser.add_argument("--render", action="store_true", help="Only rewrite NAME.md from NAME.json.")
     args = parser.parse_args()
+    json_path, md_path = args.results / f"{args.name}.json", args.results / f"{args.name}.md"
     if args.render:
-        result = json.loads((args.results / "int8-methods.json").read_text())
-        (args.results / "int8-methods.md").write_text(markdown(result))
+        md_path.write_text(markdown(json.loads(json_path.read_text())))
         return
     if args.run is None or args.data is None:
         parser.error("--run and --data are required (unless --render)")
+    try:     # every setting checked before anything is built
+        qat_settings = [parse_setting(text, "--qat-setting") for text in args.qat_setting]
+    except ConfigError as error:
+        parser.exit(1, f"error: {error}\n")
     with tempfile.TemporaryDirectory(prefix="edgederm-int8-methods-") as tmp:
-        methods, context = build_methods(args.run, args.data, Path(tmp), args.accuracy_control, print)
+        methods, context = build_methods(args.run, args.data, Path(tmp), args.accuracy_control, print, qat_settings)
         time_methods(methods, context["single"], warmup=5, runs=args.runs, rounds=args.rounds)
         rows = score(methods, context)
     result = {"run": str(args.run), "data": str(args.data), "host": host_facts(), "calibration": context["calibration"],
@@ -309,8 +337,8 @@ def main() -> None:
               "timed_runs": args.runs * args.rounds, "methods": rows}
     text = markdown(result)
     args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / "int8-methods.json").write_text(json.dumps(result, indent=1) + "\n")
-    (args.results / "int8-methods.md").write_text(text)
+    json_path.write_text(json.dumps(result, indent=1) + "\n")
+    md_path.write_text(text)
     print(text)
 
 
