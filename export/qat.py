@@ -487,7 +487,12 @@ def to_openvino(student, example: tuple, views: tuple[str, ...] = NO_TTA):
     from edgederm.export.onnx_export import FusedProbabilities
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")     # tracer warnings about quantizer constants
-        model = ov.convert_model(FusedProbabilities(student, views).eval(), example_input=example)
+        # Every size but the batch fixed, as in the ONNX graph NNCF's PTQ quantizes. Traced with every size
+        # dynamic, timm's TF-style "same" padding (EfficientNet-Lite's strided convolutions) stayed shape
+        # arithmetic and a Pad at run time, and OpenVINO ran those convolutions and 30 FakeQuantize in float:
+        # on the real `edge` model the student ran at 0.79x OpenVINO FP32 (docs/export.md).
+        model = ov.convert_model(FusedProbabilities(student, views).eval(), example_input=example,
+                                 input=[ov.PartialShape([-1, *x.shape[1:]]) for x in example])
     return _named(model, student.input_names)
 
 

@@ -108,6 +108,13 @@ def test_qat_graphs_are_trained_once_and_the_qdq_graph_has_tensorrts_form(traine
     model = ov.Core().read_model(str(graphs.openvino_xml))
     assert [p.get_any_name() for p in model.inputs] == list(teacher.input_names)
     assert any(op.get_type_name() == "FakeQuantize" for op in model.get_ops())
+    # every size but the batch fixed, as in the FP32 graph: with every size dynamic, TF-style "same" padding
+    # stayed shape arithmetic and Pad at run time, and OpenVINO ran those convolutions in float
+    size = teacher.cfg.img_size
+    assert [str(p.get_partial_shape()) for p in model.inputs] == [f"[?,3,{size},{size}]"] * 2
+    compiled = ov.Core().compile_model(model.clone(), "CPU")
+    ran = {op.get_rt_info()["layerType"].astype(str) for op in compiled.get_runtime_model().get_ops()}
+    assert not ran & {"ShapeOf", "Pad"}
     # a second target of the same pass reads what the first trained
     again = qat.qat_graphs(job, calib, has_attention(teacher), lines.append)
     assert again.record == record and "reusing the student" in lines[-1]
