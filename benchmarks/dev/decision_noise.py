@@ -26,7 +26,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from qat_curves import gate_probabilities, near_ties      # benchmarks/dev: the gate's figures, as for a student
+from qat_curves import gate_probabilities, near_ties, read_result   # benchmarks/dev: the gate's figures, as for a student
 
 from edgederm.errors import ConfigError, EdgeDermError
 
@@ -144,13 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.render:
-            if not args.render.is_file():
-                raise ConfigError(f"{args.render}: result file not found")
-            try:
-                result = json.loads(args.render.read_text())
-            except ValueError as e:
-                raise ConfigError(f"{args.render}: not JSON ({e})") from None
-            write(result, args.render.with_suffix(""))
+            write(read_result(args.render), args.render.with_suffix(""))
             return 0
         if not (args.run and args.data and args.out):
             raise ConfigError("--run, --data and --out are needed (or --render JSON)")

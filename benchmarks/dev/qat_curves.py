@@ -222,6 +222,16 @@ def write(result: dict, out: Path) -> None:
     print(f"wrote {out.with_suffix('.json')}, .md and .png")
 
 
+def read_result(path: Path) -> dict:
+    """A result file written before, to draw again; a missing or unreadable one is a one-line ConfigError."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: result file not found")
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:
+        raise ConfigError(f"{path}: not JSON ({e})") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", type=Path, help="a finished training run")
@@ -234,13 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.plot:
-            if not args.plot.is_file():
-                raise ConfigError(f"{args.plot}: result file not found")
-            try:
-                result = json.loads(args.plot.read_text())
-            except ValueError as e:
-                raise ConfigError(f"{args.plot}: not JSON ({e})") from None
-            write(result, args.plot.with_suffix(""))
+            write(read_result(args.plot), args.plot.with_suffix(""))
             return 0
         if not (args.run and args.data and args.out and args.setting):
             raise ConfigError("--run, --data, --out and at least one --setting are needed (or --plot JSON)")
