@@ -3,7 +3,7 @@ photos changed as a clinic's photos are changed every day, judged by the export'
 
 The gate refuses an INT8 graph that changes more than 1 % of the FP32 model's top diagnoses or seven-point
 readings on valid (2 % to pass; export/int8_gate.py). On the real `edge` model no INT8 graph tried stays within
-1 % of 203 cases, and most of the decisions they change were FP32 near ties (docs/export.md). This script
+1 % of 203 cases, and most decisions the QAT students change were FP32 near ties (docs/export.md). This script
 measures the yardstick beside them: the same FP32 model, fed the same photos after a change that carries no clinical information, and judged
 by the same gate against itself:
 
