@@ -98,3 +98,11 @@ def test_the_methods_table_renders_under_its_name_with_clear_calls_where_recorde
     assert f"({flips['flips']}, 1 clear; at most" in rows[newer["method"]]
     assert "clear" not in rows[older["method"]]
     assert not (tmp_path / "int8-methods.md").exists()
+    # a missing or foreign result file: one line, exit 1, no table written
+    for name, content in (("missing", None), ("foreign", json.dumps({"rows": []}))):
+        if content is not None:
+            (tmp_path / f"{name}.json").write_text(content)
+        bad = subprocess.run([sys.executable, str(DEV / "int8_methods.py"), "--render", "--results", str(tmp_path),
+                              "--name", name], capture_output=True, text=True, timeout=300)
+        assert bad.returncode == 1 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+        assert bad.stderr.startswith(f"error: {tmp_path / name}.json: ") and not (tmp_path / f"{name}.md").exists()

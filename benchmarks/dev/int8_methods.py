@@ -48,7 +48,7 @@ from typing import Callable
 
 import numpy as np
 import openvino as ov
-from qat_curves import parse_setting           # benchmarks/dev: the same LABEL=FIELD:VALUE syntax
+from qat_curves import parse_setting, read_result   # benchmarks/dev: the same LABEL=FIELD:VALUE syntax, file reader
 
 from edgederm.benchmarks.host import host_facts
 from edgederm.calibration.selection import build_calibration_set
@@ -320,7 +320,13 @@ def main() -> None:
     args = parser.parse_args()
     json_path, md_path = args.results / f"{args.name}.json", args.results / f"{args.name}.md"
     if args.render:
-        md_path.write_text(markdown(json.loads(json_path.read_text())))
+        try:     # the table is made before anything is written: a bad file leaves NAME.md as it was
+            table = markdown(read_result(json_path))
+        except ConfigError as error:
+            parser.exit(1, f"error: {error}\n")
+        except (KeyError, IndexError, TypeError) as error:
+            parser.exit(1, f"error: {json_path}: not an int8_methods result ({type(error).__name__}: {error})\n")
+        md_path.write_text(table)
         return
     if args.run is None or args.data is None:
         parser.error("--run and --data are required (unless --render)")
